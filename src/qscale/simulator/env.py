@@ -387,12 +387,13 @@ def observe(state: EnvState, params: EnvParams) -> torch.Tensor:
 
 
 def arrival_rate(params: EnvParams, pos: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """Arrivals (requests/s) at bank positions ``pos``: the scaled trace plus Poisson noise
-    (normal approximation, from the position-keyed noise table)."""
+    """Arrivals (requests/s) at bank positions ``pos`` (``[B]`` or ``[B, K]``): the scaled trace
+    plus Poisson noise (normal approximation, from the position-keyed noise table)."""
     bank = params.bank
     lam = bank.rates[pos] * scale * params.config.dt
     if params.config.noise:
-        z = bank.noise[(params.noise_offset + pos) & (bank.noise.shape[0] - 1)]
+        offset = params.noise_offset.view(-1, *([1] * (pos.dim() - 1)))
+        z = bank.noise[(offset + pos) & (bank.noise.shape[0] - 1)]
         lam = torch.clamp(lam + torch.sqrt(lam) * z, min=0.0)
     return lam / params.config.dt
 

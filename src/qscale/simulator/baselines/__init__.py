@@ -1,0 +1,1 @@
+"""Baseline autoscalers the learned policy is compared against."""

@@ -1,0 +1,706 @@
+"""The Kubernetes HorizontalPodAutoscaler (``autoscaling/v2``) on a CPU-utilization target, batched.
+
+A pure-torch re-implementation of the decision the kube-controller-manager's HPA controller
+(``pkg/controller/podautoscaler``) takes in one reconcile of one HPA, for ``B`` independent HPAs
+at once. It is the baseline the learned policy is compared against, so it follows the Go code
+rather than the simplified formula of the documentation::
+
+    reconcileAutoscaler                       (horizontal.go)
+    ├── recordInitialRecommendation           first sight: remember the current size
+    ├── current == 0 and min != 0             -> scaling disabled, nothing happens
+    ├── current > max / current < min         -> jump to max / min, no metrics needed
+    └── otherwise
+        ├── GetResourceReplicas               (replica_calculator.go) the metric's proposal
+        └── normalizeDesiredReplicasWithBehaviors
+            ├── stabilizeRecommendationWithBehaviors   windows over past proposals
+            └── convertDesiredReplicasWithBehaviorRate scale-up/-down rate limits, min/max
+                ├── calculateScaleUpLimitWithScalingRules
+                └── calculateScaleDownLimitWithBehaviors
+    storeScaleEvent                           remember the change for later rate limits
+
+The controller keeps per-HPA lists in memory (``recommendations``, ``scaleUpEvents``,
+``scaleDownEvents``); :class:`HPAState` holds them as fixed-size ``[B, slots]`` tensors with
+``-inf`` timestamps marking unused slots, and reproduces the Go slot-reuse rule (overwrite the
+last entry that has aged out, else append), so the same entries are remembered and forgotten.
+
+What is modelled and what is not:
+
+* One ``Resource`` metric, CPU, with a ``Utilization`` target. Utilization is the ready pods'
+  summed usage over their summed requests; the caller gives it as a fraction (``0.85`` = 85 %).
+* All pods of a workload have the same CPU request (the simulator's pods are identical). That is
+  what lets the unready-pod correction be computed from counts: the controller's re-averaging
+  with unready pods at 0 usage becomes ``utilization * ready / (ready + unready)``.
+* Pods are either ready (they have a metric) or unready (starting). "Missing" pods - running and
+  ready but without a metrics-server sample - do not exist in the simulator, so the controller's
+  missing-pod branch (100 % on scale-down, 0 % on scale-up) is not modelled; nor are
+  ``--horizontal-pod-autoscaler-cpu-initialization-period`` and
+  ``--horizontal-pod-autoscaler-initial-readiness-delay``: the caller decides which pods count
+  as unready.
+* The HPA is assumed to have a ``spec.behavior`` (the defaults of :class:`HPAConfig` are what
+  the API server fills in for an empty one). An HPA without ``behavior`` - e.g. one made with
+  ``kubectl autoscale`` - takes the older ``normalizeDesiredReplicas`` path, whose scale-up cap is
+  ``max(2 * current, 4)`` without event history; that path is not reproduced.
+* The controller errors out, and does not scale, when no pod has a metric. Here that is an env
+  with no ready pods (or a non-finite utilization): the output is the current count with
+  :attr:`HPAReason.NoMetrics`.
+* Everything happens at the instant ``now_s``: Go stamps the stored scale event a few
+  microseconds after the recommendation, which changes nothing at 15 s steps.
+
+Arithmetic. The controller computes utilization in integer percent - ``int32(usage*100 /
+request)`` in ``GetResourceUtilizationRatio`` - and the target is an ``int32`` percent, so
+``usageRatio = float64(utilPct) / float64(targetPct)``. This module does the same in float64:
+the caller's fraction is turned into a percent and truncated (with a slack of a few ulps of the
+caller's dtype, so that ``float32(0.29)`` counts as 29 %, not 28 %), the target is an exact
+integer percent, and every later step (``ceil(ratio * pods)``, the tolerance test, the Percent
+policies' ``ceil``/truncation) is the same IEEE float64 operation Go performs, so results are
+the Go results bit for bit - including Go's own rare float artifacts, e.g. 7 % against a 3 %
+target on 27 pods gives ``ceil(63.00000000000001) = 64``. A 70 % load against a 70 % target is
+70/70 = 1.0 exactly, never 11 replicas out of 10.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import IntEnum
+
+import torch
+
+ScalingPolicy = tuple[str, int, float]
+"""``(kind, value, period_s)``: kind ``"Pods"`` or ``"Percent"``, as ``HPAScalingPolicy``."""
+
+_KINDS = ("Pods", "Percent")
+_SELECTS = ("Max", "Min", "Disabled")
+_F64 = torch.float64
+_EMPTY = -math.inf
+_INT32_MIN = float(-(2**31))
+_INT32_MAX = float(2**31 - 1)
+
+
+class HPAReason(IntEnum):
+    """Why the HPA chose its output, named after the controller's condition reasons.
+
+    One code per env: a rate or bound limit that clipped the value wins over a stabilization
+    that changed it, which wins over ``DesiredWithinRange``.
+    """
+
+    DesiredWithinRange = 0
+    """The metric's proposal passed unchanged (this includes "within tolerance")."""
+    ScaleUpStabilized = 1
+    """The scale-up stabilization window held the count below the proposal."""
+    ScaleDownStabilized = 2
+    """The scale-down stabilization window held the count above the proposal."""
+    ScaleUpLimit = 3
+    """A scale-up policy (or ``selectPolicy: Disabled``) capped the increase."""
+    ScaleDownLimit = 4
+    """A scale-down policy (or ``selectPolicy: Disabled``) capped the decrease."""
+    TooManyReplicas = 5
+    """The proposal was above ``maxReplicas``."""
+    TooFewReplicas = 6
+    """The proposal was below ``minReplicas``."""
+    AboveMax = 7
+    """The current count was above ``maxReplicas``: jump to it without a metric."""
+    BelowMin = 8
+    """The current count was below ``minReplicas``: jump to it without a metric."""
+    NoMetrics = 9
+    """No ready pod to read a metric from; the controller errors out and keeps the count."""
+    AutoscalingDisabled = 10
+    """The target was scaled to 0 by hand while ``minReplicas > 0``; the HPA stands aside."""
+
+
+def _check_policies(name: str, policies: tuple[ScalingPolicy, ...], select: str) -> None:
+    if select not in _SELECTS:
+        raise ValueError(f"{name}_select must be one of {_SELECTS}, got {select!r}")
+    if not policies:
+        # validateScalingRules: "must specify at least one Policy".
+        raise ValueError(f"{name}_policies needs at least one policy")
+    for policy in policies:
+        if len(policy) != 3:
+            raise ValueError(f"{name} policy {policy!r} is not (kind, value, period_s)")
+        kind, value, period = policy
+        if kind not in _KINDS:
+            raise ValueError(f"{name} policy kind must be one of {_KINDS}, got {kind!r}")
+        if value <= 0 or value != int(value):
+            raise ValueError(f"{name} policy value must be a positive whole number, got {value}")
+        if period <= 0:
+            raise ValueError(f"{name} policy period must be > 0 s, got {period}")
+
+
+@dataclass(frozen=True)
+class HPAConfig:
+    """One HPA's spec plus the controller flags that matter, shared by every env of a batch.
+
+    ``min_replicas``/``max_replicas`` can be overridden per env in :func:`hpa_step`.
+    """
+
+    target_utilization: float = 0.7
+    """``averageUtilization`` as a fraction; must be a whole percent, as the API's int32 is.
+    There is no universal default to copy: the API server fills in 80 % only for an HPA that
+    lists no metric at all, and HPAs in practice always set it. 0.7 is this project's choice."""
+    tolerance: float = 0.1
+    """``--horizontal-pod-autoscaler-tolerance``: no scaling while the ratio is within it."""
+    scale_up_tolerance: float | None = None
+    """``behavior.scaleUp.tolerance`` (``HPAConfigurableTolerance``); ``None`` uses ``tolerance``."""
+    scale_down_tolerance: float | None = None
+    """``behavior.scaleDown.tolerance``; ``None`` uses ``tolerance``."""
+    sync_period_s: float = 15.0
+    """``--horizontal-pod-autoscaler-sync-period``: call :func:`hpa_step` this often. Only sizes
+    the history buffers; calling more often can overflow them (the oldest entry is dropped)."""
+    scale_down_stabilization_s: float = 300.0
+    """``behavior.scaleDown.stabilizationWindowSeconds`` (default: the controller's
+    ``--horizontal-pod-autoscaler-downscale-stabilization``, 5 min)."""
+    scale_up_stabilization_s: float = 0.0
+    """``behavior.scaleUp.stabilizationWindowSeconds``."""
+    scale_up_policies: tuple[ScalingPolicy, ...] = (("Pods", 4, 15.0), ("Percent", 100, 15.0))
+    """``behavior.scaleUp.policies``; the default is the API's: +4 pods or +100 % per 15 s."""
+    scale_up_select: str = "Max"
+    """``behavior.scaleUp.selectPolicy``: ``Max``, ``Min`` or ``Disabled``."""
+    scale_down_policies: tuple[ScalingPolicy, ...] = (("Percent", 100, 15.0),)
+    """``behavior.scaleDown.policies``; the default is the API's: -100 % per 15 s."""
+    scale_down_select: str = "Max"
+    """``behavior.scaleDown.selectPolicy``: ``Max``, ``Min`` or ``Disabled``."""
+    min_replicas: int = 1
+    """``minReplicas`` (the API's default is 1; 0 needs the ``HPAScaleToZero`` gate)."""
+    max_replicas: int = 100
+    """``maxReplicas``."""
+
+    def __post_init__(self) -> None:
+        pct = self.target_utilization * 100.0
+        if not math.isfinite(pct) or round(pct) < 1 or abs(pct - round(pct)) > 1e-6 * max(1, pct):
+            raise ValueError(
+                "target_utilization must be a whole percent >= 1 % (the API's averageUtilization "
+                f"is an int32 percent), got {self.target_utilization}"
+            )
+        for name in ("tolerance", "scale_up_tolerance", "scale_down_tolerance"):
+            value = getattr(self, name)
+            if value is not None and not value >= 0:
+                raise ValueError(f"{name} must be >= 0, got {value}")
+        if not self.sync_period_s > 0:
+            raise ValueError(f"sync_period_s must be > 0, got {self.sync_period_s}")
+        for name in ("scale_down_stabilization_s", "scale_up_stabilization_s"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        _check_policies("scale_up", self.scale_up_policies, self.scale_up_select)
+        _check_policies("scale_down", self.scale_down_policies, self.scale_down_select)
+        if self.min_replicas < 0 or self.max_replicas < max(1, self.min_replicas):
+            raise ValueError(
+                f"need 0 <= min_replicas <= max_replicas, max_replicas >= 1; got "
+                f"{self.min_replicas}, {self.max_replicas}"
+            )
+
+    @property
+    def target_percent(self) -> int:
+        """The target as the controller holds it: an integer percent."""
+        return round(self.target_utilization * 100.0)
+
+    @property
+    def up_tolerance(self) -> float:
+        """Scale-up tolerance in effect (``Tolerances.scaleUp``)."""
+        return self.tolerance if self.scale_up_tolerance is None else self.scale_up_tolerance
+
+    @property
+    def down_tolerance(self) -> float:
+        """Scale-down tolerance in effect (``Tolerances.scaleDown``)."""
+        return self.tolerance if self.scale_down_tolerance is None else self.scale_down_tolerance
+
+    @property
+    def recommendation_slots(self) -> int:
+        """History length for the stabilization windows.
+
+        At a sync, the entries still inside the longest window are those of the last
+        ``ceil(window / sync)`` syncs plus, during the first window, the initial recommendation
+        recorded at the first sync next to that sync's own; one more slot takes the new entry.
+        """
+        window = max(self.scale_up_stabilization_s, self.scale_down_stabilization_s)
+        return math.ceil(window / self.sync_period_s) + 2
+
+    @property
+    def scale_up_event_slots(self) -> int:
+        """Scale-up events that can be younger than the longest scale-up period, plus one."""
+        return math.ceil(_longest_period(self.scale_up_policies) / self.sync_period_s) + 1
+
+    @property
+    def scale_down_event_slots(self) -> int:
+        """Scale-down events that can be younger than the longest scale-down period, plus one."""
+        return math.ceil(_longest_period(self.scale_down_policies) / self.sync_period_s) + 1
+
+
+def _longest_period(policies: tuple[ScalingPolicy, ...]) -> float:
+    """``getLongestPolicyPeriod``."""
+    return max((float(p[2]) for p in policies), default=0.0)
+
+
+@dataclass(frozen=True)
+class HPAState:
+    """The controller's in-memory history for ``B`` HPAs (``[B, slots]`` float64 tensors).
+
+    Unused slots have time ``-inf`` and value 0. Values are whole numbers stored as float64 so
+    that all of :func:`hpa_step` runs in one dtype.
+    """
+
+    rec_time: torch.Tensor
+    """``recommendations``: when each unstabilized proposal was made, seconds."""
+    rec_value: torch.Tensor
+    """``recommendations``: the metric's proposal (before stabilization and limits)."""
+    up_time: torch.Tensor
+    """``scaleUpEvents``: when each scale-up happened."""
+    up_change: torch.Tensor
+    """``scaleUpEvents``: replicas added (> 0)."""
+    down_time: torch.Tensor
+    """``scaleDownEvents``: when each scale-down happened."""
+    down_change: torch.Tensor
+    """``scaleDownEvents``: replicas removed (> 0)."""
+
+    @classmethod
+    def init(cls, batch: int, device: torch.device | str | None, config: HPAConfig) -> HPAState:
+        """Empty history, as for an HPA the controller has not seen yet."""
+
+        def empty(slots: int) -> tuple[torch.Tensor, torch.Tensor]:
+            time = torch.full((batch, slots), _EMPTY, dtype=_F64, device=device)
+            return time, torch.zeros((batch, slots), dtype=_F64, device=device)
+
+        rec_time, rec_value = empty(config.recommendation_slots)
+        up_time, up_change = empty(config.scale_up_event_slots)
+        down_time, down_change = empty(config.scale_down_event_slots)
+        return cls(rec_time, rec_value, up_time, up_change, down_time, down_change)
+
+    @property
+    def batch_size(self) -> int:
+        """Number of HPAs ``B``."""
+        return self.rec_time.shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        """Device the history lives on."""
+        return self.rec_time.device
+
+    def reset(self, mask: torch.Tensor) -> HPAState:
+        """A new state whose envs where ``mask`` is true are forgotten, as on HPA deletion."""
+        keep = ~mask.to(device=self.device, dtype=torch.bool)[:, None]
+
+        def clear(time: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return torch.where(keep, time, _EMPTY), torch.where(keep, value, 0.0)
+
+        return HPAState(
+            *clear(self.rec_time, self.rec_value),
+            *clear(self.up_time, self.up_change),
+            *clear(self.down_time, self.down_change),
+        )
+
+    def to(self, device: torch.device | str) -> HPAState:
+        """The same history on another device."""
+        return HPAState(
+            self.rec_time.to(device),
+            self.rec_value.to(device),
+            self.up_time.to(device),
+            self.up_change.to(device),
+            self.down_time.to(device),
+            self.down_change.to(device),
+        )
+
+
+# --- history buffers -------------------------------------------------------------------------
+
+
+def _slot_to_write(time: torch.Tensor, reusable: torch.Tensor) -> torch.Tensor:
+    """Where the Go code puts a new entry: over the *last* aged-out entry, else appended.
+
+    Appending is the first unused slot. A full buffer without an aged-out entry (only possible
+    when steps come faster than ``sync_period_s``) loses its oldest entry.
+    """
+    slots = time.shape[1]
+    index = torch.arange(slots, device=time.device)
+    used = time != _EMPTY
+    last_reusable = torch.where(reusable & used, index, -1).amax(dim=1)
+    first_free = torch.where(used, slots, index).amin(dim=1)
+    oldest = torch.where(used, time, math.inf).argmin(dim=1)
+    append = torch.where(first_free < slots, first_free, oldest)
+    return torch.where(last_reusable >= 0, last_reusable, append)
+
+
+def _write(
+    time: torch.Tensor,
+    value: torch.Tensor,
+    reusable: torch.Tensor,
+    now: torch.Tensor,
+    new_value: torch.Tensor,
+    where: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """New buffers with ``(now, new_value)`` stored in the envs selected by ``where``."""
+    slot = _slot_to_write(time, reusable)
+    index = torch.arange(time.shape[1], device=time.device)
+    hit = (index[None, :] == slot[:, None]) & where[:, None]
+    return torch.where(hit, now[:, None], time), torch.where(hit, new_value[:, None], value)
+
+
+def _change_in_period(
+    time: torch.Tensor, change: torch.Tensor, now: torch.Tensor, period_s: float
+) -> torch.Tensor:
+    """``getReplicasChangePerPeriod``: sum of events strictly after ``now - period``."""
+    inside = time > (now - period_s)[:, None]
+    return torch.where(inside, change, 0.0).sum(dim=1)
+
+
+def _store_scale_event(
+    state: HPAState,
+    config: HPAConfig,
+    now: torch.Tensor,
+    current: torch.Tensor,
+    desired: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``storeScaleEvent`` + ``markScaleEventsOutdated`` for the envs that rescaled.
+
+    An event is outdated (reusable) once it is older than the longest policy period of its own
+    direction, even if the other direction's longer period would still have counted it - the
+    controller loses it the same way.
+    """
+    up = desired > current
+    down = desired < current
+    up_cutoff = now - _longest_period(config.scale_up_policies)
+    down_cutoff = now - _longest_period(config.scale_down_policies)
+    up_time, up_change = _write(
+        state.up_time,
+        state.up_change,
+        state.up_time < up_cutoff[:, None],
+        now,
+        desired - current,
+        up,
+    )
+    down_time, down_change = _write(
+        state.down_time,
+        state.down_change,
+        state.down_time < down_cutoff[:, None],
+        now,
+        current - desired,
+        down,
+    )
+    return up_time, up_change, down_time, down_change
+
+
+# --- replica calculator ----------------------------------------------------------------------
+
+
+def _truncate_percent(percent: torch.Tensor, source_dtype: torch.dtype) -> torch.Tensor:
+    """``int32(...)`` of a non-negative percent, forgiving the caller's rounding error.
+
+    The controller truncates an exact integer quotient; our percent comes from a float the
+    caller computed, so a value a few ulps (of the caller's dtype) below an integer is that
+    integer, e.g. ``float32(0.29) * 100 = 28.9999992`` is 29 %.
+    """
+    eps = torch.finfo(source_dtype if source_dtype.is_floating_point else _F64).eps
+    return torch.floor(percent + percent.abs() * (8.0 * eps) + 1e-9)
+
+
+def _resource_replicas(
+    current: torch.Tensor,
+    ready: torch.Tensor,
+    unready: torch.Tensor,
+    utilization: torch.Tensor,
+    source_dtype: torch.dtype,
+    config: HPAConfig,
+) -> torch.Tensor:
+    """``ReplicaCalculator.GetResourceReplicas`` in float64 (no missing pods, equal requests)."""
+    target = float(config.target_percent)
+    low = 1.0 - config.down_tolerance  # Tolerances.isWithin
+    high = 1.0 + config.up_tolerance
+    raw_percent = utilization * 100.0
+
+    # GetResourceUtilizationRatio over the ready pods.
+    ratio = _truncate_percent(raw_percent, source_dtype) / target
+    within = (low <= ratio) & (ratio <= high)
+    plain = torch.where(within, current, torch.ceil(ratio * ready))
+
+    # Scale-up with unready pods: count them at 0 usage and redo the ratio over all of them.
+    counted = ready + unready
+    new_percent = _truncate_percent(raw_percent * ready / counted.clamp_min(1.0), source_dtype)
+    new_ratio = new_percent / target
+    flips = ((ratio < 1.0) & (new_ratio > 1.0)) | ((ratio > 1.0) & (new_ratio < 1.0))
+    keep = (low <= new_ratio) & (new_ratio <= high) | flips
+    new_replicas = torch.ceil(new_ratio * counted)
+    against = ((new_ratio < 1.0) & (new_replicas > current)) | (
+        (new_ratio > 1.0) & (new_replicas < current)
+    )
+    rebalanced = torch.where(keep | against, current, new_replicas)
+
+    scale_up_with_unready = (unready > 0) & (ratio > 1.0)
+    return torch.where(scale_up_with_unready, rebalanced, plain)
+
+
+# --- behaviors -------------------------------------------------------------------------------
+
+
+def _stabilize(
+    rec_time: torch.Tensor,
+    rec_value: torch.Tensor,
+    now: torch.Tensor,
+    current: torch.Tensor,
+    proposal: torch.Tensor,
+    record: torch.Tensor,
+    config: HPAConfig,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``stabilizeRecommendationWithBehaviors``.
+
+    The scale-up window bounds the result from below by the *lowest* proposal in it, the
+    scale-down window from above by the *highest*, and the current count is pulled into that
+    band - so a count only moves once every proposal in the window agrees. The raw proposal
+    (not the stabilized one) is then remembered, as the controller does.
+    """
+    up_cutoff = (now - config.scale_up_stabilization_s)[:, None]
+    down_cutoff = (now - config.scale_down_stabilization_s)[:, None]
+    in_up = rec_time > up_cutoff
+    in_down = rec_time > down_cutoff
+    up_bound = torch.minimum(proposal, torch.where(in_up, rec_value, math.inf).amin(dim=1))
+    down_bound = torch.maximum(proposal, torch.where(in_down, rec_value, -math.inf).amax(dim=1))
+    stabilized = torch.where(current < up_bound, up_bound, current)
+    stabilized = torch.where(stabilized > down_bound, down_bound, stabilized)
+
+    aged_out = (rec_time < up_cutoff) & (rec_time < down_cutoff)
+    rec_time, rec_value = _write(rec_time, rec_value, aged_out, now, proposal, record)
+    return stabilized, rec_time, rec_value
+
+
+def _period_start(state: HPAState, now: torch.Tensor, current: torch.Tensor, period_s: float):
+    added = _change_in_period(state.up_time, state.up_change, now, period_s)
+    deleted = _change_in_period(state.down_time, state.down_change, now, period_s)
+    return current - added + deleted
+
+
+def _scale_up_limit(
+    state: HPAState, config: HPAConfig, now: torch.Tensor, current: torch.Tensor
+) -> torch.Tensor:
+    """``calculateScaleUpLimitWithScalingRules``: most replicas the policies allow now.
+
+    Each policy measures from the count at the start of its period (current minus what was
+    added plus what was removed within it); ``Max`` takes the most permissive policy.
+    """
+    if config.scale_up_select == "Disabled":
+        return current
+    take_max = config.scale_up_select == "Max"
+    result = torch.full_like(current, _INT32_MIN if take_max else _INT32_MAX)
+    for kind, value, period_s in config.scale_up_policies:
+        start = _period_start(state, now, current, float(period_s))
+        if kind == "Pods":
+            proposed = start + float(value)
+        else:
+            # Rounded up so that a small Percent still adds a pod (Go's comment).
+            proposed = torch.ceil(start * (1.0 + float(value) / 100.0))
+        result = torch.maximum(result, proposed) if take_max else torch.minimum(result, proposed)
+    return result
+
+
+def _scale_down_limit(
+    state: HPAState, config: HPAConfig, now: torch.Tensor, current: torch.Tensor
+) -> torch.Tensor:
+    """``calculateScaleDownLimitWithBehaviors``: fewest replicas the policies allow now.
+
+    ``Max`` (most change) takes the lowest floor. Percent truncates the count that stays
+    (Go's ``int32(float64)`` conversion), e.g. 10 % of 72 leaves 64.
+    """
+    if config.scale_down_select == "Disabled":
+        return current
+    take_max_change = config.scale_down_select == "Max"
+    result = torch.full_like(current, _INT32_MAX if take_max_change else _INT32_MIN)
+    for kind, value, period_s in config.scale_down_policies:
+        start = _period_start(state, now, current, float(period_s))
+        if kind == "Pods":
+            proposed = start - float(value)
+        else:
+            proposed = torch.trunc(start * (1.0 - float(value) / 100.0))
+        if take_max_change:
+            result = torch.minimum(result, proposed)
+        else:
+            result = torch.maximum(result, proposed)
+    return result
+
+
+def _rate_limit(
+    state: HPAState,
+    config: HPAConfig,
+    now: torch.Tensor,
+    current: torch.Tensor,
+    desired: torch.Tensor,
+    min_replicas: torch.Tensor,
+    max_replicas: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``convertDesiredReplicasWithBehaviorRate``: apply the policies, then min/max.
+
+    Returns the limited count and the reason code of the clip (``DesiredWithinRange`` if none).
+    A rate limit that has already been used up never pushes the count the other way: the
+    scale-up cap is at least the current count and the scale-down floor at most it.
+    """
+    up_limit = torch.maximum(_scale_up_limit(state, config, now, current), current)
+    rate_caps = max_replicas > up_limit
+    max_allowed = torch.where(rate_caps, up_limit, max_replicas)
+    up_reason = torch.where(rate_caps, HPAReason.ScaleUpLimit, HPAReason.TooManyReplicas)
+
+    down_limit = torch.minimum(_scale_down_limit(state, config, now, current), current)
+    rate_floors = min_replicas < down_limit
+    min_allowed = torch.where(rate_floors, down_limit, min_replicas)
+    down_reason = torch.where(rate_floors, HPAReason.ScaleDownLimit, HPAReason.TooFewReplicas)
+
+    clip_up = (desired > current) & (desired > max_allowed)
+    clip_down = (desired < current) & (desired < min_allowed)
+    limited = torch.where(clip_up, max_allowed, torch.where(clip_down, min_allowed, desired))
+    reason = torch.where(
+        clip_up,
+        up_reason,
+        torch.where(clip_down, down_reason, HPAReason.DesiredWithinRange),
+    )
+    return limited, reason
+
+
+# --- public API ------------------------------------------------------------------------------
+
+
+def _per_env(x: torch.Tensor | float, batch: int, device: torch.device, name: str) -> torch.Tensor:
+    t = torch.as_tensor(x, dtype=_F64, device=device)
+    if t.dim() == 0:
+        return t.expand(batch)
+    if t.shape != (batch,):
+        raise ValueError(f"{name} must be a scalar or have shape ({batch},), got {tuple(t.shape)}")
+    return t
+
+
+def _output_dtype(current: torch.Tensor, utilization: torch.Tensor) -> torch.dtype:
+    if current.is_floating_point():
+        return current.dtype
+    if utilization.is_floating_point():
+        return utilization.dtype
+    return torch.get_default_dtype()
+
+
+def resource_replicas(
+    current_replicas: torch.Tensor,
+    ready_pods: torch.Tensor,
+    unready_pods: torch.Tensor,
+    utilization: torch.Tensor,
+    config: HPAConfig,
+) -> torch.Tensor:
+    """The metric's own proposal, ``GetResourceReplicas``, before any behavior or bound.
+
+    ``utilization`` is the ready pods' mean CPU usage over request (a fraction, may exceed 1).
+    Envs without ready pods get ``current_replicas`` (the controller errors out there).
+    Returns whole numbers in the floating dtype of the inputs.
+    """
+    batch = current_replicas.shape[0]
+    device = current_replicas.device
+    current = _per_env(current_replicas, batch, device, "current_replicas")
+    ready = _per_env(ready_pods, batch, device, "ready_pods")
+    unready = _per_env(unready_pods, batch, device, "unready_pods")
+    util = _per_env(utilization, batch, device, "utilization")
+    has_metric = (ready > 0) & torch.isfinite(util)
+    safe_util = torch.where(has_metric, util, 0.0)
+    proposal = _resource_replicas(current, ready, unready, safe_util, utilization.dtype, config)
+    out = torch.where(has_metric, proposal, current)
+    return out.to(_output_dtype(current_replicas, utilization))
+
+
+def hpa_step(
+    state: HPAState,
+    now_s: torch.Tensor | float,
+    current_replicas: torch.Tensor,
+    ready_pods: torch.Tensor,
+    unready_pods: torch.Tensor,
+    utilization: torch.Tensor,
+    config: HPAConfig,
+    min_replicas: torch.Tensor | int | None = None,
+    max_replicas: torch.Tensor | int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, HPAState]:
+    """One reconcile (``reconcileAutoscaler``) of ``B`` independent HPAs.
+
+    Args:
+        state: the controller's history for these HPAs (from :meth:`HPAState.init` or the
+            previous call); not modified.
+        now_s: the reconcile time in seconds, a scalar or ``[B]``; must not go backwards.
+            Call once every ``config.sync_period_s``.
+        current_replicas: ``[B]`` the scale target's ``spec.replicas``.
+        ready_pods: ``[B]`` pods with a CPU sample (running, ready, past start-up).
+        unready_pods: ``[B]`` pods still starting (set aside, counted at 0 % on scale-up).
+        utilization: ``[B]`` ready pods' summed CPU usage over summed request, as a fraction.
+        config: the HPA spec and controller flags.
+        min_replicas, max_replicas: optional per-env (``[B]``) or scalar overrides of
+            ``config.min_replicas`` / ``config.max_replicas``.
+
+    Returns:
+        ``(desired_replicas, reason, new_state)``: ``[B]`` whole numbers in the floating dtype
+        of ``current_replicas`` (else of ``utilization``), ``[B]`` int64 :class:`HPAReason`
+        codes, and the updated history. Everything is computed in float64 on the inputs'
+        device with elementwise ops over the batch.
+    """
+    batch = current_replicas.shape[0]
+    device = current_replicas.device
+    if current_replicas.dim() != 1:
+        raise ValueError(f"current_replicas must be [B], got {tuple(current_replicas.shape)}")
+    if state.batch_size != batch:
+        raise ValueError(f"state holds {state.batch_size} HPAs, inputs have {batch}")
+    if state.device != device:
+        raise ValueError(f"state is on {state.device}, inputs on {device}")
+
+    now = _per_env(now_s, batch, device, "now_s")
+    current = _per_env(current_replicas, batch, device, "current_replicas")
+    ready = _per_env(ready_pods, batch, device, "ready_pods")
+    unready = _per_env(unready_pods, batch, device, "unready_pods")
+    util = _per_env(utilization, batch, device, "utilization")
+    lo = _per_env(
+        config.min_replicas if min_replicas is None else min_replicas, batch, device, "min"
+    )
+    hi = _per_env(
+        config.max_replicas if max_replicas is None else max_replicas, batch, device, "max"
+    )
+
+    # recordInitialRecommendation: an HPA seen for the first time remembers its current size,
+    # which is why a fresh HPA cannot scale down before one stabilization window has passed.
+    first_slot = torch.arange(state.rec_time.shape[1], device=device) == 0
+    fresh = (state.rec_time == _EMPTY).all(dim=1)
+    seed = fresh[:, None] & first_slot[None, :]
+    rec_time = torch.where(seed, now[:, None], state.rec_time)
+    rec_value = torch.where(seed, current[:, None], state.rec_value)
+
+    # reconcileAutoscaler's branches.
+    disabled = (current == 0) & (lo != 0)
+    above = ~disabled & (current > hi)
+    below = ~disabled & ~above & (current < lo)
+    in_range = ~(disabled | above | below)
+    has_metric = (ready > 0) & torch.isfinite(util)
+    computed = in_range & has_metric
+    no_metrics = in_range & ~has_metric
+
+    safe_util = torch.where(has_metric, util, 0.0)
+    proposal = _resource_replicas(current, ready, unready, safe_util, utilization.dtype, config)
+    proposal = torch.where(computed, proposal, current)
+
+    # normalizeDesiredReplicasWithBehaviors; the limits read the events before this step's.
+    stabilized, rec_time, rec_value = _stabilize(
+        rec_time, rec_value, now, current, proposal, computed, config
+    )
+    limited, limit_reason = _rate_limit(state, config, now, current, stabilized, lo, hi)
+    stabilize_reason = torch.where(
+        proposal >= current, HPAReason.ScaleUpStabilized, HPAReason.ScaleDownStabilized
+    )
+    metric_reason = torch.where(
+        limited != stabilized,
+        limit_reason,
+        torch.where(stabilized != proposal, stabilize_reason, HPAReason.DesiredWithinRange),
+    )
+
+    desired = torch.where(above, hi, torch.where(below, lo, torch.where(computed, limited, current)))
+    reason = torch.where(
+        disabled,
+        HPAReason.AutoscalingDisabled,
+        torch.where(
+            above,
+            HPAReason.AboveMax,
+            torch.where(
+                below,
+                HPAReason.BelowMin,
+                torch.where(no_metrics, HPAReason.NoMetrics, metric_reason),
+            ),
+        ),
+    ).to(torch.int64)
+
+    # storeScaleEvent, for every rescale including the jumps into [min, max].
+    up_time, up_change, down_time, down_change = _store_scale_event(
+        state, config, now, current, desired
+    )
+    new_state = HPAState(rec_time, rec_value, up_time, up_change, down_time, down_change)
+    return desired.to(_output_dtype(current_replicas, utilization)), reason, new_state

@@ -1,0 +1,163 @@
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from qscale.guardrails import Reason, ShieldConfig, ShieldState, shield
+
+CFG = ShieldConfig(
+    min_replicas=2,
+    max_replicas=50,
+    max_step_up_pods=4,
+    max_step_up_percent=100.0,
+    max_step_down_pods=1,
+    max_step_down_percent=50.0,
+    up_cooldown_s=30.0,
+    down_cooldown_s=60.0,
+    down_stabilization_s=120.0,
+    history=16,
+)
+
+
+def one(current, desired, state=None, now=1000.0, cfg=CFG):
+    state = state or ShieldState.init(1, cfg)
+    res = shield(torch.tensor([float(current)]), torch.tensor([float(desired)]), state, now, cfg)
+    return float(res.replicas[0]), Reason(int(res.reason[0])), res.state
+
+
+@pytest.mark.parametrize(
+    ("current", "desired", "expected", "reason"),
+    [
+        (10, 10, 10, Reason.OK),
+        (10, 14, 14, Reason.OK),
+        (10, 25, 20, Reason.STEP_LIMIT_UP),  # max(4 pods, 100%) = +10
+        (2, 9, 6, Reason.STEP_LIMIT_UP),  # max(4 pods, 100% of 2) = +4
+        (10, 3, 5, Reason.STEP_LIMIT_DOWN),  # max(1 pod, 50%) = -5
+        (30, 80, 50, Reason.AT_MAX),
+        (2, 0, 2, Reason.AT_MIN),  # the step limit allows 1, the bound says 2
+        (1, 1, 2, Reason.AT_MIN),  # below bounds: jump to min
+        (70, 70, 50, Reason.AT_MAX),  # above bounds: jump to max despite the step limit
+        (10, math.nan, 10, Reason.INVALID_INPUT),
+        (10, math.inf, 10, Reason.INVALID_INPUT),
+        (10, -math.inf, 10, Reason.INVALID_INPUT),
+        (math.nan, 5, 50, Reason.INVALID_INPUT),
+    ],
+)
+def test_single_decisions(current, desired, expected, reason):
+    got, why, _ = one(current, desired)
+    assert got == expected
+    assert why == reason
+
+
+def test_stabilization_keeps_highest_recent_proposal():
+    s = ShieldState.init(1, CFG)
+    _, _, s = one(10, 10, s, now=0.0)
+    _, _, s = one(10, 10, s, now=15.0)
+    # 100 s later a drop to 6 is bounded by the proposals of 10 in the window.
+    got, why, s = one(10, 6, s, now=100.0)
+    assert (got, why) == (10, Reason.STABILIZED)
+    # Once the 10s have left the 120 s window, the lowest recent proposal (6) wins.
+    got, why, s = one(10, 6, s, now=200.0)
+    assert (got, why) == (6, Reason.OK)
+
+
+def test_cooldowns_per_direction():
+    s = ShieldState.init(1, CFG)
+    got, _, s = one(10, 12, s, now=0.0)
+    assert got == 12
+    got, why, s = one(12, 14, s, now=15.0)
+    assert (got, why) == (12, Reason.COOLDOWN_UP)
+    got, why, s = one(12, 14, s, now=30.0)
+    assert got == 14
+    # A scale-down right after a scale-up is held for down_cooldown_s.
+    cfg = ShieldConfig(down_stabilization_s=0.0, down_cooldown_s=60.0, history=2)
+    s = ShieldState.init(1, cfg)
+    _, _, s = one(10, 12, s, now=0.0, cfg=cfg)
+    got, why, s = one(12, 11, s, now=45.0, cfg=cfg)
+    assert (got, why) == (12, Reason.COOLDOWN_DOWN)
+    got, why, s = one(12, 11, s, now=60.0, cfg=cfg)
+    assert (got, why) == (11, Reason.OK)
+
+
+def test_pure_and_batched():
+    state = ShieldState.init(3, CFG)
+    cur = torch.tensor([10.0, 5.0, 40.0])
+    des = torch.tensor([30.0, 1.0, 45.0])
+    before = (cur.clone(), des.clone(), state.proposal.clone())
+    res = shield(cur, des, state, 0.0, CFG)
+    assert torch.equal(cur, before[0]) and torch.equal(des, before[1])
+    assert torch.equal(state.proposal, before[2])
+    for i in range(3):
+        alone = shield(cur[i : i + 1], des[i : i + 1], ShieldState.init(1, CFG), 0.0, CFG)
+        assert res.replicas[i] == alone.replicas[0]
+        assert res.reason[i] == alone.reason[0]
+
+
+def test_per_env_bounds_override_config():
+    res = shield(
+        torch.tensor([5.0, 5.0]),
+        torch.tensor([9.0, 1.0]),
+        ShieldState.init(2, CFG),
+        0.0,
+        CFG,
+        min_replicas=torch.tensor([1.0, 4.0]),
+        max_replicas=torch.tensor([7.0, 60.0]),
+    )
+    assert res.replicas.tolist() == [7.0, 4.0]
+
+
+def test_config_rejects_bad_limits():
+    with pytest.raises(ValueError, match="min_replicas <= max_replicas"):
+        ShieldConfig(min_replicas=5, max_replicas=2)
+    with pytest.raises(ValueError, match="down_cooldown_s"):
+        ShieldConfig(down_cooldown_s=-1.0)
+
+
+finite = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False)
+anything = st.one_of(finite, st.just(math.nan), st.just(math.inf), st.just(-math.inf))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    lo=st.integers(0, 20),
+    span=st.integers(0, 80),
+    current=st.integers(0, 150),
+    proposals=st.lists(anything, min_size=1, max_size=12),
+    gaps=st.lists(st.floats(0.0, 200.0), min_size=12, max_size=12),
+    up_pods=st.integers(1, 10),
+    up_pct=st.integers(0, 300).map(float),
+    down_pods=st.integers(1, 10),
+    down_pct=st.integers(0, 100).map(float),
+)
+def test_invariants(lo, span, current, proposals, gaps, up_pods, up_pct, down_pods, down_pct):
+    """Never outside [min, max]; never past the step limit once inside; bad input holds."""
+    cfg = ShieldConfig(
+        min_replicas=lo,
+        max_replicas=lo + span,
+        max_step_up_pods=up_pods,
+        max_step_up_percent=up_pct,
+        max_step_down_pods=down_pods,
+        max_step_down_percent=down_pct,
+        up_cooldown_s=20.0,
+        down_cooldown_s=40.0,
+        down_stabilization_s=90.0,
+    )
+    state = ShieldState.init(1, cfg)
+    cur = float(current)
+    now = 0.0
+    for desired, gap in zip(proposals, gaps, strict=False):
+        now += gap
+        res = shield(torch.tensor([cur]), torch.tensor([desired]), state, now, cfg)
+        new = float(res.replicas[0])
+        assert lo <= new <= lo + span
+        assert new == round(new)
+        inside = lo <= cur <= lo + span
+        if inside:
+            assert new - cur <= max(up_pods, math.ceil(cur * up_pct / 100.0))
+            assert cur - new <= max(down_pods, math.floor(cur * down_pct / 100.0))
+            if not math.isfinite(desired):
+                assert new == cur
+                assert Reason(int(res.reason[0])) == Reason.INVALID_INPUT
+        state, cur = res.state, new
