@@ -240,9 +240,7 @@ def format_table(summary: list[dict], traces: Sequence[str] | None = None) -> st
     lines = [head, "-" * len(head)]
     for trace in order:
         for s in (s for s in summary if s["trace"] == trace):
-            cells = "".join(
-                f" {s[m]['mean']:>11.3f} ± {s[m]['std']:<6.2f}" for m, _ in METRICS
-            )
+            cells = "".join(f" {s[m]['mean']:>11.3f} ± {s[m]['std']:<6.2f}" for m, _ in METRICS)
             lines.append(f"{trace[:22]:<22} {s['controller'][:12]:<12}{cells}")
         lines.append("")
     return "\n".join(lines)

@@ -28,8 +28,9 @@ class Controller(Protocol):
 
     def reset(self, state: sim.EnvState, params: sim.EnvParams) -> None: ...
 
-    def act(self, state: sim.EnvState, obs: torch.Tensor, params: sim.EnvParams) -> torch.Tensor:
-        ...
+    def act(
+        self, state: sim.EnvState, obs: torch.Tensor, params: sim.EnvParams
+    ) -> torch.Tensor: ...
 
 
 @dataclass

@@ -683,7 +683,9 @@ def hpa_step(
         torch.where(stabilized != proposal, stabilize_reason, HPAReason.DesiredWithinRange),
     )
 
-    desired = torch.where(above, hi, torch.where(below, lo, torch.where(computed, limited, current)))
+    desired = torch.where(
+        above, hi, torch.where(below, lo, torch.where(computed, limited, current))
+    )
     reason = torch.where(
         disabled,
         HPAReason.AutoscalingDisabled,

@@ -1,0 +1,5 @@
+import sys
+
+from qscale.cli import main
+
+sys.exit(main())
