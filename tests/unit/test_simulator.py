@@ -32,7 +32,7 @@ def run(params, n, policy, step=sim.step):
     state, obs = sim.reset(params)
     infos = []
     for _ in range(n):
-        state, obs, rew, term, trunc, info = step(state, policy(state), params)
+        state, obs, rew, _, trunc, info = step(state, policy(state), params)
         infos.append((state, obs, rew, trunc, info))
     return infos
 

@@ -20,8 +20,8 @@ an M/M/c queue with ``c = n * k`` servers of rate ``1/s``. Per decision step of 
   ``P_wait ~ rho^(sqrt(2(c+1)) - 1)`` (exact at c = 1), which costs a handful of tensor ops
   instead of an O(c) sum and keeps the right shape: many servers run hot with little queueing,
   few servers start queueing early. The backlog term is the fluid approximation of overload,
-  where a queue no longer settles. No request waits longer than the timeout, so p95 is capped there (and equals it
-when demand waits with no ready pods).
+  where a queue no longer settles. No request waits longer than the timeout, so p95 is capped
+  there (and equals it when demand waits with no ready pods).
 
 Why this matters for the policy: latency is flat until utilization nears 1 and explodes past
 it, and the knee sits lower for small deployments, so the right target utilization depends on

@@ -85,7 +85,6 @@ def tune_hpa(
     strongest cost baseline. The default itself is in the grid, so a result always exists.
     """
     base = base or HPAConfig()
-    k = len(targets)
     ref_target = base.target_utilization
     scale = torch.tensor([ref_target / t for t in targets]).repeat_interleave(n_envs)
     table = []
