@@ -234,7 +234,7 @@ SCENARIOS = [
         start=3,
         utilization=[5.0] * 5,
         expected=[7, 14, 28, 40, 40],
-        reasons=[R.ScaleUpLimit] * 3 + [R.TooManyReplicas, R.DesiredWithinRange],
+        reasons=[R.ScaleUpLimit] * 3 + [R.TooManyReplicas] * 2,  # at max, 400 wanted: still clipped
     ),
     Scenario(
         "syncing every 10 s: the last scale-up is still inside the 15 s period",
@@ -245,15 +245,32 @@ SCENARIOS = [
         reasons=[R.ScaleUpLimit] * 5,
     ),
     Scenario(
+        "an event past its own direction's longest period is overwritten, as in Go",
+        cfg(
+            scale_up_policies=(("Pods", 1, 15.0),),
+            scale_down_policies=(("Pods", 1, 70.0),),
+        ),
+        start=4,
+        utilization=[1.0, 1.0, 0.5, 0.5, 1.0, 0.05],
+        # Scale-ups at t=0, 15, 60. At t=60 both older ones are past the 15 s scale-up period,
+        # so the later one (t=15) is overwritten. At t=75 the scale-down period (5, 75] should
+        # see +2 (t=15, t=60) and floor at 7-2-1 = 4; the controller sees only +1 and gives 5.
+        expected=[5, 6, 6, 6, 7, 5],
+        reasons=[R.ScaleUpLimit, R.ScaleUpLimit, R.DesiredWithinRange, R.DesiredWithinRange,
+                 R.ScaleUpLimit, R.ScaleDownLimit],
+    ),
+    Scenario(
         "scale-up window: rise only once every proposal in the last 30 s agrees",
         cfg(scale_up_stabilization_s=30.0),
         start=4,
         utilization=[1.0, 1.0, 1.0, 0.5, 1.0, 1.0, 1.0],
-        # Initial 4 and 4 (within tolerance) bound the rise until they leave the window.
-        expected=[4, 4, 8, 8, 8, 8, 16],
+        # The window is (t-30, t]. t=0,15: the initial 4 (recorded at t=0) caps the rise to 8.
+        # t=45 proposes "keep 8" (within tolerance), which caps t=60's wish for 16; at t=75 it
+        # has left the window. t=90 wants 32 but t=75's proposal was 16.
+        expected=[4, 4, 8, 8, 8, 16, 16],
         reasons=[R.ScaleUpStabilized, R.ScaleUpStabilized, R.DesiredWithinRange,
-                 R.DesiredWithinRange, R.ScaleUpStabilized, R.ScaleUpStabilized,
-                 R.DesiredWithinRange],
+                 R.DesiredWithinRange, R.ScaleUpStabilized, R.DesiredWithinRange,
+                 R.ScaleUpStabilized],
     ),
 ]  # fmt: skip
 
@@ -274,15 +291,12 @@ MIXED_BOUNDS = [(1, 100), (2, 8), (1, 20), (1, 10), (0, 50), (3, 30), (1, 100), 
 MIXED_START = [4, 10, 1, 0, 0, 3, 7, 20]
 
 
-def _mixed_inputs(step: int, current: list[float]) -> tuple[list[float], ...]:
-    ready, unready, util = [], [], []
-    for env, cur in enumerate(current):
-        wave = 0.2 + 1.6 * ((step * (env + 3)) % 7) / 6.0  # 0.2 .. 1.8
-        r = cur if env != 5 or step % 4 else 0.0
-        ready.append(r)
-        unready.append(float(step % 3 == 0 and env in (2, 6)))
-        util.append(wave if r > 0 else NAN)
-    return ready, unready, util
+def _mixed_inputs(step: int, env: int, current: float) -> tuple[float, float, float]:
+    """(ready, unready, utilization) of one env at one step."""
+    wave = 0.2 + 1.6 * ((step * (env + 3)) % 7) / 6.0  # 0.2 .. 1.8
+    ready = 0.0 if env == 5 and step % 4 == 0 else current
+    unready = float(step % 3 == 0 and env in (2, 6))
+    return ready, unready, (wave if ready > 0 else NAN)
 
 
 def _run_mixed(envs: list[int], steps: int = 40):
@@ -292,16 +306,23 @@ def _run_mixed(envs: list[int], steps: int = 40):
     current = [float(MIXED_START[e]) for e in envs]
     history = []
     for step in range(steps):
-        ready, unready, util = _mixed_inputs(step, [0.0] * 0 + current)
-        ready = [_mixed_inputs(step, [0.0] * e + [c])[0][e] for e, c in zip(envs, current)]
-        unready = [_mixed_inputs(step, [0.0] * e + [c])[1][e] for e, c in zip(envs, current)]
-        util = [_mixed_inputs(step, [0.0] * e + [c])[2][e] for e, c in zip(envs, current)]
         if step == 17:  # someone scales by hand
             current = [c + 3 for c in current]
-        desired, reason, state = hpa_step(
-            state, 15.0 * step, _t(current), _t(ready), _t(unready), _t(util), MIXED, lo, hi
+        ready, unready, util = zip(
+            *(_mixed_inputs(step, e, c) for e, c in zip(envs, current, strict=True)), strict=True
         )
-        history.append((desired.clone(), reason.clone(), state))
+        desired, reason, state = hpa_step(
+            state,
+            15.0 * step,
+            _t(current),
+            _t(list(ready)),
+            _t(list(unready)),
+            _t(list(util)),
+            MIXED,
+            lo,
+            hi,
+        )
+        history.append((desired, reason, state))
         current = desired.tolist()
     return history
 
@@ -440,7 +461,9 @@ class GoHPA:
         pick_max = most_change if up else not most_change
         result = float(-(2**31)) if pick_max else float(2**31 - 1)
         for kind, value, period in policies:
-            start = cur - self._changes(self.up, period, now) + self._changes(self.down, period, now)
+            start = (
+                cur - self._changes(self.up, period, now) + self._changes(self.down, period, now)
+            )
             if kind == "Pods":
                 proposed = start + value if up else start - value
             elif up:
@@ -544,20 +567,24 @@ def _episodes(draw: st.DrawFn, within_bounds: bool):
     n_envs = draw(st.integers(1, 4))
     bounds = []
     for _ in range(n_envs):
-        lo = draw(st.integers(0 if not within_bounds else 1, 4))
+        lo = draw(st.integers(0, 4))
         bounds.append((lo, draw(st.integers(max(lo, 1), 40))))
     steps = []
     for _ in range(draw(st.integers(1, 25))):
         gap = draw(st.sampled_from([1, 1, 1, 2, 5, 21]))
         per_env = []
         for lo, hi in bounds:
-            manual = draw(st.none() | st.integers(lo if within_bounds else 0, hi if within_bounds else 45))
+            manual = draw(
+                st.none() | st.integers(lo if within_bounds else 0, hi if within_bounds else 45)
+            )
             ready_frac = draw(st.sampled_from([1.0, 1.0, 0.5, 0.0]))
             unready = draw(st.sampled_from([0, 0, 1, 3]))
             load = draw(st.integers(0, 3000))  # per-ready-pod milli-CPU of a 1000m request
             per_env.append((manual, ready_frac, unready, load))
         steps.append((gap, per_env))
-    start = [draw(st.integers(lo, hi) if within_bounds else st.integers(0, 45)) for lo, hi in bounds]
+    start = [
+        draw(st.integers(lo, hi) if within_bounds else st.integers(0, 45)) for lo, hi in bounds
+    ]
     return config, bounds, start, steps
 
 

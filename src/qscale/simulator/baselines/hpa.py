@@ -140,9 +140,9 @@ class HPAConfig:
     tolerance: float = 0.1
     """``--horizontal-pod-autoscaler-tolerance``: no scaling while the ratio is within it."""
     scale_up_tolerance: float | None = None
-    """``behavior.scaleUp.tolerance`` (``HPAConfigurableTolerance``); ``None`` uses ``tolerance``."""
+    """``behavior.scaleUp.tolerance`` (``HPAConfigurableTolerance``); ``None``: ``tolerance``."""
     scale_down_tolerance: float | None = None
-    """``behavior.scaleDown.tolerance``; ``None`` uses ``tolerance``."""
+    """``behavior.scaleDown.tolerance``; ``None``: ``tolerance``."""
     sync_period_s: float = 15.0
     """``--horizontal-pod-autoscaler-sync-period``: call :func:`hpa_step` this often. Only sizes
     the history buffers; calling more often can overflow them (the oldest entry is dropped)."""

@@ -1,0 +1,41 @@
+"""The trained policy as a rollout :class:`~qscale.simulator.rollout.Controller`.
+
+It wraps any callable ``obs -> Q`` (the eager :class:`~qscale.policy.network.QNetwork` during
+training, the TorchScript artifact in evaluation and serving), so the numbers an evaluation
+reports come from exactly the module that ships.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from qscale.simulator import env as sim
+
+__all__ = ["DQNController"]
+
+
+class DQNController:
+    """Greedy (argmax-Q) actions through the shield, batched over envs."""
+
+    uses_shield = True
+
+    def __init__(
+        self,
+        module: Callable[[torch.Tensor], torch.Tensor],
+        name: str = "dqn",
+        device: torch.device | str | None = None,
+    ) -> None:
+        self.module = module
+        self.name = name
+        self.device = torch.device(device) if device is not None else None
+
+    def reset(self, state: sim.EnvState, params: sim.EnvParams) -> None:
+        """Stateless: a decision needs only the current observation."""
+
+    def act(self, state: sim.EnvState, obs: torch.Tensor, params: sim.EnvParams) -> torch.Tensor:
+        x = obs if self.device is None else obs.to(self.device)
+        with torch.no_grad():
+            q = self.module(x)
+        return q.argmax(dim=1).to(device=obs.device, dtype=torch.int64)

@@ -1,0 +1,806 @@
+"""Train the autoscaling DQN against the batched simulator, CleanRL style.
+
+Read it top to bottom: ``TrainConfig`` holds every knob, a few small pure helpers follow, then
+:func:`train` runs straight through -- seeding, simulator, networks, replay, the loop, the
+periodic evaluation on the validation split, checkpoints, and the export of the best model as a
+:mod:`qscale.policy.artifact`. ``# ALGO LOGIC:`` marks the algorithm, ``# TRY NOT TO MODIFY:``
+the plumbing around it.
+
+The algorithm is DQN with a target network, Double-DQN targets, a dueling head, n-step returns,
+epsilon-greedy exploration, a Huber loss, gradient clipping and Adam, optionally with
+proportional prioritized replay. One iteration steps all ``n_envs`` simulated clusters at once
+and then runs ``gradient_steps`` updates, so the loop costs a fixed number of tensor ops per
+iteration instead of Python work per env step.
+
+The shield (:mod:`qscale.guardrails`) is applied inside ``env.step``: the agent learns under the
+same bounds it is served with, and exploration can never produce a decision serving would not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import dataclasses
+import json
+import math
+import os
+import random
+import sys
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn, optim
+from tqdm import tqdm
+
+from qscale import actions, features
+from qscale.guardrails import ShieldState
+from qscale.policy import artifact
+from qscale.policy.cli_args import add_dataclass_args, dataclass_from_args
+from qscale.policy.controller import DQNController
+from qscale.policy.network import QNetwork
+from qscale.policy.replay import NStepWindow, ReplayBuffer, Transitions
+from qscale.simulator import env as sim
+from qscale.simulator.rollout import Controller, rollout
+from qscale.simulator.splits import SPLIT_NAMES, packaged_trace, shared_trace_files
+from qscale.simulator.tracebank import TraceBank
+
+__all__ = [
+    "CSV_COLUMNS",
+    "BaselineEval",
+    "TrainConfig",
+    "TrainResult",
+    "double_dqn_target",
+    "episode_returns",
+    "evaluate",
+    "linear_schedule",
+    "main",
+    "train",
+    "validation_windows",
+]
+
+CSV_COLUMNS: tuple[str, ...] = (
+    "global_step",
+    "sps",
+    "td_loss",
+    "q_mean",
+    "epsilon",
+    "episode_return",
+    "eval_cost_replica_hours",
+    "eval_slo_violation_minutes",
+    "eval_score",
+    "gradient_updates",
+    "wall_s",
+)
+"""Columns of the training log, in order; names never change (plots and dashboards rely on
+them). Baseline metrics, when a baseline is given, follow as ``baseline_<key>``."""
+
+CHECKPOINT_FORMAT = 1
+
+BaselineEval = Callable[[sim.EnvParams, sim.EnvState, torch.Tensor], dict]
+"""``(val params, val state, val obs) -> {metric: value}``: scores a reference controller once on
+the same validation windows the policy is evaluated on."""
+
+
+def _default_traces() -> list[str]:
+    """The shared trace families when this machine has them, else the trace in the package."""
+    files = shared_trace_files()
+    return [str(p) for p in files] if files else [str(packaged_trace())]
+
+
+@dataclass
+class TrainConfig:
+    """Every hyperparameter of a training run; saved with each checkpoint and model."""
+
+    # --- experiment -------------------------------------------------------------------------
+    seed: int = 1
+    """Seeds torch, the simulator's clusters and episode windows: same seed, same run (CPU)."""
+    device: str = "auto"
+    """Where training runs: auto (CUDA if available), cpu, cuda or cuda:N."""
+    num_threads: int = 0
+    """CPU threads for torch (0: leave torch's default)."""
+    output_dir: str = "runs/dqn"
+    """Directory for config.json, the log, checkpoints and the exported models."""
+    checkpoint: str | None = None
+    """Checkpoint file written during training (none: <output_dir>/checkpoint.pt)."""
+    checkpoint_every: int = 2_000_000
+    """Env steps between checkpoints (0: only at the end)."""
+    checkpoint_replay: bool = True
+    """Store the replay buffer in checkpoints, so a resumed run continues exactly."""
+    resume: str | None = None
+    """Checkpoint to continue from; the run then ends at the same total_env_steps."""
+    csv_log: str | None = None
+    """Training log (CSV, fixed columns) (none: <output_dir>/train.csv)."""
+    log_every: int = 100_000
+    """Env steps between log rows and progress-bar updates."""
+    tensorboard: bool = False
+    """Also log to TensorBoard under <output_dir>/tb (skipped if tensorboard is not installed)."""
+    progress: bool = True
+    """Show a progress bar with steps/s, episode return and the latest validation numbers."""
+
+    # --- data -------------------------------------------------------------------------------
+    traces: list[str] = field(default_factory=_default_traces)
+    """Trace CSV files (t,value); default: the shared trace families, else the packaged one."""
+    train_split: str = "train"
+    """Split of each trace the agent trains on (train, val, test or all)."""
+    val_split: str = "val"
+    """Split of each trace the periodic evaluation and the best-model choice use."""
+
+    # --- simulator --------------------------------------------------------------------------
+    dt: float = 15.0
+    """Decision interval in seconds (the operator's sync period)."""
+    episode_steps: int = 480
+    """Steps per training episode (480 x 15 s = 2 h)."""
+    noise: bool = True
+    """Poisson noise on the trace's arrival rate."""
+    reward_cost: float = sim.RewardWeights.cost
+    """Reward weight of the pod cost (pods / peak pods per step)."""
+    reward_slo: float = sim.RewardWeights.slo
+    """Reward weight of a step whose p95 latency exceeds the SLO."""
+    reward_drop: float = sim.RewardWeights.drop
+    """Reward weight of the fraction of requests dropped by timeout."""
+    reward_churn: float = sim.RewardWeights.churn
+    """Reward weight of a step in which the replica count changed."""
+
+    # --- algorithm --------------------------------------------------------------------------
+    total_env_steps: int = 20_000_000
+    """Env steps to train for (rounded up to whole iterations of n_envs steps)."""
+    n_envs: int = 256
+    """Simulated clusters stepped together; one iteration = n_envs env steps."""
+    buffer_size: int = 1_000_000
+    """Replay capacity in n-step transitions."""
+    batch_size: int = 512
+    """Transitions per gradient update."""
+    lr: float = 3e-4
+    """Adam learning rate."""
+    adam_eps: float = 1e-5
+    """Adam epsilon (larger than torch's default: steadier steps on small TD errors)."""
+    gamma: float = 0.99
+    """Discount per decision step (0.99 at 15 s looks ~25 min ahead)."""
+    n_step: int = 3
+    """Rewards summed before bootstrapping; faster credit for slow pod start-ups."""
+    reward_scale: float = 0.1
+    """Rewards are multiplied by this for learning only, keeping Q-values of order 10."""
+    tau: float = 1.0
+    """Target network update rate: 1.0 copies, smaller values blend (Polyak)."""
+    target_update_period: int = 1000
+    """Gradient updates between target-network updates."""
+    train_frequency: int = 1
+    """Iterations between rounds of gradient updates."""
+    gradient_steps: int = 2
+    """Gradient updates per round."""
+    learning_starts: int = 100_000
+    """Env steps collected before the first update."""
+    eps_start: float = 1.0
+    """Initial exploration rate (probability of a uniformly random action)."""
+    eps_end: float = 0.02
+    """Final exploration rate."""
+    eps_fraction: float = 0.25
+    """Fraction of total_env_steps over which epsilon decays linearly."""
+    huber: bool = True
+    """Huber (smooth L1) TD loss; off: squared error."""
+    max_grad_norm: float = 10.0
+    """Gradient norm clip (0: no clipping)."""
+    prioritized: bool = False
+    """Proportional prioritized replay."""
+    per_alpha: float = 0.6
+    """Priority exponent of prioritized replay."""
+    per_beta_start: float = 0.4
+    """Initial importance-weight exponent, annealed linearly to 1 by the end."""
+    hidden_sizes: tuple[int, ...] = (128, 128)
+    """Widths of the MLP torso's hidden layers."""
+
+    # --- evaluation -------------------------------------------------------------------------
+    eval_every: int = 1_000_000
+    """Env steps between greedy evaluations on the validation windows (0: only at the end)."""
+    eval_envs: int = 128
+    """Validation windows (one simulated cluster each), spread evenly over the val traces."""
+    eval_steps: int = 480
+    """Length of each validation window in steps (shorter traces give shorter windows)."""
+    eval_seed: int = 12345
+    """Seed of the validation clusters: fixed so that evaluations compare across runs."""
+
+    def __post_init__(self) -> None:
+        self.traces = [os.fspath(p) for p in self.traces]
+        self.hidden_sizes = tuple(int(h) for h in self.hidden_sizes)
+        positive = (
+            "total_env_steps",
+            "n_envs",
+            "buffer_size",
+            "batch_size",
+            "n_step",
+            "target_update_period",
+            "train_frequency",
+            "episode_steps",
+            "eval_envs",
+            "eval_steps",
+            "log_every",
+        )
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("gradient_steps", "learning_starts", "checkpoint_every", "eval_every"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.buffer_size < self.n_envs:
+            raise ValueError(f"buffer_size ({self.buffer_size}) must be >= n_envs ({self.n_envs})")
+        checks = (
+            ("gamma", 0.0 < self.gamma <= 1.0, "in (0, 1]"),
+            ("tau", 0.0 < self.tau <= 1.0, "in (0, 1]"),
+            ("lr", self.lr > 0, "> 0"),
+            ("dt", self.dt > 0, "> 0"),
+            ("reward_scale", self.reward_scale > 0, "> 0"),
+            ("eps_start", 0.0 <= self.eps_start <= 1.0, "in [0, 1]"),
+            ("eps_end", 0.0 <= self.eps_end <= 1.0, "in [0, 1]"),
+            ("eps_fraction", 0.0 < self.eps_fraction <= 1.0, "in (0, 1]"),
+            ("per_alpha", self.per_alpha >= 0, ">= 0"),
+            ("per_beta_start", 0.0 <= self.per_beta_start <= 1.0, "in [0, 1]"),
+            ("max_grad_norm", self.max_grad_norm >= 0, ">= 0"),
+        )
+        for name, ok, rule in checks:
+            if not ok:
+                raise ValueError(f"{name} must be {rule}, got {getattr(self, name)}")
+        for name in ("train_split", "val_split"):
+            if getattr(self, name) not in SPLIT_NAMES:
+                raise ValueError(
+                    f"{name} must be one of {', '.join(SPLIT_NAMES)}, got {getattr(self, name)!r}"
+                )
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        if not self.traces:
+            raise ValueError("traces must name at least one CSV file")
+        if not self.hidden_sizes or min(self.hidden_sizes) < 1:
+            raise ValueError(f"hidden_sizes must be positive integers, got {self.hidden_sizes}")
+
+
+@dataclass
+class TrainResult:
+    """Where a run left its outputs and how it did."""
+
+    best_model: Path
+    """Artifact directory of the model with the best validation score."""
+    final_model: Path
+    """Artifact directory of the network as it was at the end."""
+    checkpoint: Path
+    csv_log: Path
+    global_step: int
+    gradient_updates: int
+    best_global_step: int
+    best_eval: dict[str, float]
+    """Validation metrics of the best model (``score`` is its mean greedy episode return)."""
+    final_eval: dict[str, float]
+    baseline: dict[str, float] | None
+    env_steps_per_s: float
+    """Env steps per second of wall time over this run's iterations (evaluation included)."""
+    updates_per_s: float
+    wall_s: float
+
+
+# --- small pure helpers ------------------------------------------------------------------------
+
+
+def linear_schedule(start: float, end: float, duration: float, t: float) -> float:
+    """``start`` moving linearly to ``end`` over ``duration``, then ``end``."""
+    if duration <= 0:
+        return end
+    return start + min(1.0, max(0.0, t / duration)) * (end - start)
+
+
+def double_dqn_target(
+    q_network: Callable[[torch.Tensor], torch.Tensor],
+    target_network: Callable[[torch.Tensor], torch.Tensor],
+    data: Transitions,
+) -> torch.Tensor:
+    """n-step Double-DQN target: the online network picks the next action, the target network
+    values it, which removes most of max-operator overestimation."""
+    next_action = q_network(data.next_obs).argmax(dim=1, keepdim=True)
+    next_q = target_network(data.next_obs).gather(1, next_action).squeeze(1)
+    return data.ret + data.discount * data.bootstrap * next_q
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available")
+    return torch.device(name)
+
+
+def sim_config(cfg: TrainConfig) -> sim.SimConfig:
+    """The simulator settings of a run (everything not exposed here keeps its default)."""
+    reward = sim.RewardWeights(
+        cost=cfg.reward_cost, slo=cfg.reward_slo, drop=cfg.reward_drop, churn=cfg.reward_churn
+    )
+    return sim.SimConfig(dt=cfg.dt, episode_steps=cfg.episode_steps, noise=cfg.noise, reward=reward)
+
+
+def validation_windows(
+    bank: TraceBank, n_windows: int, length: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(trace_index, start, length)`` of ``n_windows`` fixed windows for ``reset_fixed``.
+
+    Round-robin over the traces, evenly spaced within each, so every trace family weighs the
+    same whatever its length, and the windows are the same in every evaluation.
+    """
+    lengths = bank.lengths.cpu().tolist()
+    k = len(lengths)
+    idx, start, size = [], [], []
+    for i in range(n_windows):
+        trace, j = i % k, i // k
+        m = (n_windows - trace + k - 1) // k  # windows that land on this trace
+        span = min(length, lengths[trace])
+        idx.append(trace)
+        start.append(int((j + 0.5) / m * (lengths[trace] - span)))
+        size.append(span)
+    return torch.tensor(idx), torch.tensor(start), torch.tensor(size)
+
+
+def episode_returns(
+    controller: Controller, params: sim.EnvParams, state: sim.EnvState, obs: torch.Tensor
+) -> torch.Tensor:
+    """Undiscounted return ``[B]`` of ``controller`` over windows started by ``reset_fixed``.
+
+    The same loop as :func:`~qscale.simulator.rollout.rollout` (every env counts until its own
+    episode ends), summing the reward the agent is trained on.
+    """
+    n_steps = int(state.ep_len.max().item())
+    ep_len = state.ep_len.clone()
+    total = torch.zeros(params.n_envs, dtype=torch.float64, device=params.device)
+    controller.reset(state, params)
+    step_fn = sim.step if controller.uses_shield else sim.step_replicas
+    for t in range(n_steps):
+        out = controller.act(state, obs, params)
+        state, obs, reward, _, _, _ = step_fn(state, out, params)
+        total += torch.where(t < ep_len, reward, 0.0).double()
+    return total
+
+
+def evaluate(
+    controller: Controller, params: sim.EnvParams, state: sim.EnvState, obs: torch.Tensor
+) -> dict[str, float]:
+    """Validation numbers of a controller: rollout's cost and SLO minutes (means over windows)
+    and ``score``, the mean episode return -- the quantity training optimizes, used to keep the
+    best model because it weighs cost and SLO exactly as the reward does, per cluster size."""
+    m = rollout(controller, params, state, obs)
+    returns = episode_returns(controller, params, state, obs)
+    return {
+        "cost_replica_hours": float(m.cost_replica_hours.mean()),
+        "slo_violation_minutes": float(m.slo_violation_minutes.mean()),
+        "score": float(returns.mean()),
+    }
+
+
+def _state_dict_of(env_state: Any) -> dict[str, Any]:
+    """A simulator state as nested dicts of tensors (loadable with ``weights_only=True``)."""
+    return {
+        f.name: _state_dict_of(v) if dataclasses.is_dataclass(v) else v
+        for f in dataclasses.fields(env_state)
+        for v in [getattr(env_state, f.name)]
+    }
+
+
+def _env_state_from(d: dict[str, Any], device: torch.device) -> sim.EnvState:
+    fields = {k: v.to(device) for k, v in d.items() if k != "shield"}
+    shield = ShieldState(**{k: v.to(device) for k, v in d["shield"].items()})
+    return sim.EnvState(**fields, shield=shield)
+
+
+def _clone_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+# A checkpoint only continues the run it came from: these define that run's data and shapes.
+_RESUME_MUST_MATCH = (
+    "seed",
+    "n_envs",
+    "n_step",
+    "buffer_size",
+    "hidden_sizes",
+    "prioritized",
+    "traces",
+    "train_split",
+    "dt",
+    "episode_steps",
+)
+
+
+def _open_tensorboard(log_dir: Path) -> Any | None:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is an optional extra, not a dependency
+        warnings.warn("tensorboard is not installed; logging to CSV only", stacklevel=3)
+        return None
+    return SummaryWriter(str(log_dir))
+
+
+# --- the run -----------------------------------------------------------------------------------
+
+
+def train(config: TrainConfig, baseline_eval: BaselineEval | None = None) -> TrainResult:
+    """Run DQN training as configured; see the module docstring. ``baseline_eval`` is called
+    once with the validation windows and its numbers are logged next to the policy's."""
+    cfg = config
+    # TRY NOT TO MODIFY: seeding, device, output locations
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed % 2**32)
+    torch.manual_seed(cfg.seed)
+    if cfg.num_threads > 0:
+        torch.set_num_threads(cfg.num_threads)
+    device = resolve_device(cfg.device)
+    out_dir = Path(cfg.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = Path(cfg.checkpoint) if cfg.checkpoint else out_dir / "checkpoint.pt"
+    ckpt_path.parent.mkdir(parents=True, exist_ok=True)
+    csv_path = Path(cfg.csv_log) if cfg.csv_log else out_dir / "train.csv"
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+
+    # TRY NOT TO MODIFY: simulator -- random clusters and windows on the train split, fixed
+    # windows and clusters on the validation split
+    sim_cfg = sim_config(cfg)
+    train_bank = TraceBank.from_files(cfg.traces, cfg.train_split, cfg.dt, device)
+    params = sim.make_params(train_bank, cfg.n_envs, cfg.seed, sim_cfg, device)
+    state, obs = sim.reset(params)
+    val_bank = TraceBank.from_files(cfg.traces, cfg.val_split, cfg.dt, device)
+    val_params = sim.make_params(val_bank, cfg.eval_envs, cfg.eval_seed, sim_cfg, device)
+    val_state, val_obs = sim.reset_fixed(
+        val_params, *validation_windows(val_bank, cfg.eval_envs, cfg.eval_steps)
+    )
+
+    # ALGO LOGIC: networks, optimizer, replay
+    q_network = QNetwork(features.N_FEATURES, actions.N_ACTIONS, cfg.hidden_sizes).to(device)
+    target_network = copy.deepcopy(q_network)
+    optimizer = optim.Adam(q_network.parameters(), lr=cfg.lr, eps=cfg.adam_eps)
+    rb = ReplayBuffer(cfg.buffer_size, features.N_FEATURES, device, cfg.prioritized, cfg.per_alpha)
+    window = NStepWindow(cfg.n_step, cfg.n_envs, features.N_FEATURES, device)
+    loss_fn = nn.SmoothL1Loss(reduction="none") if cfg.huber else nn.MSELoss(reduction="none")
+
+    n_iterations = math.ceil(cfg.total_env_steps / cfg.n_envs)
+    eval_iters = _iterations(cfg.eval_every, cfg.n_envs)
+    ckpt_iters = _iterations(cfg.checkpoint_every, cfg.n_envs)
+    log_iters = _iterations(cfg.log_every, cfg.n_envs)
+    start_iteration, n_updates = 0, 0
+    best_score, best_step, best_eval = -math.inf, 0, {}
+    best_state: dict[str, torch.Tensor] | None = None
+    ep_return = torch.zeros(cfg.n_envs, device=device)
+
+    # TRY NOT TO MODIFY: resume everything a checkpoint holds
+    if cfg.resume:
+        ckpt = torch.load(cfg.resume, map_location=device, weights_only=True)
+        if ckpt.get("format") != CHECKPOINT_FORMAT or ckpt.get("spec_hash") != features.SPEC_HASH:
+            raise ValueError(f"{cfg.resume}: checkpoint from another format or feature spec")
+        saved = ckpt["config"]
+        diff = [k for k in _RESUME_MUST_MATCH if _norm(saved.get(k)) != _norm(getattr(cfg, k))]
+        if diff:
+            raise ValueError(f"{cfg.resume}: cannot resume with a different {', '.join(diff)}")
+        q_network.load_state_dict(ckpt["q_network"])
+        target_network.load_state_dict(ckpt["target_network"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        start_iteration, n_updates = int(ckpt["iteration"]), int(ckpt["n_updates"])
+        state = _env_state_from(ckpt["env_state"], device)
+        obs, ep_return = ckpt["obs"].to(device), ckpt["ep_return"].to(device)
+        window.load_state_dict(ckpt["window"])
+        if ckpt["replay"] is not None:
+            rb.load_state_dict(ckpt["replay"])
+        best_score, best_step = float(ckpt["best_score"]), int(ckpt["best_step"])
+        best_eval, best_state = dict(ckpt["best_eval"]), ckpt["best_state"]
+        torch.set_rng_state(ckpt["rng_cpu"])
+        if device.type == "cuda" and ckpt.get("rng_cuda") is not None:
+            torch.cuda.set_rng_state(ckpt["rng_cuda"], device)
+
+    def save_checkpoint(iteration: int) -> None:
+        _atomic_save(
+            {
+                "format": CHECKPOINT_FORMAT,
+                "spec_hash": features.SPEC_HASH,
+                "config": asdict(cfg),
+                "iteration": iteration,
+                "global_step": iteration * cfg.n_envs,
+                "n_updates": n_updates,
+                "q_network": q_network.state_dict(),
+                "target_network": target_network.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "env_state": _state_dict_of(state),
+                "obs": obs,
+                "ep_return": ep_return,
+                "window": window.state_dict(),
+                "replay": rb.state_dict() if cfg.checkpoint_replay else None,
+                "best_score": best_score,
+                "best_step": best_step,
+                "best_eval": best_eval,
+                "best_state": best_state,
+                "rng_cpu": torch.get_rng_state(),
+                "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+            },
+            ckpt_path,
+        )
+
+    # TRY NOT TO MODIFY: logging
+    baseline = None
+    if baseline_eval is not None:
+        raw = baseline_eval(val_params, val_state, val_obs)
+        baseline = {str(k): float(v) for k, v in raw.items() if isinstance(v, int | float)}
+        (out_dir / "baseline.json").write_text(json.dumps(baseline, indent=2) + "\n")
+    columns = list(CSV_COLUMNS) + [f"baseline_{k}" for k in (baseline or {})]
+    baseline_cells = {f"baseline_{k}": v for k, v in (baseline or {}).items()}
+    append = bool(cfg.resume) and csv_path.is_file()
+    csv_file = open(csv_path, "a" if append else "w", newline="")  # noqa: SIM115 (closed below)
+    csv_writer = csv.DictWriter(csv_file, fieldnames=columns)
+    if not append:
+        csv_writer.writeheader()
+    writer = _open_tensorboard(out_dir / "tb") if cfg.tensorboard else None
+    if writer is not None:
+        writer.add_text("config", "\n".join(f"|{k}|{v}|" for k, v in asdict(cfg).items()))
+        for k, v in (baseline or {}).items():
+            writer.add_scalar(f"baseline/{k}", v, 0)
+    bar = tqdm(
+        total=n_iterations * cfg.n_envs,
+        initial=start_iteration * cfg.n_envs,
+        unit="step",
+        unit_scale=True,
+        disable=not cfg.progress,
+        dynamic_ncols=True,
+    )
+    zero = torch.zeros((), device=device)
+    loss_sum, q_sum, n_loss, ret_sum, n_ret = zero, zero, 0, zero, zero
+    last_eval: dict[str, float] = {}
+    start_time = time.perf_counter()
+    updates_at_start = n_updates
+
+    try:
+        for iteration in range(start_iteration, n_iterations):
+            global_step = iteration * cfg.n_envs
+            # ALGO LOGIC: epsilon-greedy actions for every env at once
+            epsilon = linear_schedule(
+                cfg.eps_start, cfg.eps_end, cfg.eps_fraction * cfg.total_env_steps, global_step
+            )
+            with torch.no_grad():
+                greedy = q_network(obs).argmax(dim=1)
+            explore = torch.rand(cfg.n_envs, device=device) < epsilon
+            random_action = torch.randint(0, actions.N_ACTIONS, (cfg.n_envs,), device=device)
+            action = torch.where(explore, random_action, greedy)
+
+            # TRY NOT TO MODIFY: step the simulator (it auto-resets finished envs)
+            state, next_obs, reward, terminated, truncated, info = sim.step(state, action, params)
+            done = terminated | truncated
+            # A truncated episode bootstraps from its real last observation, not the reset one.
+            real_next_obs = next_obs
+            if "final_obs" in info:
+                real_next_obs = torch.where(truncated[:, None], info["final_obs"], next_obs)
+
+            # ALGO LOGIC: fold the step into n-step transitions and store the completed ones
+            window.push(obs, action, reward * cfg.reward_scale, real_next_obs, done, terminated)
+            if window.full:
+                rb.add(window.oldest(cfg.gamma))
+            obs = next_obs
+
+            # TRY NOT TO MODIFY: episode statistics, kept on the device (no sync per step)
+            ep_return = ep_return + reward
+            ret_sum = ret_sum + (ep_return * done).sum()
+            n_ret = n_ret + done.sum()
+            ep_return = torch.where(done, 0.0, ep_return)
+            global_step += cfg.n_envs
+
+            # ALGO LOGIC: training
+            ready = rb.size >= max(cfg.batch_size, 1) and global_step > cfg.learning_starts
+            if ready and iteration % cfg.train_frequency == 0:
+                beta = linear_schedule(cfg.per_beta_start, 1.0, cfg.total_env_steps, global_step)
+                for _ in range(cfg.gradient_steps):
+                    batch = rb.sample(cfg.batch_size, beta)
+                    data = batch.data
+                    with torch.no_grad():
+                        td_target = double_dqn_target(q_network, target_network, data)
+                    q_pred = q_network(data.obs).gather(1, data.action[:, None]).squeeze(1)
+                    td_error = td_target - q_pred
+                    loss = (batch.weights * loss_fn(q_pred, td_target)).mean()
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    if cfg.max_grad_norm > 0:
+                        nn.utils.clip_grad_norm_(q_network.parameters(), cfg.max_grad_norm)
+                    optimizer.step()
+                    rb.update_priorities(batch.index, td_error)
+                    n_updates += 1
+                    if n_updates % cfg.target_update_period == 0:
+                        with torch.no_grad():
+                            for tp, p in zip(
+                                target_network.parameters(), q_network.parameters(), strict=True
+                            ):
+                                tp.lerp_(p, cfg.tau)
+                    loss_sum = loss_sum + loss.detach()
+                    q_sum = q_sum + q_pred.detach().mean()
+                    n_loss += 1
+
+            # TRY NOT TO MODIFY: evaluation, logging, checkpoints
+            bar.update(cfg.n_envs)
+            last = iteration == n_iterations - 1
+            done_iters = iteration + 1
+            do_eval = last or (eval_iters > 0 and done_iters % eval_iters == 0)
+            do_log = do_eval or done_iters % log_iters == 0
+            if do_eval:
+                last_eval = evaluate(DQNController(q_network), val_params, val_state, val_obs)
+                if last_eval["score"] > best_score:
+                    best_score, best_step, best_eval = last_eval["score"], global_step, last_eval
+                    best_state = _clone_state(q_network)
+            if do_log:
+                wall = time.perf_counter() - start_time
+                sps = (global_step - start_iteration * cfg.n_envs) / max(wall, 1e-9)
+                row: dict[str, Any] = {
+                    "global_step": global_step,
+                    "sps": round(sps, 1),
+                    "td_loss": float(loss_sum) / n_loss if n_loss else "",
+                    "q_mean": float(q_sum) / n_loss / cfg.reward_scale if n_loss else "",
+                    "epsilon": round(epsilon, 5),
+                    "episode_return": float(ret_sum / n_ret) if int(n_ret) else "",
+                    "eval_cost_replica_hours": last_eval.get("cost_replica_hours", "")
+                    if do_eval
+                    else "",
+                    "eval_slo_violation_minutes": last_eval.get("slo_violation_minutes", "")
+                    if do_eval
+                    else "",
+                    "eval_score": last_eval.get("score", "") if do_eval else "",
+                    "gradient_updates": n_updates,
+                    "wall_s": round(wall, 2),
+                    **baseline_cells,
+                }
+                csv_writer.writerow(row)
+                csv_file.flush()
+                if writer is not None:
+                    for key, tag in (
+                        ("sps", "charts/SPS"),
+                        ("td_loss", "losses/td_loss"),
+                        ("q_mean", "losses/q_values"),
+                        ("epsilon", "charts/epsilon"),
+                        ("episode_return", "charts/episodic_return"),
+                        ("eval_cost_replica_hours", "eval/cost_replica_hours"),
+                        ("eval_slo_violation_minutes", "eval/slo_violation_minutes"),
+                        ("eval_score", "eval/score"),
+                    ):
+                        if row[key] != "":
+                            writer.add_scalar(tag, row[key], global_step)
+                postfix = {"sps": f"{sps:.0f}"}
+                if row["episode_return"] != "":
+                    postfix["ret"] = f"{row['episode_return']:.1f}"
+                if last_eval:
+                    postfix["val_cost"] = f"{last_eval['cost_replica_hours']:.2f}"
+                    postfix["val_slo_min"] = f"{last_eval['slo_violation_minutes']:.1f}"
+                bar.set_postfix(postfix, refresh=False)
+                loss_sum, q_sum, n_loss, ret_sum, n_ret = zero, zero, 0, zero, zero
+            if last or (ckpt_iters > 0 and done_iters % ckpt_iters == 0):
+                save_checkpoint(done_iters)
+    finally:
+        bar.close()
+        csv_file.close()
+        if writer is not None:
+            writer.close()
+
+    wall = time.perf_counter() - start_time
+    steps_run = (n_iterations - start_iteration) * cfg.n_envs
+    if not last_eval:  # resumed from a finished run: nothing trained, still report numbers
+        last_eval = evaluate(DQNController(q_network), val_params, val_state, val_obs)
+    if best_state is None:
+        best_state, best_eval, best_step = _clone_state(q_network), last_eval, n_iterations
+    # TRY NOT TO MODIFY: export the best and the final network as artifacts
+    summary = {
+        "global_step": n_iterations * cfg.n_envs,
+        "gradient_updates": n_updates,
+        "best_global_step": best_step,
+        "val_windows": cfg.eval_envs,
+        "val_split": cfg.val_split,
+        "best_val": best_eval,
+        "final_val": last_eval,
+        "baseline_val": baseline,
+    }
+    final_dir = artifact.export(
+        q_network,
+        out_dir / "final",
+        train_config=asdict(cfg),
+        trace_files=cfg.traces,
+        extra={"training_summary": summary},
+    )
+    best_network = copy.deepcopy(q_network)
+    best_network.load_state_dict(best_state)
+    best_dir = artifact.export(
+        best_network,
+        out_dir / "best",
+        train_config=asdict(cfg),
+        trace_files=cfg.traces,
+        extra={"training_summary": summary},
+    )
+    return TrainResult(
+        best_model=best_dir,
+        final_model=final_dir,
+        checkpoint=ckpt_path,
+        csv_log=csv_path,
+        global_step=n_iterations * cfg.n_envs,
+        gradient_updates=n_updates,
+        best_global_step=best_step,
+        best_eval=best_eval,
+        final_eval=last_eval,
+        baseline=baseline,
+        env_steps_per_s=steps_run / max(wall, 1e-9),
+        updates_per_s=(n_updates - updates_at_start) / max(wall, 1e-9),
+        wall_s=wall,
+    )
+
+
+def _iterations(env_steps: int, n_envs: int) -> int:
+    """Env-step interval -> iterations (at least one; 0 stays 0 = never)."""
+    return max(1, env_steps // n_envs) if env_steps > 0 else 0
+
+
+def _norm(value: Any) -> Any:
+    """Compare configs from a checkpoint (lists) and from a dataclass (tuples) alike."""
+    return list(value) if isinstance(value, list | tuple) else value
+
+
+# --- command line ------------------------------------------------------------------------------
+
+
+def build_parser(defaults: TrainConfig | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="qscale train", description="Train the autoscaling DQN in the batched simulator."
+    )
+    add_dataclass_args(parser, TrainConfig, defaults)
+    return parser
+
+
+def parse_config(argv: Sequence[str] | None = None) -> TrainConfig:
+    """Options -> :class:`TrainConfig`. With ``--resume``, the checkpoint's config supplies the
+    defaults, so ``qscale train --resume run/checkpoint.pt`` needs nothing else; options given
+    on the command line still win (e.g. a larger ``--total-env-steps`` to train longer)."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--resume", default=None)
+    known, _ = pre.parse_known_args(argv)
+    defaults = None
+    if known.resume and known.resume.lower() not in ("none", "null"):
+        if not Path(known.resume).is_file():
+            build_parser().error(f"--resume: no such checkpoint {known.resume!r}")
+        try:
+            saved = torch.load(known.resume, map_location="cpu", weights_only=True)["config"]
+            defaults = TrainConfig(**saved)
+        except Exception as e:
+            build_parser().error(f"--resume: unreadable checkpoint {known.resume!r} ({e})")
+    parser = build_parser(defaults)
+    ns = parser.parse_args(argv)
+    try:
+        return dataclass_from_args(TrainConfig, ns)
+    except ValueError as e:
+        parser.error(str(e))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``qscale train`` entry point: returns the exit status, errors are one line on stderr."""
+    cfg = parse_config(argv)
+    try:
+        result = train(cfg)
+    except KeyboardInterrupt:
+        print("qscale train: interrupted; continue with --resume <checkpoint>", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, artifact.ArtifactError) as e:
+        print(f"qscale train: error: {e}", file=sys.stderr)
+        return 2
+    best = result.best_eval
+    print(
+        f"best model: {result.best_model} (step {result.best_global_step}: "
+        f"val cost {best.get('cost_replica_hours', float('nan')):.3f} replica-h, "
+        f"SLO {best.get('slo_violation_minutes', float('nan')):.2f} min, "
+        f"return {best.get('score', float('nan')):.2f}); "
+        f"{result.env_steps_per_s:.0f} env steps/s, {result.updates_per_s:.0f} updates/s"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

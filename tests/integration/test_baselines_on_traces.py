@@ -1,0 +1,68 @@
+"""Baselines on real traces (the shared catalog's test split, or the shipped excerpt)."""
+
+import pytest
+import torch
+
+from qscale.simulator.baselines import HPAController, KedaController, OracleController, tune_hpa
+from qscale.simulator.evaluate import EvalProfile, build, concat_params, run
+from qscale.simulator.splits import packaged_trace, shared_trace_files
+from qscale.simulator.tracebank import TraceBank
+
+HORIZON = 4 * 240  # 4 hours
+
+
+@pytest.fixture(scope="module")
+def setup():
+    files = shared_trace_files()
+    paths = [f for f in files if f.stem in ("nasa_http_1995", "nyc_taxi", "twitter_volume_AAPL")]
+    bank = TraceBank.from_files(paths or [packaged_trace()], split="test" if paths else "all")
+    return build(bank, EvalProfile(), seeds=[0, 1], horizon_steps=HORIZON)
+
+
+def test_oracle_is_the_cost_lower_bound_and_meets_the_slo(setup):
+    params, win = setup
+    oracle = run(OracleController(), params, win)
+    assert float(oracle.slo_violation_minutes.max()) == 0.0
+    for ctrl in (HPAController(), KedaController()):
+        other = run(ctrl, params, win)
+        assert (oracle.cost_replica_hours < other.cost_replica_hours).all(), ctrl.name
+
+
+def test_hpa_follows_load(setup):
+    params, win = setup
+    m = run(HPAController(), params, win, record=True)
+    tl = m.timeline
+    # Replicas track the load (a 10-minute mean of the rate, as the HPA's stabilization and the
+    # pods' start-up smooth it): clear positive correlation over time in every env.
+    smooth = torch.nn.functional.avg_pool1d(tl["rate"].T[:, None], 40, stride=1)[:, 0].T
+    for i in range(params.n_envs):
+        r = smooth[:, i]
+        n = tl["replicas"][39:, i]
+        c = torch.corrcoef(torch.stack([r, n]))[0, 1]
+        assert c > 0.5, (i, float(c))
+
+
+def test_tuning_never_does_worse_on_slo_than_default(setup):
+    params, win = setup
+    n = params.n_envs
+    targets = (0.5, 0.7, 0.9)
+    big = concat_params([params] * len(targets))
+    win_k = type(win)(*(x.repeat(len(targets)) for x in (win.trace, win.start, win.length, win.seed)))
+
+    def runner(ctrl):
+        m = run(ctrl, big, win_k)
+        return m.cost_replica_hours, m.slo_violation_minutes
+
+    res = tune_hpa(runner, n, targets=targets, windows_s=(60.0, 300.0))
+    default = next(
+        r for r in res.table
+        if r["target_utilization"] == 0.7 and r["scale_down_stabilization_s"] == 300.0
+    )
+    chosen = next(
+        r for r in res.table
+        if r["target_utilization"] == res.config.target_utilization
+        and r["scale_down_stabilization_s"] == res.config.scale_down_stabilization_s
+    )
+    assert chosen["slo_violation_minutes"] <= default["slo_violation_minutes"]
+    assert chosen["cost_replica_hours"] <= default["cost_replica_hours"]
+    assert len(res.table) == 6
