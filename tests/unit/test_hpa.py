@@ -286,7 +286,7 @@ def test_scenario(sc: Scenario) -> None:
 # --- batching, overrides, purity, devices ------------------------------------------------------
 
 MIXED = HPAConfig(target_utilization=0.5, scale_up_stabilization_s=15.0)
-# Per env: (min, max) and a util pattern; env 3 is disabled, env 5 has no ready pods at times.
+# Per env (min, max): env 3 starts disabled, env 4 at 0 with min 0, env 5 loses its ready pods.
 MIXED_BOUNDS = [(1, 100), (2, 8), (1, 20), (1, 10), (0, 50), (3, 30), (1, 100), (5, 6)]
 MIXED_START = [4, 10, 1, 0, 0, 3, 7, 20]
 

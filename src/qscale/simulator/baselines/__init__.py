@@ -38,6 +38,7 @@ class HPAController:
         self._state = HPAState.init(params.n_envs, params.device, self.config)
 
     def act(self, state: sim.EnvState, obs: torch.Tensor, params: sim.EnvParams) -> torch.Tensor:
+        self._state = self._state.reset(state.t == 0)  # envs that just (auto-)reset
         util = state.utilization
         if self.target_scale is not None:
             util = util * self.target_scale
@@ -78,7 +79,9 @@ def tune_hpa(
 
     ``run(controller)`` rolls the controller over the tuning windows (``n_envs`` of them) and
     returns per-env (cost, SLO-violation minutes). Targets are evaluated together in one batch
-    by scaling the utilization the HPA sees (see :class:`HPAController`).
+    by scaling the utilization the HPA sees (see :class:`HPAController`); because the
+    controller truncates utilization to whole percent, that ranks targets almost, not exactly,
+    as the controller would, which is fine for a search. The chosen config is then run exactly.
 
     Rule: the cheapest grid point whose SLO-violation minutes do not exceed the default HPA's
     (target 0.7, window 300 s) on the same windows; published work finds such a tuned HPA the
