@@ -23,20 +23,22 @@ from qscale.simulator.splits import packaged_trace, shared_trace_files
 from qscale.simulator.tracebank import TraceBank
 
 
-def bench_batched(bank: TraceBank, n_envs: int, device: str, steps: int, repeats: int = 3):
+def bench_batched(
+    bank: TraceBank, n_envs: int, device: str, steps: int, repeats: int = 3, step_fn=sim.step
+):
     params = sim.make_params(bank.to(device), n_envs, seed=0, device=device)
     state, _ = sim.reset(params)
     gen = torch.Generator().manual_seed(0)
     acts = torch.randint(0, actions.N_ACTIONS, (64, n_envs), generator=gen).to(device)
     for i in range(20):
-        state, *_ = sim.step(state, acts[i % 64], params)
+        state, *_ = step_fn(state, acts[i % 64], params)
     rates = []
     for _ in range(repeats):
         if device == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
         for i in range(steps):
-            state, *_ = sim.step(state, acts[i % 64], params)
+            state, *_ = step_fn(state, acts[i % 64], params)
         if device == "cuda":
             torch.cuda.synchronize()
         rates.append(steps * n_envs / (time.perf_counter() - t0))
@@ -61,6 +63,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", help="write results here")
+    ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     paths = shared_trace_files() or [packaged_trace()]
@@ -74,6 +77,11 @@ def main() -> None:
             steps = 2000 if n <= 64 else 400
             rate = bench_batched(bank, n, device, steps)
             rows.append({"what": f"batched, {n} envs", "device": device, "steps_per_s": rate})
+        if not args.no_compile:
+            compiled = sim.compiled_step()
+            for n in (1024, 4096):
+                rate = bench_batched(bank, n, device, 400, step_fn=compiled)
+                rows.append({"what": f"compiled, {n} envs", "device": device, "steps_per_s": rate})
     info = {
         "torch": torch.__version__,
         "threads": args.threads,
@@ -87,8 +95,7 @@ def main() -> None:
         ratio = r["steps_per_s"] / gym_rate
         r["ratio_vs_gym"] = ratio
         print(
-            f"| {r['what']:<28} | {r['device']:<6} | {r['steps_per_s']:>14,.0f} "
-            f"| {ratio:>13,.1f} |"
+            f"| {r['what']:<28} | {r['device']:<6} | {r['steps_per_s']:>14,.0f} | {ratio:>13,.1f} |"
         )
     if args.json:
         with open(args.json, "w") as fh:

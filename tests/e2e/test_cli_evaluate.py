@@ -33,8 +33,16 @@ def small_trace(tmp_path):
 def test_evaluate_baselines_end_to_end(tmp_path, small_trace):
     out = tmp_path / "eval"
     proc = qscale(
-        "evaluate", "--traces", str(small_trace), "--seeds", "2", "--out", str(out),
-        "--tune-hours", "1", "--no-progress",
+        "evaluate",
+        "--traces",
+        str(small_trace),
+        "--seeds",
+        "2",
+        "--out",
+        str(out),
+        "--tune-hours",
+        "1",
+        "--no-progress",
     )
     for name in ("hpa", "hpa-tuned", "keda", "oracle"):
         assert name in proc.stdout
@@ -58,7 +66,13 @@ def test_evaluate_baselines_end_to_end(tmp_path, small_trace):
 def test_simulate_writes_timeline(tmp_path, small_trace):
     out = tmp_path / "timeline.csv"
     proc = qscale(
-        "simulate", "--trace", str(small_trace), "--controller", "keda", "--out", str(out),
+        "simulate",
+        "--trace",
+        str(small_trace),
+        "--controller",
+        "keda",
+        "--out",
+        str(out),
         "--no-progress",
     )
     totals = json.loads(proc.stdout)

@@ -47,7 +47,9 @@ def test_tuning_never_does_worse_on_slo_than_default(setup):
     n = params.n_envs
     targets = (0.5, 0.7, 0.9)
     big = concat_params([params] * len(targets))
-    win_k = type(win)(*(x.repeat(len(targets)) for x in (win.trace, win.start, win.length, win.seed)))
+    win_k = type(win)(
+        *(x.repeat(len(targets)) for x in (win.trace, win.start, win.length, win.seed))
+    )
 
     def runner(ctrl):
         m = run(ctrl, big, win_k)
@@ -55,11 +57,13 @@ def test_tuning_never_does_worse_on_slo_than_default(setup):
 
     res = tune_hpa(runner, n, targets=targets, windows_s=(60.0, 300.0))
     default = next(
-        r for r in res.table
+        r
+        for r in res.table
         if r["target_utilization"] == 0.7 and r["scale_down_stabilization_s"] == 300.0
     )
     chosen = next(
-        r for r in res.table
+        r
+        for r in res.table
         if r["target_utilization"] == res.config.target_utilization
         and r["scale_down_stabilization_s"] == res.config.scale_down_stabilization_s
     )

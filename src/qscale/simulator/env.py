@@ -30,6 +30,7 @@ cost term is scale-free and a policy is not pushed to care more about large serv
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -322,6 +323,7 @@ def _fresh(
     )
 
 
+@torch.compiler.disable
 def _random_episodes(
     state: EnvState | None, params: EnvParams, ids: torch.Tensor, episode: torch.Tensor
 ) -> EnvState:
@@ -516,6 +518,13 @@ def _transition(
         nxt = _random_episodes(nxt, params, ids, nxt.episode[ids] + 1)
         obs = observe(nxt, params)
     return nxt, obs, reward, terminated, truncated, info
+
+
+def compiled_step() -> Callable[..., tuple]:
+    """:func:`step` through ``torch.compile``: same results, about 3x the throughput on CPU at
+    thousands of envs (kernels fused), at the price of ~20 s of compiling on first use. The
+    auto-reset branch stays eager (its batch size varies)."""
+    return torch.compile(step, dynamic=False)
 
 
 def replace_config(params: EnvParams, **changes) -> EnvParams:
