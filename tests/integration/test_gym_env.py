@@ -19,7 +19,7 @@ def test_episode_truncates_and_is_reproducible():
         obs, _ = env.reset(seed=seed)
         rewards, n = [], 0
         while True:
-            obs, r, term, trunc, info = env.step(n % 6)
+            obs, r, term, trunc, _ = env.step(n % 6)
             assert env.observation_space.contains(obs)
             rewards.append(r)
             n += 1
