@@ -44,6 +44,8 @@ class Metrics:
     scaling_actions: torch.Tensor
     dropped_requests: torch.Tensor
     steps: torch.Tensor
+    episode_return: torch.Tensor
+    """Undiscounted sum of the simulator's reward (what training maximizes)."""
     timeline: dict[str, torch.Tensor] | None = None
 
 
@@ -68,6 +70,7 @@ def rollout(
     viol = torch.zeros(b, dtype=torch.float64, device=dev)
     churn = torch.zeros(b, dtype=torch.float64, device=dev)
     dropped = torch.zeros(b, dtype=torch.float64, device=dev)
+    ret = torch.zeros(b, dtype=torch.float64, device=dev)
     p95_max = torch.zeros(b, device=dev)
     p95_all = torch.full((n_steps, b), float("nan"), device=dev)
     timeline = {k: torch.zeros(n_steps, b, device=dev) for k in TIMELINE_KEYS} if record else None
@@ -76,7 +79,8 @@ def rollout(
     for t in tqdm(range(n_steps), disable=not progress, desc=controller.name, leave=False):
         live = t < ep_len
         out = controller.act(state, obs, params)
-        state, obs, _, _, _, info = step_fn(state, out, params)
+        state, obs, reward, _, _, info = step_fn(state, out, params)
+        ret += torch.where(live, reward, 0.0).double()
         cost += torch.where(live, info["cost_pod_s"], 0.0).double()
         viol += torch.where(live & info["violation"], dt, 0.0).double()
         churn += (live & info["changed"]).double()
@@ -95,5 +99,6 @@ def rollout(
         scaling_actions=churn,
         dropped_requests=dropped,
         steps=ep_len,
+        episode_return=ret,
         timeline=timeline,
     )
