@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from qscale.policy.artifact import ArtifactError
 from qscale.simulator import env as sim
 from qscale.simulator.baselines import (
     HPAController,
@@ -37,6 +38,7 @@ from qscale.simulator.tracebank import TraceBank
 from qscale.simulator.traces import TraceError
 
 BASELINES = ("hpa", "hpa-tuned", "keda", "oracle")
+CONTROLLERS = ("dqn", *BASELINES)
 
 
 class UsageError(Exception):
@@ -127,12 +129,35 @@ def _repeat_params(params: sim.EnvParams, k: int) -> sim.EnvParams:
     return concat_params([params] * k)
 
 
+def _load_model(spec: str | None, device: torch.device):
+    """The policy artifact named by ``--model``: a directory, ``default`` (the shipped model),
+    or ``none``. ``None`` when no model is to be evaluated."""
+    from qscale.policy.artifact import load_policy
+    from qscale.policy.default import default_model_path, has_default_model
+
+    if spec in (None, "none"):
+        return None
+    if spec == "default":
+        if not has_default_model():
+            print("no default model in this install (`make model` builds it): baselines only",
+                  file=sys.stderr)
+            return None
+        return load_policy(default_model_path(), device=device)
+    return load_policy(spec, device=device)
+
+
 def _controllers(
-    names: Sequence[str], tuned: TuneResult | None
+    names: Sequence[str], tuned: TuneResult | None, policy=None
 ) -> dict[str, Callable[[], Controller]]:
     makers: dict[str, Callable[[], Controller]] = {}
     for name in names:
-        if name == "hpa":
+        if name == "dqn":
+            if policy is None:
+                raise UsageError("controller 'dqn' needs a model (--model PATH or default)")
+            from qscale.policy.controller import DQNController
+
+            makers[name] = lambda: DQNController(policy.module, name="dqn")
+        elif name == "hpa":
             makers[name] = lambda: HPAController(name="hpa")
         elif name == "hpa-tuned":
             assert tuned is not None
@@ -143,20 +168,24 @@ def _controllers(
         elif name == "oracle":
             makers[name] = OracleController
         else:
-            raise UsageError(f"unknown controller {name!r}; choose from {', '.join(BASELINES)}")
+            raise UsageError(f"unknown controller {name!r}; choose from {', '.join(CONTROLLERS)}")
     return makers
 
 
-def cmd_evaluate(args: argparse.Namespace) -> int:
+def run_evaluation(args: argparse.Namespace) -> tuple[dict, str]:
+    """What ``qscale evaluate`` does, returning the JSON document and the printed text."""
     t0 = time.perf_counter()
     device = _device(args.device)
     paths, is_shared = _resolve_traces(args.traces)
     split = args.split or ("test" if is_shared else "all")
     profile = _profile(args)
-    names = [c.strip() for c in args.controllers.split(",") if c.strip()]
+    policy = _load_model(args.model, device)
+    default_names = CONTROLLERS if policy is not None else BASELINES
+    names = [c.strip() for c in (args.controllers or ",".join(default_names)).split(",")]
+    names = [n for n in names if n]
     for n in names:
-        if n not in BASELINES:
-            raise UsageError(f"unknown controller {n!r}; choose from {', '.join(BASELINES)}")
+        if n not in CONTROLLERS:
+            raise UsageError(f"unknown controller {n!r}; choose from {', '.join(CONTROLLERS)}")
     bank = TraceBank.from_files(paths, split=split, dt=profile.dt, device=device)
     tuned, tuned_on = (None, "")
     if "hpa-tuned" in names:
@@ -165,7 +194,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     horizon = None if args.horizon_hours is None else int(args.horizon_hours * 3600 / profile.dt)
     seeds = list(range(args.seeds))
     res = evaluate(
-        _controllers(names, tuned),
+        _controllers(names, tuned, policy),
         bank,
         profile,
         seeds,
@@ -180,8 +209,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         "horizon_hours": args.horizon_hours,
         "profile": profile.__dict__,
         "device": str(device),
-        "wall_seconds": round(time.perf_counter() - t0, 1),
     }
+    if policy is not None:
+        meta["model"] = {
+            "path": str(policy.path),
+            "kind": policy.kind,
+            "model_sha256": policy.manifest.get("model_sha256"),
+            "spec_hash": policy.manifest.get("spec_hash"),
+        }
     if tuned is not None:
         meta["hpa_tuned"] = {
             "target_utilization": tuned.config.target_utilization,
@@ -190,18 +225,27 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             "rule": tuned.rule,
             "grid": tuned.table,
         }
+    meta["wall_seconds"] = round(time.perf_counter() - t0, 1)
     written = write_outputs(res, out, bank, meta)
-    print(format_table(res.summary()))
+    lines = [format_table(res.summary())]
     if tuned is not None:
         c = tuned.config
-        print(
+        lines.append(
             f"hpa-tuned: target utilization {c.target_utilization:.2f}, scale-down "
             f"stabilization {c.scale_down_stabilization_s:g} s (tuned on {tuned_on})"
         )
+    text = "\n".join(lines)
+    print(text)
     print(f"table and rows: {written['json']}  {written['csv']}")
     for key, p in written.items():
         if key.startswith("plot:"):
             print(f"plot: {p}")
+    doc = {"meta": meta, "summary": res.summary(), "table": text}
+    return doc, text
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    run_evaluation(args)
     return 0
 
 
@@ -330,7 +374,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise UsageError("--seeds must be >= 1")
             return cmd_evaluate(args)
         return cmd_simulate(args)
-    except (UsageError, TraceError, ValueError) as err:
+    except (UsageError, TraceError, ValueError, ArtifactError) as err:
         print(f"qscale {args.command}: error: {err}", file=sys.stderr)
         return 2
 
