@@ -134,6 +134,7 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, indent=2, sort_keys=False, allow_nan=True)
             f.write("\n")
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; the operator may run as another user
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -95,8 +95,8 @@ class NStepWindow:
         last = torch.as_tensor(order, device=reward.device)[k - 1]
         first = order[0]
         return Transitions(
-            obs=self.obs[first],
-            action=self.action[first],
+            obs=self.obs[first].clone(),  # a copy: the slot is overwritten by the next push
+            action=self.action[first].clone(),
             ret=ret,
             next_obs=self.next_obs[last, self._env],
             discount=gamma ** k.to(reward.dtype),

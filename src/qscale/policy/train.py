@@ -56,11 +56,15 @@ __all__ = [
     "BaselineEval",
     "TrainConfig",
     "TrainResult",
+    "build_parser",
     "double_dqn_target",
     "episode_returns",
     "evaluate",
     "linear_schedule",
     "main",
+    "parse_config",
+    "resolve_device",
+    "sim_config",
     "train",
     "validation_windows",
 ]
@@ -103,14 +107,18 @@ class TrainConfig:
     """Seeds torch, the simulator's clusters and episode windows: same seed, same run (CPU)."""
     device: str = "auto"
     """Where training runs: auto (CUDA if available), cpu, cuda or cuda:N."""
-    num_threads: int = 0
-    """CPU threads for torch (0: leave torch's default)."""
+    num_threads: int = 1
+    """CPU threads for torch (0: torch's default, one per core). One by default: each op is
+    small, and OpenMP threads that wait for a core busy with other work make updates 10-50x
+    slower (measured on a shared 2-core machine)."""
     output_dir: str = "runs/dqn"
     """Directory for config.json, the log, checkpoints and the exported models."""
     checkpoint: str | None = None
     """Checkpoint file written during training (none: <output_dir>/checkpoint.pt)."""
     checkpoint_every: int = 2_000_000
     """Env steps between checkpoints (0: only at the end)."""
+    keep_checkpoints: bool = False
+    """Also keep each periodic checkpoint as checkpoint-<global_step>.pt next to the latest."""
     checkpoint_replay: bool = True
     """Store the replay buffer in checkpoints, so a resumed run continues exactly."""
     resume: str | None = None
@@ -149,7 +157,7 @@ class TrainConfig:
     """Reward weight of a step in which the replica count changed."""
 
     # --- algorithm --------------------------------------------------------------------------
-    total_env_steps: int = 20_000_000
+    total_env_steps: int = 30_000_000
     """Env steps to train for (rounded up to whole iterations of n_envs steps)."""
     n_envs: int = 256
     """Simulated clusters stepped together; one iteration = n_envs env steps."""
@@ -181,7 +189,7 @@ class TrainConfig:
     """Initial exploration rate (probability of a uniformly random action)."""
     eps_end: float = 0.02
     """Final exploration rate."""
-    eps_fraction: float = 0.25
+    eps_fraction: float = 0.1
     """Fraction of total_env_steps over which epsilon decays linearly."""
     huber: bool = True
     """Huber (smooth L1) TD loss; off: squared error."""
@@ -199,7 +207,7 @@ class TrainConfig:
     # --- evaluation -------------------------------------------------------------------------
     eval_every: int = 1_000_000
     """Env steps between greedy evaluations on the validation windows (0: only at the end)."""
-    eval_envs: int = 128
+    eval_envs: int = 256
     """Validation windows (one simulated cluster each), spread evenly over the val traces."""
     eval_steps: int = 480
     """Length of each validation window in steps (shorter traces give shorter windows)."""
@@ -430,14 +438,24 @@ def _open_tensorboard(log_dir: Path) -> Any | None:
 
 def train(config: TrainConfig, baseline_eval: BaselineEval | None = None) -> TrainResult:
     """Run DQN training as configured; see the module docstring. ``baseline_eval`` is called
-    once with the validation windows and its numbers are logged next to the policy's."""
-    cfg = config
+    once with the validation windows and its numbers are logged next to the policy's.
+
+    torch's thread count is process-wide: it is set for the run and restored afterwards.
+    """
+    threads = torch.get_num_threads()
+    if config.num_threads > 0:
+        torch.set_num_threads(config.num_threads)
+    try:
+        return _train(config, baseline_eval)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(cfg: TrainConfig, baseline_eval: BaselineEval | None) -> TrainResult:
     # TRY NOT TO MODIFY: seeding, device, output locations
     random.seed(cfg.seed)
     np.random.seed(cfg.seed % 2**32)
     torch.manual_seed(cfg.seed)
-    if cfg.num_threads > 0:
-        torch.set_num_threads(cfg.num_threads)
     device = resolve_device(cfg.device)
     out_dir = Path(cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -478,8 +496,16 @@ def train(config: TrainConfig, baseline_eval: BaselineEval | None = None) -> Tra
 
     # TRY NOT TO MODIFY: resume everything a checkpoint holds
     if cfg.resume:
-        ckpt = torch.load(cfg.resume, map_location=device, weights_only=True)
-        if ckpt.get("format") != CHECKPOINT_FORMAT or ckpt.get("spec_hash") != features.SPEC_HASH:
+        try:
+            ckpt = torch.load(cfg.resume, map_location=device, weights_only=True)
+        except FileNotFoundError:
+            raise
+        except Exception as e:
+            raise ValueError(f"{cfg.resume}: unreadable checkpoint ({e})") from None
+        if not isinstance(ckpt, dict) or (ckpt.get("format"), ckpt.get("spec_hash")) != (
+            CHECKPOINT_FORMAT,
+            features.SPEC_HASH,
+        ):
             raise ValueError(f"{cfg.resume}: checkpoint from another format or feature spec")
         saved = ckpt["config"]
         diff = [k for k in _RESUME_MUST_MATCH if _norm(saved.get(k)) != _norm(getattr(cfg, k))]
@@ -501,31 +527,32 @@ def train(config: TrainConfig, baseline_eval: BaselineEval | None = None) -> Tra
             torch.cuda.set_rng_state(ckpt["rng_cuda"], device)
 
     def save_checkpoint(iteration: int) -> None:
-        _atomic_save(
-            {
-                "format": CHECKPOINT_FORMAT,
-                "spec_hash": features.SPEC_HASH,
-                "config": asdict(cfg),
-                "iteration": iteration,
-                "global_step": iteration * cfg.n_envs,
-                "n_updates": n_updates,
-                "q_network": q_network.state_dict(),
-                "target_network": target_network.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "env_state": _state_dict_of(state),
-                "obs": obs,
-                "ep_return": ep_return,
-                "window": window.state_dict(),
-                "replay": rb.state_dict() if cfg.checkpoint_replay else None,
-                "best_score": best_score,
-                "best_step": best_step,
-                "best_eval": best_eval,
-                "best_state": best_state,
-                "rng_cpu": torch.get_rng_state(),
-                "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-            },
-            ckpt_path,
-        )
+        payload = {
+            "format": CHECKPOINT_FORMAT,
+            "spec_hash": features.SPEC_HASH,
+            "config": asdict(cfg),
+            "iteration": iteration,
+            "global_step": iteration * cfg.n_envs,
+            "n_updates": n_updates,
+            "q_network": q_network.state_dict(),
+            "target_network": target_network.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "env_state": _state_dict_of(state),
+            "obs": obs,
+            "ep_return": ep_return,
+            "window": window.state_dict(),
+            "replay": rb.state_dict() if cfg.checkpoint_replay else None,
+            "best_score": best_score,
+            "best_step": best_step,
+            "best_eval": best_eval,
+            "best_state": best_state,
+            "rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+        }
+        _atomic_save(payload, ckpt_path)
+        if cfg.keep_checkpoints:
+            step = iteration * cfg.n_envs
+            _atomic_save(payload, ckpt_path.with_name(f"{ckpt_path.stem}-{step}{ckpt_path.suffix}"))
 
     # TRY NOT TO MODIFY: logging
     baseline = None
@@ -594,7 +621,7 @@ def train(config: TrainConfig, baseline_eval: BaselineEval | None = None) -> Tra
             global_step += cfg.n_envs
 
             # ALGO LOGIC: training
-            ready = rb.size >= max(cfg.batch_size, 1) and global_step > cfg.learning_starts
+            ready = rb.size >= cfg.batch_size and global_step > cfg.learning_starts
             if ready and iteration % cfg.train_frequency == 0:
                 beta = linear_schedule(cfg.per_beta_start, 1.0, cfg.total_env_steps, global_step)
                 for _ in range(cfg.gradient_steps):
