@@ -139,8 +139,10 @@ def _load_model(spec: str | None, device: torch.device):
         return None
     if spec == "default":
         if not has_default_model():
-            print("no default model in this install (`make model` builds it): baselines only",
-                  file=sys.stderr)
+            print(
+                "no default model in this install (`make model` builds it): baselines only",
+                file=sys.stderr,
+            )
             return None
         return load_policy(default_model_path(), device=device)
     return load_policy(spec, device=device)
@@ -172,6 +174,15 @@ def _controllers(
     return makers
 
 
+def _controller_names(spec: str | None, with_model: bool) -> list[str]:
+    default = CONTROLLERS if with_model else BASELINES
+    names = [c.strip() for c in (spec or ",".join(default)).split(",") if c.strip()]
+    for n in names:
+        if n not in CONTROLLERS:
+            raise UsageError(f"unknown controller {n!r}; choose from {', '.join(CONTROLLERS)}")
+    return names
+
+
 def run_evaluation(args: argparse.Namespace) -> tuple[dict, str]:
     """What ``qscale evaluate`` does, returning the JSON document and the printed text."""
     t0 = time.perf_counter()
@@ -179,14 +190,10 @@ def run_evaluation(args: argparse.Namespace) -> tuple[dict, str]:
     paths, is_shared = _resolve_traces(args.traces)
     split = args.split or ("test" if is_shared else "all")
     profile = _profile(args)
-    policy = _load_model(args.model, device)
-    default_names = CONTROLLERS if policy is not None else BASELINES
-    names = [c.strip() for c in (args.controllers or ",".join(default_names)).split(",")]
-    names = [n for n in names if n]
-    for n in names:
-        if n not in CONTROLLERS:
-            raise UsageError(f"unknown controller {n!r}; choose from {', '.join(CONTROLLERS)}")
+    _controller_names(args.controllers, True)  # refuse a typo before any work
     bank = TraceBank.from_files(paths, split=split, dt=profile.dt, device=device)
+    policy = _load_model(args.model, device)
+    names = _controller_names(args.controllers, policy is not None)
     tuned, tuned_on = (None, "")
     if "hpa-tuned" in names:
         print("tuning the HPA (target utilization x stabilization window) ...", file=sys.stderr)
@@ -345,7 +352,14 @@ def parser() -> argparse.ArgumentParser:
         help="part of each trace (default: test for the shared catalog, else all)",
     )
     ev.add_argument(
-        "--controllers", default=",".join(BASELINES), help=f"comma list from {', '.join(BASELINES)}"
+        "--controllers",
+        help=f"comma list from {', '.join(CONTROLLERS)} (default: all; dqn only with a model)",
+    )
+    ev.add_argument(
+        "--model",
+        default="default",
+        help="policy artifact directory to evaluate as 'dqn'; 'default' = the model shipped in "
+        "the package (if any); 'none' = baselines only",
     )
     ev.add_argument("--seeds", type=int, default=5, help="number of seeds (default 5)")
     ev.add_argument("--out", default="out/evaluate", help="output directory")

@@ -63,6 +63,36 @@ def test_evaluate_baselines_end_to_end(tmp_path, small_trace):
     assert len(csv_lines) == 1 + 8
 
 
+def test_evaluate_a_model_directory(tmp_path, small_trace):
+    """Any exported artifact evaluates as 'dqn' beside the baselines it is asked for."""
+    from qscale.policy.artifact import export
+    from qscale.policy.network import QNetwork
+
+    model = export(QNetwork(), tmp_path / "model")
+    out = tmp_path / "eval"
+    proc = qscale(
+        "evaluate",
+        "--traces",
+        str(small_trace),
+        "--seeds",
+        "2",
+        "--out",
+        str(out),
+        "--model",
+        str(model),
+        "--controllers",
+        "dqn,keda",
+        "--no-progress",
+    )
+    assert "dqn" in proc.stdout
+    data = json.loads((out / "evaluation.json").read_text())
+    assert {r["controller"] for r in data["rows"]} == {"dqn", "keda"}
+    assert data["meta"]["model"]["spec_hash"]
+    (model / "model.pt").write_bytes(b"tampered")
+    proc = qscale("evaluate", "--traces", str(small_trace), "--model", str(model), check=False)
+    assert proc.returncode == 2 and "sha256" in proc.stderr and "Traceback" not in proc.stderr
+
+
 def test_simulate_writes_timeline(tmp_path, small_trace):
     out = tmp_path / "timeline.csv"
     proc = qscale(
