@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 OUT ?= out
 
-.PHONY: install demo test bench lint format clean
+.PHONY: install demo test bench lint format clean model
 
 $(STAMP): pyproject.toml
 	$(PY_VERSION) -m venv $(VENV)
@@ -38,3 +38,7 @@ format: $(STAMP)
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache .ruff_cache
+
+# The shipped default model: one reproducible command (fixed seed, TrainConfig defaults).
+model: $(STAMP)
+	$(PY) -m qscale.policy.release --no-progress

@@ -20,7 +20,6 @@ from qscale.policy.controller import DQNController
 from qscale.policy.train import (
     CSV_COLUMNS,
     TrainConfig,
-    episode_returns,
     evaluate,
     sim_config,
     train,
@@ -203,7 +202,7 @@ def test_users_own_trace_csv_and_baseline_hook(tmp_path: Path) -> None:
     bank = TraceBank.from_files([trace], "val")
     params = sim.make_params(bank, 4, 0)
     state, obs = sim.reset_fixed(params, *validation_windows(bank, 4, 100))
-    returns = episode_returns(
+    returns = rollout(
         DQNController(load_policy(result.best_model).module), params, state, obs
-    )
+    ).episode_return
     assert returns.shape == (4,) and bool(torch.isfinite(returns).all())

@@ -58,7 +58,6 @@ __all__ = [
     "TrainResult",
     "build_parser",
     "double_dqn_target",
-    "episode_returns",
     "evaluate",
     "linear_schedule",
     "main",
@@ -349,26 +348,6 @@ def validation_windows(
     return torch.tensor(idx), torch.tensor(start), torch.tensor(size)
 
 
-def episode_returns(
-    controller: Controller, params: sim.EnvParams, state: sim.EnvState, obs: torch.Tensor
-) -> torch.Tensor:
-    """Undiscounted return ``[B]`` of ``controller`` over windows started by ``reset_fixed``.
-
-    The same loop as :func:`~qscale.simulator.rollout.rollout` (every env counts until its own
-    episode ends), summing the reward the agent is trained on.
-    """
-    n_steps = int(state.ep_len.max().item())
-    ep_len = state.ep_len.clone()
-    total = torch.zeros(params.n_envs, dtype=torch.float64, device=params.device)
-    controller.reset(state, params)
-    step_fn = sim.step if controller.uses_shield else sim.step_replicas
-    for t in range(n_steps):
-        out = controller.act(state, obs, params)
-        state, obs, reward, _, _, _ = step_fn(state, out, params)
-        total += torch.where(t < ep_len, reward, 0.0).double()
-    return total
-
-
 def evaluate(
     controller: Controller, params: sim.EnvParams, state: sim.EnvState, obs: torch.Tensor
 ) -> dict[str, float]:
@@ -376,11 +355,10 @@ def evaluate(
     and ``score``, the mean episode return -- the quantity training optimizes, used to keep the
     best model because it weighs cost and SLO exactly as the reward does, per cluster size."""
     m = rollout(controller, params, state, obs)
-    returns = episode_returns(controller, params, state, obs)
     return {
         "cost_replica_hours": float(m.cost_replica_hours.mean()),
         "slo_violation_minutes": float(m.slo_violation_minutes.mean()),
-        "score": float(returns.mean()),
+        "score": float(m.episode_return.mean()),
     }
 
 

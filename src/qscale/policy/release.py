@@ -1,0 +1,85 @@
+"""``make model``: train the default policy, ship it inside the package, record its evaluation.
+
+One reproducible command: a fixed seed and the :class:`~qscale.policy.train.TrainConfig`
+defaults on the shared traces' training split, the best validation model copied to
+``src/qscale/data/default_model``, then ``qscale evaluate`` of that model beside the baselines;
+the table it prints is stored in the manifest's ``evaluation`` (model hashes unchanged).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from qscale.policy.artifact import update_evaluation
+from qscale.policy.default import default_model_path
+from qscale.policy.train import TrainConfig, train
+from qscale.simulator.splits import shared_trace_files
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m qscale.policy.release", description=__doc__)
+    ap.add_argument("--output-dir", default="runs/default-model", help="training run directory")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--total-env-steps", type=int, default=TrainConfig.total_env_steps)
+    ap.add_argument("--eval-seeds", type=int, default=5)
+    ap.add_argument("--eval-out", default="out/default-model-eval")
+    ap.add_argument("--dest", default=str(default_model_path()), help="where the model ships")
+    ap.add_argument("--no-progress", action="store_true")
+    args = ap.parse_args(argv)
+    if not shared_trace_files():
+        print("release: the shared traces are needed to train the default model", file=sys.stderr)
+        return 2
+
+    t0 = time.perf_counter()
+    cfg = TrainConfig(
+        seed=args.seed,
+        output_dir=args.output_dir,
+        total_env_steps=args.total_env_steps,
+        progress=not args.no_progress,
+    )
+    result = train(cfg)
+    train_s = time.perf_counter() - t0
+
+    dest = Path(args.dest)
+    if dest.exists():
+        shutil.rmtree(dest)
+    shutil.copytree(result.best_model, dest)
+
+    from qscale import cli
+
+    eval_argv = [
+        "evaluate",
+        "--model",
+        str(dest),
+        "--traces",
+        "shared",
+        "--seeds",
+        str(args.eval_seeds),
+        "--out",
+        args.eval_out,
+    ]
+    if args.no_progress:
+        eval_argv.append("--no-progress")
+    doc, _ = cli.run_evaluation(cli.parser().parse_args(eval_argv))
+    doc["command"] = "qscale " + " ".join(a for a in eval_argv if a != "--no-progress")
+    doc["training"] = {
+        "wall_seconds": round(train_s, 1),
+        "global_step": result.global_step,
+        "gradient_updates": result.gradient_updates,
+        "best_global_step": result.best_global_step,
+        "env_steps_per_s": round(result.env_steps_per_s, 1),
+        "updates_per_s": round(result.updates_per_s, 1),
+        "best_val": result.best_eval,
+    }
+    update_evaluation(dest, doc)
+    total = time.perf_counter() - t0
+    print(f"default model: {dest} (training {train_s / 60:.1f} min, total {total / 60:.1f} min)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
