@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 OUT ?= out
 
-.PHONY: install demo test bench lint format clean model
+.PHONY: install demo test bench bench-sb3 lint format clean model
 
 $(STAMP): pyproject.toml
 	$(PY_VERSION) -m venv $(VENV)
@@ -26,6 +26,13 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_simulator.py
+	$(PY) benchmarks/bench_policy.py
+	$(PY) benchmarks/bench_training.py
+
+# Time to quality against Stable-Baselines3 (a benchmark-only dependency; about 1 h on 2 cores).
+bench-sb3: $(STAMP)
+	$(PY) -m pip install -q stable-baselines3
+	$(PY) benchmarks/bench_sb3.py --seeds 10
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
