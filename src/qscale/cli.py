@@ -109,9 +109,10 @@ def _tune(
         seed=win.seed.repeat(k),
     )
 
-    def run_tuning(ctrl: HPAController) -> tuple[torch.Tensor, torch.Tensor]:
+    def run_tuning(ctrl: HPAController) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         m = run(ctrl, big, win_k, progress=not args.no_progress)
-        return m.cost_replica_hours / len(seeds), m.slo_violation_minutes / len(seeds)
+        n = len(seeds)
+        return m.cost_replica_hours / n, m.slo_violation_minutes / n, m.episode_return
 
     result = tune_hpa(run_tuning, n, targets=_tune_targets())
     return result, f"{source}, split=train, {len(bank.names)} traces x {args.tune_hours:g} h"

@@ -43,6 +43,8 @@ def test_evaluate_baselines_end_to_end(tmp_path, small_trace):
         "--tune-hours",
         "1",
         "--no-progress",
+        "--model",
+        "none",
     )
     for name in ("hpa", "hpa-tuned", "keda", "oracle"):
         assert name in proc.stdout
@@ -61,6 +63,26 @@ def test_evaluate_baselines_end_to_end(tmp_path, small_trace):
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
     csv_lines = (out / "evaluation.csv").read_text().splitlines()
     assert len(csv_lines) == 1 + 8
+
+
+def test_demo_default_shows_the_shipped_model_beside_the_baselines(tmp_path, small_trace):
+    out = tmp_path / "demo"
+    proc = qscale(
+        "evaluate",
+        "--traces",
+        str(small_trace),
+        "--seeds",
+        "1",
+        "--out",
+        str(out),
+        "--tune-hours",
+        "1",
+        "--no-progress",
+    )
+    data = json.loads((out / "evaluation.json").read_text())
+    assert {r["controller"] for r in data["rows"]} == {"dqn", "hpa", "hpa-tuned", "keda", "oracle"}
+    assert data["meta"]["model"]["path"].endswith("default_model")
+    assert "dqn" in proc.stdout
 
 
 def test_evaluate_a_model_directory(tmp_path, small_trace):
