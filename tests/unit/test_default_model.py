@@ -1,0 +1,22 @@
+"""The model shipped in the package loads, matches the feature spec and records its numbers."""
+
+from qscale import actions, features
+from qscale.policy.artifact import load_policy
+from qscale.policy.default import default_model_path, has_default_model
+
+
+def test_shipped_default_model_is_valid_and_small():
+    assert has_default_model(), "run `make model` to build src/qscale/data/default_model"
+    root = default_model_path()
+    size = sum(p.stat().st_size for p in root.iterdir())
+    assert size < 1_000_000
+    policy = load_policy(root)
+    m = policy.manifest
+    assert m["spec_hash"] == features.SPEC_HASH
+    assert m["action_names"] == list(actions.ACTION_NAMES)
+    ev = m["evaluation"]
+    assert ev["command"].startswith("qscale evaluate --model")
+    controllers = {s["controller"] for s in ev["summary"]}
+    assert controllers == {"dqn", "hpa", "hpa-tuned", "keda", "oracle"}
+    assert "cost (replica-h)" in ev["table"]
+    assert ev["training"]["global_step"] > 0
