@@ -16,7 +16,7 @@ from pathlib import Path
 
 from qscale.policy.artifact import read_manifest, update_evaluation
 from qscale.policy.default import default_model_path
-from qscale.policy.train import TrainConfig, train
+from qscale.policy.train import TrainConfig, make_baseline, train
 from qscale.simulator.splits import shared_trace_files
 
 
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         total_env_steps=args.total_env_steps,
         progress=not args.no_progress,
     )
-    result = train(cfg)
+    result = train(cfg, make_baseline(cfg))
     train_s = time.perf_counter() - t0
 
     if dest.exists():

@@ -212,6 +212,9 @@ class TrainConfig:
     """Length of each validation window in steps (shorter traces give shorter windows)."""
     eval_seed: int = 12345
     """Seed of the validation clusters: fixed so that evaluations compare across runs."""
+    baseline: str = "hpa-tuned"
+    """Reference scored once on the validation windows and logged beside every evaluation:
+    hpa-tuned (the HPA grid-searched on the training split, and the default HPA), hpa, none."""
 
     def __post_init__(self) -> None:
         self.traces = [os.fspath(p) for p in self.traces]
@@ -262,6 +265,8 @@ class TrainConfig:
             raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         if not self.traces:
             raise ValueError("traces must name at least one CSV file")
+        if self.baseline not in ("hpa-tuned", "hpa", "none"):
+            raise ValueError(f"baseline must be hpa-tuned, hpa or none, got {self.baseline!r}")
         if not self.hidden_sizes or min(self.hidden_sizes) < 1:
             raise ValueError(f"hidden_sizes must be positive integers, got {self.hidden_sizes}")
 
@@ -785,11 +790,29 @@ def parse_config(argv: Sequence[str] | None = None) -> TrainConfig:
         parser.error(str(e))
 
 
+def make_baseline(cfg: TrainConfig) -> BaselineEval | None:
+    """The ``baseline_eval`` hook ``cfg.baseline`` asks for (tuning happens here, once)."""
+    if cfg.baseline == "none":
+        return None
+    from qscale.policy.baseline import hpa_baseline
+
+    return hpa_baseline(
+        cfg.traces,
+        cfg.train_split,
+        sim_config(cfg),
+        validation_windows,
+        cfg.eval_envs,
+        cfg.eval_steps,
+        seed=cfg.eval_seed + 1,
+        tuned=cfg.baseline == "hpa-tuned",
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """``qscale train`` entry point: returns the exit status, errors are one line on stderr."""
     cfg = parse_config(argv)
     try:
-        result = train(cfg)
+        result = train(cfg, make_baseline(cfg))
     except KeyboardInterrupt:
         print("qscale train: interrupted; continue with --resume <checkpoint>", file=sys.stderr)
         return 130
