@@ -16,13 +16,12 @@ from pathlib import Path
 import torch
 
 from qscale.policy.artifact import ArtifactError
-from qscale.simulator import env as sim
 from qscale.simulator.baselines import (
     HPAController,
     KedaController,
     OracleController,
     TuneResult,
-    tune_hpa,
+    tune_hpa_on,
 )
 from qscale.simulator.evaluate import (
     EvalProfile,
@@ -93,41 +92,14 @@ def _tune(
 ) -> tuple[TuneResult, str]:
     """Tune the HPA on the training split: the shared catalog's when it is there, else the
     evaluated traces' own training split."""
-    tune_paths = shared_trace_files() or eval_paths
-    source = "shared traces" if shared_trace_files() else "the evaluated traces"
+    shared = shared_trace_files()
+    tune_paths = shared or eval_paths
+    source = "shared traces" if shared else "the evaluated traces"
     bank = TraceBank.from_files(tune_paths, split="train", dt=profile.dt, device=device)
     steps = int(args.tune_hours * 3600 / profile.dt)
-    seeds = [1000, 1001]
-    params, win = build(bank, profile, seeds, horizon_steps=steps)
-    n = params.n_envs
-    k = len(_tune_targets())
-    big = _repeat_params(params, k)
-    win_k = type(win)(
-        trace=win.trace.repeat(k),
-        start=win.start.repeat(k),
-        length=win.length.repeat(k),
-        seed=win.seed.repeat(k),
-    )
-
-    def run_tuning(ctrl: HPAController) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        m = run(ctrl, big, win_k, progress=not args.no_progress)
-        n = len(seeds)
-        return m.cost_replica_hours / n, m.slo_violation_minutes / n, m.episode_return
-
-    result = tune_hpa(run_tuning, n, targets=_tune_targets())
+    params, win = build(bank, profile, [1000, 1001], horizon_steps=steps)
+    result = tune_hpa_on(params, win.trace, win.start, win.length, not args.no_progress)
     return result, f"{source}, split=train, {len(bank.names)} traces x {args.tune_hours:g} h"
-
-
-def _tune_targets() -> tuple[float, ...]:
-    from qscale.simulator.baselines import TUNE_TARGETS
-
-    return TUNE_TARGETS
-
-
-def _repeat_params(params: sim.EnvParams, k: int) -> sim.EnvParams:
-    from qscale.simulator.evaluate import concat_params
-
-    return concat_params([params] * k)
 
 
 def _load_model(spec: str | None, device: torch.device):

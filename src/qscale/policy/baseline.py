@@ -14,9 +14,7 @@ import torch
 from qscale.policy.train import BaselineEval
 from qscale.policy.train import evaluate as score
 from qscale.simulator import env as sim
-from qscale.simulator.baselines import TUNE_TARGETS, HPAController, tune_hpa
-from qscale.simulator.evaluate import concat_params
-from qscale.simulator.rollout import rollout
+from qscale.simulator.baselines import HPAController, tune_hpa_on
 from qscale.simulator.tracebank import TraceBank
 
 
@@ -37,17 +35,7 @@ def hpa_baseline(
     if tuned:
         bank = TraceBank.from_files(traces, split=train_split, dt=config.dt)
         params = sim.make_params(bank, n_windows, seed=seed, config=config)
-        idx, start, length = windows(bank, n_windows, steps)
-        k = len(TUNE_TARGETS)
-        big = concat_params([params] * k)
-
-        def run(ctrl: HPAController) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-            state, obs = sim.reset_fixed(big, idx.repeat(k), start.repeat(k), length.repeat(k))
-            m = rollout(ctrl, big, state, obs)
-            return m.cost_replica_hours, m.slo_violation_minutes, m.episode_return
-
-        result = tune_hpa(run, n_windows)
-        tuned_cfg = result.config
+        tuned_cfg = tune_hpa_on(params, *windows(bank, n_windows, steps)).config
         tune_info = {
             "hpa_tuned_target_utilization": tuned_cfg.target_utilization,
             "hpa_tuned_stabilization_s": tuned_cfg.scale_down_stabilization_s,

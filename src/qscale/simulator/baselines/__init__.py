@@ -119,6 +119,30 @@ def tune_hpa(
     return TuneResult(config=cfg, table=table, rule=rule)
 
 
+def tune_hpa_on(
+    params: sim.EnvParams,
+    trace_index: torch.Tensor,
+    start: torch.Tensor,
+    length: torch.Tensor,
+    progress: bool = False,
+) -> TuneResult:
+    """:func:`tune_hpa` over the windows ``reset_fixed(params, trace_index, start, length)``
+    would start: all targets of the grid in one batch, one rollout per stabilization window."""
+    from qscale.simulator.evaluate import concat_params
+    from qscale.simulator.rollout import rollout
+
+    k = len(TUNE_TARGETS)
+    big = concat_params([params] * k)
+    windows = (trace_index.repeat(k), start.repeat(k), length.repeat(k))
+
+    def run(ctrl: HPAController) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        state, obs = sim.reset_fixed(big, *windows)
+        m = rollout(ctrl, big, state, obs, progress=progress)
+        return m.cost_replica_hours, m.slo_violation_minutes, m.episode_return
+
+    return tune_hpa(run, params.n_envs)
+
+
 __all__ = [
     "HPAConfig",
     "HPAController",
@@ -126,4 +150,5 @@ __all__ = [
     "OracleController",
     "TuneResult",
     "tune_hpa",
+    "tune_hpa_on",
 ]
