@@ -206,8 +206,9 @@ def run_evaluation(args: argparse.Namespace) -> tuple[dict, str]:
             "grid": tuned.table,
         }
     meta["wall_seconds"] = round(time.perf_counter() - t0, 1)
-    written = write_outputs(res, out, bank, meta)
-    lines = [format_table(res.summary())]
+    summary = res.summary()
+    written = write_outputs(res, summary, out, bank, meta)
+    lines = [format_table(summary)]
     if tuned is not None:
         c = tuned.config
         lines.append(
@@ -220,7 +221,7 @@ def run_evaluation(args: argparse.Namespace) -> tuple[dict, str]:
     for key, p in written.items():
         if key.startswith("plot:"):
             print(f"plot: {p}")
-    doc = {"meta": meta, "summary": res.summary(), "table": text}
+    doc = {"meta": meta, "summary": summary, "table": text}
     return doc, text
 
 

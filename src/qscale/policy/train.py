@@ -712,21 +712,17 @@ def _train(cfg: TrainConfig, baseline_eval: BaselineEval | None) -> TrainResult:
         "final_val": last_eval,
         "baseline_val": baseline,
     }
-    final_dir = artifact.export(
-        q_network,
-        out_dir / "final",
-        train_config=asdict(cfg),
-        trace_files=cfg.traces,
-        extra={"training_summary": summary},
-    )
     best_network = copy.deepcopy(q_network)
     best_network.load_state_dict(best_state)
-    best_dir = artifact.export(
-        best_network,
-        out_dir / "best",
-        train_config=asdict(cfg),
-        trace_files=cfg.traces,
-        extra={"training_summary": summary},
+    final_dir, best_dir = (
+        artifact.export(
+            net,
+            out_dir / name,
+            train_config=asdict(cfg),
+            trace_files=cfg.traces,
+            extra={"training_summary": summary},
+        )
+        for net, name in ((q_network, "final"), (best_network, "best"))
     )
     return TrainResult(
         best_model=best_dir,

@@ -12,7 +12,7 @@ import csv
 import json
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -64,16 +64,7 @@ class EvalProfile:
             min_replicas=base.domain.min_replicas,
             target_utilization=base.domain.target_utilization,
         )
-        return sim.SimConfig(
-            dt=self.dt,
-            episode_steps=base.episode_steps,
-            timeout_s=base.timeout_s,
-            noise=self.noise,
-            init_utilization=base.init_utilization,
-            reward=base.reward,
-            shield=base.shield,
-            domain=dom,
-        )
+        return replace(base, dt=self.dt, noise=self.noise, domain=dom)
 
 
 def concat_params(parts: Sequence[sim.EnvParams]) -> sim.EnvParams:
@@ -156,19 +147,20 @@ class EvalResult:
         groups: dict[tuple[str, str], list[dict]] = {}
         for r in self.rows:
             groups.setdefault((r["controller"], r["trace"]), []).append(r)
-        totals: dict[tuple[str, int], dict] = {}
+        per_seed: dict[tuple[str, int], list[dict]] = {}
         for r in self.rows:
-            t = totals.setdefault((r["controller"], r["seed"]), {"controller": r["controller"]})
-            for m, _ in METRICS:
-                agg = max if m in ("p95_max_s",) else (lambda a, b: a + b)
-                if m == "p95_median_s":
-                    t.setdefault("_p95", []).append(r[m])
-                else:
-                    t[m] = agg(t.get(m, 0.0), r[m])
-        for t in totals.values():
-            vals = sorted(t.pop("_p95"))
-            t["p95_median_s"] = vals[len(vals) // 2]
-            groups.setdefault((t["controller"], "ALL"), []).append(t)
+            per_seed.setdefault((r["controller"], r["seed"]), []).append(r)
+        for (ctrl, _), rs in per_seed.items():
+            medians = sorted(r["p95_median_s"] for r in rs)
+            groups.setdefault((ctrl, "ALL"), []).append(
+                {
+                    "cost_replica_hours": sum(r["cost_replica_hours"] for r in rs),
+                    "slo_violation_minutes": sum(r["slo_violation_minutes"] for r in rs),
+                    "p95_median_s": medians[len(medians) // 2],
+                    "p95_max_s": max(r["p95_max_s"] for r in rs),
+                    "scaling_actions": sum(r["scaling_actions"] for r in rs),
+                }
+            )
         for (ctrl, trace), rs in groups.items():
             entry: dict = {"controller": ctrl, "trace": trace, "seeds": len(rs)}
             for m, _ in METRICS:
@@ -246,10 +238,11 @@ def format_table(summary: list[dict], traces: Sequence[str] | None = None) -> st
     return "\n".join(lines)
 
 
-def write_outputs(res: EvalResult, out_dir: Path, bank: TraceBank, meta: dict) -> dict[str, Path]:
+def write_outputs(
+    res: EvalResult, summary: list[dict], out_dir: Path, bank: TraceBank, meta: dict
+) -> dict[str, Path]:
     """JSON (rows + summary + settings), CSV (rows) and one PNG per trace."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    summary = res.summary()
     paths = {"json": out_dir / "evaluation.json", "csv": out_dir / "evaluation.csv"}
     with paths["json"].open("w") as fh:
         json.dump(
