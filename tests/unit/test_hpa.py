@@ -15,7 +15,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from qscale.simulator.baselines.hpa import (
+from qscale.hpa import (
     HPAConfig,
     HPAReason,
     HPAState,

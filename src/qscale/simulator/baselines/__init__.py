@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from qscale.simulator import env as sim
-from qscale.simulator.baselines.hpa import HPAConfig, HPAState, hpa_step
+from qscale.hpa import HPAConfig, HPAState, hpa_step
 from qscale.simulator.baselines.keda import KedaController
 from qscale.simulator.baselines.oracle import OracleController
 
