@@ -39,15 +39,16 @@ class HPAController:
 
     def act(self, state: sim.EnvState, obs: torch.Tensor, params: sim.EnvParams) -> torch.Tensor:
         self._state = self._state.reset(state.t == 0)  # envs that just (auto-)reset
-        util = state.utilization
+        view = sim.hpa_view(state, params)
+        util = view.utilization
         if self.target_scale is not None:
             util = util * self.target_scale
         desired, _, self._state = hpa_step(
             self._state,
             state.t.to(torch.float64) * params.config.dt,
-            state.replicas,
-            state.ready,
-            state.pending.sum(dim=1),
+            view.current,
+            view.ready,
+            view.unready + view.missing,
             util,
             self.config,
             min_replicas=params.min_replicas,
