@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 OUT ?= out
 
-.PHONY: install demo test bench bench-sb3 lint format clean model
+.PHONY: install system-deps demo test bench bench-sb3 lint format clean model
 
 $(STAMP): pyproject.toml
 	$(PY_VERSION) -m venv $(VENV)
@@ -17,10 +17,20 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# Real Prometheus for the cluster tests and the demo (Debian's package; skipped if present).
+# The local Kubernetes control plane needs no install step: qscale.devcluster finds it.
+system-deps:
+	@command -v prometheus >/dev/null 2>&1 || { \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    echo "installing prometheus (apt-get)"; \
+	    apt-get update -qq >/dev/null && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
+	  else echo "prometheus not found and cannot apt-get it: cluster tests will skip (or fail under CI)"; fi; }
+
 demo: $(STAMP)
 	$(VENV)/bin/qscale evaluate --out $(OUT)/demo
 
-test: $(STAMP)
+test: $(STAMP) system-deps
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q tests; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 

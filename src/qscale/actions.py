@@ -1,8 +1,15 @@
-"""The discrete action set: relative scaling steps, applied before the shield.
+"""The discrete action set, applied before the shield.
 
-Relative steps keep the action set scale-free (a "+1 pod" matters for a 2-pod service, a "x1.5"
-for a 60-pod one) and small, which is what a DQN handles well. The shield in
-:mod:`qscale.guardrails` then bounds whatever the step proposes.
+Two families, both scale-free:
+
+* **relative steps** (hold, -1, +1, x1.5, x2): move from the current count;
+* **proportional targets** (``busy_at_50/65/80``): size the Deployment so that the work it is
+  doing now (:func:`qscale.features.busy_pods`, pods' worth of CPU limit in use) would run its
+  pods at 50, 65 or 80 % of their CPU limit -- the HPA's formula, with the operating point
+  chosen per decision. "Do what a CPU HPA at that target would do" is one action, so a policy
+  can learn never to be worse than that rule and depart from it only where it pays.
+
+The shield in :mod:`qscale.guardrails` then bounds whatever the action proposes.
 """
 
 from __future__ import annotations
@@ -14,20 +21,25 @@ import torch
 
 @dataclass(frozen=True)
 class Action:
-    """desired = current * multiplier + delta, rounded away from current (see :func:`apply`)."""
+    """``kind`` ``"step"``: desired = current * multiplier + delta, rounded away from current;
+    ``kind`` ``"target"``: desired = ceil(busy pods / target)."""
 
     name: str
-    multiplier: float
-    delta: float
+    kind: str
+    multiplier: float = 1.0
+    delta: float = 0.0
+    target: float = 0.0
 
 
 ACTIONS: tuple[Action, ...] = (
-    Action("hold", 1.0, 0.0),
-    Action("minus_1", 1.0, -1.0),
-    Action("plus_1", 1.0, 1.0),
-    Action("times_0.75", 0.75, 0.0),
-    Action("times_1.5", 1.5, 0.0),
-    Action("times_2", 2.0, 0.0),
+    Action("hold", "step"),
+    Action("minus_1", "step", delta=-1.0),
+    Action("plus_1", "step", delta=1.0),
+    Action("times_1.5", "step", multiplier=1.5),
+    Action("times_2", "step", multiplier=2.0),
+    Action("busy_at_50", "target", target=0.5),
+    Action("busy_at_65", "target", target=0.65),
+    Action("busy_at_80", "target", target=0.8),
 )
 ACTION_NAMES: tuple[str, ...] = tuple(a.name for a in ACTIONS)
 N_ACTIONS = len(ACTIONS)
@@ -35,17 +47,26 @@ HOLD = 0
 
 _MULT = torch.tensor([a.multiplier for a in ACTIONS], dtype=torch.float32)
 _DELTA = torch.tensor([a.delta for a in ACTIONS], dtype=torch.float32)
+_TARGET = torch.tensor([a.target if a.kind == "target" else 1.0 for a in ACTIONS])
+_IS_TARGET = torch.tensor([a.kind == "target" for a in ACTIONS])
 
 
-def apply(replicas: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-    """Desired replicas for each env: ``replicas`` ``[B]`` float, ``action`` ``[B]`` int64.
+def apply(replicas: torch.Tensor, action: torch.Tensor, busy: torch.Tensor | None = None) -> torch.Tensor:
+    """Desired replicas: ``replicas`` ``[B]`` float, ``action`` ``[B]`` int64, ``busy`` ``[B]``
+    pods' worth of CPU in use (needed by the target actions; NaN gives a NaN proposal, which
+    the shield holds).
 
-    A multiplicative step always moves by at least one pod (x0.75 of 2 pods is 1, x1.5 of 1 pod
-    is 2), so no action silently means "hold". Out-of-range indices raise, as indexing does.
+    A multiplicative step always moves by at least one pod (x1.5 of 1 pod is 2), so no step
+    action silently means "hold". Out-of-range indices raise, as indexing does.
     """
-    mult = _MULT.to(replicas.device)[action]
-    delta = _DELTA.to(replicas.device)[action]
+    dev = replicas.device
+    mult = _MULT.to(dev)[action].to(replicas.dtype)
+    delta = _DELTA.to(dev)[action].to(replicas.dtype)
     raw = replicas * mult + delta
-    down = torch.minimum(torch.floor(raw + 1e-4), replicas - 1.0)
     up = torch.maximum(torch.ceil(raw - 1e-4), replicas + 1.0)
-    return torch.where(mult < 1.0, down, torch.where(mult > 1.0, up, raw))
+    step = torch.where(mult > 1.0, up, raw)
+    if busy is None:
+        busy = torch.full_like(replicas, float("nan"))
+    target = _TARGET.to(dev)[action].to(replicas.dtype)
+    sized = torch.ceil(busy.to(replicas.dtype) / target - 1e-4)
+    return torch.where(_IS_TARGET.to(dev)[action], sized, step)

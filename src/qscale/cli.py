@@ -7,6 +7,7 @@ exit status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -187,7 +188,7 @@ def run_evaluation(args: argparse.Namespace) -> tuple[dict, str]:
         "split": split,
         "seeds": seeds,
         "horizon_hours": args.horizon_hours,
-        "profile": profile.__dict__,
+        "profile": dataclasses.asdict(profile),
         "device": str(device),
     }
     if policy is not None:

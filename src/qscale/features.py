@@ -1,30 +1,96 @@
-"""The one definition of the observation vector.
+"""The one definition of the observation vector, and of the Prometheus queries behind it.
 
-The simulator builds observations with :func:`compute` today and the operator will build them
-from Prometheus and the Deployment's status with the same function later, so a model can never
-see features in training that serving computes differently. Every feature is scale-free (no
-absolute requests per second, no absolute replica counts): a policy trained on a service that
-needs 3 pods must read the same numbers on one that needs 80.
+The simulator and the operator both build observations with :func:`compute`, from the same raw
+signals (:class:`FeatureInputs`), so a model never sees features in training that serving
+computes differently. Every raw signal is something a cluster shows at that moment:
 
-Changing a name, the order, a transform or a clip range changes :data:`SPEC_HASH`; model
-artifacts record the hash and refuse to load against another spec.
+==================  =========================================================================
+signal              where it comes from in a cluster (the simulator models the same path)
+==================  =========================================================================
+cpu_utilization     :data:`PROMQL` ``cpu_utilization``: cAdvisor's CPU counter over a 1 m rate
+                    window / the pods' CPU requests (kube-state-metrics), for all pods of the
+                    Deployment, starting ones included; lagged by cAdvisor and the scrape.
+cpu_limit_ratio     the Deployment's pod template: CPU limit / CPU request (1 with no limit).
+p95_s               :data:`PROMQL` ``latency_p95``: ``histogram_quantile(0.95, ...)`` over the
+                    app's latency histogram (bucket-quantized, 1 m window, scrape lag).
+rate_*              :data:`PROMQL` ``request_rate``, a range query: the rate now and 1, 5 and 15
+                    minutes ago. The app's counter counts *served* requests (it flattens at
+                    capacity during a burst); an ingress counter counts arrivals. Either works.
+replicas, ready     the Deployment's ``spec.replicas`` and ``status.readyReplicas``.
+min_replicas        the policy's bound.
+since_scale_*       the shield's own memory of scale events (kept in the policy's status).
+==================  =========================================================================
+
+``maxReplicas`` is deliberately *not* a feature: users set it as a safety cap, and a feature
+that read it would make the policy's behaviour depend on an arbitrary number (worse: on a
+number evaluation once derived from the traffic's future peak).
+
+Every feature is scale-free except ``log_replicas``, which tells the policy the size of the
+service it is looking at (latency's knee sits lower for small Deployments). Changing a name,
+the order, a transform, a clip range or a query changes :data:`SPEC_HASH`; model artifacts
+record the hash and refuse to load against another spec.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 
 import torch
 
-SPEC_VERSION = 1
+SPEC_VERSION = 2
 
 #: Seconds a scale event keeps influencing the "time since" features; beyond it they read 1.
 SINCE_SCALE_HORIZON_S = 300.0
-#: Look-back windows of the request-rate trend features, in seconds.
-RATE_LAG_SHORT_S = 60.0
-RATE_LAG_LONG_S = 300.0
+#: Look-backs of the request-rate trend features, in seconds (points of the range query).
+RATE_LAGS_S: tuple[float, ...] = (60.0, 300.0, 900.0)
+#: The rate window of every query (``[1m]``): what the simulator averages over, too.
+RATE_WINDOW_S = 60.0
+#: ``log_replicas`` reads 1 at this many replicas.
+REPLICAS_SCALE = 1000.0
+
+# A Deployment's pods are named <deployment>-<pod-template-hash>-<5 chars>; label_replace turns
+# the pod label into a deployment label, so one query serves many Deployments at once.
+_POD = '($deployment)-[a-z0-9]+-[a-z0-9]{5}'
+_TO_DEPLOYMENT = '"deployment", "$1", "pod", "(.+)-[a-z0-9]+-[a-z0-9]{5}"'
+
+
+def _per_deployment(expr: str) -> str:
+    return f"sum by (namespace, deployment) (label_replace({expr}, {_TO_DEPLOYMENT}))"
+
+
+PROMQL: dict[str, str] = {
+    "request_rate": _per_deployment(
+        f'rate(http_requests_total{{namespace=~"$namespace", pod=~"{_POD}"}}[1m])'
+    ),
+    "latency_p95": (
+        "histogram_quantile(0.95, sum by (namespace, deployment, le) (label_replace("
+        f'rate(http_request_duration_seconds_bucket{{namespace=~"$namespace", pod=~"{_POD}"}}[1m]),'
+        f" {_TO_DEPLOYMENT})))"
+    ),
+    "cpu_utilization": (
+        _per_deployment(
+            "rate(container_cpu_usage_seconds_total"
+            f'{{namespace=~"$namespace", pod=~"{_POD}", container!="", container!="POD"}}[1m])'
+        )
+        + " / "
+        + _per_deployment(
+            f'kube_pod_container_resource_requests{{namespace=~"$namespace", pod=~"{_POD}",'
+            ' resource="cpu"}'
+        )
+    ),
+}
+"""The default queries, templated on ``$namespace`` and ``$deployment``. Both placeholders sit
+inside regex matchers (``=~``), so the operator fills them with one name or with ``a|b|c`` to
+serve every Deployment due in a tick with one query per template; each query must return one
+series per Deployment labelled ``namespace`` and ``deployment``. ``request_rate`` is read as a
+range query over the last 15 minutes (the ``rate_*`` signals); the other two are instant
+queries. Metric names are the conventional ones: ``http_requests_total`` and
+``http_request_duration_seconds`` (prometheus-client's defaults) from the app, cAdvisor's
+``container_cpu_usage_seconds_total`` and kube-state-metrics' ``kube_pod_container_resource_requests``.
+"""
 
 
 @dataclass(frozen=True)
@@ -38,16 +104,17 @@ class Feature:
 
 
 FEATURES: tuple[Feature, ...] = (
-    Feature("cpu_vs_target", "mean CPU utilization of ready pods / target utilization", 0.0, 4.0),
-    Feature("log2_p95_vs_slo", "log2(p95 latency / SLO)", -4.0, 4.0),
+    Feature("cpu_busy", "cpu_utilization / cpu_limit_ratio (busy fraction of the CPU limit)", 0.0, 1.5),
+    Feature("log2_p95_vs_slo", "log2(p95 / SLO); no requests at all reads as the low clip", -4.0, 4.0),
     Feature("rate_trend_1m", "ln(request rate now / request rate 60 s ago)", -2.0, 2.0),
     Feature("rate_trend_5m", "ln(request rate now / request rate 300 s ago)", -2.0, 2.0),
-    Feature("replicas_in_range", "(replicas - min) / (max - min)", 0.0, 1.0),
-    Feature("log_replicas_vs_max", "ln(1 + replicas) / ln(1 + max)", 0.0, 1.0),
+    Feature("rate_trend_15m", "ln(request rate now / request rate 900 s ago)", -2.0, 2.0),
     Feature("pending_fraction", "(replicas - ready replicas) / replicas", 0.0, 1.0),
+    Feature("log_replicas", "ln(1 + replicas) / ln(1 + 1000)", 0.0, 1.0),
+    Feature("min_over_replicas", "min replicas / replicas (1: no room to scale down)", 0.0, 1.0),
     Feature("since_scale_up", "seconds since last scale-up / 300", 0.0, 1.0),
     Feature("since_scale_down", "seconds since last scale-down / 300", 0.0, 1.0),
-)
+)  # fmt: skip
 
 FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)
 N_FEATURES = len(FEATURES)
@@ -58,39 +125,39 @@ def _spec_hash() -> str:
         "version": SPEC_VERSION,
         "features": [[f.name, f.formula, f.lo, f.hi] for f in FEATURES],
         "since_horizon_s": SINCE_SCALE_HORIZON_S,
-        "rate_lags_s": [RATE_LAG_SHORT_S, RATE_LAG_LONG_S],
+        "rate_lags_s": list(RATE_LAGS_S),
+        "rate_window_s": RATE_WINDOW_S,
+        "replicas_scale": REPLICAS_SCALE,
+        "promql": PROMQL,
     }
     blob = json.dumps(spec, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-#: Stable fingerprint of names, order and normalization; artifacts store it.
+#: Stable fingerprint of names, order, normalization and queries; artifacts store it.
 SPEC_HASH: str = _spec_hash()
 
 _LO = torch.tensor([f.lo for f in FEATURES])
 _HI = torch.tensor([f.hi for f in FEATURES])
+_LOG_SCALE = math.log1p(REPLICAS_SCALE)
 
 
 @dataclass(frozen=True)
 class FeatureInputs:
-    """Raw signals for a batch of services; each field is a tensor of shape ``[B]``.
+    """Raw signals for a batch of targets; each field is a tensor of shape ``[B]`` (see the
+    module docstring for where each comes from). Rates may be in any unit shared by the four."""
 
-    All of them exist in production: utilization and request rates from Prometheus, p95 from a
-    latency histogram, replica counts from the Deployment's status, scale times from our own
-    shield state. Rates may be in any unit as long as the three share it.
-    """
-
-    utilization: torch.Tensor
-    target_utilization: torch.Tensor
+    cpu_utilization: torch.Tensor
+    cpu_limit_ratio: torch.Tensor
     p95_s: torch.Tensor
     slo_s: torch.Tensor
     rate_now: torch.Tensor
-    rate_short_ago: torch.Tensor
-    rate_long_ago: torch.Tensor
+    rate_1m: torch.Tensor
+    rate_5m: torch.Tensor
+    rate_15m: torch.Tensor
     replicas: torch.Tensor
     ready_replicas: torch.Tensor
     min_replicas: torch.Tensor
-    max_replicas: torch.Tensor
     since_scale_up_s: torch.Tensor
     since_scale_down_s: torch.Tensor
 
@@ -101,25 +168,50 @@ def _log_ratio(now: torch.Tensor, before: torch.Tensor) -> torch.Tensor:
     return torch.log((now + floor) / (before + floor))
 
 
+def busy_pods(cpu_utilization: torch.Tensor, cpu_limit_ratio: torch.Tensor, replicas: torch.Tensor):
+    """Pods' worth of CPU limit in use: the work the Deployment is doing, in pods."""
+    return cpu_utilization / torch.clamp(cpu_limit_ratio, min=1e-6) * replicas
+
+
 def compute(x: FeatureInputs) -> torch.Tensor:
     """Observation tensor ``[B, N_FEATURES]`` (float32), clipped to each feature's range.
 
-    Non-finite inputs never reach the network: they become 0 after clipping (a missing-metric
-    policy belongs to the decision code, which sees the raw inputs).
+    Missing or stale signals are the decision code's business (:func:`qscale.decision.decide`
+    holds on them and never asks the network); here a non-finite value is merely kept from
+    reaching the network (it becomes 0 after clipping). A NaN p95 with no requests at all is
+    not missing: ``histogram_quantile`` has nothing to rank, and the latency reads as low.
     """
     replicas = torch.clamp(x.replicas, min=1.0)
-    span = torch.clamp(x.max_replicas - x.min_replicas, min=1.0)
+    idle = torch.isnan(x.p95_s) & (x.rate_now <= 0)
+    p95 = torch.where(idle, torch.zeros_like(x.p95_s), x.p95_s)
     cols = (
-        x.utilization / torch.clamp(x.target_utilization, min=1e-6),
-        torch.log2(torch.clamp(x.p95_s, min=1e-9) / torch.clamp(x.slo_s, min=1e-9)),
-        _log_ratio(x.rate_now, x.rate_short_ago),
-        _log_ratio(x.rate_now, x.rate_long_ago),
-        (x.replicas - x.min_replicas) / span,
-        torch.log1p(x.replicas) / torch.log1p(torch.clamp(x.max_replicas, min=1.0)),
+        x.cpu_utilization / torch.clamp(x.cpu_limit_ratio, min=1e-6),
+        torch.log2(torch.clamp(p95, min=1e-9) / torch.clamp(x.slo_s, min=1e-9)),
+        _log_ratio(x.rate_now, x.rate_1m),
+        _log_ratio(x.rate_now, x.rate_5m),
+        _log_ratio(x.rate_now, x.rate_15m),
         (x.replicas - x.ready_replicas) / replicas,
+        torch.log1p(torch.clamp(x.replicas, min=0.0)) / _LOG_SCALE,
+        x.min_replicas / replicas,
         x.since_scale_up_s / SINCE_SCALE_HORIZON_S,
         x.since_scale_down_s / SINCE_SCALE_HORIZON_S,
     )
-    obs = torch.stack(cols, dim=-1).to(torch.float32)
+    obs = torch.stack([c.to(torch.float32) for c in cols], dim=-1)
     obs = torch.nan_to_num(obs, nan=0.0, posinf=1e9, neginf=-1e9)
     return torch.minimum(torch.maximum(obs, _LO.to(obs.device)), _HI.to(obs.device))
+
+
+def fill_template(query: str, namespaces: list[str] | tuple[str, ...], deployments: list[str] | tuple[str, ...]) -> str:
+    """A query template with ``$namespace``/``$deployment`` filled by one or more names (a
+    regex alternation; names are escaped for the regex and for the PromQL string)."""
+
+    def alt(names):
+        return "|".join(sorted({_escape(n) for n in names}))
+
+    return query.replace("$namespace", alt(namespaces)).replace("$deployment", alt(deployments))
+
+
+def _escape(name: str) -> str:
+    # Kubernetes names are DNS labels/subdomains ([a-z0-9.-]); escape the dot for the regex and
+    # the backslash for the PromQL string literal.
+    return name.replace(".", "\\\\.")

@@ -1,33 +1,50 @@
 """The safety shield: the one place that bounds what any policy may do to a Deployment.
 
 Pure and batched (tensors of shape ``[B]``), with the clock passed in, so the simulator applies
-exactly the function the operator will apply: the agent learns under the constraints it will
-be served with. Stages, in order (each records a reason code when it changes the proposal):
+exactly the function the operator applies: the agent learns under the constraints it is served
+with. Times are float64 seconds (epoch seconds in the operator: float32 would be accurate to
+128 s only). Stages, in order (each records a reason code when it changes the proposal):
 
+0. an unknown current count (NaN, negative) -> no decision at all: the result is NaN with
+   ``REPLICAS_UNKNOWN`` and the state is untouched -- a writer must do nothing then;
+   a current count that differs from the last one the shield applied means somebody else scaled
+   (``kubectl scale``, a rollout): that counts as a scale event for the cooldowns;
 1. invalid proposal (NaN/inf) -> hold the current count;
 2. scale-down stabilization: a scale-down goes only as low as the highest proposal seen within
-   ``down_stabilization_s`` (as the HPA's ``stabilizeRecommendation``), which filters flapping;
+   ``down_stabilization_s`` (as the HPA's ``stabilizeRecommendation``), which filters flapping.
+   Proposals are kept by *time*, in :data:`BUCKETS` buckets of ``window / (BUCKETS - 1)``
+   seconds holding the highest proposal each, so the window is covered whatever the decision
+   interval (a proposal counts for at most one bucket width longer than the window: the
+   conservative side). A fresh state is seeded with the current count, as the HPA seeds its
+   first recommendation: a just-started shield never scales down before one window passed;
 3. cooldowns: no scale-up within ``up_cooldown_s`` of the last scale-up; no scale-down within
    ``down_cooldown_s`` of the last scale event of either direction (never undo a fresh scale-up);
 4. step limits: at most ``max(pods, percent x current)`` pods added or removed per decision;
 5. bounds: the result is always clamped to ``[min, max]``; a current count outside the bounds
    jumps to the nearest bound regardless of the step limit, as the HPA does.
 
-A non-finite *current* count (no trustworthy status) yields ``max`` replicas: with nothing known
-the shield picks the state that cannot cause an outage, and says so in the reason.
+The state is serializable (:meth:`ShieldState.to_records` / :meth:`ShieldState.from_records`)
+so that the operator keeps it in each AutoscalePolicy's status and a restart keeps cooldowns.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from collections.abc import Sequence
+from dataclasses import dataclass
 from enum import IntEnum
+from typing import Any
 
 import torch
 
+_F64 = torch.float64
+
+BUCKETS = 16
+"""Time buckets of the stabilization memory."""
+
 
 class Reason(IntEnum):
-    """Why the shield's output differs from the proposal (``OK`` when it does not)."""
+    """Why a decision's output differs from the proposal (``OK`` when it does not)."""
 
     OK = 0
     INVALID_INPUT = 1
@@ -38,6 +55,12 @@ class Reason(IntEnum):
     STEP_LIMIT_DOWN = 6
     AT_MIN = 7
     AT_MAX = 8
+    METRICS_MISSING = 9
+    """A signal the decision needs is absent (query failed, no series): hold."""
+    METRICS_STALE = 10
+    """The newest sample is older than the staleness limit: hold."""
+    REPLICAS_UNKNOWN = 11
+    """No trustworthy current replica count: no decision, nothing may be written."""
 
 
 @dataclass(frozen=True)
@@ -62,8 +85,6 @@ class ShieldConfig:
     """Minimum seconds between any scale event and a following scale-down."""
     down_stabilization_s: float = 120.0
     """Window over which the highest proposal bounds a scale-down."""
-    history: int = 16
-    """Proposal slots kept for stabilization; must cover the window at the decision interval."""
 
     def __post_init__(self) -> None:
         if self.min_replicas < 0 or self.max_replicas < self.min_replicas:
@@ -71,7 +92,7 @@ class ShieldConfig:
                 f"shield needs 0 <= min_replicas <= max_replicas, got "
                 f"min={self.min_replicas} max={self.max_replicas}"
             )
-        for name in ("max_step_up_pods", "max_step_down_pods", "history"):
+        for name in ("max_step_up_pods", "max_step_down_pods"):
             if getattr(self, name) < 1:
                 raise ValueError(f"shield {name} must be >= 1, got {getattr(self, name)}")
         for name in (
@@ -85,50 +106,131 @@ class ShieldConfig:
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"shield {name} must be a finite number >= 0, got {value}")
 
-    @staticmethod
-    def history_for(window_s: float, interval_s: float) -> int:
-        """Slots needed to cover ``window_s`` at one proposal every ``interval_s``."""
-        return max(1, math.ceil(window_s / interval_s) + 1)
+    @property
+    def bucket_s(self) -> float:
+        """Width of one stabilization bucket (0 when there is no window)."""
+        return self.down_stabilization_s / (BUCKETS - 1)
 
 
 @dataclass(frozen=True)
 class ShieldState:
-    """What the shield remembers between decisions, per env."""
+    """What the shield remembers between decisions, per env (float64 times, ``-inf``: never)."""
 
     last_up_s: torch.Tensor
-    """Time of the last scale-up (``-inf``: never)."""
+    """Time of the last scale-up."""
     last_down_s: torch.Tensor
-    """Time of the last scale-down (``-inf``: never)."""
-    proposal_time_s: torch.Tensor
-    """``[B, history]`` times of recent proposals, oldest first (``-inf``: empty slot)."""
-    proposal: torch.Tensor
-    """``[B, history]`` the proposals themselves."""
+    """Time of the last scale-down."""
+    last_applied: torch.Tensor
+    """The count the shield last decided (NaN: none yet); another count seen later means
+    somebody else scaled."""
+    bucket_start_s: torch.Tensor
+    """``[B, BUCKETS]`` start time of each stabilization bucket (``-inf``: empty)."""
+    bucket_max: torch.Tensor
+    """``[B, BUCKETS]`` highest proposal made within each bucket."""
 
     @staticmethod
-    def init(batch: int, config: ShieldConfig, device: torch.device | str = "cpu") -> ShieldState:
-        neg_inf = torch.full((batch,), -math.inf, device=device)
+    def init(batch: int, device: torch.device | str = "cpu") -> ShieldState:
+        neg_inf = torch.full((batch,), -math.inf, dtype=_F64, device=device)
         return ShieldState(
             last_up_s=neg_inf,
             last_down_s=neg_inf.clone(),
-            proposal_time_s=torch.full((batch, config.history), -math.inf, device=device),
-            proposal=torch.zeros((batch, config.history), device=device),
+            last_applied=torch.full((batch,), math.nan, dtype=_F64, device=device),
+            bucket_start_s=torch.full((batch, BUCKETS), -math.inf, dtype=_F64, device=device),
+            bucket_max=torch.zeros((batch, BUCKETS), dtype=_F64, device=device),
         )
+
+    @property
+    def batch_size(self) -> int:
+        return self.last_up_s.shape[0]
 
     def reset_where(self, mask: torch.Tensor) -> ShieldState:
         """Forget the history of the envs in ``mask`` (a new episode, a new Deployment)."""
-        m = mask[:, None]
+        fresh = ShieldState.init(self.batch_size, self.last_up_s.device)
+        return self.where(mask, fresh)
+
+    def where(self, mask: torch.Tensor, other: ShieldState) -> ShieldState:
+        """``other`` where ``mask``, else this state."""
+        m = mask.to(torch.bool)
         return ShieldState(
-            last_up_s=torch.where(mask, -math.inf, self.last_up_s),
-            last_down_s=torch.where(mask, -math.inf, self.last_down_s),
-            proposal_time_s=torch.where(m, -math.inf, self.proposal_time_s),
-            proposal=torch.where(m, 0.0, self.proposal),
+            last_up_s=torch.where(m, other.last_up_s, self.last_up_s),
+            last_down_s=torch.where(m, other.last_down_s, self.last_down_s),
+            last_applied=torch.where(m, other.last_applied, self.last_applied),
+            bucket_start_s=torch.where(m[:, None], other.bucket_start_s, self.bucket_start_s),
+            bucket_max=torch.where(m[:, None], other.bucket_max, self.bucket_max),
         )
+
+    def to_records(self) -> list[dict[str, Any]]:
+        """One JSON-able dict per env (``None`` for never/unknown), compact: empty buckets and
+        buckets that can no longer matter are left out by the caller's next decision anyway."""
+        out = []
+        for i in range(self.batch_size):
+            starts = self.bucket_start_s[i].tolist()
+            maxes = self.bucket_max[i].tolist()
+            out.append(
+                {
+                    "lastScaleUp": _num(self.last_up_s[i]),
+                    "lastScaleDown": _num(self.last_down_s[i]),
+                    "lastApplied": _num(self.last_applied[i]),
+                    "proposals": [
+                        [s, int(m)] for s, m in zip(starts, maxes, strict=True) if math.isfinite(s)
+                    ],
+                }
+            )
+        return out
+
+    @staticmethod
+    def from_records(
+        records: Sequence[dict[str, Any] | None], config: ShieldConfig, device: torch.device | str = "cpu"
+    ) -> ShieldState:
+        """Rebuild from :meth:`to_records` output; ``None`` or ``{}`` is a fresh state. Values
+        that do not parse are dropped (a garbled status must never crash the operator)."""
+        n = len(records)
+        st = ShieldState.init(n, device)
+        up, down, applied = st.last_up_s.clone(), st.last_down_s.clone(), st.last_applied.clone()
+        starts, maxes = st.bucket_start_s.clone(), st.bucket_max.clone()
+        w = config.bucket_s
+        for i, r in enumerate(records):
+            if not isinstance(r, dict):
+                continue
+            up[i] = _parse(r.get("lastScaleUp"), -math.inf)
+            down[i] = _parse(r.get("lastScaleDown"), -math.inf)
+            applied[i] = _parse(r.get("lastApplied"), math.nan)
+            props = r.get("proposals") or []
+            if not isinstance(props, list) or w <= 0:
+                continue
+            for p in props:
+                try:
+                    s, m = float(p[0]), float(p[1])
+                except (TypeError, ValueError, IndexError):
+                    continue
+                if not (math.isfinite(s) and math.isfinite(m)):
+                    continue
+                k = int(math.floor(s / w + 1e-9)) % BUCKETS
+                if starts[i, k] == s:
+                    maxes[i, k] = max(float(maxes[i, k]), m)
+                elif s > starts[i, k]:
+                    starts[i, k], maxes[i, k] = s, m
+        return ShieldState(up, down, applied, starts, maxes)
+
+
+def _num(x: torch.Tensor) -> float | None:
+    v = float(x)
+    return v if math.isfinite(v) else None
+
+
+def _parse(v: Any, default: float) -> float:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return default
+    return f if math.isfinite(f) else default
 
 
 @dataclass(frozen=True)
 class ShieldResult:
     replicas: torch.Tensor
-    """Replica count to apply, ``[B]`` float of whole numbers, always within ``[min, max]``."""
+    """Replica count to apply, ``[B]`` float of whole numbers within ``[min, max]``; NaN where
+    the current count is unknown (write nothing)."""
     reason: torch.Tensor
     """``[B]`` int64 :class:`Reason` of the last stage that changed the proposal."""
     state: ShieldState
@@ -136,6 +238,27 @@ class ShieldResult:
 
 def _mark(reason: torch.Tensor, changed: torch.Tensor, code: Reason) -> torch.Tensor:
     return torch.where(changed, int(code), reason)
+
+
+def _remember(
+    state: ShieldState, value: torch.Tensor, now: torch.Tensor, ok: torch.Tensor, config: ShieldConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Put ``value`` into the bucket of ``now`` (envs where ``ok``)."""
+    w = config.bucket_s
+    if w <= 0:
+        return state.bucket_start_s, state.bucket_max
+    start = torch.floor(now / w + 1e-9) * w
+    k = (torch.floor(now / w + 1e-9).to(torch.int64) % BUCKETS)[:, None]
+    cur_start = state.bucket_start_s.gather(1, k).squeeze(1)
+    cur_max = state.bucket_max.gather(1, k).squeeze(1)
+    same = cur_start == start
+    new_max = torch.where(same, torch.maximum(cur_max, value), value)
+    new_start = torch.where(ok, start, cur_start)
+    new_max = torch.where(ok, new_max, cur_max)
+    return (
+        state.bucket_start_s.scatter(1, k, new_start[:, None]),
+        state.bucket_max.scatter(1, k, new_max[:, None]),
+    )
 
 
 def shield(
@@ -146,41 +269,60 @@ def shield(
     config: ShieldConfig,
     min_replicas: torch.Tensor | None = None,
     max_replicas: torch.Tensor | None = None,
+    commit: torch.Tensor | bool = True,
 ) -> ShieldResult:
-    """Bound ``desired`` given ``current`` replicas; returns the count to apply and why."""
+    """Bound ``desired`` given ``current`` replicas; returns the count to apply and why.
+
+    ``commit`` False (per env or for all) computes the result without recording it as a scale
+    event (Shadow mode: the decision is reported, not applied); proposals and scales made by
+    others are still remembered.
+    """
+    dev = current.device
+    out_dtype = current.dtype if current.is_floating_point() else torch.float32
+    cur_in = current.to(_F64)
     lo = (
-        torch.full_like(current, float(config.min_replicas))
+        torch.full_like(cur_in, float(config.min_replicas))
         if min_replicas is None
-        else min_replicas.to(current.dtype)
+        else min_replicas.to(_F64)
     )
     hi = (
-        torch.full_like(current, float(config.max_replicas))
+        torch.full_like(cur_in, float(config.max_replicas))
         if max_replicas is None
-        else max_replicas.to(current.dtype)
+        else max_replicas.to(_F64)
     )
-    now = torch.as_tensor(now_s, dtype=current.dtype, device=current.device).expand_as(current)
-    reason = torch.zeros(current.shape, dtype=torch.int64, device=current.device)
+    now = torch.as_tensor(now_s, dtype=_F64, device=dev).expand_as(cur_in)
+    commit_t = torch.as_tensor(commit, dtype=torch.bool, device=dev).expand_as(cur_in)
+    reason = torch.zeros(cur_in.shape, dtype=torch.int64, device=dev)
 
-    # 1. Invalid inputs: hold; an unknown current count goes to max (see module docstring).
-    cur_ok = torch.isfinite(current)
-    cur = torch.where(cur_ok, current, hi)
-    ok = torch.isfinite(desired) & cur_ok
+    # 0. Unknown current count: no decision. A count we did not set: somebody else scaled.
+    known = torch.isfinite(cur_in) & (cur_in >= 0)
+    cur = torch.where(known, cur_in, 0.0)
+    outside = known & torch.isfinite(state.last_applied) & (cur != state.last_applied)
+    last_up = torch.where(outside & (cur > state.last_applied), now, state.last_up_s)
+    last_down = torch.where(outside & (cur < state.last_applied), now, state.last_down_s)
+    # Seed a fresh memory with the current count (the HPA's initial recommendation).
+    fresh = known & (state.bucket_start_s == -math.inf).all(dim=1) & torch.isnan(state.last_applied)
+    seeded_start, seeded_max = _remember(state, cur, now, fresh, config)
+    st = ShieldState(last_up, last_down, state.last_applied, seeded_start, seeded_max)
+
+    # 1. Invalid proposal: hold.
+    des = desired.to(_F64)
+    ok = torch.isfinite(des)
     reason = _mark(reason, ~ok, Reason.INVALID_INPUT)
-    d = torch.where(ok, torch.round(torch.nan_to_num(desired, nan=0.0)), cur)
+    d = torch.where(ok, torch.round(torch.nan_to_num(des, nan=0.0)), cur)
 
-    # 2. Scale-down stabilization over the proposal history (this proposal included).
-    times = torch.cat([state.proposal_time_s[:, 1:], now[:, None]], dim=1)
-    props = torch.cat([state.proposal[:, 1:], d[:, None]], dim=1)
-    in_window = (now[:, None] - times) < config.down_stabilization_s
-    in_window[:, -1] = True
-    highest = torch.where(in_window, props, -math.inf).amax(dim=1)
+    # 2. Scale-down stabilization over the proposals within the window (this one included).
+    bucket_s, bucket_max = _remember(st, d, now, known, config)
+    in_window = (bucket_s + config.bucket_s) > (now[:, None] - config.down_stabilization_s)
+    highest = torch.where(in_window & torch.isfinite(bucket_s), bucket_max, -math.inf).amax(dim=1)
+    highest = torch.maximum(highest, d)
     stabilized = torch.where(d < cur, torch.minimum(cur, highest), d)
     reason = _mark(reason, stabilized != d, Reason.STABILIZED)
     d = stabilized
 
     # 3. Cooldowns.
-    up_blocked = (d > cur) & (now - state.last_up_s < config.up_cooldown_s)
-    last_any = torch.maximum(state.last_up_s, state.last_down_s)
+    up_blocked = (d > cur) & (now - last_up < config.up_cooldown_s)
+    last_any = torch.maximum(last_up, last_down)
     down_blocked = (d < cur) & (now - last_any < config.down_cooldown_s)
     reason = _mark(reason, up_blocked, Reason.COOLDOWN_UP)
     reason = _mark(reason, down_blocked, Reason.COOLDOWN_DOWN)
@@ -205,21 +347,31 @@ def shield(
     reason = _mark(reason, final > d, Reason.AT_MIN)
     reason = _mark(reason, final < d, Reason.AT_MAX)
 
-    new_state = replace(
-        record_scale(state, cur, final, now),
-        proposal_time_s=times,
-        proposal=props,
+    record = known & commit_t
+    new_state = ShieldState(
+        last_up_s=torch.where(record & (final > cur), now, last_up),
+        last_down_s=torch.where(record & (final < cur), now, last_down),
+        last_applied=torch.where(record, final, torch.where(known, cur, state.last_applied)),
+        bucket_start_s=bucket_s,
+        bucket_max=bucket_max,
     )
-    return ShieldResult(replicas=final, reason=reason, state=new_state)
+    new_state = new_state.where(~known, state)
+    final = torch.where(known, final, math.nan)
+    reason = torch.where(known, reason, int(Reason.REPLICAS_UNKNOWN))
+    return ShieldResult(replicas=final.to(out_dtype), reason=reason, state=new_state)
 
 
 def record_scale(
     state: ShieldState, current: torch.Tensor, applied: torch.Tensor, now_s: torch.Tensor | float
 ) -> ShieldState:
-    """Note a scale event (also for controllers that bypass the shield, e.g. the baselines)."""
-    now = torch.as_tensor(now_s, dtype=current.dtype, device=current.device)
-    return replace(
-        state,
-        last_up_s=torch.where(applied > current, now, state.last_up_s),
-        last_down_s=torch.where(applied < current, now, state.last_down_s),
+    """Note a scale event made without the shield (the baselines' own rules, a fallback)."""
+    cur = current.to(_F64)
+    app = applied.to(_F64)
+    now = torch.as_tensor(now_s, dtype=_F64, device=cur.device)
+    return ShieldState(
+        last_up_s=torch.where(app > cur, now, state.last_up_s),
+        last_down_s=torch.where(app < cur, now, state.last_down_s),
+        last_applied=torch.where(torch.isfinite(app), app, state.last_applied),
+        bucket_start_s=state.bucket_start_s,
+        bucket_max=state.bucket_max,
     )

@@ -17,12 +17,16 @@ CFG = ShieldConfig(
     up_cooldown_s=30.0,
     down_cooldown_s=60.0,
     down_stabilization_s=120.0,
-    history=16,
 )
 
 
+def fresh():
+    """A state whose memory is already seeded (so single decisions are not stabilized)."""
+    return ShieldState.init(1)
+
+
 def one(current, desired, state=None, now=1000.0, cfg=CFG):
-    state = state or ShieldState.init(1, cfg)
+    state = state or ShieldState.init(1)
     res = shield(torch.tensor([float(current)]), torch.tensor([float(desired)]), state, now, cfg)
     return float(res.replicas[0]), Reason(int(res.reason[0])), res.state
 
@@ -42,17 +46,36 @@ def one(current, desired, state=None, now=1000.0, cfg=CFG):
         (10, math.nan, 10, Reason.INVALID_INPUT),
         (10, math.inf, 10, Reason.INVALID_INPUT),
         (10, -math.inf, 10, Reason.INVALID_INPUT),
-        (math.nan, 5, 50, Reason.INVALID_INPUT),
     ],
 )
 def test_single_decisions(current, desired, expected, reason):
-    got, why, _ = one(current, desired)
+    cfg = ShieldConfig(**{**CFG.__dict__, "down_stabilization_s": 0.0})
+    got, why, _ = one(current, desired, cfg=cfg)
     assert got == expected
     assert why == reason
 
 
+def test_unknown_current_means_no_decision_and_no_state_change():
+    state = ShieldState.init(1)
+    _, _, state = one(10, 10, state, now=0.0)
+    got, why, after = one(math.nan, 5, state, now=15.0)
+    assert math.isnan(got) and why == Reason.REPLICAS_UNKNOWN
+    for a, b in zip(after.to_records(), state.to_records(), strict=True):
+        assert a == b
+
+
+def test_a_fresh_shield_is_seeded_with_the_current_count():
+    """As the HPA records its initial recommendation: no scale-down in the first window."""
+    got, why, s = one(10, 4, ShieldState.init(1), now=0.0)
+    assert (got, why) == (10, Reason.STABILIZED)
+    got, why, s = one(10, 4, s, now=100.0)
+    assert (got, why) == (10, Reason.STABILIZED)
+    got, _, _ = one(10, 4, s, now=140.0)
+    assert got == 5  # window over; the step limit (50 %) applies
+
+
 def test_stabilization_keeps_highest_recent_proposal():
-    s = ShieldState.init(1, CFG)
+    s = ShieldState.init(1)
     _, _, s = one(10, 10, s, now=0.0)
     _, _, s = one(10, 10, s, now=15.0)
     # 100 s later a drop to 6 is bounded by the proposals of 10 in the window.
@@ -63,8 +86,78 @@ def test_stabilization_keeps_highest_recent_proposal():
     assert (got, why) == (6, Reason.OK)
 
 
+@pytest.mark.parametrize("interval", [1.0, 5.0, 15.0, 40.0])
+def test_stabilization_is_by_time_whatever_the_interval(interval):
+    """A proposal 100 s old still bounds a scale-down in a 120 s window (16 call slots at a 5 s
+    interval used to cover only 80 s); one 140 s old no longer does."""
+    s = ShieldState.init(1)
+    _, _, s = one(10, 10, s, now=0.0)
+    now = 0.0
+    while now + interval <= 100.0:
+        now += interval
+        got, _, s = one(10, 10 if now < 20.0 else 10, s, now=now)
+    got, why, s = one(10, 4, s, now=100.0 + 1.0)
+    assert (got, why) == (10, Reason.STABILIZED)
+    s2 = ShieldState.init(1)
+    _, _, s2 = one(10, 10, s2, now=0.0)
+    _, _, s2 = one(10, 4, s2, now=60.0)
+    got, _, _ = one(10, 4, s2, now=60.0 + 120.0 + CFG.bucket_s + 1.0)
+    assert got == 5
+
+
+def test_times_are_float64_epoch_seconds():
+    """A 60 s cooldown holds at epoch times, where float32 is only accurate to 128 s."""
+    now = 1.764e9
+    s = ShieldState.init(1)
+    _, _, s = one(10, 12, s, now=now)
+    assert s.last_up_s.dtype == torch.float64
+    got, why, _ = one(12, 14, s, now=now + 20.0)
+    assert (got, why) == (12, Reason.COOLDOWN_UP)
+    got, _, _ = one(12, 14, s, now=now + 31.0)
+    assert got == 14
+
+
+def test_a_scale_by_someone_else_counts_as_a_scale_event():
+    s = ShieldState.init(1)
+    got, _, s = one(10, 10, s, now=0.0)
+    # kubectl scale to 20 between decisions: the next scale-up waits out the cooldown.
+    got, why, s = one(20, 24, s, now=10.0)
+    assert (got, why) == (20, Reason.COOLDOWN_UP)
+    assert float(s.last_up_s[0]) == 10.0
+
+
+def test_shadow_decisions_are_not_recorded_as_scale_events():
+    s = ShieldState.init(1)
+    res = shield(torch.tensor([10.0]), torch.tensor([14.0]), s, 0.0, CFG, commit=False)
+    assert float(res.replicas[0]) == 14.0
+    assert res.state.last_up_s[0] == -math.inf
+    # The Deployment stayed at 10: that is no outside scale either.
+    res2 = shield(torch.tensor([10.0]), torch.tensor([14.0]), res.state, 5.0, CFG, commit=False)
+    assert float(res2.replicas[0]) == 14.0
+
+
+def test_state_survives_a_round_trip_through_records():
+    s = ShieldState.init(2)
+    cur = torch.tensor([10.0, 4.0])
+    for now, des in ((0.0, [12.0, 4.0]), (45.0, [12.0, 9.0]), (80.0, [8.0, 9.0])):
+        res = shield(cur, torch.tensor(des), s, now, CFG)
+        s, cur = res.state, res.replicas
+    records = s.to_records()
+    back = ShieldState.from_records(records, CFG)
+    assert back.to_records() == records
+    a = shield(cur, torch.tensor([3.0, 20.0]), s, 100.0, CFG)
+    b = shield(cur, torch.tensor([3.0, 20.0]), back, 100.0, CFG)
+    assert torch.equal(a.replicas, b.replicas) and torch.equal(a.reason, b.reason)
+
+
+@pytest.mark.parametrize("garbage", [None, {}, {"lastScaleUp": "soon", "proposals": [["x", 1], [5]]}, 7])
+def test_garbled_records_give_a_fresh_state(garbage):
+    s = ShieldState.from_records([garbage], CFG)
+    assert s.last_up_s[0] == -math.inf and math.isnan(float(s.last_applied[0]))
+
+
 def test_cooldowns_per_direction():
-    s = ShieldState.init(1, CFG)
+    s = ShieldState.init(1)
     got, _, s = one(10, 12, s, now=0.0)
     assert got == 12
     got, why, s = one(12, 14, s, now=15.0)
@@ -72,8 +165,8 @@ def test_cooldowns_per_direction():
     got, why, s = one(12, 14, s, now=30.0)
     assert got == 14
     # A scale-down right after a scale-up is held for down_cooldown_s.
-    cfg = ShieldConfig(down_stabilization_s=0.0, down_cooldown_s=60.0, history=2)
-    s = ShieldState.init(1, cfg)
+    cfg = ShieldConfig(down_stabilization_s=0.0, down_cooldown_s=60.0)
+    s = ShieldState.init(1)
     _, _, s = one(10, 12, s, now=0.0, cfg=cfg)
     got, why, s = one(12, 11, s, now=45.0, cfg=cfg)
     assert (got, why) == (12, Reason.COOLDOWN_DOWN)
@@ -82,15 +175,15 @@ def test_cooldowns_per_direction():
 
 
 def test_pure_and_batched():
-    state = ShieldState.init(3, CFG)
+    state = ShieldState.init(3)
     cur = torch.tensor([10.0, 5.0, 40.0])
     des = torch.tensor([30.0, 1.0, 45.0])
-    before = (cur.clone(), des.clone(), state.proposal.clone())
+    before = (cur.clone(), des.clone(), state.bucket_max.clone())
     res = shield(cur, des, state, 0.0, CFG)
     assert torch.equal(cur, before[0]) and torch.equal(des, before[1])
-    assert torch.equal(state.proposal, before[2])
+    assert torch.equal(state.bucket_max, before[2])
     for i in range(3):
-        alone = shield(cur[i : i + 1], des[i : i + 1], ShieldState.init(1, CFG), 0.0, CFG)
+        alone = shield(cur[i : i + 1], des[i : i + 1], ShieldState.init(1), 0.0, CFG)
         assert res.replicas[i] == alone.replicas[0]
         assert res.reason[i] == alone.reason[0]
 
@@ -99,9 +192,9 @@ def test_per_env_bounds_override_config():
     res = shield(
         torch.tensor([5.0, 5.0]),
         torch.tensor([9.0, 1.0]),
-        ShieldState.init(2, CFG),
+        ShieldState.init(2),
         0.0,
-        CFG,
+        ShieldConfig(**{**CFG.__dict__, "down_stabilization_s": 0.0}),
         min_replicas=torch.tensor([1.0, 4.0]),
         max_replicas=torch.tensor([7.0, 60.0]),
     )
@@ -144,7 +237,7 @@ def test_invariants(lo, span, current, proposals, gaps, up_pods, up_pct, down_po
         down_cooldown_s=40.0,
         down_stabilization_s=90.0,
     )
-    state = ShieldState.init(1, cfg)
+    state = ShieldState.init(1)
     cur = float(current)
     now = 0.0
     for desired, gap in zip(proposals, gaps, strict=False):

@@ -45,11 +45,16 @@ class EvalProfile:
     slo_factor: float = 2.0
     """SLO = this x the unloaded p95 (0.60 s with the defaults)."""
     max_replicas_factor: float = 2.5
-    """max replicas = ceil(peak x factor)."""
+    """max replicas = ceil(peak x factor): a safety cap (no feature reads it)."""
     noise: bool = True
     """Poisson arrival noise."""
     dt: float = 15.0
     """Decision interval in seconds."""
+    cpu_limit_ratio: tuple[float, float] = (1.0, 1.0)
+    """CPU limit / request of the pods, drawn per seed (1: request = limit, Guaranteed QoS)."""
+    metrics: sim.DomainConfig = field(default_factory=sim.DomainConfig)
+    """Where the metric pipeline's ranges (CPU window, lag and noise, scrape lag, ingress vs
+    served counter) come from; drawn per seed."""
 
     def sim_config(self, base: sim.SimConfig | None = None) -> sim.SimConfig:
         base = base or sim.SimConfig()
@@ -62,30 +67,17 @@ class EvalProfile:
             amplitude_jitter=0.0,
             max_replicas_factor=(self.max_replicas_factor, self.max_replicas_factor),
             min_replicas=base.domain.min_replicas,
-            target_utilization=base.domain.target_utilization,
+            cpu_limit_ratio=self.cpu_limit_ratio,
+            cpu_window_s=self.metrics.cpu_window_s,
+            cpu_lag_s=self.metrics.cpu_lag_s,
+            cpu_noise=self.metrics.cpu_noise,
+            scrape_lag_s=self.metrics.scrape_lag_s,
+            ingress_probability=self.metrics.ingress_probability,
         )
         return replace(base, dt=self.dt, noise=self.noise, domain=dom)
 
 
-def concat_params(parts: Sequence[sim.EnvParams]) -> sim.EnvParams:
-    """One batch from several param sets over the same bank and config."""
-    first = parts[0]
-    fields = {
-        k: torch.cat([getattr(p, k) for p in parts])
-        for k in (
-            "capacity",
-            "service_time_s",
-            "delay_steps",
-            "slo_s",
-            "peak_replicas",
-            "min_replicas",
-            "max_replicas",
-            "target_utilization",
-            "key",
-            "noise_offset",
-        )
-    }
-    return sim.EnvParams(**fields, bank=first.bank, config=first.config)
+concat_params = sim.concat_params
 
 
 @dataclass(frozen=True)

@@ -100,3 +100,126 @@ def p95_no_backlog(
     tail = torch.clamp(torch.log(torch.clamp(p_wait, min=1e-30) * 20.0), min=0.0)
     p95 = service_time_s * _LN20 + service_time_s * tail / (servers * (1.0 - rho))
     return torch.where(over & (rate > 0), math.inf, p95)
+
+
+# --- the latency distribution behind the p95 -------------------------------------------------
+#
+# A request's latency is L = D + S + W: D = the drain time of the carried-over backlog (every
+# request of the step waits behind it), S ~ Exp(mean s) its own service time, and W = 0 with
+# probability 1 - P_wait, else Exp(rate b) with b = c (1 - rho) / s (M/M/c waiting time). The
+# survival function of S + W is that of a mixture of an exponential and a hypoexponential:
+#
+#     G(y) = (1 - P_wait) e^{-a y} + P_wait (b e^{-a y} - a e^{-b y}) / (b - a),   a = 1/s.
+#
+# `latency_p95` solves G(y) = 0.05 by Newton's method on ln G (nearly linear in y, so 6 steps
+# from the closed-form approximation above reach float32 precision), and `latency_cdf` gives
+# the fraction of requests at or under given bounds: the histogram an app would export. The
+# simulator scores the exact p95 and shows a policy only the histogram, as Prometheus would.
+
+DEFAULT_BUCKETS: tuple[float, ...] = (
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+)  # fmt: skip
+"""Upper bounds (s) of the latency histogram: prometheus-client's defaults, what most apps use
+(the ``+Inf`` bucket is implicit)."""
+
+_NEWTON_STEPS = 6
+
+
+@dataclass(frozen=True)
+class LatencyModel:
+    """Parameters of the latency distribution of one step, per env (``[B]`` tensors)."""
+
+    service_time_s: torch.Tensor
+    p_wait: torch.Tensor
+    wait_rate: torch.Tensor
+    """``b = c (1 - rho) / s``: rate of the waiting time of a request that waits."""
+    drain_s: torch.Tensor
+    starved: torch.Tensor
+    """Demand with no ready pod: every request times out."""
+
+
+def latency_model(
+    served: torch.Tensor,
+    backlog: torch.Tensor,
+    ready: torch.Tensor,
+    capacity: torch.Tensor,
+    service_time_s: torch.Tensor,
+    dt: float,
+    demand: torch.Tensor | None = None,
+) -> LatencyModel:
+    """The distribution behind a step whose ready pods served ``served`` requests in ``dt``."""
+    cap_rate = ready * capacity
+    has_cap = cap_rate > 0
+    rho = torch.clamp(torch.where(has_cap, served / torch.where(has_cap, cap_rate * dt, 1.0), 0.0), max=_RHO_MAX)
+    servers = torch.clamp(cap_rate * service_time_s, min=1e-6)
+    p_wait = torch.pow(rho, torch.sqrt(2.0 * (servers + 1.0)) - 1.0)
+    wait_rate = servers * (1.0 - rho) / service_time_s
+    drain = backlog / torch.where(has_cap, cap_rate, 1.0)
+    work = served + backlog if demand is None else demand
+    return LatencyModel(service_time_s, p_wait, wait_rate, drain, (~has_cap) & (work > 0))
+
+
+def _survival(y: torch.Tensor, m: LatencyModel) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(G(y), g(y))``: survival and density of S + W at ``y >= 0`` (broadcasts over bounds)."""
+    a = 1.0 / m.service_time_s
+    b = m.wait_rate
+    pw = m.p_wait
+    ea = torch.exp(-a * y)
+    eb = torch.exp(-b * y)
+    diff = b - a
+    close = diff.abs() < 1e-4 * a
+    safe = torch.where(close, torch.ones_like(diff), diff)
+    hypo_g = torch.where(close, ea * (1.0 + a * y), (b * ea - a * eb) / safe)
+    hypo_f = torch.where(close, a * a * y * ea, a * b * (ea - eb) / safe)
+    g = (1.0 - pw) * ea + pw * hypo_g
+    f = (1.0 - pw) * a * ea + pw * hypo_f
+    return torch.clamp(g, min=0.0, max=1.0), torch.clamp(f, min=0.0)
+
+
+def latency_p95(m: LatencyModel, timeout_s: float) -> torch.Tensor:
+    """Exact p95 of the step's latency distribution (capped at the timeout)."""
+    s = m.service_time_s
+    y = s * _LN20 + torch.clamp(torch.log(torch.clamp(m.p_wait, min=1e-30) * 20.0), min=0.0) / m.wait_rate
+    target = math.log(0.05)
+    for _ in range(_NEWTON_STEPS):
+        g, f = _survival(y, m)
+        g = torch.clamp(g, min=1e-30)
+        hazard = torch.clamp(f / g, min=1e-9)
+        y = torch.clamp(y + (torch.log(g) - target) / hazard, min=0.0)
+    p95 = m.drain_s + y
+    return torch.where(m.starved, torch.full_like(p95, timeout_s), torch.clamp(p95, max=timeout_s))
+
+
+def latency_cdf(m: LatencyModel, bounds: torch.Tensor, timeout_s: float) -> torch.Tensor:
+    """``[B, K]`` fraction of served requests with latency <= each bound (``bounds`` ``[K]``).
+
+    Requests beyond the timeout never complete inside a bound (they time out), so the CDF is 0
+    at bounds under the drain time and reaches at most P(L <= timeout) below ``+Inf``.
+    """
+    x = bounds[None, :] - m.drain_s[:, None]
+    y = torch.clamp(x, min=0.0)
+    mm = LatencyModel(*(t[:, None] for t in (m.service_time_s, m.p_wait, m.wait_rate, m.drain_s, m.starved)))
+    g, _ = _survival(y, mm)
+    cdf = torch.where(x > 0, 1.0 - g, 0.0)
+    cdf = torch.where((bounds[None, :] > timeout_s) | m.starved[:, None], torch.where(m.starved[:, None], 0.0, cdf), cdf)
+    return cdf
+
+
+def histogram_quantile(q: float, cumulative: torch.Tensor, bounds: torch.Tensor) -> torch.Tensor:
+    """Prometheus' ``histogram_quantile`` over ``[B, K+1]`` cumulative counts (last: ``+Inf``)
+    with finite upper ``bounds`` ``[K]``: linear within the bucket the rank falls in, the highest
+    finite bound when it falls in ``+Inf``, NaN when there are no observations."""
+    total = cumulative[:, -1]
+    rank = q * total
+    finite = cumulative[:, :-1]
+    hit = finite >= rank[:, None]
+    any_hit = hit.any(dim=1)
+    b = torch.where(any_hit, hit.to(torch.int64).argmax(dim=1), 0)
+    upper = bounds[b]
+    lower = torch.where(b > 0, bounds[torch.clamp(b - 1, min=0)], torch.zeros_like(upper))
+    below = torch.where(b > 0, finite.gather(1, torch.clamp(b - 1, min=0)[:, None]).squeeze(1), 0.0)
+    count = finite.gather(1, b[:, None]).squeeze(1) - below
+    frac = torch.where(count > 0, (rank - below) / torch.where(count > 0, count, 1.0), 1.0)
+    value = lower + (upper - lower) * torch.clamp(frac, 0.0, 1.0)
+    value = torch.where(any_hit, value, bounds[-1].expand_as(value))
+    return torch.where(total > 0, value, torch.full_like(value, math.nan))

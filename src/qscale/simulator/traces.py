@@ -232,16 +232,13 @@ def _resample_segment(t: np.ndarray, v: np.ndarray, interval: float, dt: float) 
     n = math.floor((end - start) / dt + 1e-9)  # tolerate float noise on exact multiples
     if n <= 0:
         return np.zeros(0, dtype=np.float64)
-    k = np.arange(n, dtype=np.float64)
-    if interval > dt:
-        # Upsampling: a piecewise-constant source would put a cliff every interval, which the
-        # policy would learn as a fake periodic signal. Linear between the row midpoints (where
-        # the row mean is best placed) is smooth, and flat beyond the end midpoints avoids
-        # extrapolating a trend nobody observed.
-        return np.interp(start + (k + 0.5) * dt, t + interval / 2.0, v)
-    # Downsampling: averaging rates per step must not lose or invent requests, so integrate the
-    # step function (row i covers [t_i, t_{i+1}), the last covers [t_last, t_last + interval))
-    # and difference the cumulative count at the grid edges. Exact, including partial overlaps.
+    # Each step gets the exact mean rate over it: integrate the step function (row i covers
+    # [t_i, t_{i+1}), the last covers [t_last, t_last + interval)) and difference the cumulative
+    # count at the grid edges. Downsampling loses or invents no request; upsampling holds each
+    # row's rate over its bin (piecewise constant). That is causal: a step's rate comes from the
+    # row it lies in, never from the next one (interpolating between bin midpoints would start
+    # every burst half a bin before it happened, and a policy's trend features would see it
+    # coming). Within-bin variability comes from the simulator's arrival noise only.
     edges = np.append(t, end)
     cum = np.concatenate(([0.0], np.cumsum(v * np.diff(edges))))
     grid = start + np.arange(n + 1, dtype=np.float64) * dt
@@ -257,9 +254,9 @@ def resample(trace: Trace, dt: float = DEFAULT_DT) -> np.ndarray:
     aligned to wall-clock time across a gap -- the simulator only needs a plausible load
     sequence, and a few-day hole has no honest fill value.
 
-    If ``interval > dt`` the rates are linearly interpolated between row midpoints (flat before
-    the first and after the last midpoint) and sampled at step midpoints; if ``interval <= dt``
-    each step gets the exact mean rate over it, so total requests are preserved.
+    Each step gets the exact mean rate over it (total requests are preserved): a row's rate is
+    held over its whole bin when the bin is longer than ``dt``, so no step depends on a later
+    row (causal; see :func:`_resample_segment`).
     """
     if not (math.isfinite(dt) and dt > 0):
         raise ValueError(f"dt must be a positive finite number of seconds, got {dt!r}")

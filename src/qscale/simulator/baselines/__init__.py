@@ -42,16 +42,18 @@ class HPAController:
 
     def act(self, state: sim.EnvState, obs: torch.Tensor, params: sim.EnvParams) -> torch.Tensor:
         self._state = self._state.reset(state.t == 0)  # envs that just (auto-)reset
+        view = sim.hpa_view(state, params)
         desired, _, self._state = hpa_step(
             self._state,
             state.t.to(torch.float64) * params.config.dt,
-            state.replicas,
-            state.ready,
-            state.pending.sum(dim=1),
-            state.utilization,
+            view.current,
+            view.ready,
+            view.unready,
+            view.utilization,
             self.config,
             min_replicas=params.min_replicas,
             max_replicas=params.max_replicas,
+            missing_pods=view.missing,
             target_utilization=self._target,
         )
         return desired

@@ -2,7 +2,8 @@
 
 KEDA users give a per-pod threshold for a Prometheus request rate (found by load-testing one
 pod); we give the rule the true pod capacity times ``target_fraction``, i.e. a well-informed
-user. Scale-ups apply at once; a scale-down waits until the rule has asked for fewer pods than
+user. It reads the request rate exactly as the DQN does (the same query: a 1 m rate, after the
+scrape lag, of the env's served-requests or ingress counter). Scale-ups apply at once; a scale-down waits until the rule has asked for fewer pods than
 are running for ``cooldown_s`` without interruption, then goes straight to the rule's value.
 """
 
@@ -31,7 +32,7 @@ class KedaController:
     def act(self, state: sim.EnvState, obs: torch.Tensor, params: sim.EnvParams) -> torch.Tensor:
         now = state.t.to(torch.float32) * params.config.dt
         cur = state.replicas
-        rate = state.rate_hist[:, -1]
+        rate = sim.signals(state, params).inputs.rate_now  # the same rate query the DQN reads
         threshold = params.capacity * self.target_fraction
         desired = torch.ceil(rate / threshold - 1e-6)
         self._last_high_s = torch.where(desired >= cur, now, self._last_high_s)

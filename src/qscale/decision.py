@@ -1,0 +1,147 @@
+"""The one serving core: raw signals -> features -> Q-values -> action -> shield -> replicas.
+
+:func:`decide` is pure (no I/O, the clock passed in) and batched over targets. The simulator's
+``step`` calls it for every env and the operator calls it for every AutoscalePolicy due in a
+tick, so training, evaluation and serving take exactly the same decision from the same inputs.
+The rules around the network, each with its own reason code:
+
+* a current replica count that is unknown (NaN) means no decision and no write
+  (``REPLICAS_UNKNOWN``);
+* a signal that is missing (``signals.present`` false: no series, a failed query) holds the
+  current count (``METRICS_MISSING``); one older than ``stale_after_s`` holds too
+  (``METRICS_STALE``). Never scale on data we do not have: in particular a missing CPU metric
+  must never read as "idle". The bounds still apply (a count outside [min, max] moves to the
+  bound, as the HPA does without metrics);
+* otherwise the network's greedy action (or a given one, e.g. an exploring trainer's) is
+  turned into a proposal by :mod:`qscale.actions` and bounded by :mod:`qscale.guardrails`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from qscale import actions, features
+from qscale.guardrails import Reason, ShieldConfig, ShieldResult, ShieldState, shield
+
+__all__ = ["Decision", "Signals", "decide", "greedy", "observe"]
+
+QFunction = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Signals:
+    """Raw signals for ``B`` targets (``[B]`` tensors): the :class:`~qscale.features.FeatureInputs`
+    plus the shield's bounds and what is known about the metrics' freshness."""
+
+    inputs: features.FeatureInputs
+    """The feature inputs; ``since_scale_*`` are filled in from the shield state by
+    :func:`observe`, whatever they hold here."""
+    max_replicas: torch.Tensor
+    present: torch.Tensor
+    """bool: every metric the features need is there."""
+    age_s: torch.Tensor
+    """Age of the newest metric sample, seconds (0 in the simulator)."""
+
+    @property
+    def replicas(self) -> torch.Tensor:
+        return self.inputs.replicas
+
+
+@dataclass(frozen=True)
+class Decision:
+    replicas: torch.Tensor
+    """Count to apply (whole numbers in ``[min, max]``); NaN: write nothing."""
+    action: torch.Tensor
+    """int64 action index the network (or the caller) chose."""
+    reason: torch.Tensor
+    """int64 :class:`~qscale.guardrails.Reason`."""
+    proposal: torch.Tensor
+    """What the action proposed before the shield (NaN when held for missing metrics)."""
+    q_values: torch.Tensor
+    """``[B, N_ACTIONS]``; NaN rows where the network was not asked."""
+    observation: torch.Tensor | None
+    """``[B, N_FEATURES]`` the network's input (``None`` when an action was given)."""
+    shield_state: ShieldState
+
+
+def greedy(q_values: torch.Tensor) -> torch.Tensor:
+    """The greedy action of each row: the one argmax of the project."""
+    return q_values.argmax(dim=-1).to(torch.int64)
+
+
+def observe(signals: Signals, shield_state: ShieldState, now_s: torch.Tensor | float) -> torch.Tensor:
+    """The observation for ``signals``, with the time-since features from the shield's memory."""
+    x = signals.inputs
+    now = torch.as_tensor(now_s, dtype=torch.float64, device=x.replicas.device)
+    since_up = (now - shield_state.last_up_s).to(x.replicas.dtype)
+    since_down = (now - shield_state.last_down_s).to(x.replicas.dtype)
+    return features.compute(
+        features.FeatureInputs(
+            **{
+                **{k: getattr(x, k) for k in x.__dataclass_fields__},
+                "since_scale_up_s": since_up,
+                "since_scale_down_s": since_down,
+            }
+        )
+    )
+
+
+def decide(
+    signals: Signals,
+    shield_state: ShieldState,
+    now_s: torch.Tensor | float,
+    config: ShieldConfig,
+    *,
+    model: QFunction | None = None,
+    action: torch.Tensor | None = None,
+    stale_after_s: float = math.inf,
+    commit: torch.Tensor | bool = True,
+) -> Decision:
+    """One decision for every target. Give ``model`` (obs -> Q) or ``action`` (indices).
+
+    ``commit`` is passed to the shield (False in Shadow mode: report, do not record a scale).
+    """
+    x = signals.inputs
+    cur = x.replicas
+    b = cur.shape[0]
+    obs = None
+    q = torch.full((b, actions.N_ACTIONS), math.nan, device=cur.device)
+    if action is None:
+        if model is None:
+            raise ValueError("decide() needs a model or an action")
+        obs = observe(signals, shield_state, now_s)
+        with torch.no_grad():
+            q = model(obs.to(next(_params(model), obs).device)).to(cur.device).float()
+        action = greedy(q)
+    busy = features.busy_pods(x.cpu_utilization, x.cpu_limit_ratio, cur)
+    proposal = actions.apply(cur, action, busy)
+    stale = signals.present & (signals.age_s > stale_after_s)
+    usable = signals.present & ~stale
+    desired = torch.where(usable, proposal, cur)
+    res: ShieldResult = shield(
+        cur, desired, shield_state, now_s, config, x.min_replicas, signals.max_replicas, commit
+    )
+    reason = res.reason
+    held = (reason == int(Reason.OK)) | (reason == int(Reason.INVALID_INPUT))
+    reason = torch.where(held & ~signals.present, int(Reason.METRICS_MISSING), reason)
+    reason = torch.where(held & stale, int(Reason.METRICS_STALE), reason)
+    if obs is not None:
+        q = torch.where(usable[:, None], q, math.nan)
+    return Decision(
+        replicas=res.replicas,
+        action=action,
+        reason=reason,
+        proposal=torch.where(usable, proposal, math.nan),
+        q_values=q,
+        observation=obs,
+        shield_state=res.state,
+    )
+
+
+def _params(model: QFunction):
+    params = getattr(model, "parameters", None)
+    return iter(params()) if callable(params) else iter(())

@@ -1,0 +1,126 @@
+"""The one serving core, table-driven: what decide() does with good, missing, stale or unknown
+inputs, and that the simulator's step is exactly decide()."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import pytest
+import torch
+
+from qscale import actions, features
+from qscale.decision import Signals, decide, greedy
+from qscale.guardrails import Reason, ShieldConfig, ShieldState
+
+CFG = ShieldConfig(min_replicas=1, max_replicas=50, down_stabilization_s=0.0, down_cooldown_s=0.0)
+A = {name: i for i, name in enumerate(actions.ACTION_NAMES)}
+NAN = math.nan
+
+
+def signals(b=1, *, cpu=0.5, ratio=1.0, replicas=10.0, ready=10.0, p95=0.2, rate=100.0,
+            present=True, age=0.0, min_r=1.0, max_r=50.0) -> Signals:  # fmt: skip
+    def t(v):
+        return torch.full((b,), float(v))
+
+    inputs = features.FeatureInputs(
+        cpu_utilization=t(cpu), cpu_limit_ratio=t(ratio), p95_s=t(p95), slo_s=t(0.5),
+        rate_now=t(rate), rate_1m=t(rate), rate_5m=t(rate), rate_15m=t(rate),
+        replicas=t(replicas), ready_replicas=t(ready), min_replicas=t(min_r),
+        since_scale_up_s=t(0.0), since_scale_down_s=t(0.0),
+    )  # fmt: skip
+    return Signals(inputs, t(max_r), torch.full((b,), present), t(age))
+
+
+class Fixed(torch.nn.Module):
+    """A 'network' that always prefers one action (and records what it was shown)."""
+
+    def __init__(self, action: int):
+        super().__init__()
+        self.action = action
+        self.seen: torch.Tensor | None = None
+
+    def forward(self, obs):
+        self.seen = obs
+        q = torch.zeros(obs.shape[0], actions.N_ACTIONS)
+        q[:, self.action] = 1.0
+        return q
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    action: str
+    expected: float
+    reason: Reason
+    kw: dict
+
+
+CASES = [
+    Case("hold holds", "hold", 10, Reason.OK, {}),
+    Case("+1", "plus_1", 11, Reason.OK, {}),
+    Case("x2 is step-limited to +100 %", "times_2", 20, Reason.OK, {}),
+    Case("busy 5 pods at 50 % -> 10", "busy_at_50", 10, Reason.OK, {"cpu": 0.5}),
+    Case("busy 9 pods at 65 % -> 14", "busy_at_65", 14, Reason.OK, {"cpu": 0.9}),
+    Case("the limit ratio: 200 % of request at limit 4x is half busy", "busy_at_50", 10,
+         Reason.OK, {"cpu": 2.0, "ratio": 4.0}),
+    Case("busy 1 pod at 80 % -> 2, step limit 50 % -> 5", "busy_at_80", 5,
+         Reason.STEP_LIMIT_DOWN, {"cpu": 0.1}),
+    Case("missing metrics hold", "busy_at_80", 10, Reason.METRICS_MISSING,
+         {"present": False, "cpu": 0.0}),
+    Case("a missing CPU metric never reads as idle", "busy_at_80", 10,
+         Reason.METRICS_MISSING, {"present": False, "cpu": NAN}),
+    Case("stale metrics hold", "times_2", 10, Reason.METRICS_STALE, {"age": 120.0}),
+    Case("missing metrics still respect the bounds", "hold", 50, Reason.AT_MAX,
+         {"present": False, "replicas": 70.0, "ready": 70.0}),
+    Case("unknown replicas: no decision", "plus_1", NAN, Reason.REPLICAS_UNKNOWN,
+         {"replicas": NAN}),
+    Case("at max", "times_2", 50, Reason.AT_MAX, {"replicas": 40.0, "ready": 40.0}),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_decide_table(case):
+    net = Fixed(A[case.action])
+    d = decide(signals(**case.kw), ShieldState.init(1), 1000.0, CFG, model=net, stale_after_s=60.0)
+    got = float(d.replicas[0])
+    assert (math.isnan(got) and math.isnan(case.expected)) or got == case.expected
+    assert Reason(int(d.reason[0])) == case.reason
+    if case.reason in (Reason.METRICS_MISSING, Reason.METRICS_STALE):
+        assert torch.isnan(d.q_values).all() and torch.isnan(d.proposal).all()
+    else:
+        assert int(d.action[0]) == A[case.action]
+
+
+def test_given_action_skips_the_network_and_matches_it():
+    sig = signals(b=3, cpu=0.7)
+    st = ShieldState.init(3)
+    a = torch.tensor([A["plus_1"], A["busy_at_50"], A["hold"]])
+    given = decide(sig, st, 0.0, CFG, action=a)
+    assert given.observation is None and torch.isnan(given.q_values).all()
+    for i in range(3):
+        via_model = decide(sig, st, 0.0, CFG, model=Fixed(int(a[i])))
+        assert via_model.replicas[i] == given.replicas[i]
+
+
+def test_the_network_sees_the_feature_spec_with_time_since_from_the_shield():
+    net = Fixed(A["hold"])
+    st = ShieldState.init(1)
+    st = replace(st, last_up_s=torch.tensor([940.0], dtype=torch.float64))
+    decide(signals(), st, 1000.0, CFG, model=net)
+    assert net.seen.shape == (1, features.N_FEATURES)
+    up = features.FEATURE_NAMES.index("since_scale_up")
+    assert net.seen[0, up].item() == pytest.approx(60.0 / features.SINCE_SCALE_HORIZON_S)
+
+
+def test_greedy_is_argmax():
+    q = torch.tensor([[0.1, 0.9, 0.3], [2.0, -1.0, 1.0]])
+    assert greedy(q).tolist() == [1, 0]
+
+
+def test_no_traffic_p95_nan_is_not_missing():
+    net = Fixed(A["busy_at_80"])
+    d = decide(signals(p95=NAN, rate=0.0, cpu=0.0), ShieldState.init(1), 0.0, CFG, model=net)
+    assert Reason(int(d.reason[0])) != Reason.METRICS_MISSING
+    p95 = features.FEATURE_NAMES.index("log2_p95_vs_slo")
+    assert net.seen[0, p95].item() == features.FEATURES[p95].lo
