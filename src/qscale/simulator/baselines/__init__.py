@@ -1,7 +1,8 @@
 """The controllers qscale must beat, all running inside the same simulator.
 
-* ``hpa``: the Kubernetes HPA v2 exactly as the controller computes it, with the API defaults
-  and a 70 % CPU target;
+* ``hpa``: the Kubernetes HPA v2 exactly as the controller computes it (:mod:`qscale.hpa`) for
+  the HPA most users run - no ``behavior`` field, as ``kubectl autoscale`` makes it - with a
+  70 % CPU target;
 * ``hpa-tuned``: the same HPA with target utilization and scale-down stabilization window
   chosen by grid search on the training split (:func:`tune_hpa`);
 * ``keda``: desired = ceil(rate / per-pod threshold) with a scale-down cooldown;
@@ -15,8 +16,8 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+from qscale.hpa import HPAConfig, HPAState, hpa_step
 from qscale.simulator import env as sim
-from qscale.simulator.baselines.hpa import HPAConfig, HPAState, hpa_step
 from qscale.simulator.baselines.keda import KedaController
 from qscale.simulator.baselines.oracle import OracleController
 
@@ -25,34 +26,35 @@ from qscale.simulator.baselines.oracle import OracleController
 class HPAController:
     """Feeds the simulator's pod counts and CPU utilization to :func:`hpa_step` every step.
 
-    ``target_scale`` (per env) multiplies the utilization the HPA sees, which is how one batch
-    evaluates several target utilizations at once during tuning (ratio = u * s / target).
+    ``target_utilization`` (per env, fractions) overrides the config's target, which is how one
+    batch evaluates several target utilizations at once during tuning.
     """
 
     config: HPAConfig = field(default_factory=HPAConfig)
     name: str = "hpa"
     uses_shield: bool = False
-    target_scale: torch.Tensor | None = None
+    target_utilization: torch.Tensor | None = None
 
     def reset(self, state: sim.EnvState, params: sim.EnvParams) -> None:
         self._state = HPAState.init(params.n_envs, params.device, self.config)
+        target = self.target_utilization
+        self._target = None if target is None else target.to(params.device, torch.float64)
 
     def act(self, state: sim.EnvState, obs: torch.Tensor, params: sim.EnvParams) -> torch.Tensor:
         self._state = self._state.reset(state.t == 0)  # envs that just (auto-)reset
         view = sim.hpa_view(state, params)
-        util = view.utilization
-        if self.target_scale is not None:
-            util = util * self.target_scale
         desired, _, self._state = hpa_step(
             self._state,
             state.t.to(torch.float64) * params.config.dt,
             view.current,
             view.ready,
-            view.unready + view.missing,
-            util,
+            view.unready,
+            view.utilization,
             self.config,
             min_replicas=params.min_replicas,
             max_replicas=params.max_replicas,
+            missing_pods=view.missing,
+            target_utilization=self._target,
         )
         return desired
 
@@ -81,10 +83,8 @@ def tune_hpa(
 
     ``run(controller)`` rolls the controller over the tuning windows (``n_envs`` of them) and
     returns per-env (cost, SLO-violation minutes, episode return). Targets are evaluated
-    together in one batch by scaling the utilization the HPA sees (see :class:`HPAController`);
-    because the controller truncates utilization to whole percent, that ranks targets almost,
-    not exactly, as the controller would, which is fine for a search. The chosen config is then
-    run exactly.
+    together in one batch, each block of ``n_envs`` envs with its own exact target (see
+    :class:`HPAController`), so every grid point is the HPA the chosen config then runs.
 
     Rule: the grid point with the highest mean episode return, i.e. tuned for the very
     objective the DQN is trained on (pod cost per reference size, SLO-violation steps, drops
@@ -93,12 +93,12 @@ def tune_hpa(
     (70 %, 300 s) is in the grid, so the tuned HPA is never worse than it on that objective.
     """
     base = base or HPAConfig()
-    ref_target = base.target_utilization
-    scale = torch.tensor([ref_target / t for t in targets]).repeat_interleave(n_envs)
+    per_env = torch.tensor(list(targets), dtype=torch.float64).repeat_interleave(n_envs)
     table = []
     for w in windows_s:
         cfg = replace(base, scale_down_stabilization_s=w)
-        cost, slo, ret = run(HPAController(cfg, name=f"hpa-w{int(w)}", target_scale=scale))
+        ctrl = HPAController(cfg, name=f"hpa-w{int(w)}", target_utilization=per_env)
+        cost, slo, ret = run(ctrl)
         for i, t in enumerate(targets):
             sl = slice(i * n_envs, (i + 1) * n_envs)
             table.append(
