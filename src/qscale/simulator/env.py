@@ -279,6 +279,9 @@ class EnvState:
     p95_s: torch.Tensor
     """True p95 of the last step."""
     shield: ShieldState
+    seen: features.FeatureInputs | None = None
+    """What the metrics show now (:func:`measure` of this state), kept so that a step measures
+    once: the decision and the next observation share it."""
 
     @property
     def replicas(self) -> torch.Tensor:
@@ -491,7 +494,7 @@ def _random_episodes(
     jitter = params.config.domain.amplitude_jitter
     amp = torch.exp((2.0 * hash_u01(key, episode, 3) - 1.0) * jitter)
     scale = _scale_for(params, ids, k) * amp
-    return _fresh(state, params, ids, pos0, length, scale, episode)
+    return _measured(_fresh(state, params, ids, pos0, length, scale, episode), params)
 
 
 def reset(params: EnvParams) -> tuple[EnvState, torch.Tensor]:
@@ -513,33 +516,56 @@ def reset_fixed(
         raise ValueError("window outside its trace (start < 0, length < 1, or past the end)")
     pos0 = bank.starts[trace_index] + start
     scale = _scale_for(params, ids, trace_index)
-    state = _fresh(None, params, ids, pos0, length, scale, torch.zeros_like(ids))
+    state = _measured(_fresh(None, params, ids, pos0, length, scale, torch.zeros_like(ids)), params)
     return state, observe(state, params)
 
 
 # --- what a controller sees ------------------------------------------------------------------
 
 
-def _window_mean(hist: torch.Tensor, lag: torch.Tensor, window: torch.Tensor | int) -> torch.Tensor:
-    """Mean of ``hist[:, -lag-window : -lag]`` per env (``hist`` oldest first)."""
+def _window_mean(
+    hist: torch.Tensor, lag: torch.Tensor, window: torch.Tensor | int, widest: int | None = None
+) -> torch.Tensor:
+    """Mean of ``hist[:, n-lag-window : n-lag]`` per env (``hist`` oldest first): a gather of
+    the ``widest`` possible window's columns, the ones outside each env's own window masked."""
     n = hist.shape[-1]
-    idx = torch.arange(n, device=hist.device)
-    end = n - lag  # exclusive
-    win = torch.as_tensor(window, device=hist.device).expand_as(lag)
-    m = (idx[None, :] < end[:, None]) & (idx[None, :] >= (end - win)[:, None])
-    return (hist * m).sum(dim=1) / torch.clamp(m.sum(dim=1), min=1)
+    w = torch.as_tensor(window, device=hist.device).expand_as(lag)
+    k = int(widest if widest is not None else (window if isinstance(window, int) else w.max()))
+    offs = torch.arange(k, device=hist.device)
+    idx = torch.clamp((n - lag)[:, None] - k + offs[None, :], min=0)
+    vals = hist.gather(1, idx)
+    if isinstance(window, int) and window == k:
+        return vals.mean(dim=1)
+    m = offs[None, :] >= (k - w)[:, None]
+    return (vals * m).sum(dim=1) / torch.clamp(m.sum(dim=1), min=1)
 
 
 def observed_cpu(state: EnvState, params: EnvParams, ready_only: bool) -> torch.Tensor:
     """CPU utilization relative to the request, as cAdvisor/metrics-server report it."""
     hist = state.cpu_ready_hist if ready_only else state.cpu_all_hist
-    busy = _window_mean(hist, params.cpu_lag, params.cpu_window)
+    widest = max(1, params.config.steps(params.config.domain.cpu_window_s[1]))
+    busy = _window_mean(hist, params.cpu_lag, params.cpu_window, widest)
     z = _noise(params, state.pos, salt=1)
     return torch.clamp(busy * (1.0 + params.cpu_noise * z), min=0.0) * params.cpu_limit_ratio
 
 
 def signals(state: EnvState, params: EnvParams) -> Signals:
     """What the operator's three Prometheus queries and the Deployment's status would show."""
+    seen = state.seen if state.seen is not None else measure(state, params)
+    return Signals(
+        inputs=seen,
+        max_replicas=params.max_replicas,
+        present=torch.ones_like(state.backlog, dtype=torch.bool),
+        age_s=torch.zeros_like(state.backlog),
+    )
+
+
+def _measured(state: EnvState, params: EnvParams) -> EnvState:
+    return replace(state, seen=measure(state, params))
+
+
+def measure(state: EnvState, params: EnvParams) -> features.FeatureInputs:
+    """The feature inputs the metric pipelines deliver for this state (see :func:`signals`)."""
     cfg = params.config
     w = cfg.rate_window
     lag = params.scrape_lag
@@ -563,21 +589,16 @@ def signals(state: EnvState, params: EnvParams) -> Signals:
         since_scale_up_s=z,
         since_scale_down_s=z,
     )
-    return Signals(
-        inputs=inputs,
-        max_replicas=params.max_replicas,
-        present=torch.ones_like(state.backlog, dtype=torch.bool),
-        age_s=z,
-    )
+    return inputs
 
 
 def _lat_window(hist: torch.Tensor, lag: torch.Tensor, window: int) -> torch.Tensor:
     """Sum of the per-step bucket counts over the rate window, ``lag`` steps back."""
     n = hist.shape[1]
-    idx = torch.arange(n, device=hist.device)
-    end = n - lag
-    m = (idx[None, :] < end[:, None]) & (idx[None, :] >= (end - window)[:, None])
-    return (hist * m[:, :, None]).sum(dim=1)
+    offs = torch.arange(window, device=hist.device)
+    idx = torch.clamp((n - lag)[:, None] - window + offs[None, :], min=0)
+    idx = idx[:, :, None].expand(-1, -1, hist.shape[2])
+    return hist.gather(1, idx).sum(dim=1)
 
 
 @dataclass(frozen=True)
@@ -751,6 +772,7 @@ def _transition(
         p95_s=p95,
         shield=shield_state,
     )
+    nxt = _measured(nxt, params)
     obs = observe(nxt, params)
     info = {
         "replicas": target,
