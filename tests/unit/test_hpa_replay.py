@@ -1,8 +1,9 @@
 """The conformance harness's offline parts, and the port replayed on a recorded real run.
 
-``tests/data/hpa_conformance.json.gz`` is one run of ``benchmarks/bench_hpa_conformance.py``
-against kube-controller-manager 1.37.2: every sync of every scenario with what the controller
-observed (pods, metrics samples) and decided. Replaying it needs no cluster, so CI checks the
+``tests/data/hpa_conformance.json.gz`` is one run of the conformance suite
+(``tests/conformance/`` with ``QSCALE_CONFORMANCE_OUT`` set) against kube-controller-manager
+1.37.2: every sync of every scenario with what the controller observed (pods, metrics samples)
+and decided. Replaying it needs no cluster, so CI checks the
 port against the real controller's decisions on every run, not only where a cluster is at hand.
 """
 
