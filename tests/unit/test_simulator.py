@@ -196,7 +196,12 @@ def test_cpu_and_cuda_agree():
 
 @pytest.mark.parametrize(
     ("busy", "target", "expected"),
-    [(6.0, "busy_at_50", 12), (6.0, "busy_at_65", 10), (6.0, "busy_at_80", 8), (0.0, "busy_at_80", 0)],
+    [
+        (6.0, "busy_at_50", 12),
+        (6.0, "busy_at_65", 10),
+        (6.0, "busy_at_80", 8),
+        (0.0, "busy_at_80", 0),
+    ],
 )
 def test_target_actions_size_by_busy_pods(busy, target, expected):
     idx = torch.tensor([actions.ACTION_NAMES.index(target)])
@@ -244,10 +249,14 @@ def test_no_observation_reads_max_replicas():
     rates = np.linspace(10.0, 300.0, 300).astype(np.float32)
     bank = TraceBank.from_arrays(["x"], [rates], ref_rates=[300.0])
     params = sim.make_params(bank, 4, seed=1)
-    windows = (torch.zeros(4, dtype=torch.long), torch.zeros(4, dtype=torch.long), torch.full((4,), 200))
+    windows = (
+        torch.zeros(4, dtype=torch.long),
+        torch.zeros(4, dtype=torch.long),
+        torch.full((4,), 200),
+    )
     big = dataclasses.replace(params, max_replicas=params.max_replicas * 10.0)
-    s1, o1 = sim.reset_fixed(params, *windows)
-    s2, o2 = sim.reset_fixed(big, *windows)
+    _s1, o1 = sim.reset_fixed(params, *windows)
+    _s2, o2 = sim.reset_fixed(big, *windows)
     torch.testing.assert_close(o1, o2)
 
 
@@ -255,7 +264,9 @@ def test_the_trace_scale_is_the_series_reference_not_the_window():
     rates = np.concatenate([np.full(100, 10.0), np.full(100, 100.0)]).astype(np.float32)
     bank = TraceBank.from_arrays(["x"], [rates])
     params = sim.make_params(bank, 2, seed=0, config=fixed_config())
-    s, _ = sim.reset_fixed(params, torch.tensor([0, 0]), torch.tensor([0, 100]), torch.tensor([50, 50]))
+    s, _ = sim.reset_fixed(
+        params, torch.tensor([0, 0]), torch.tensor([0, 100]), torch.tensor([50, 50])
+    )
     assert s.scale[0] == s.scale[1]  # a quiet window is not blown up to the service's size
     assert float(bank.ref_rate[0]) == pytest.approx(100.0)
 
@@ -269,9 +280,11 @@ def test_metrics_lag_and_the_counter_kind():
     cfg = dataclasses.replace(cfg, noise=False)
     params = sim.make_params(bank, 2, seed=0, config=cfg)
     params = dataclasses.replace(params, ingress=torch.tensor([True, False]))
-    state, _ = sim.reset_fixed(params, torch.tensor([0, 0]), torch.tensor([0, 0]), torch.tensor([100, 100]))
+    state, _ = sim.reset_fixed(
+        params, torch.tensor([0, 0]), torch.tensor([0, 0]), torch.tensor([100, 100])
+    )
     seen = []
-    for t in range(70):
+    for _t in range(70):
         seen.append(sim.signals(state, params).inputs.rate_now.clone())
         state, *_ = sim.step(state, torch.zeros(2, dtype=torch.long), params)
     seen = torch.stack(seen)

@@ -161,10 +161,19 @@ def test_extra_columns_and_order_are_free(tmp_path: Path) -> None:
     assert tr.interval == 300.0
 
 
-def test_float_t_and_single_row(tmp_path: Path) -> None:
-    tr = load_trace(write(tmp_path, "t,value\n0.5,3\n", name="one.csv"))
-    assert tr.interval == 60.0  # nothing to measure: default
-    np.testing.assert_array_equal(tr.t, [0.5])
+def test_a_single_row_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(TraceError, match="at least 2 rows"):
+        load_trace(write(tmp_path, "t,value\n0.5,3\n", name="one.csv"))
+
+
+def test_an_absurd_value_is_refused_on_its_line(tmp_path: Path) -> None:
+    with pytest.raises(TraceError, match=r"big.csv:3: value 1e\+30 is implausibly large"):
+        load_trace(write(tmp_path, "t,value\n0,1\n60,1e30\n120,2\n", name="big.csv"))
+
+
+def test_float_t(tmp_path: Path) -> None:
+    tr = load_trace(write(tmp_path, "t,value\n0.5,3\n60.5,4\n", name="f.csv"))
+    np.testing.assert_array_equal(tr.t, [0.5, 60.5])
 
 
 def test_load_rates_is_resample_of_load(tmp_path: Path) -> None:
@@ -182,7 +191,9 @@ def test_upsample_holds_each_bin_piecewise_constant() -> None:
     np.testing.assert_array_equal(r, np.asarray([1.0] * 4 + [3.0] * 4, dtype=np.float32))
 
 
-@pytest.mark.parametrize(("interval", "dt"), [(300.0, 15.0), (1800.0, 15.0), (60.0, 15.0), (300.0, 20.0)])
+@pytest.mark.parametrize(
+    ("interval", "dt"), [(300.0, 15.0), (1800.0, 15.0), (60.0, 15.0), (300.0, 20.0)]
+)
 def test_resampling_is_causal(interval, dt) -> None:
     """A step's rate never depends on a later row: changing the trace after a time changes no
     resampled step that ends before it (the old midpoint interpolation ramped ~interval/2 early)."""

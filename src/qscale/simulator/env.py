@@ -53,15 +53,13 @@ import torch
 from qscale import decision, features
 from qscale.decision import Signals
 from qscale.guardrails import Reason, ShieldConfig, ShieldState, record_scale
+from qscale.hpa import CPU_INITIALIZATION_PERIOD_S
 from qscale.simulator import service
 from qscale.simulator.service import flow, latency_cdf, latency_model, latency_p95
 from qscale.simulator.tracebank import TraceBank
 
 _MASK32 = 0xFFFFFFFF
 _F64 = torch.float64
-
-CPU_INITIALIZATION_PERIOD_S = 300.0
-"""``--horizontal-pod-autoscaler-cpu-initialization-period`` (the controller's default)."""
 
 
 @dataclass(frozen=True)
@@ -134,7 +132,9 @@ class DomainConfig:
                 f"got {self.startup_distribution!r}"
             )
         if not 0.0 <= self.ingress_probability <= 1.0:
-            raise ValueError(f"ingress_probability must be in [0, 1], got {self.ingress_probability}")
+            raise ValueError(
+                f"ingress_probability must be in [0, 1], got {self.ingress_probability}"
+            )
 
 
 @dataclass(frozen=True)
@@ -177,7 +177,9 @@ class SimConfig:
 
     @property
     def cpu_history(self) -> int:
-        return max(1, self.steps(self.domain.cpu_window_s[1])) + self.steps(self.domain.cpu_lag_s[1])
+        return max(1, self.steps(self.domain.cpu_window_s[1])) + self.steps(
+            self.domain.cpu_lag_s[1]
+        )
 
     @property
     def rate_history(self) -> int:
@@ -401,7 +403,9 @@ def _steady(params: EnvParams, ids: torch.Tensor, rate0: torch.Tensor) -> dict[s
     ready = torch.clamp(torch.ceil(rate0 / (cap * cfg.init_utilization) - 1e-6), lo, hi)
     served = torch.minimum(rate0, ready * cap) * cfg.dt
     util = torch.where(ready > 0, served / torch.clamp(ready * cap * cfg.dt, min=1e-9), 0.0)
-    m = latency_model(served, torch.zeros_like(served), ready, cap, params.service_time_s[ids], cfg.dt)
+    m = latency_model(
+        served, torch.zeros_like(served), ready, cap, params.service_time_s[ids], cfg.dt
+    )
     bounds = params.bank.buckets
     cdf = latency_cdf(m, bounds, cfg.timeout_s)
     counts = torch.diff(cdf * served[:, None], dim=1, prepend=torch.zeros_like(served[:, None]))
@@ -620,7 +624,8 @@ def hpa_view(state: EnvState, params: EnvParams) -> HPAView:
     """The HPA controller's view: metrics-server's CPU of each pod (late by the CPU pipeline's
     lag and window) and ``groupPods``' rules for which pods count:
 
-    * a pod younger than one metric window has no sample yet: *missing*;
+    * a pod younger than one metric window has no sample yet: *missing* (pods run from their
+      creation, as kwok plays them; the controller would call a Pending pod unready);
     * a pod not Ready yet is *unready*;
     * within the CPU-initialization period (5 min from start) a Ready pod is *unready* until a
       sample whose window began after it turned Ready exists (ready for lag + window);
@@ -669,15 +674,21 @@ def step(
     """Apply discrete ``action`` ``[B]`` (int64) through :func:`qscale.decision.decide` (the
     operator's decision code, shield included) and advance one step."""
     now = state.t.to(_F64) * params.config.dt
-    d = decision.decide(signals(state, params), state.shield, now, params.config.shield, action=action)
+    d = decision.decide(
+        signals(state, params), state.shield, now, params.config.shield, action=action
+    )
     return _transition(state, state.replicas, d.replicas, d.shield_state, d.reason, params)
 
 
 def step_replicas(
-    state: EnvState, desired: torch.Tensor, params: EnvParams
-) -> tuple[EnvState, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, dict]:
+    state: EnvState, desired: torch.Tensor, params: EnvParams, observe_next: bool = True
+) -> tuple[EnvState, torch.Tensor | None, torch.Tensor, torch.Tensor, torch.Tensor, dict]:
     """Advance one step with a replica count chosen by a controller that brings its own rules
-    (the baselines): only ``[min, max]`` is enforced; a non-finite count holds."""
+    (the baselines): only ``[min, max]`` is enforced; a non-finite count holds.
+
+    ``observe_next=False`` skips the next observation (``None`` is returned; the metrics are
+    then measured only if the controller asks :func:`signals`): for controllers that read
+    their own signals, which is most of a baseline grid's cost otherwise."""
     cur = state.replicas
     now = state.t.to(_F64) * params.config.dt
     d = torch.where(torch.isfinite(desired), torch.round(torch.nan_to_num(desired)), cur)
@@ -686,7 +697,13 @@ def step_replicas(
         target > d, int(Reason.AT_MIN), torch.where(target < d, int(Reason.AT_MAX), 0)
     )
     return _transition(
-        state, cur, target, record_scale(state.shield, cur, target, now), reason, params
+        state,
+        cur,
+        target,
+        record_scale(state.shield, cur, target, now),
+        reason,
+        params,
+        observe_next,
     )
 
 
@@ -697,7 +714,8 @@ def _transition(
     shield_state: ShieldState,
     reason: torch.Tensor,
     params: EnvParams,
-) -> tuple[EnvState, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, dict]:
+    observe_next: bool = True,
+) -> tuple[EnvState, torch.Tensor | None, torch.Tensor, torch.Tensor, torch.Tensor, dict]:
     cfg = params.config
     w = cfg.reward
     dt = cfg.dt
@@ -722,7 +740,13 @@ def _transition(
         arrivals, state.backlog, ready, params.capacity, params.service_time_s, dt, cfg.timeout_s
     )
     m = latency_model(
-        f.served, f.backlog, ready, params.capacity, params.service_time_s, dt, state.backlog + arrivals
+        f.served,
+        f.backlog,
+        ready,
+        params.capacity,
+        params.service_time_s,
+        dt,
+        state.backlog + arrivals,
     )
     p95 = latency_p95(m, cfg.timeout_s)
     cdf = latency_cdf(m, params.bank.buckets, cfg.timeout_s)
@@ -772,8 +796,10 @@ def _transition(
         p95_s=p95,
         shield=shield_state,
     )
-    nxt = _measured(nxt, params)
-    obs = observe(nxt, params)
+    obs = None
+    if observe_next:
+        nxt = _measured(nxt, params)
+        obs = observe(nxt, params)
     info = {
         "replicas": target,
         "ready": ready,
@@ -787,12 +813,17 @@ def _transition(
         "changed": changed,
         "reason": reason,
         "cost_pod_s": target * dt,
+        "arrivals": arrivals,
+        "latency_counts": counts,
     }
     if bool(truncated.any()):
         ids = truncated.nonzero().squeeze(1)
         info["final_obs"] = obs
         nxt = _random_episodes(nxt, params, ids, nxt.episode[ids] + 1)
-        obs = observe(nxt, params)
+        if observe_next:
+            obs = observe(nxt, params)
+        else:
+            nxt = replace(nxt, seen=None)
     return nxt, obs, reward, terminated, truncated, info
 
 
