@@ -14,8 +14,9 @@ cpu_limit_ratio     the Deployment's pod template: CPU limit / CPU request (1 wi
 p95_s               :data:`PROMQL` ``latency_p95``: ``histogram_quantile(0.95, ...)`` over the
                     app's latency histogram (bucket-quantized, 1 m window, scrape lag).
 rate_*              :data:`PROMQL` ``request_rate``, a range query: the rate now and 1, 5 and 15
-                    minutes ago. The app's counter counts *served* requests (it flattens at
-                    capacity during a burst); an ingress counter counts arrivals. Either works.
+                    minutes ago, and the highest of its points 60 s apart over the last 15
+                    minutes (``rate_peak_15m``). The app's counter counts *served* requests (it
+                    flattens at capacity during a burst); an ingress counter counts arrivals.
 replicas, ready     the Deployment's ``spec.replicas`` and ``status.readyReplicas``.
 min_replicas        the policy's bound.
 since_scale_*       the shield's own memory of scale events (kept in the policy's status).
@@ -48,6 +49,10 @@ SINCE_SCALE_HORIZON_S = 300.0
 RATE_LAGS_S: tuple[float, ...] = (60.0, 300.0, 900.0)
 #: The rate window of every query (``[1m]``): what the simulator averages over, too.
 RATE_WINDOW_S = 60.0
+#: ``rate_peak_15m`` is the highest point of the range query over this span, points this far
+#: apart (16 points: now, 60 s ago, ..., 900 s ago).
+RATE_PEAK_SPAN_S = 900.0
+RATE_PEAK_STEP_S = 60.0
 #: ``log_replicas`` reads 1 at this many replicas.
 REPLICAS_SCALE = 1000.0
 
@@ -112,6 +117,8 @@ FEATURES: tuple[Feature, ...] = (
     Feature("rate_trend_1m", "ln(request rate now / request rate 60 s ago)", -2.0, 2.0),
     Feature("rate_trend_5m", "ln(request rate now / request rate 300 s ago)", -2.0, 2.0),
     Feature("rate_trend_15m", "ln(request rate now / request rate 900 s ago)", -2.0, 2.0),
+    Feature("rate_peak_15m",
+            "ln(highest request rate of the last 15 min, points 60 s apart / rate now)", 0.0, 3.0),
     Feature("pending_fraction", "(replicas - ready replicas) / replicas", 0.0, 1.0),
     Feature("log_replicas", "ln(1 + replicas) / ln(1 + 1000)", 0.0, 1.0),
     Feature("min_over_replicas", "min replicas / replicas (1: no room to scale down)", 0.0, 1.0),
@@ -130,6 +137,7 @@ def _spec_hash() -> str:
         "since_horizon_s": SINCE_SCALE_HORIZON_S,
         "rate_lags_s": list(RATE_LAGS_S),
         "rate_window_s": RATE_WINDOW_S,
+        "rate_peak": [RATE_PEAK_SPAN_S, RATE_PEAK_STEP_S],
         "replicas_scale": REPLICAS_SCALE,
         "promql": PROMQL,
     }
@@ -158,6 +166,8 @@ class FeatureInputs:
     rate_1m: torch.Tensor
     rate_5m: torch.Tensor
     rate_15m: torch.Tensor
+    rate_peak_15m: torch.Tensor
+    """The highest point of the rate range query over the last 15 minutes (60 s apart)."""
     replicas: torch.Tensor
     ready_replicas: torch.Tensor
     min_replicas: torch.Tensor
@@ -193,6 +203,7 @@ def compute(x: FeatureInputs) -> torch.Tensor:
         _log_ratio(x.rate_now, x.rate_1m),
         _log_ratio(x.rate_now, x.rate_5m),
         _log_ratio(x.rate_now, x.rate_15m),
+        _log_ratio(torch.maximum(x.rate_peak_15m, x.rate_now), x.rate_now),
         (x.replicas - x.ready_replicas) / replicas,
         torch.log1p(torch.clamp(x.replicas, min=0.0)) / _LOG_SCALE,
         x.min_replicas / replicas,

@@ -4,7 +4,7 @@ import pytest
 
 from qscale.policy.train import TrainConfig, make_baseline, validation_windows
 from qscale.simulator import env as sim
-from qscale.simulator.baselines import TUNE_TARGETS, TUNE_WINDOWS_S
+from qscale.simulator import frontier as fr
 from qscale.simulator.splits import packaged_trace
 from qscale.simulator.tracebank import TraceBank
 
@@ -20,11 +20,16 @@ def test_tuned_hpa_reference_on_validation_windows():
         assert out[f"{prefix}_cost_replica_hours"] > 0
         assert out[f"{prefix}_slo_violation_minutes"] >= 0
         assert out[f"{prefix}_score"] < 0
-    assert out["hpa_tuned_target_utilization"] in TUNE_TARGETS
-    assert out["hpa_tuned_stabilization_s"] in TUNE_WINDOWS_S
+    assert out["hpa_tuned_target"] in fr.HPA_TARGETS
+    assert out["hpa_tuned_window_s"] in fr.HPA_WINDOWS_S
     assert make_baseline(TrainConfig(traces=cfg.traces, baseline="none")) is None
 
 
 def test_unknown_baseline_refused():
     with pytest.raises(ValueError, match="baseline must be"):
         TrainConfig(baseline="magic")
+
+
+def test_a_run_that_would_never_learn_is_refused():
+    with pytest.raises(ValueError, match="no gradient update would run"):
+        TrainConfig(total_env_steps=50_000, learning_starts=100_000)

@@ -26,6 +26,7 @@ def signals(b=1, *, cpu=0.5, ratio=1.0, replicas=10.0, ready=10.0, p95=0.2, rate
     inputs = features.FeatureInputs(
         cpu_utilization=t(cpu), cpu_limit_ratio=t(ratio), p95_s=t(p95), slo_s=t(0.5),
         rate_now=t(rate), rate_1m=t(rate), rate_5m=t(rate), rate_15m=t(rate),
+        rate_peak_15m=t(rate),
         replicas=t(replicas), ready_replicas=t(ready), min_replicas=t(min_r),
         since_scale_up_s=t(0.0), since_scale_down_s=t(0.0),
     )  # fmt: skip

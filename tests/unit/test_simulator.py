@@ -128,6 +128,7 @@ def test_features_are_scale_free():
             rate_1m=torch.tensor([100.0 * k]),
             rate_5m=torch.tensor([80.0 * k]),
             rate_15m=torch.tensor([60.0 * k]),
+            rate_peak_15m=torch.tensor([150.0 * k]),
             replicas=torch.tensor([4.0]),
             ready_replicas=torch.tensor([3.0]),
             min_replicas=torch.tensor([1.0]),

@@ -154,6 +154,9 @@ class TrainConfig:
     """Reward weight of the fraction of requests dropped by timeout."""
     reward_churn: float = sim.RewardWeights.churn
     """Reward weight of a step in which the replica count changed."""
+    reward_cost_norm: str = sim.RewardWeights.cost_norm
+    """What pods are divided by in the cost term: peak (the env's size) or need (pods the
+    current arrivals need, at least 1)."""
 
     # --- algorithm --------------------------------------------------------------------------
     total_env_steps: int = 30_000_000
@@ -215,6 +218,9 @@ class TrainConfig:
     baseline: str = "hpa-tuned"
     """Reference scored once on the validation windows and logged beside every evaluation:
     hpa-tuned (the HPA grid-searched on the training split, and the default HPA), hpa, none."""
+    max_wall_s: float = 0.0
+    """Stop after this many seconds of training wall time (0: no limit); the run then ends as
+    if total_env_steps had been reached (final evaluation, checkpoint, export)."""
 
     def __post_init__(self) -> None:
         self.traces = [os.fspath(p) for p in self.traces]
@@ -238,6 +244,12 @@ class TrainConfig:
         for name in ("gradient_steps", "learning_starts", "checkpoint_every", "eval_every"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.total_env_steps <= self.learning_starts:
+            raise ValueError(
+                f"total_env_steps ({self.total_env_steps}) must exceed learning_starts "
+                f"({self.learning_starts}): no gradient update would run and the model would "
+                "ship untrained"
+            )
         if self.buffer_size < self.n_envs:
             raise ValueError(f"buffer_size ({self.buffer_size}) must be >= n_envs ({self.n_envs})")
         checks = (
@@ -327,7 +339,11 @@ def resolve_device(name: str) -> torch.device:
 def sim_config(cfg: TrainConfig) -> sim.SimConfig:
     """The simulator settings of a run (everything not exposed here keeps its default)."""
     reward = sim.RewardWeights(
-        cost=cfg.reward_cost, slo=cfg.reward_slo, drop=cfg.reward_drop, churn=cfg.reward_churn
+        cost=cfg.reward_cost,
+        slo=cfg.reward_slo,
+        drop=cfg.reward_drop,
+        churn=cfg.reward_churn,
+        cost_norm=cfg.reward_cost_norm,
     )
     return sim.SimConfig(dt=cfg.dt, episode_steps=cfg.episode_steps, noise=cfg.noise, reward=reward)
 
@@ -427,7 +443,16 @@ def _open_tensorboard(log_dir: Path) -> Any | None:
 # --- the run -----------------------------------------------------------------------------------
 
 
-def train(config: TrainConfig, baseline_eval: BaselineEval | None = None) -> TrainResult:
+OnCheckpoint = Callable[[int, float, nn.Module], bool]
+"""``(global_step, training wall seconds, q_network) -> stop?``: called at every checkpoint
+interval with the training clock stopped (benchmarks score snapshots with it)."""
+
+
+def train(
+    config: TrainConfig,
+    baseline_eval: BaselineEval | None = None,
+    on_checkpoint: OnCheckpoint | None = None,
+) -> TrainResult:
     """Run DQN training as configured; see the module docstring. ``baseline_eval`` is called
     once with the validation windows and its numbers are logged next to the policy's.
 
@@ -437,12 +462,14 @@ def train(config: TrainConfig, baseline_eval: BaselineEval | None = None) -> Tra
     if config.num_threads > 0:
         torch.set_num_threads(config.num_threads)
     try:
-        return _train(config, baseline_eval)
+        return _train(config, baseline_eval, on_checkpoint)
     finally:
         torch.set_num_threads(threads)
 
 
-def _train(cfg: TrainConfig, baseline_eval: BaselineEval | None) -> TrainResult:
+def _train(
+    cfg: TrainConfig, baseline_eval: BaselineEval | None, on_checkpoint: OnCheckpoint | None
+) -> TrainResult:
     # TRY NOT TO MODIFY: seeding, device, output locations
     random.seed(cfg.seed)
     np.random.seed(cfg.seed % 2**32)
@@ -576,6 +603,7 @@ def _train(cfg: TrainConfig, baseline_eval: BaselineEval | None) -> TrainResult:
     last_eval: dict[str, float] = {}
     start_time = time.perf_counter()
     updates_at_start = n_updates
+    stop_requested = False
 
     try:
         for iteration in range(start_iteration, n_iterations):
@@ -642,7 +670,8 @@ def _train(cfg: TrainConfig, baseline_eval: BaselineEval | None) -> TrainResult:
 
             # TRY NOT TO MODIFY: evaluation, logging, checkpoints
             bar.update(cfg.n_envs)
-            last = iteration == n_iterations - 1
+            out_of_time = cfg.max_wall_s > 0 and time.perf_counter() - start_time > cfg.max_wall_s
+            last = iteration == n_iterations - 1 or out_of_time or stop_requested
             done_iters = iteration + 1
             do_eval = last or (eval_iters > 0 and done_iters % eval_iters == 0)
             do_log = do_eval or done_iters % log_iters == 0
@@ -697,6 +726,17 @@ def _train(cfg: TrainConfig, baseline_eval: BaselineEval | None) -> TrainResult:
                 loss_sum, q_sum, n_loss, ret_sum, n_ret = zero, zero, 0, zero, zero
             if last or (ckpt_iters > 0 and done_iters % ckpt_iters == 0):
                 save_checkpoint(done_iters)
+                if on_checkpoint is not None and not last:
+                    paused = time.perf_counter()
+                    q_network.eval()
+                    stop_requested = bool(
+                        on_checkpoint(done_iters * cfg.n_envs, paused - start_time, q_network)
+                    )
+                    q_network.train()
+                    start_time += time.perf_counter() - paused  # scoring is not training
+            if last:
+                n_iterations = done_iters
+                break
     finally:
         bar.close()
         csv_file.close()
@@ -830,8 +870,18 @@ def main(argv: list[str] | None = None) -> int:
         f"val cost {best.get('cost_replica_hours', float('nan')):.3f} replica-h, "
         f"SLO {best.get('slo_violation_minutes', float('nan')):.2f} min, "
         f"return {best.get('score', float('nan')):.2f}); "
+        f"{result.gradient_updates} gradient updates; "
         f"{result.env_steps_per_s:.0f} env steps/s, {result.updates_per_s:.0f} updates/s"
     )
+    for label, prefix in (("default HPA", "hpa_"), ("tuned HPA", "hpa_tuned_")):
+        b = result.baseline or {}
+        if f"{prefix}score" in b:
+            print(
+                f"  vs {label} on the same validation windows: cost "
+                f"{b[f'{prefix}cost_replica_hours']:.3f} replica-h, SLO "
+                f"{b[f'{prefix}slo_violation_minutes']:.2f} min, return {b[f'{prefix}score']:.2f}"
+                f" ({'better' if best.get('score', -1e18) > b[f'{prefix}score'] else 'worse'})"
+            )
     return 0
 
 

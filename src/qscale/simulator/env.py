@@ -168,6 +168,13 @@ class SimConfig:
         return tuple(max(1, self.steps(s)) for s in features.RATE_LAGS_S)
 
     @property
+    def rate_peak_offsets(self) -> torch.Tensor:
+        """Steps back of the points ``rate_peak_15m`` takes the highest of."""
+        step = max(1, self.steps(features.RATE_PEAK_STEP_S))
+        n = round(features.RATE_PEAK_SPAN_S / features.RATE_PEAK_STEP_S)
+        return torch.arange(n + 1) * step
+
+    @property
     def max_delay_steps(self) -> int:
         return math.ceil(self.domain.startup_delay_s[1] / self.dt - 1e-9)
 
@@ -544,6 +551,15 @@ def _window_mean(
     return (vals * m).sum(dim=1) / torch.clamp(m.sum(dim=1), min=1)
 
 
+def _window_means(
+    hist: torch.Tensor, lag: torch.Tensor, window: int, offsets: torch.Tensor
+) -> torch.Tensor:
+    """``[B, len(offsets)]`` means over ``window`` steps ending ``lag + offset`` steps back."""
+    cs = torch.cat([torch.zeros_like(hist[:, :1]), hist.cumsum(dim=1)], dim=1)
+    end = torch.clamp(hist.shape[1] - lag[:, None] - offsets.to(hist.device)[None, :], min=window)
+    return (cs.gather(1, end) - cs.gather(1, end - window)) / window
+
+
 def observed_cpu(state: EnvState, params: EnvParams, ready_only: bool) -> torch.Tensor:
     """CPU utilization relative to the request, as cAdvisor/metrics-server report it."""
     hist = state.cpu_ready_hist if ready_only else state.cpu_all_hist
@@ -575,6 +591,7 @@ def measure(state: EnvState, params: EnvParams) -> features.FeatureInputs:
     lag = params.scrape_lag
     rates = [_window_mean(state.rate_hist, lag, w)]
     rates += [_window_mean(state.rate_hist, lag + k, w) for k in cfg.rate_lags]
+    peak = _window_means(state.rate_hist, lag, w, cfg.rate_peak_offsets).amax(dim=1)
     cum = torch.cumsum(_lat_window(state.lat_hist, lag, w), dim=1)
     p95 = service.histogram_quantile(0.95, cum, params.bank.buckets)
     z = torch.zeros_like(state.backlog)
@@ -587,6 +604,7 @@ def measure(state: EnvState, params: EnvParams) -> features.FeatureInputs:
         rate_1m=rates[1],
         rate_5m=rates[2],
         rate_15m=rates[3],
+        rate_peak_15m=peak,
         replicas=state.replicas,
         ready_replicas=ready_pods(state, params),
         min_replicas=params.min_replicas,

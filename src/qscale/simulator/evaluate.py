@@ -496,8 +496,9 @@ def evaluate(
         )
         if log is not None:
             log(f"rule grid: {len(grid)} settings ({'from the cache' if hit else 'run now'})")
-        ev.rules = {r.label: res[r] for r in rules}
-        ev.predictive_labels = {r.label for r in rules if r.kind == "predictive"}
+        # Every rule setting run counts on the frontier, the rows' own settings included.
+        ev.rules = {r.label: res[r] for r in grid}
+        ev.predictive_labels = {r.label for r in grid if r.kind == "predictive"}
     first = [
         int(torch.nonzero((win.trace == k) & (win.seed == seeds[0]))[0])
         for k in range(bank.n_traces)

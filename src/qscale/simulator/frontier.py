@@ -46,21 +46,21 @@ from qscale.simulator.rollout import Controller, rollout
 FRONTIER_VERSION = 1
 """Bumped whenever the simulator or a rule changes what a cached grid result means."""
 
-HPA_TARGETS = (0.30, 0.40, 0.50, 0.60, 0.70, 0.80, 0.90, 0.95)
+HPA_TARGETS = (0.30, 0.45, 0.60, 0.70, 0.80, 0.90, 0.95)
 """CPU targets, as fractions of the pods' CPU limit (see :mod:`qscale.simulator.baselines`)."""
-HPA_WINDOWS_S = (0.0, 60.0, 300.0, 900.0, 1800.0)
+HPA_WINDOWS_S = (0.0, 120.0, 600.0, 1800.0)
 """Scale-down stabilization windows."""
 HPA_SCALE_UP: dict[str, HPAConfig] = {
     "legacy": HPAConfig(),
-    "behavior": HPAConfig(behavior=True),
     "fast": HPAConfig(behavior=True, scale_up_policies=(("Percent", 300, 15.0),)),
 }
-"""Scale-up paths: no ``behavior`` (x2 or +4 per sync, what ``kubectl autoscale`` gives), the
-API's default ``behavior`` (+100 % or +4 pods per 15 s), and a fast one (+300 % per 15 s)."""
+"""Scale-up paths: no ``behavior`` (x2 or +4 per sync, what ``kubectl autoscale`` gives; the
+API's default ``behavior``, +100 % or +4 pods per 15 s, is within a pod of it at every size),
+and a fast one (+300 % per 15 s)."""
 RATE_TARGETS = HPA_TARGETS
 """Request-rate thresholds as fractions of a pod's capacity."""
-RATE_COOLDOWNS_S = (0.0, 60.0, 300.0, 900.0)
-PREDICTIVE_TARGETS = (0.5, 0.6, 0.7, 0.8, 0.9)
+RATE_COOLDOWNS_S = (0.0, 300.0, 900.0)
+PREDICTIVE_TARGETS = (0.5, 0.65, 0.8, 0.9)
 
 METRIC_KEYS = (
     "cost_replica_hours",

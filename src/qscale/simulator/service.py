@@ -111,7 +111,7 @@ def p95_no_backlog(
 #
 #     G(y) = (1 - P_wait) e^{-a y} + P_wait (b e^{-a y} - a e^{-b y}) / (b - a),   a = 1/s.
 #
-# `latency_p95` solves G(y) = 0.05 by Newton's method on ln G (nearly linear in y, so 6 steps
+# `latency_p95` solves G(y) = 0.05 by Newton's method on ln G (nearly linear in y, so 3 steps
 # from the closed-form approximation above reach float32 precision), and `latency_cdf` gives
 # the fraction of requests at or under given bounds: the histogram an app would export. The
 # simulator scores the exact p95 and shows a policy only the histogram, as Prometheus would.
@@ -122,7 +122,7 @@ DEFAULT_BUCKETS: tuple[float, ...] = (
 """Upper bounds (s) of the latency histogram: prometheus-client's defaults, what most apps use
 (the ``+Inf`` bucket is implicit)."""
 
-_NEWTON_STEPS = 6
+_NEWTON_STEPS = 3
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,115 @@
+"""Decision quality of a model against the rule frontier, the profile robustness run, and the
+maxReplicas sensitivity -- the figures of BENCHMARKS.md's "Decision quality" section.
+
+Every figure comes from ``qscale evaluate`` (see ``qscale.simulator.evaluate`` for how each is
+computed); this script runs the evaluations the goals name and prints their tables plus one
+summary table in Markdown:
+
+1. the shared test split, default profile, 5 seeds, all 24 h windows, the frontier;
+2. the same at ``--peak-replicas 60 --startup-delay 120,240`` (the same model, unchanged);
+3. maxReplicas at 1.5x, 2.5x, 5x and 10x of the need (``--max-replicas-factor``), the model and
+   the default HPA only (no frontier): the change of cost and SLO minutes against 2.5x.
+
+Usage: ``python benchmarks/bench_quality.py [--model DIR] [--seeds 5] [--split test]
+[--out out/bench-quality] [--only frontier,robust,max]``. The grids are cached
+(``~/.cache/qscale``): the first run takes about an hour on 2 cores, later ones minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from qscale import cli
+
+
+def evaluate(argv: list[str]) -> dict:
+    doc, _ = cli.run_evaluation(cli.parser().parse_args(["evaluate", *argv]))
+    return doc
+
+
+def rows_by(doc: dict) -> dict[tuple[str, str], dict]:
+    return {(r["family"], r["controller"]): r for r in doc["summary"]}
+
+
+def frontier_table(doc: dict, title: str) -> str:
+    rows = rows_by(doc)
+    fams = list(dict.fromkeys(r["family"] for r in doc["summary"]))
+    out = [f"### {title}", "", "| family | dqn cost | dqn SLO min | frontier ratio [95 % CI] | dominated | "
+           "hpa cost / SLO | hpa-tuned cost / SLO | predictive ratio |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for fam in fams:
+        d = rows.get((fam, "dqn"))
+        if d is None:
+            continue
+        ci = d.get("ratio_ci")
+        ci_txt = f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else ""
+        h = rows.get((fam, "hpa"), {})
+        t = rows.get((fam, "hpa-tuned"), {})
+        p = rows.get((fam, "predictive"), {})
+        out.append(
+            f"| {fam} | {d['cost']:.1f} | {d['slo']:.1f} | {d['ratio']:.3f}{ci_txt} | "
+            f"{'yes' if d.get('frontier_dominated') else 'no'} | "
+            f"{h.get('cost', float('nan')):.1f} / {h.get('slo', float('nan')):.1f} | "
+            f"{t.get('cost', float('nan')):.1f} / {t.get('slo', float('nan')):.1f} | "
+            f"{p.get('ratio', float('nan')):.3f} |"
+        )
+    return "\n".join(out)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="default")
+    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--split", default="test")
+    ap.add_argument("--out", default="out/bench-quality")
+    ap.add_argument("--only", default="frontier,robust,max")
+    ap.add_argument("--threads", default="1")
+    args = ap.parse_args()
+    parts = set(args.only.split(","))
+    out = Path(args.out)
+    common = ["--traces", "shared", "--split", args.split, "--model", args.model, "--threads",
+              args.threads, "--no-progress", "--quiet"]  # fmt: skip
+    report: dict = {"command": "python benchmarks/bench_quality.py " + " ".join(sys.argv[1:])}
+    md = []
+    if "frontier" in parts:
+        doc = evaluate([*common, "--seeds", str(args.seeds), "--out", str(out / "default")])
+        report["default"] = doc["summary"]
+        md.append(frontier_table(doc, f"{args.split} split, default profile, {args.seeds} seeds"))
+    if "robust" in parts:
+        doc = evaluate([*common, "--seeds", str(args.seeds), "--peak-replicas", "60",
+                        "--startup-delay", "120,240", "--out", str(out / "robust")])  # fmt: skip
+        report["robust"] = doc["summary"]
+        md.append(frontier_table(doc, "--peak-replicas 60 --startup-delay 120,240"))
+    if "max" in parts:
+        sens = {}
+        for f in ("1.5", "2.5", "5", "10"):
+            doc = evaluate([*common, "--seeds", str(args.seeds), "--no-frontier", "--controllers",
+                            "dqn,hpa", "--max-replicas-factor", f, "--bootstrap", "0",
+                            "--out", str(out / f"max-{f}")])  # fmt: skip
+            sens[f] = {c: rows_by(doc)[("ALL", c)] for c in ("dqn", "hpa")}
+        report["max_sensitivity"] = sens
+        lines = ["### maxReplicas sensitivity (ALL families; change against 2.5x)", "",
+                 "| max / need | dqn cost | dqn SLO min | Δcost | ΔSLO | hpa cost | hpa SLO min | Δcost | ΔSLO |",
+                 "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        ref = sens["2.5"]
+        for f, v in sens.items():
+            cells = []
+            for c in ("dqn", "hpa"):
+                r, b = v[c], ref[c]
+                dc = 100.0 * (r["cost"] / b["cost"] - 1.0)
+                ds = 100.0 * (r["slo"] / b["slo"] - 1.0) if b["slo"] > 0 else float("nan")
+                cells += [f"{r['cost']:.1f}", f"{r['slo']:.1f}", f"{dc:+.1f} %", f"{ds:+.1f} %"]
+            lines.append(f"| {f}x | " + " | ".join(cells) + " |")
+        md.append("\n".join(lines))
+    text = "\n\n".join(md)
+    print(text)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.md").write_text(text + "\n")
+    (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
