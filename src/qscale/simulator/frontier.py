@@ -296,20 +296,17 @@ def cache_dir() -> Path:
 
 
 def code_fingerprint() -> str:
-    """sha256 over the source of everything a grid result depends on (simulator, rules, shield,
-    features), so a cached result never outlives a change to the code that made it."""
+    """sha256 over the source of everything a grid result depends on (the simulator, the rules,
+    the HPA, the shield; not the policy's features, the CLI or the plots), so a cached result
+    never outlives a change to the code that made it."""
     import qscale
 
     root = Path(qscale.__file__).parent
-    files = sorted(
-        [
-            *root.glob("*.py"),
-            *(root / "simulator").glob("*.py"),
-            *(root / "simulator" / "baselines").glob("*.py"),
-        ]
-    )
+    sim_dir = root / "simulator"
+    files = [root / "hpa.py", root / "guardrails.py", *(sim_dir / "baselines").glob("*.py")]
+    files += [p for p in sim_dir.glob("*.py") if p.name not in ("plots.py", "gym_env.py")]
     h = hashlib.sha256()
-    for f in files:
+    for f in sorted(files):
         h.update(f.name.encode())
         h.update(f.read_bytes())
     return h.hexdigest()[:16]
