@@ -368,7 +368,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] and argv[0] in _CLUSTER_COMMANDS:
         # Dispatched by the console script (qscale.entry), so that this module's imports never
         # reach kopf or kubernetes (qscale.policy imports it; see the import-linter contract).
-        print(f"qscale {argv[0]}: run it as `qscale {argv[0]}` (qscale.entry:main)", file=sys.stderr)
+        print(
+            f"qscale {argv[0]}: run it as `qscale {argv[0]}` (qscale.entry:main)", file=sys.stderr
+        )
         return 2
     args = parser().parse_args(argv)
     try:

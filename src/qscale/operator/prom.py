@@ -102,8 +102,8 @@ class QueryError(Exception):
 class PromClient:
     """Prometheus' HTTP API (``/api/v1/query``, ``/api/v1/query_range``)."""
 
-    def __init__(self, timeout_s: float = 5.0, on_query=None) -> None:
-        self._client = httpx.AsyncClient(timeout=timeout_s, trust_env=False)
+    def __init__(self, timeout_s: float = 5.0, on_query=None, transport=None) -> None:
+        self._client = httpx.AsyncClient(timeout=timeout_s, trust_env=False, transport=transport)
         self._on_query = on_query
         """``on_query(template, seconds, ok)`` for the operator's metrics."""
 

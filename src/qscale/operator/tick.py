@@ -347,6 +347,7 @@ class Engine:
             return
         t0 = time.perf_counter()
         signals = self._signals(deciding)
+        usable = (signals.present & (signals.age_s <= self.s.stale_after_s)).tolist()
         state = _cat([r.rt.shield for r in deciding])
         by_model: dict[str, list[int]] = {}
         for i, r in enumerate(deciding):
@@ -391,7 +392,9 @@ class Engine:
                 r.new_shield = states[j]
                 # Missing/stale metrics hold (within the bounds): a count, not a model decision.
                 r.to = int(reps[j]) if math.isfinite(reps[j]) else None
-                r.model_decided = reasons[j] not in _FAILED
+                # The model's say counts only with usable metrics (a bound applied without them,
+                # AT_MIN/AT_MAX, is still a tick without a model decision).
+                r.model_decided = bool(usable[i]) and reasons[j] not in _FAILED
                 r.action = actions.ACTION_NAMES[acts[j]] if r.model_decided else "hold"
                 if r.model_decided:
                     r.q = [round(v, 4) for v in q_all[i].tolist()]
@@ -725,6 +728,8 @@ class Engine:
         conds = set_condition(conds, "ScalingLimited", limited, lim or "OK", "", now, g)
         if r.rt.shield is not None and r.cfg is not None:
             rec = shield_record(r.rt.shield, now, r.cfg, _t([float(spec.max_replicas)]))[0]
+            if spec.mode == "Shadow":  # it never scales: a would-be proposal is no memory to keep
+                rec.pop("proposals", None)
             if rec:
                 st["shield"] = rec
         st["conditions"] = conds
