@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 OUT ?= out
 
-.PHONY: install system-deps demo test bench bench-sb3 lint format clean model
+.PHONY: install system-deps demo test bench bench-sb3 bench-hpa lint format clean model
 
 $(STAMP): pyproject.toml
 	$(PY_VERSION) -m venv $(VENV)
@@ -38,6 +38,10 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_simulator.py
 	$(PY) benchmarks/bench_policy.py
 	$(PY) benchmarks/bench_training.py
+
+# The HPA port against the real kube-controller-manager (a local control plane; about 4 min).
+bench-hpa: $(STAMP)
+	$(PY) benchmarks/bench_hpa_conformance.py
 
 # Time to quality against Stable-Baselines3 (a benchmark-only dependency; about 1 h on 2 cores).
 bench-sb3: $(STAMP)

@@ -51,7 +51,9 @@ _TARGET = torch.tensor([a.target if a.kind == "target" else 1.0 for a in ACTIONS
 _IS_TARGET = torch.tensor([a.kind == "target" for a in ACTIONS])
 
 
-def apply(replicas: torch.Tensor, action: torch.Tensor, busy: torch.Tensor | None = None) -> torch.Tensor:
+def apply(
+    replicas: torch.Tensor, action: torch.Tensor, busy: torch.Tensor | None = None
+) -> torch.Tensor:
     """Desired replicas: ``replicas`` ``[B]`` float, ``action`` ``[B]`` int64, ``busy`` ``[B]``
     pods' worth of CPU in use (needed by the target actions; NaN gives a NaN proposal, which
     the shield holds).

@@ -1,7 +1,8 @@
 """The ``qscale`` command line: ``evaluate``, ``simulate`` and ``train``.
 
-Errors a user can cause (a bad trace file, an unknown controller) end in one line on stderr and
-exit status 2, never a traceback.
+Errors a user can cause (a bad trace file, a bad flag, an unwritable output) end in one line on
+stderr naming the flag or file, and exit status 2, never a traceback -- and they are found
+before any simulation runs, so nothing is lost.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -17,28 +20,24 @@ from pathlib import Path
 import torch
 
 from qscale.policy.artifact import ArtifactError
-from qscale.simulator.baselines import (
-    HPAController,
-    KedaController,
-    OracleController,
-    TuneResult,
-    tune_hpa_on,
-)
-from qscale.simulator.evaluate import (
-    EvalProfile,
-    build,
-    evaluate,
-    format_table,
-    run,
-    write_outputs,
-)
+from qscale.simulator import evaluate as evaluate_module
+from qscale.simulator import frontier as fr
+from qscale.simulator.baselines import OracleController
+from qscale.simulator.evaluate import EvalProfile, Evaluation, build, evaluate, format_table, run
 from qscale.simulator.rollout import Controller
 from qscale.simulator.splits import SPLIT_NAMES, packaged_trace, shared_trace_files
 from qscale.simulator.tracebank import TraceBank
 from qscale.simulator.traces import TraceError
 
-BASELINES = ("hpa", "hpa-tuned", "keda", "oracle")
+BASELINES = ("hpa", "hpa-tuned", "keda", "predictive", "oracle")
 CONTROLLERS = ("dqn", *BASELINES)
+
+#: The rows that show a setting of the rule grid (so they cost no extra rollout).
+DEFAULT_RULES = {
+    "hpa": fr.Rule("hpa", 0.7, 300.0, "legacy"),
+    "keda": fr.Rule("rate", 0.7, 300.0),
+    "predictive": fr.Rule("predictive", 0.7, 300.0),
+}
 
 
 class UsageError(Exception):
@@ -55,12 +54,14 @@ def _resolve_traces(names: Sequence[str] | None) -> tuple[list[Path], bool]:
     if list(names) == ["shared"]:
         files = shared_trace_files()
         if not files:
-            raise UsageError("no shared traces found (set QSCALE_TRACES_DIR or pass CSV paths)")
+            raise UsageError("--traces shared: no shared traces found (set QSCALE_TRACES_DIR)")
         return files, True
     paths = [Path(n) for n in names]
-    missing = [str(p) for p in paths if not p.is_file()]
-    if missing:
-        raise UsageError(f"trace file not found: {', '.join(missing)}")
+    for p in paths:
+        if p.is_dir():
+            raise UsageError(f"--traces {p}: is a directory (give CSV files, e.g. {p}/*.csv)")
+        if not p.is_file():
+            raise UsageError(f"--traces {p}: file not found")
     return paths, False
 
 
@@ -72,35 +73,77 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def _pair(flag: str, text: str) -> tuple[float, float]:
+    try:
+        vals = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise UsageError(f"{flag} takes a number or LO,HI, got {text!r}") from None
+    if len(vals) == 1:
+        vals = (vals[0], vals[0])
+    if len(vals) != 2 or not all(math.isfinite(v) for v in vals) or vals[0] > vals[1]:
+        raise UsageError(f"{flag} takes a number or LO,HI with LO <= HI, got {text!r}")
+    return vals  # type: ignore[return-value]
+
+
 def _profile(args: argparse.Namespace) -> EvalProfile:
-    delay = tuple(float(x) for x in args.startup_delay.split(","))
-    if len(delay) == 1:
-        delay = (delay[0], delay[0])
-    if len(delay) != 2 or delay[0] > delay[1] or delay[0] < 0:
-        raise UsageError("--startup-delay takes SECONDS or LO,HI with 0 <= LO <= HI")
-    if args.peak_replicas < 1:
-        raise UsageError("--peak-replicas must be >= 1")
+    delay = _pair("--startup-delay", args.startup_delay)
+    if delay[0] < 0:
+        raise UsageError("--startup-delay must be >= 0 seconds")
+    ratio = _pair("--cpu-limit-ratio", args.cpu_limit_ratio)
+    if ratio[0] < 1.0:
+        raise UsageError("--cpu-limit-ratio is CPU limit / request and must be >= 1")
+    checks = (
+        ("--peak-replicas", args.peak_replicas, args.peak_replicas >= 1, ">= 1"),
+        ("--slo-factor", args.slo_factor, args.slo_factor > 1.0,
+         "> 1 (the SLO is a multiple of the unloaded p95; at <= 1 every minute violates it)"),
+        ("--max-replicas-factor", args.max_replicas_factor, args.max_replicas_factor >= 1, ">= 1"),
+    )  # fmt: skip
+    for flag, value, ok, rule in checks:
+        if not (math.isfinite(value) and ok):
+            raise UsageError(f"{flag} must be {rule}, got {value:g}")
     return EvalProfile(
         peak_replicas=args.peak_replicas,
-        startup_delay_s=delay,  # type: ignore[arg-type]
+        startup_delay_s=delay,
         noise=not args.no_noise,
         slo_factor=args.slo_factor,
+        max_replicas_factor=args.max_replicas_factor,
+        cpu_limit_ratio=ratio,
     )
 
 
-def _tune(
-    args: argparse.Namespace, profile: EvalProfile, eval_paths: list[Path], device: torch.device
-) -> tuple[TuneResult, str]:
-    """Tune the HPA on the training split: the shared catalog's when it is there, else the
-    evaluated traces' own training split."""
-    shared = shared_trace_files()
-    tune_paths = shared or eval_paths
-    source = "shared traces" if shared else "the evaluated traces"
-    bank = TraceBank.from_files(tune_paths, split="train", dt=profile.dt, device=device)
-    steps = int(args.tune_hours * 3600 / profile.dt)
-    params, win = build(bank, profile, [1000, 1001], horizon_steps=steps)
-    result = tune_hpa_on(params, win.trace, win.start, win.length, not args.no_progress)
-    return result, f"{source}, split=train, {len(bank.names)} traces x {args.tune_hours:g} h"
+def _steps(flag: str, hours: float | None, dt: float) -> int | None:
+    if hours is None:
+        return None
+    if not (math.isfinite(hours) and hours > 0):
+        raise UsageError(f"{flag} must be > 0 hours, got {hours:g}")
+    steps = int(hours * 3600 / dt)
+    if steps < 1:
+        raise UsageError(f"{flag} {hours:g} is shorter than one {dt:g} s step")
+    return steps
+
+
+def _check_out_dir(flag: str, path: Path) -> None:
+    """Refuse an output that cannot be written before any work is done."""
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{flag} {path}: is a file, not a directory")
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag} {path}: {probe} is not writable")
+
+
+def _check_out_file(flag: str, path: Path) -> None:
+    if path.is_dir():
+        raise UsageError(f"{flag} {path}: is a directory, not a file")
+    _check_out_dir(flag, path.parent if str(path.parent) else Path("."))
+
+
+def _threads(n: int) -> None:
+    """Pin torch's threads: unpinned, a busy core makes torch's spinning threads collapse."""
+    if n < 1:
+        raise UsageError(f"--threads must be >= 1, got {n}")
+    torch.set_num_threads(n)
 
 
 def _load_model(spec: str | None, device: torch.device):
@@ -122,74 +165,176 @@ def _load_model(spec: str | None, device: torch.device):
     return load_policy(spec, device=device)
 
 
-def _controllers(
-    names: Sequence[str], tuned: TuneResult | None, policy=None
-) -> dict[str, Callable[[], Controller]]:
-    makers: dict[str, Callable[[], Controller]] = {}
-    for name in names:
-        if name == "dqn":
-            if policy is None:
-                raise UsageError("controller 'dqn' needs a model (--model PATH or default)")
-            from qscale.policy.controller import DQNController
-
-            makers[name] = lambda: DQNController(policy.module, name="dqn")
-        elif name == "hpa":
-            makers[name] = lambda: HPAController(name="hpa")
-        elif name == "hpa-tuned":
-            assert tuned is not None
-            cfg = tuned.config
-            makers[name] = lambda cfg=cfg: HPAController(cfg, name="hpa-tuned")
-        elif name == "keda":
-            makers[name] = KedaController
-        elif name == "oracle":
-            makers[name] = OracleController
-        else:
-            raise UsageError(f"unknown controller {name!r}; choose from {', '.join(CONTROLLERS)}")
-    return makers
-
-
 def _controller_names(spec: str | None, with_model: bool) -> list[str]:
     default = CONTROLLERS if with_model else BASELINES
     names = [c.strip() for c in (spec or ",".join(default)).split(",") if c.strip()]
     for n in names:
         if n not in CONTROLLERS:
-            raise UsageError(f"unknown controller {n!r}; choose from {', '.join(CONTROLLERS)}")
+            raise UsageError(
+                f"--controllers: unknown controller {n!r}; choose from {', '.join(CONTROLLERS)}"
+            )
     return names
+
+
+def _say(args: argparse.Namespace) -> Callable[[str], None]:
+    def say(msg: str) -> None:
+        if not getattr(args, "quiet", False):
+            print(msg, file=sys.stderr, flush=True)
+
+    return say
+
+
+def _tuning(
+    args: argparse.Namespace, profile: EvalProfile, paths: list[Path], device: torch.device
+) -> tuple[fr.Rule, dict]:
+    """The tuned HPA of :data:`qscale.simulator.frontier.TUNED_RULE`: the HPA grid on the
+    training split (the shared catalog's when it is there, else the evaluated traces'), cached."""
+    shared = shared_trace_files()
+    tune_paths = shared or paths
+    bank = TraceBank.from_files(tune_paths, split="train", dt=profile.dt, device=device)
+    day = int(24 * 3600 / profile.dt)
+    window = min(day, int(bank.lengths.min()))
+    params, win = build(bank, profile, [1000, 1001], window)
+    keep = _spread(win, per_trace=4)
+    from qscale.simulator.evaluate import subset
+
+    params, win = subset(params, win, keep)
+    parts = {
+        "purpose": "tuning",
+        "traces": [_fingerprint(p) for p in tune_paths],
+        "profile": dataclasses.asdict(profile),
+        "window": window,
+    }
+    res, hit = fr.cached_rules(
+        fr.hpa_grid(), params, win.triple(), parts, _say(args), not args.no_cache
+    )
+    best = fr.pick_tuned(res)
+    info = {
+        "rule": fr.TUNED_RULE,
+        "chosen": best.label,
+        "tuned_on": f"{'shared traces' if shared else 'the evaluated traces'}, split=train, "
+        f"{len(bank.names)} traces, {int(keep.numel() // 2)} windows x 2 seeds",
+        "from_cache": hit,
+    }
+    return best, info
+
+
+def _spread(win, per_trace: int) -> torch.Tensor:
+    """Up to ``per_trace`` windows of each trace, evenly spaced, all seeds."""
+    keep = []
+    for k in torch.unique(win.unit_trace).tolist():
+        units = torch.nonzero(win.unit_trace == k).squeeze(1)
+        pick = units[torch.linspace(0, len(units) - 1, min(per_trace, len(units))).round().long()]
+        keep += [torch.nonzero(win.unit == u).squeeze(1) for u in pick.tolist()]
+    return torch.cat(keep)
+
+
+def _fingerprint(path: Path) -> list[str]:
+    from qscale.policy.artifact import sha256_file
+
+    return [path.stem, sha256_file(path)]
 
 
 def run_evaluation(args: argparse.Namespace) -> tuple[dict, str]:
     """What ``qscale evaluate`` does, returning the JSON document and the printed text."""
     t0 = time.perf_counter()
+    _threads(args.threads)
+    if args.seeds < 1:
+        raise UsageError(f"--seeds must be >= 1, got {args.seeds}")
+    if args.bootstrap < 0:
+        raise UsageError(f"--bootstrap must be >= 0, got {args.bootstrap}")
     device = _device(args.device)
+    out = Path(args.out)
+    _check_out_dir("--out", out)
     paths, is_shared = _resolve_traces(args.traces)
     split = args.split or ("test" if is_shared else "all")
     profile = _profile(args)
+    window = _steps("--window-hours", args.window_hours, profile.dt)
+    horizon = _steps("--horizon-hours", args.horizon_hours, profile.dt)
     _controller_names(args.controllers, True)  # refuse a typo before any work
+    say = _say(args)
     bank = TraceBank.from_files(paths, split=split, dt=profile.dt, device=device)
     policy = _load_model(args.model, device)
     names = _controller_names(args.controllers, policy is not None)
-    tuned, tuned_on = (None, "")
+    if "dqn" in names and policy is None:
+        raise UsageError("--controllers dqn needs a model (--model PATH or default)")
+
+    rule_rows = {n: r for n, r in DEFAULT_RULES.items() if n in names}
+    tuned_info = None
     if "hpa-tuned" in names:
-        print("tuning the HPA (target utilization x stabilization window) ...", file=sys.stderr)
-        tuned, tuned_on = _tune(args, profile, paths, device)
-    horizon = None if args.horizon_hours is None else int(args.horizon_hours * 3600 / profile.dt)
+        say("tuning the HPA on the training split (cached after the first run) ...")
+        tuned, tuned_info = _tuning(args, profile, paths, device)
+        rule_rows["hpa-tuned"] = tuned
+    makers: dict[str, Callable[[], Controller]] = {}
+    for name in names:
+        if name == "dqn":
+            from qscale.policy.controller import DQNController
+
+            makers[name] = lambda: DQNController(policy.module, name="dqn")
+        elif name == "oracle":
+            makers[name] = OracleController
+        else:
+            rule = rule_rows[name]
+            makers[name] = lambda rule=rule, name=name: _named(fr.make_controller(rule), name)
+    grid = [] if args.no_frontier else fr.rule_grid()
+    cache_parts = None
+    if not args.no_cache:
+        cache_parts = {
+            "purpose": "frontier",
+            "traces": [_fingerprint(p) for p in paths],
+            "split": split,
+            "profile": dataclasses.asdict(profile),
+            "seeds": args.seeds,
+            "window": window,
+            "horizon": horizon,
+        }
+    if grid:
+        say(
+            f"the rule frontier: {len(grid)} settings on every window "
+            "(cached after the first run) ..."
+        )
     seeds = list(range(args.seeds))
-    res = evaluate(
-        _controllers(names, tuned, policy),
+    ev = evaluate(
+        makers,
         bank,
         profile,
         seeds,
+        window_steps=window or 1,
         horizon_steps=horizon,
+        rules=grid,
+        rule_rows=rule_rows,
+        cache_parts=cache_parts,
         progress=not args.no_progress,
+        log=say,
+        bootstrap=args.bootstrap,
     )
-    out = Path(args.out)
+    rows = ev.summary()
+    text = format_table(rows)
+    lines = [text]
+    if tuned_info is not None:
+        lines.append(
+            f"hpa-tuned = {tuned_info['chosen']} ({tuned_info['rule']}; {tuned_info['tuned_on']})"
+        )
+    lines.append(
+        f"{split} split, {ev.n_units} windows of {args.window_hours:g} h x {args.seeds} seeds; "
+        f"CPU targets are fractions of the CPU limit; cost and SLO minutes are means over seeds "
+        f"of the totals over the windows; ±: half 95 % intervals across windows / seeds"
+    )
+    text = "\n".join(lines)
+    print(text, flush=True)  # the table first: a failure writing files must not lose it
     meta = {
+        "command": "qscale " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["evaluate"] else None,
         "traces": [str(p) for p in paths],
         "split": split,
         "seeds": seeds,
+        "window_hours": args.window_hours,
         "horizon_hours": args.horizon_hours,
+        "windows": ev.n_units,
         "profile": dataclasses.asdict(profile),
         "device": str(device),
+        "threads": args.threads,
+        "frontier_rule_settings": len(grid),
+        "figures": evaluate_module.__doc__,
     }
     if policy is not None:
         meta["model"] = {
@@ -198,32 +343,32 @@ def run_evaluation(args: argparse.Namespace) -> tuple[dict, str]:
             "model_sha256": policy.manifest.get("model_sha256"),
             "spec_hash": policy.manifest.get("spec_hash"),
         }
-    if tuned is not None:
-        meta["hpa_tuned"] = {
-            "target_utilization": tuned.config.target_utilization,
-            "scale_down_stabilization_s": tuned.config.scale_down_stabilization_s,
-            "tuned_on": tuned_on,
-            "rule": tuned.rule,
-            "grid": tuned.table,
-        }
+    if tuned_info is not None:
+        meta["hpa_tuned"] = tuned_info
     meta["wall_seconds"] = round(time.perf_counter() - t0, 1)
-    summary = res.summary()
-    written = write_outputs(res, summary, out, bank, meta)
-    lines = [format_table(summary)]
-    if tuned is not None:
-        c = tuned.config
-        lines.append(
-            f"hpa-tuned: target utilization {c.target_utilization:.2f}, scale-down "
-            f"stabilization {c.scale_down_stabilization_s:g} s (tuned on {tuned_on})"
-        )
-    text = "\n".join(lines)
-    print(text)
+    written = write_results(ev, rows, out, bank, meta, profile.dt)
     print(f"table and rows: {written['json']}  {written['csv']}")
-    for key, p in written.items():
-        if key.startswith("plot:"):
-            print(f"plot: {p}")
-    doc = {"meta": meta, "summary": summary, "table": text}
+    plots = [str(p) for k, p in written.items() if ":" in k]
+    if plots:
+        print(f"plots: {len(plots)} PNGs in {out} (frontier_*.png, timeline_*.png)")
+    doc = {"meta": meta, "summary": rows, "table": text}
     return doc, text
+
+
+def write_results(ev: Evaluation, rows, out: Path, bank, meta, dt):
+    from qscale.simulator.evaluate import write_outputs
+
+    try:
+        return write_outputs(ev, rows, out, bank, meta, dt)
+    except OSError as e:
+        raise UsageError(
+            f"--out {out}: cannot write the results ({e}); the table is above"
+        ) from None
+
+
+def _named(ctrl: Controller, name: str) -> Controller:
+    ctrl.name = name
+    return ctrl
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -232,22 +377,35 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    """One controller on one trace: a per-step CSV timeline and the totals."""
+    """One controller on one trace window: a per-step CSV timeline and the totals."""
+    _threads(args.threads)
     device = _device(args.device)
+    out = Path(args.out)
+    _check_out_file("--out", out)
     paths, _ = _resolve_traces([args.trace] if args.trace else None)
     profile = _profile(args)
+    horizon = _steps("--horizon-hours", args.horizon_hours, profile.dt)
     bank = TraceBank.from_files(paths, split=args.split, dt=profile.dt, device=device)
-    tuned = None
-    if args.controller == "hpa-tuned":
-        tuned, _ = _tune(args, profile, paths, device)
-    make = _controllers([args.controller], tuned)[args.controller]
-    horizon = None if args.horizon_hours is None else int(args.horizon_hours * 3600 / profile.dt)
-    params, win = build(bank, profile, [args.seed], horizon)
-    m = run(make(), params, win, record=True, progress=not args.no_progress)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    if args.controller == "dqn":
+        from qscale.policy.controller import DQNController
+
+        policy = _load_model(args.model or "default", device)
+        if policy is None:
+            raise UsageError("--controller dqn needs a model (--model PATH or default)")
+        ctrl: Controller = DQNController(policy.module, name="dqn")
+    elif args.controller == "oracle":
+        ctrl = OracleController()
+    elif args.controller == "hpa-tuned":
+        rule, _ = _tuning(args, profile, paths, device)
+        ctrl = fr.make_controller(rule)
+    else:
+        ctrl = fr.make_controller(DEFAULT_RULES[args.controller])
+    length = int(bank.lengths[0]) if horizon is None else min(horizon, int(bank.lengths[0]))
+    params, win = build(bank, profile, [args.seed], window_steps=length, horizon_steps=length)
+    m = run(ctrl, params, win, record=True, progress=not args.no_progress)
     assert m.timeline is not None
     n = int(win.length[0])
+    out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w") as fh:
         fh.write("t_s,rate_rps,replicas,ready,p95_s,slo_s\n")
         slo = float(params.slo_s[0])
@@ -260,9 +418,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     totals = {
         "controller": args.controller,
         "trace": bank.names[0],
-        "cost_replica_hours": float(m.cost_replica_hours[0]),
-        "slo_violation_minutes": float(m.slo_violation_minutes[0]),
-        "scaling_actions": float(m.scaling_actions[0]),
+        "cost_replica_hours": round(float(m.cost_replica_hours[0]), 1),
+        "slo_violation_minutes": round(float(m.slo_violation_minutes[0]), 1),
+        "scaling_actions": int(m.scaling_actions[0]),
+        "dropped_requests": int(m.dropped_requests[0]),
         "timeline": str(out),
     }
     print(json.dumps(totals, indent=2))
@@ -280,34 +439,35 @@ def _add_profile_args(p: argparse.ArgumentParser) -> None:
         "--peak-replicas",
         type=float,
         default=20.0,
-        help="pods the traffic's p99 rate needs at 100%% CPU (default 20)",
+        help="pods a trace's reference rate (its p99) needs at 100%% CPU (default 20)",
     )
     p.add_argument(
         "--startup-delay",
         default="30,90",
-        help="pod start-up delay in seconds, SECONDS or LO,HI drawn per seed",
+        help="pod start-up delay in seconds, SECONDS or LO,HI drawn per window and seed",
     )
     p.add_argument(
         "--slo-factor",
         type=float,
         default=2.0,
-        help="SLO as a multiple of the unloaded p95 latency (default 2)",
+        help="SLO as a multiple of the unloaded p95 latency, > 1 (default 2)",
+    )
+    p.add_argument(
+        "--max-replicas-factor",
+        type=float,
+        default=2.5,
+        help="maxReplicas as a multiple of --peak-replicas (a safety cap; default 2.5)",
+    )
+    p.add_argument(
+        "--cpu-limit-ratio",
+        default="1,4",
+        help="pods' CPU limit / request, RATIO or LO,HI drawn per window and seed (default 1,4)",
     )
     p.add_argument("--no-noise", action="store_true", help="no Poisson arrival noise")
-    p.add_argument(
-        "--horizon-hours",
-        type=float,
-        default=72.0,
-        help="evaluate at most this much of each trace from its start (default 72)",
-    )
-    p.add_argument(
-        "--tune-hours",
-        type=float,
-        default=12.0,
-        help="hours of each training trace used to tune the HPA (default 12)",
-    )
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads, pinned (default 1)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-cache", action="store_true", help="recompute the rule grids")
 
 
 _CLUSTER_COMMANDS = {
@@ -321,7 +481,7 @@ def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="qscale", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="command", required=True)
 
-    ev = sub.add_parser("evaluate", help="compare controllers on traces: table, JSON/CSV, plots")
+    ev = sub.add_parser("evaluate", help="compare controllers on traces: table, frontier, plots")
     ev.add_argument(
         "--traces",
         nargs="*",
@@ -341,17 +501,35 @@ def parser() -> argparse.ArgumentParser:
         "--model",
         default="default",
         help="policy artifact directory to evaluate as 'dqn'; 'default' = the model shipped in "
-        "the package (if any); 'none' = baselines only",
+        "the package; 'none' = baselines only",
     )
     ev.add_argument("--seeds", type=int, default=5, help="number of seeds (default 5)")
+    ev.add_argument(
+        "--window-hours", type=float, default=24.0, help="length of each window (default 24)"
+    )
+    ev.add_argument(
+        "--horizon-hours",
+        type=float,
+        default=None,
+        help="use only the first this-many hours of each trace (default: all of it)",
+    )
+    ev.add_argument("--no-frontier", action="store_true", help="skip the rule frontier")
+    ev.add_argument(
+        "--bootstrap", type=int, default=200, help="bootstrap resamples for intervals (default 200)"
+    )
     ev.add_argument("--out", default="out/evaluate", help="output directory")
+    ev.add_argument("--quiet", action="store_true", help="no progress messages on stderr")
     _add_profile_args(ev)
 
     si = sub.add_parser("simulate", help="one controller on one trace, per-step CSV timeline")
     si.add_argument("--trace", help="CSV file (default: the shipped excerpt)")
     si.add_argument("--split", choices=SPLIT_NAMES, default="all")
-    si.add_argument("--controller", default="hpa", choices=BASELINES)
+    si.add_argument("--controller", default="hpa", choices=CONTROLLERS)
+    si.add_argument("--model", help="policy artifact for --controller dqn (default: the shipped)")
     si.add_argument("--seed", type=int, default=0)
+    si.add_argument(
+        "--horizon-hours", type=float, default=72.0, help="hours of the trace to play (default 72)"
+    )
     si.add_argument("--out", default="out/simulate.csv", help="timeline CSV path")
     _add_profile_args(si)
 
@@ -375,8 +553,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         if args.command == "evaluate":
-            if args.seeds < 1:
-                raise UsageError("--seeds must be >= 1")
             return cmd_evaluate(args)
         return cmd_simulate(args)
     except (UsageError, TraceError, ValueError, ArtifactError) as err:

@@ -73,7 +73,9 @@ def greedy(q_values: torch.Tensor) -> torch.Tensor:
     return q_values.argmax(dim=-1).to(torch.int64)
 
 
-def observe(signals: Signals, shield_state: ShieldState, now_s: torch.Tensor | float) -> torch.Tensor:
+def observe(
+    signals: Signals, shield_state: ShieldState, now_s: torch.Tensor | float
+) -> torch.Tensor:
     """The observation for ``signals``, with the time-since features from the shield's memory."""
     x = signals.inputs
     now = torch.as_tensor(now_s, dtype=torch.float64, device=x.replicas.device)

@@ -21,7 +21,13 @@ from pathlib import Path
 
 import httpx
 
-__all__ = ["PROMETHEUS_ENV", "LocalPrometheus", "PrometheusUnavailable", "find_prometheus", "free_port"]
+__all__ = [
+    "PROMETHEUS_ENV",
+    "LocalPrometheus",
+    "PrometheusUnavailable",
+    "find_prometheus",
+    "free_port",
+]
 
 PROMETHEUS_ENV = "QSCALE_PROMETHEUS_BIN"
 
@@ -72,7 +78,11 @@ def _config(jobs: Mapping[str, Sequence[str]], interval_s: float) -> str:
             if not t.startswith(("127.0.0.1:", "localhost:")):
                 raise ValueError(f"scrape target {t!r} is not on loopback")
         listed = ", ".join(f'"{t}"' for t in targets)
-        lines += [f"- job_name: {job}", "  honor_labels: true", f"  static_configs: [{{targets: [{listed}]}}]"]
+        lines += [
+            f"- job_name: {job}",
+            "  honor_labels: true",
+            f"  static_configs: [{{targets: [{listed}]}}]",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -123,7 +133,9 @@ class LocalPrometheus:
                     return self
             if time.monotonic() > deadline:
                 self.stop()
-                raise PrometheusUnavailable(f"prometheus not ready on {self.url} after {wait_s:g} s")
+                raise PrometheusUnavailable(
+                    f"prometheus not ready on {self.url} after {wait_s:g} s"
+                )
             time.sleep(0.2)
 
     def stop(self) -> None:

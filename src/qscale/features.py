@@ -53,7 +53,7 @@ REPLICAS_SCALE = 1000.0
 
 # A Deployment's pods are named <deployment>-<pod-template-hash>-<5 chars>; label_replace turns
 # the pod label into a deployment label, so one query serves many Deployments at once.
-_POD = '($deployment)-[a-z0-9]+-[a-z0-9]{5}'
+_POD = "($deployment)-[a-z0-9]+-[a-z0-9]{5}"
 _TO_DEPLOYMENT = '"deployment", "$1", "pod", "(.+)-[a-z0-9]+-[a-z0-9]{5}"'
 
 
@@ -89,7 +89,8 @@ series per Deployment labelled ``namespace`` and ``deployment``. ``request_rate`
 range query over the last 15 minutes (the ``rate_*`` signals); the other two are instant
 queries. Metric names are the conventional ones: ``http_requests_total`` and
 ``http_request_duration_seconds`` (prometheus-client's defaults) from the app, cAdvisor's
-``container_cpu_usage_seconds_total`` and kube-state-metrics' ``kube_pod_container_resource_requests``.
+``container_cpu_usage_seconds_total`` and kube-state-metrics'
+``kube_pod_container_resource_requests``.
 """
 
 
@@ -104,8 +105,10 @@ class Feature:
 
 
 FEATURES: tuple[Feature, ...] = (
-    Feature("cpu_busy", "cpu_utilization / cpu_limit_ratio (busy fraction of the CPU limit)", 0.0, 1.5),
-    Feature("log2_p95_vs_slo", "log2(p95 / SLO); no requests at all reads as the low clip", -4.0, 4.0),
+    Feature("cpu_busy",
+            "cpu_utilization / cpu_limit_ratio (busy fraction of the CPU limit)", 0.0, 1.5),
+    Feature("log2_p95_vs_slo",
+            "log2(p95 / SLO); no requests at all reads as the low clip", -4.0, 4.0),
     Feature("rate_trend_1m", "ln(request rate now / request rate 60 s ago)", -2.0, 2.0),
     Feature("rate_trend_5m", "ln(request rate now / request rate 300 s ago)", -2.0, 2.0),
     Feature("rate_trend_15m", "ln(request rate now / request rate 900 s ago)", -2.0, 2.0),
@@ -201,7 +204,9 @@ def compute(x: FeatureInputs) -> torch.Tensor:
     return torch.minimum(torch.maximum(obs, _LO.to(obs.device)), _HI.to(obs.device))
 
 
-def fill_template(query: str, namespaces: list[str] | tuple[str, ...], deployments: list[str] | tuple[str, ...]) -> str:
+def fill_template(
+    query: str, namespaces: list[str] | tuple[str, ...], deployments: list[str] | tuple[str, ...]
+) -> str:
     """A query template with ``$namespace``/``$deployment`` filled by one or more names (a
     regex alternation; names are escaped for the regex and for the PromQL string)."""
 

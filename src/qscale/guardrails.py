@@ -180,7 +180,9 @@ class ShieldState:
 
     @staticmethod
     def from_records(
-        records: Sequence[dict[str, Any] | None], config: ShieldConfig, device: torch.device | str = "cpu"
+        records: Sequence[dict[str, Any] | None],
+        config: ShieldConfig,
+        device: torch.device | str = "cpu",
     ) -> ShieldState:
         """Rebuild from :meth:`to_records` output; ``None`` or ``{}`` is a fresh state. Values
         that do not parse are dropped (a garbled status must never crash the operator)."""
@@ -205,7 +207,7 @@ class ShieldState:
                     continue
                 if not (math.isfinite(s) and math.isfinite(m)):
                     continue
-                k = int(math.floor(s / w + 1e-9)) % BUCKETS
+                k = math.floor(s / w + 1e-9) % BUCKETS
                 if starts[i, k] == s:
                     maxes[i, k] = max(float(maxes[i, k]), m)
                 elif s > starts[i, k]:
@@ -241,7 +243,11 @@ def _mark(reason: torch.Tensor, changed: torch.Tensor, code: Reason) -> torch.Te
 
 
 def _remember(
-    state: ShieldState, value: torch.Tensor, now: torch.Tensor, ok: torch.Tensor, config: ShieldConfig
+    state: ShieldState,
+    value: torch.Tensor,
+    now: torch.Tensor,
+    ok: torch.Tensor,
+    config: ShieldConfig,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Put ``value`` into the bucket of ``now`` (envs where ``ok``)."""
     w = config.bucket_s

@@ -20,7 +20,9 @@ def test_nodes_and_pods_are_on_loopback(cluster, namespace):
     cluster.apply(deployment_manifest("web", namespace, replicas=3))
     wait_for(lambda: _ready(cluster, namespace, "web") == 3, 60, what="3 ready pods")
     nodes = json.loads(cluster.kubectl("get", "nodes", "-o", "json").stdout)["items"]
-    addrs = [a["address"] for n in nodes for a in n["status"]["addresses"] if a["type"] == "InternalIP"]
+    addrs = [
+        a["address"] for n in nodes for a in n["status"]["addresses"] if a["type"] == "InternalIP"
+    ]
     assert addrs and all(a.startswith("127.") for a in addrs)
     pods = json.loads(cluster.kubectl("get", "pods", "-n", namespace, "-o", "json").stdout)["items"]
     assert len(pods) == 3 and all(p["status"]["podIP"].startswith("127.") for p in pods)
@@ -39,7 +41,11 @@ def test_start_up_delay_is_played_by_the_control_plane(cluster, namespace):
 
 
 def test_pod_cpu_reaches_the_metrics_api(cluster, namespace):
-    cluster.apply(deployment_manifest("busy", namespace, replicas=1, annotations={USAGE_CPU_ANNOTATION: "250m"}))
+    cluster.apply(
+        deployment_manifest(
+            "busy", namespace, replicas=1, annotations={USAGE_CPU_ANNOTATION: "250m"}
+        )
+    )
     wait_for(lambda: _ready(cluster, namespace, "busy") == 1, 60, what="a ready pod")
 
     def usage():
@@ -63,7 +69,7 @@ def test_prometheus_scrapes_a_loopback_exporter(start_prometheus):
     reg = CollectorRegistry()
     Gauge("qscale_probe", "a probe", registry=reg).set(42)
     port = free_port()
-    server, thread = start_http_server(port, addr="127.0.0.1", registry=reg)
+    server, _thread = start_http_server(port, addr="127.0.0.1", registry=reg)
     try:
         prom = start_prometheus({"probe": [f"127.0.0.1:{port}"]}, interval_s=1)
         res = prom.wait_for_series("qscale_probe", wait_s=30)

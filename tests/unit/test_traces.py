@@ -161,10 +161,19 @@ def test_extra_columns_and_order_are_free(tmp_path: Path) -> None:
     assert tr.interval == 300.0
 
 
-def test_float_t_and_single_row(tmp_path: Path) -> None:
-    tr = load_trace(write(tmp_path, "t,value\n0.5,3\n", name="one.csv"))
-    assert tr.interval == 60.0  # nothing to measure: default
-    np.testing.assert_array_equal(tr.t, [0.5])
+def test_a_single_row_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(TraceError, match="at least 2 rows"):
+        load_trace(write(tmp_path, "t,value\n0.5,3\n", name="one.csv"))
+
+
+def test_an_absurd_value_is_refused_on_its_line(tmp_path: Path) -> None:
+    with pytest.raises(TraceError, match=r"big.csv:3: value 1e\+30 is implausibly large"):
+        load_trace(write(tmp_path, "t,value\n0,1\n60,1e30\n120,2\n", name="big.csv"))
+
+
+def test_float_t(tmp_path: Path) -> None:
+    tr = load_trace(write(tmp_path, "t,value\n0.5,3\n60.5,4\n", name="f.csv"))
+    np.testing.assert_array_equal(tr.t, [0.5, 60.5])
 
 
 def test_load_rates_is_resample_of_load(tmp_path: Path) -> None:
@@ -175,18 +184,32 @@ def test_load_rates_is_resample_of_load(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- resampling
 
 
-def test_upsample_linear_between_midpoints_flat_at_ends() -> None:
+def test_upsample_holds_each_bin_piecewise_constant() -> None:
     tr = make_trace([0, 60], [1.0, 3.0], interval=60.0)
     r = resample(tr, dt=15.0)
     assert r.dtype == np.float32
-    assert r.shape == (8,)
-    # Grid midpoints 7.5 .. 112.5; row midpoints at 30 (1.0) and 90 (3.0).
-    mids = 7.5 + 15.0 * np.arange(8)
-    expected = np.interp(mids, [30.0, 90.0], [1.0, 3.0])
-    np.testing.assert_allclose(r, expected, rtol=1e-6)
-    assert r[0] == r[1] == 1.0  # flat before the first midpoint
-    assert r[-1] == r[-2] == 3.0  # flat after the last midpoint
-    np.testing.assert_allclose(np.diff(r[2:6]), 0.5, rtol=1e-6)  # linear ramp in between
+    np.testing.assert_array_equal(r, np.asarray([1.0] * 4 + [3.0] * 4, dtype=np.float32))
+
+
+@pytest.mark.parametrize(
+    ("interval", "dt"), [(300.0, 15.0), (1800.0, 15.0), (60.0, 15.0), (300.0, 20.0)]
+)
+def test_resampling_is_causal(interval, dt) -> None:
+    """A step's rate never depends on a later row: changing the trace after a time changes no
+    resampled step that ends before it (the old midpoint interpolation ramped ~interval/2 early)."""
+    rng = np.random.default_rng(1)
+    n = 40
+    values = rng.exponential(2.0, size=n)
+    t = list(interval * np.arange(n))
+    base = resample(make_trace(t, list(values), interval=interval), dt=dt)
+    for cut in (5, 17, 33):
+        changed = values.copy()
+        changed[cut:] *= 10.0
+        other = resample(make_trace(t, list(changed), interval=interval), dt=dt)
+        ends = dt * (np.arange(len(base)) + 1)
+        before = ends <= cut * interval + 1e-9
+        np.testing.assert_array_equal(base[before], other[before])
+        assert not np.array_equal(base, other)
 
 
 def test_interval_equal_to_dt_is_identity() -> None:

@@ -148,10 +148,15 @@ def export(
     train_config: Mapping[str, Any] | None = None,
     trace_files: Sequence[str | os.PathLike] = (),
     evaluation: Mapping[str, Any] | None = None,
+    serving: Mapping[str, Any] | None = None,
     extra: Mapping[str, Any] | None = None,
     optimize: bool = True,
 ) -> Path:
     """Write ``network`` as an artifact directory at ``path`` (created; files overwritten).
+
+    ``serving`` records what the model was trained under and should be served with: the
+    decision interval (``interval_s``) and the shield's settings (``shield``); the operator
+    flags a policy whose settings differ.
 
     ``extra`` adds top-level manifest keys (e.g. a training summary); it cannot replace the
     keys :func:`load_policy` verifies.
@@ -180,6 +185,7 @@ def export(
         "training_config": _jsonable(dict(train_config or {})),
         "trace_files": traces,
         "evaluation": _jsonable(dict(evaluation or {})),
+        "serving": _jsonable(dict(serving or {})),
         "model_sha256": sha256_file(out / MODEL_FILE),
         "state_dict_sha256": sha256_file(out / STATE_DICT_FILE),
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),

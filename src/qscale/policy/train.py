@@ -332,6 +332,11 @@ def sim_config(cfg: TrainConfig) -> sim.SimConfig:
     return sim.SimConfig(dt=cfg.dt, episode_steps=cfg.episode_steps, noise=cfg.noise, reward=reward)
 
 
+def serving_settings(cfg: TrainConfig) -> dict[str, Any]:
+    """What a model trained with ``cfg`` expects in serving (stored in its manifest)."""
+    return {"interval_s": cfg.dt, "shield": asdict(sim_config(cfg).shield)}
+
+
 def validation_windows(
     bank: TraceBank, n_windows: int, length: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -377,9 +382,12 @@ def _state_dict_of(env_state: Any) -> dict[str, Any]:
 
 
 def _env_state_from(d: dict[str, Any], device: torch.device) -> sim.EnvState:
-    fields = {k: v.to(device) for k, v in d.items() if k != "shield"}
+    fields = {k: v.to(device) for k, v in d.items() if k not in ("shield", "seen")}
     shield = ShieldState(**{k: v.to(device) for k, v in d["shield"].items()})
-    return sim.EnvState(**fields, shield=shield)
+    seen = d.get("seen")
+    if seen is not None:
+        seen = features.FeatureInputs(**{k: v.to(device) for k, v in seen.items()})
+    return sim.EnvState(**fields, shield=shield, seen=seen)
 
 
 def _clone_state(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -720,6 +728,7 @@ def _train(cfg: TrainConfig, baseline_eval: BaselineEval | None) -> TrainResult:
             out_dir / name,
             train_config=asdict(cfg),
             trace_files=cfg.traces,
+            serving=serving_settings(cfg),
             extra={"training_summary": summary},
         )
         for net, name in ((q_network, "final"), (best_network, "best"))

@@ -53,15 +53,13 @@ import torch
 from qscale import decision, features
 from qscale.decision import Signals
 from qscale.guardrails import Reason, ShieldConfig, ShieldState, record_scale
+from qscale.hpa import CPU_INITIALIZATION_PERIOD_S
 from qscale.simulator import service
 from qscale.simulator.service import flow, latency_cdf, latency_model, latency_p95
 from qscale.simulator.tracebank import TraceBank
 
 _MASK32 = 0xFFFFFFFF
 _F64 = torch.float64
-
-CPU_INITIALIZATION_PERIOD_S = 300.0
-"""``--horizontal-pod-autoscaler-cpu-initialization-period`` (the controller's default)."""
 
 
 @dataclass(frozen=True)
@@ -134,7 +132,9 @@ class DomainConfig:
                 f"got {self.startup_distribution!r}"
             )
         if not 0.0 <= self.ingress_probability <= 1.0:
-            raise ValueError(f"ingress_probability must be in [0, 1], got {self.ingress_probability}")
+            raise ValueError(
+                f"ingress_probability must be in [0, 1], got {self.ingress_probability}"
+            )
 
 
 @dataclass(frozen=True)
@@ -177,7 +177,9 @@ class SimConfig:
 
     @property
     def cpu_history(self) -> int:
-        return max(1, self.steps(self.domain.cpu_window_s[1])) + self.steps(self.domain.cpu_lag_s[1])
+        return max(1, self.steps(self.domain.cpu_window_s[1])) + self.steps(
+            self.domain.cpu_lag_s[1]
+        )
 
     @property
     def rate_history(self) -> int:
@@ -279,6 +281,9 @@ class EnvState:
     p95_s: torch.Tensor
     """True p95 of the last step."""
     shield: ShieldState
+    seen: features.FeatureInputs | None = None
+    """What the metrics show now (:func:`measure` of this state), kept so that a step measures
+    once: the decision and the next observation share it."""
 
     @property
     def replicas(self) -> torch.Tensor:
@@ -398,7 +403,9 @@ def _steady(params: EnvParams, ids: torch.Tensor, rate0: torch.Tensor) -> dict[s
     ready = torch.clamp(torch.ceil(rate0 / (cap * cfg.init_utilization) - 1e-6), lo, hi)
     served = torch.minimum(rate0, ready * cap) * cfg.dt
     util = torch.where(ready > 0, served / torch.clamp(ready * cap * cfg.dt, min=1e-9), 0.0)
-    m = latency_model(served, torch.zeros_like(served), ready, cap, params.service_time_s[ids], cfg.dt)
+    m = latency_model(
+        served, torch.zeros_like(served), ready, cap, params.service_time_s[ids], cfg.dt
+    )
     bounds = params.bank.buckets
     cdf = latency_cdf(m, bounds, cfg.timeout_s)
     counts = torch.diff(cdf * served[:, None], dim=1, prepend=torch.zeros_like(served[:, None]))
@@ -491,7 +498,7 @@ def _random_episodes(
     jitter = params.config.domain.amplitude_jitter
     amp = torch.exp((2.0 * hash_u01(key, episode, 3) - 1.0) * jitter)
     scale = _scale_for(params, ids, k) * amp
-    return _fresh(state, params, ids, pos0, length, scale, episode)
+    return _measured(_fresh(state, params, ids, pos0, length, scale, episode), params)
 
 
 def reset(params: EnvParams) -> tuple[EnvState, torch.Tensor]:
@@ -513,33 +520,56 @@ def reset_fixed(
         raise ValueError("window outside its trace (start < 0, length < 1, or past the end)")
     pos0 = bank.starts[trace_index] + start
     scale = _scale_for(params, ids, trace_index)
-    state = _fresh(None, params, ids, pos0, length, scale, torch.zeros_like(ids))
+    state = _measured(_fresh(None, params, ids, pos0, length, scale, torch.zeros_like(ids)), params)
     return state, observe(state, params)
 
 
 # --- what a controller sees ------------------------------------------------------------------
 
 
-def _window_mean(hist: torch.Tensor, lag: torch.Tensor, window: torch.Tensor | int) -> torch.Tensor:
-    """Mean of ``hist[:, -lag-window : -lag]`` per env (``hist`` oldest first)."""
+def _window_mean(
+    hist: torch.Tensor, lag: torch.Tensor, window: torch.Tensor | int, widest: int | None = None
+) -> torch.Tensor:
+    """Mean of ``hist[:, n-lag-window : n-lag]`` per env (``hist`` oldest first): a gather of
+    the ``widest`` possible window's columns, the ones outside each env's own window masked."""
     n = hist.shape[-1]
-    idx = torch.arange(n, device=hist.device)
-    end = n - lag  # exclusive
-    win = torch.as_tensor(window, device=hist.device).expand_as(lag)
-    m = (idx[None, :] < end[:, None]) & (idx[None, :] >= (end - win)[:, None])
-    return (hist * m).sum(dim=1) / torch.clamp(m.sum(dim=1), min=1)
+    w = torch.as_tensor(window, device=hist.device).expand_as(lag)
+    k = int(widest if widest is not None else (window if isinstance(window, int) else w.max()))
+    offs = torch.arange(k, device=hist.device)
+    idx = torch.clamp((n - lag)[:, None] - k + offs[None, :], min=0)
+    vals = hist.gather(1, idx)
+    if isinstance(window, int) and window == k:
+        return vals.mean(dim=1)
+    m = offs[None, :] >= (k - w)[:, None]
+    return (vals * m).sum(dim=1) / torch.clamp(m.sum(dim=1), min=1)
 
 
 def observed_cpu(state: EnvState, params: EnvParams, ready_only: bool) -> torch.Tensor:
     """CPU utilization relative to the request, as cAdvisor/metrics-server report it."""
     hist = state.cpu_ready_hist if ready_only else state.cpu_all_hist
-    busy = _window_mean(hist, params.cpu_lag, params.cpu_window)
+    widest = max(1, params.config.steps(params.config.domain.cpu_window_s[1]))
+    busy = _window_mean(hist, params.cpu_lag, params.cpu_window, widest)
     z = _noise(params, state.pos, salt=1)
     return torch.clamp(busy * (1.0 + params.cpu_noise * z), min=0.0) * params.cpu_limit_ratio
 
 
 def signals(state: EnvState, params: EnvParams) -> Signals:
     """What the operator's three Prometheus queries and the Deployment's status would show."""
+    seen = state.seen if state.seen is not None else measure(state, params)
+    return Signals(
+        inputs=seen,
+        max_replicas=params.max_replicas,
+        present=torch.ones_like(state.backlog, dtype=torch.bool),
+        age_s=torch.zeros_like(state.backlog),
+    )
+
+
+def _measured(state: EnvState, params: EnvParams) -> EnvState:
+    return replace(state, seen=measure(state, params))
+
+
+def measure(state: EnvState, params: EnvParams) -> features.FeatureInputs:
+    """The feature inputs the metric pipelines deliver for this state (see :func:`signals`)."""
     cfg = params.config
     w = cfg.rate_window
     lag = params.scrape_lag
@@ -563,21 +593,16 @@ def signals(state: EnvState, params: EnvParams) -> Signals:
         since_scale_up_s=z,
         since_scale_down_s=z,
     )
-    return Signals(
-        inputs=inputs,
-        max_replicas=params.max_replicas,
-        present=torch.ones_like(state.backlog, dtype=torch.bool),
-        age_s=z,
-    )
+    return inputs
 
 
 def _lat_window(hist: torch.Tensor, lag: torch.Tensor, window: int) -> torch.Tensor:
     """Sum of the per-step bucket counts over the rate window, ``lag`` steps back."""
     n = hist.shape[1]
-    idx = torch.arange(n, device=hist.device)
-    end = n - lag
-    m = (idx[None, :] < end[:, None]) & (idx[None, :] >= (end - window)[:, None])
-    return (hist * m[:, :, None]).sum(dim=1)
+    offs = torch.arange(window, device=hist.device)
+    idx = torch.clamp((n - lag)[:, None] - window + offs[None, :], min=0)
+    idx = idx[:, :, None].expand(-1, -1, hist.shape[2])
+    return hist.gather(1, idx).sum(dim=1)
 
 
 @dataclass(frozen=True)
@@ -599,7 +624,8 @@ def hpa_view(state: EnvState, params: EnvParams) -> HPAView:
     """The HPA controller's view: metrics-server's CPU of each pod (late by the CPU pipeline's
     lag and window) and ``groupPods``' rules for which pods count:
 
-    * a pod younger than one metric window has no sample yet: *missing*;
+    * a pod younger than one metric window has no sample yet: *missing* (pods run from their
+      creation, as kwok plays them; the controller would call a Pending pod unready);
     * a pod not Ready yet is *unready*;
     * within the CPU-initialization period (5 min from start) a Ready pod is *unready* until a
       sample whose window began after it turned Ready exists (ready for lag + window);
@@ -648,15 +674,21 @@ def step(
     """Apply discrete ``action`` ``[B]`` (int64) through :func:`qscale.decision.decide` (the
     operator's decision code, shield included) and advance one step."""
     now = state.t.to(_F64) * params.config.dt
-    d = decision.decide(signals(state, params), state.shield, now, params.config.shield, action=action)
+    d = decision.decide(
+        signals(state, params), state.shield, now, params.config.shield, action=action
+    )
     return _transition(state, state.replicas, d.replicas, d.shield_state, d.reason, params)
 
 
 def step_replicas(
-    state: EnvState, desired: torch.Tensor, params: EnvParams
-) -> tuple[EnvState, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, dict]:
+    state: EnvState, desired: torch.Tensor, params: EnvParams, observe_next: bool = True
+) -> tuple[EnvState, torch.Tensor | None, torch.Tensor, torch.Tensor, torch.Tensor, dict]:
     """Advance one step with a replica count chosen by a controller that brings its own rules
-    (the baselines): only ``[min, max]`` is enforced; a non-finite count holds."""
+    (the baselines): only ``[min, max]`` is enforced; a non-finite count holds.
+
+    ``observe_next=False`` skips the next observation (``None`` is returned; the metrics are
+    then measured only if the controller asks :func:`signals`): for controllers that read
+    their own signals, which is most of a baseline grid's cost otherwise."""
     cur = state.replicas
     now = state.t.to(_F64) * params.config.dt
     d = torch.where(torch.isfinite(desired), torch.round(torch.nan_to_num(desired)), cur)
@@ -665,7 +697,13 @@ def step_replicas(
         target > d, int(Reason.AT_MIN), torch.where(target < d, int(Reason.AT_MAX), 0)
     )
     return _transition(
-        state, cur, target, record_scale(state.shield, cur, target, now), reason, params
+        state,
+        cur,
+        target,
+        record_scale(state.shield, cur, target, now),
+        reason,
+        params,
+        observe_next,
     )
 
 
@@ -676,7 +714,8 @@ def _transition(
     shield_state: ShieldState,
     reason: torch.Tensor,
     params: EnvParams,
-) -> tuple[EnvState, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, dict]:
+    observe_next: bool = True,
+) -> tuple[EnvState, torch.Tensor | None, torch.Tensor, torch.Tensor, torch.Tensor, dict]:
     cfg = params.config
     w = cfg.reward
     dt = cfg.dt
@@ -701,7 +740,13 @@ def _transition(
         arrivals, state.backlog, ready, params.capacity, params.service_time_s, dt, cfg.timeout_s
     )
     m = latency_model(
-        f.served, f.backlog, ready, params.capacity, params.service_time_s, dt, state.backlog + arrivals
+        f.served,
+        f.backlog,
+        ready,
+        params.capacity,
+        params.service_time_s,
+        dt,
+        state.backlog + arrivals,
     )
     p95 = latency_p95(m, cfg.timeout_s)
     cdf = latency_cdf(m, params.bank.buckets, cfg.timeout_s)
@@ -751,7 +796,10 @@ def _transition(
         p95_s=p95,
         shield=shield_state,
     )
-    obs = observe(nxt, params)
+    obs = None
+    if observe_next:
+        nxt = _measured(nxt, params)
+        obs = observe(nxt, params)
     info = {
         "replicas": target,
         "ready": ready,
@@ -765,12 +813,17 @@ def _transition(
         "changed": changed,
         "reason": reason,
         "cost_pod_s": target * dt,
+        "arrivals": arrivals,
+        "latency_counts": counts,
     }
     if bool(truncated.any()):
         ids = truncated.nonzero().squeeze(1)
         info["final_obs"] = obs
         nxt = _random_episodes(nxt, params, ids, nxt.episode[ids] + 1)
-        obs = observe(nxt, params)
+        if observe_next:
+            obs = observe(nxt, params)
+        else:
+            nxt = replace(nxt, seen=None)
     return nxt, obs, reward, terminated, truncated, info
 
 

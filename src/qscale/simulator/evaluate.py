@@ -1,9 +1,23 @@
-"""Side-by-side evaluation of controllers on the same traffic: table, JSON/CSV and plots.
+"""Side-by-side evaluation on many windows: tables with confidence intervals, the rule frontier,
+JSON/CSV and plots for a decision.
 
-Every controller meets exactly the same arrivals: one env per (trace, seed), started at the
-same window with :func:`qscale.simulator.env.reset_fixed`; a seed changes the arrival noise and
-draws the service's start-up delay from the profile's range. Numbers are mean +/- std over
-seeds, per trace and summed over traces.
+Every controller meets exactly the same arrivals: every series is cut into non-overlapping
+windows (24 h by default) and each (window, seed) is one simulated service started with
+:func:`qscale.simulator.env.reset_fixed`; a seed changes the arrival noise, the pods' start-up
+delay and the metric pipeline (lags, CPU limit/request, served vs ingress counter).
+
+How figures are computed (fixed before any test number was looked at):
+
+* per family (one trace file) and overall, **cost** = replica-hours summed over the family's
+  windows, **SLO minutes** = minutes whose p95 exceeded the SLO, likewise; both are means over
+  seeds of those per-seed totals. ``±win`` is half the 95 % bootstrap interval across windows
+  (windows resampled with replacement, seeds kept with their window), ``±seed`` half the 95 %
+  t-interval across the per-seed totals;
+* **dropped** = requests dropped by timeout / requests that arrived; **p99** = the 99th
+  percentile of the run's latency histogram (the app's buckets, as Grafana would show it);
+* the **frontier ratio** (:mod:`qscale.simulator.frontier`) of each controller against the HPA
+  and request-rate grids run on the same windows and seeds, with a bootstrap interval for the
+  learned policy.
 """
 
 from __future__ import annotations
@@ -12,36 +26,33 @@ import csv
 import json
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, is_dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from qscale.simulator import env as sim
+from qscale.simulator import frontier as fr
 from qscale.simulator.rollout import Controller, Metrics, rollout
+from qscale.simulator.service import histogram_quantile
 from qscale.simulator.tracebank import TraceBank
 
-METRICS = (
-    ("cost_replica_hours", "cost (replica-h)"),
-    ("slo_violation_minutes", "SLO viol. (min)"),
-    ("p95_median_s", "p95 median (s)"),
-    ("p95_max_s", "p95 max (s)"),
-    ("scaling_actions", "scaling actions"),
-)
+concat_params = sim.concat_params
 
 
 @dataclass(frozen=True)
 class EvalProfile:
-    """The service every controller is evaluated on (one fixed, documented workload size)."""
+    """The service every controller is evaluated on (one documented workload size)."""
 
     peak_replicas: float = 20.0
-    """Pods the traffic's 99th-percentile rate needs at 100% CPU."""
+    """Pods a trace's reference rate (its p99 over the whole series) needs at 100 % CPU."""
     capacity_rps: float = 50.0
-    """Requests/s per pod at 100% CPU."""
+    """Requests/s per pod at its CPU limit."""
     service_time_s: float = 0.1
     """Mean request service time (unloaded p95 = 0.30 s)."""
     startup_delay_s: tuple[float, float] = (30.0, 90.0)
-    """Pod start-up delay, drawn per seed from this range."""
+    """Pod start-up delay, drawn per (window, seed) from this range."""
     slo_factor: float = 2.0
     """SLO = this x the unloaded p95 (0.60 s with the defaults)."""
     max_replicas_factor: float = 2.5
@@ -50,11 +61,11 @@ class EvalProfile:
     """Poisson arrival noise."""
     dt: float = 15.0
     """Decision interval in seconds."""
-    cpu_limit_ratio: tuple[float, float] = (1.0, 1.0)
-    """CPU limit / request of the pods, drawn per seed (1: request = limit, Guaranteed QoS)."""
+    cpu_limit_ratio: tuple[float, float] = (1.0, 4.0)
+    """CPU limit / request of the pods, drawn per (window, seed)."""
     metrics: sim.DomainConfig = field(default_factory=sim.DomainConfig)
     """Where the metric pipeline's ranges (CPU window, lag and noise, scrape lag, ingress vs
-    served counter) come from; drawn per seed."""
+    served counter) come from; drawn per (window, seed)."""
 
     def sim_config(self, base: sim.SimConfig | None = None) -> sim.SimConfig:
         base = base or sim.SimConfig()
@@ -77,38 +88,68 @@ class EvalProfile:
         return replace(base, dt=self.dt, noise=self.noise, domain=dom)
 
 
-concat_params = sim.concat_params
-
-
 @dataclass(frozen=True)
 class Windows:
-    """Which part of the bank each env runs: env ``i`` = (trace ``trace[i]``, seed ``seed[i]``)."""
+    """Which part of the bank each env runs: env ``i`` = (window ``unit[i]``, seed ``seed[i]``)."""
 
     trace: torch.Tensor
     start: torch.Tensor
     length: torch.Tensor
     seed: torch.Tensor
+    unit: torch.Tensor
+    """Index of the window (the unit of resampling), ``0 .. n_units - 1``."""
+    unit_trace: torch.Tensor
+    """Trace of each window."""
+
+    @property
+    def n_units(self) -> int:
+        return int(self.unit_trace.shape[0])
+
+    def triple(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.trace, self.start, self.length
+
+
+def eval_windows(
+    bank: TraceBank, window_steps: int, horizon_steps: int | None = None
+) -> tuple[list[int], list[int], list[int]]:
+    """All non-overlapping windows of every trace: ``(trace, start, length)`` lists. A trace
+    shorter than one window is one window of its whole length; ``horizon_steps`` keeps only
+    each trace's first that many steps."""
+    if window_steps < 1:
+        raise ValueError("the window must be at least one step")
+    tr, st, ln = [], [], []
+    for k, n in enumerate(bank.lengths.tolist()):
+        if horizon_steps is not None:
+            n = min(n, horizon_steps)
+        count = max(1, n // window_steps)
+        for i in range(count):
+            tr.append(k)
+            st.append(i * window_steps)
+            ln.append(min(window_steps, n))
+    return tr, st, ln
 
 
 def build(
     bank: TraceBank,
     profile: EvalProfile,
     seeds: Sequence[int],
+    window_steps: int,
     horizon_steps: int | None = None,
     base: sim.SimConfig | None = None,
 ) -> tuple[sim.EnvParams, Windows]:
-    """Params and windows for one env per (seed, trace); windows start at each trace's start."""
+    """Params and windows for one env per (seed, window); each seed draws its own services."""
     cfg = profile.sim_config(base)
-    k = bank.n_traces
-    params = concat_params([sim.make_params(bank, k, seed=s, config=cfg) for s in seeds])
-    lengths = bank.lengths.cpu()
-    if horizon_steps is not None:
-        lengths = torch.clamp(lengths, max=horizon_steps)
+    tr, st, ln = eval_windows(bank, window_steps, horizon_steps)
+    w = len(tr)
+    params = concat_params([sim.make_params(bank, w, seed=s, config=cfg) for s in seeds])
+    s = len(seeds)
     win = Windows(
-        trace=torch.arange(k).repeat(len(seeds)),
-        start=torch.zeros(k * len(seeds), dtype=torch.int64),
-        length=lengths.repeat(len(seeds)),
-        seed=torch.tensor(seeds).repeat_interleave(k),
+        trace=torch.tensor(tr).repeat(s),
+        start=torch.tensor(st).repeat(s),
+        length=torch.tensor(ln).repeat(s),
+        seed=torch.tensor(list(seeds)).repeat_interleave(w),
+        unit=torch.arange(w).repeat(s),
+        unit_trace=torch.tensor(tr),
     )
     return params, win
 
@@ -120,48 +161,302 @@ def run(
     record: bool = False,
     progress: bool = False,
 ) -> Metrics:
-    state, obs = sim.reset_fixed(params, win.trace, win.start, win.length)
+    state, obs = sim.reset_fixed(params, *win.triple())
     return rollout(controller, params, state, obs, record=record, progress=progress)
 
 
-@dataclass
-class EvalResult:
-    """Everything an evaluation produced; ``rows`` hold one dict per (controller, trace, seed)."""
+def subset(params: sim.EnvParams, win: Windows, ids: torch.Tensor) -> tuple[sim.EnvParams, Windows]:
+    """The envs ``ids`` only (e.g. one window per trace, for timelines)."""
+    p = replace(params, **{k: getattr(params, k)[ids] for k in sim.PARAM_FIELDS})
+    w = replace(
+        win, trace=win.trace[ids], start=win.start[ids], length=win.length[ids], seed=win.seed[ids],
+        unit=win.unit[ids],
+    )  # fmt: skip
+    return p, w
 
-    rows: list[dict] = field(default_factory=list)
+
+def describe(ctrl: object) -> dict:
+    """A controller's settings as plain JSON (not a Python repr)."""
+    if not is_dataclass(ctrl):
+        return {"name": getattr(ctrl, "name", type(ctrl).__name__)}
+    out = {}
+    for k, v in asdict(ctrl).items():  # type: ignore[call-overload]
+        if k.startswith("_") or k in ("uses_shield", "needs_obs"):
+            continue
+        out[k] = v.tolist() if isinstance(v, torch.Tensor) else v
+    return json.loads(json.dumps(out, default=str))
+
+
+# --- results ---------------------------------------------------------------------------------
+
+COLUMNS = (
+    ("cost", "cost (replica-h)"),
+    ("slo", "SLO viol. (min)"),
+    ("actions", "actions"),
+    ("dropped_pct", "dropped %"),
+    ("p99_s", "p99 (s)"),
+    ("ratio", "frontier ratio"),
+)
+
+
+@dataclass
+class Evaluation:
+    families: list[str]
+    unit_family: np.ndarray
+    seeds: list[int]
+    env_unit: np.ndarray
+    env_seed: np.ndarray
+    per_env: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    """Per controller: per-env metrics (``frontier.STORED_KEYS``)."""
+    controllers: dict[str, dict] = field(default_factory=dict)
+    rules: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    """Frontier grid: per-env metrics per rule label (empty without a frontier)."""
+    predictive_labels: set[str] = field(default_factory=set)
     timelines: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
-    controllers: dict[str, str] = field(default_factory=dict)
+    timeline_meta: dict[str, torch.Tensor] = field(default_factory=dict)
+    bootstrap: int = 200
+
+    @property
+    def n_units(self) -> int:
+        return len(self.unit_family)
+
+    def add(self, name: str, m: Metrics, description: dict) -> None:
+        self.per_env[name] = fr._metrics_of(m)
+        self.controllers[name] = description
+
+    def units(self, metrics: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return fr.unit_totals(metrics, self.env_unit, self.n_units, len(self.seeds))
+
+    def frontier_rules(self, with_predictive: bool = False) -> dict[str, dict[str, np.ndarray]]:
+        return {
+            label: self.units(v)
+            for label, v in self.rules.items()
+            if with_predictive or label not in self.predictive_labels
+        }
 
     def summary(self) -> list[dict]:
-        """Mean and std over seeds, per (controller, trace) and per controller over all traces
-        (per-seed sums over traces)."""
-        out = []
-        groups: dict[tuple[str, str], list[dict]] = {}
-        for r in self.rows:
-            groups.setdefault((r["controller"], r["trace"]), []).append(r)
-        per_seed: dict[tuple[str, int], list[dict]] = {}
-        for r in self.rows:
-            per_seed.setdefault((r["controller"], r["seed"]), []).append(r)
-        for (ctrl, _), rs in per_seed.items():
-            medians = sorted(r["p95_median_s"] for r in rs)
-            groups.setdefault((ctrl, "ALL"), []).append(
-                {
-                    "cost_replica_hours": sum(r["cost_replica_hours"] for r in rs),
-                    "slo_violation_minutes": sum(r["slo_violation_minutes"] for r in rs),
-                    "p95_median_s": medians[len(medians) // 2],
-                    "p95_max_s": max(r["p95_max_s"] for r in rs),
-                    "scaling_actions": sum(r["scaling_actions"] for r in rs),
-                }
+        """One row per (family or ALL, controller); see the module docstring for the figures."""
+        fronts = (
+            fr.family_frontiers(self.frontier_rules(), self.unit_family, self.families)
+            if self.rules
+            else {}
+        )
+        fronts_p = (
+            fr.family_frontiers(self.frontier_rules(True), self.unit_family, self.families)
+            if self.predictive_labels
+            else {}
+        )
+        boot = {}
+        if self.rules and "dqn" in self.per_env and self.bootstrap > 0:
+            boot = fr.bootstrap_ratio(
+                self.frontier_rules(), self.units(self.per_env["dqn"]), self.unit_family,
+                self.families, n=self.bootstrap,
+            )  # fmt: skip
+        rows = []
+        for fam in [*self.families, "ALL"]:
+            rng = np.random.default_rng(0)
+            in_fam = (
+                np.ones(self.n_units, bool)
+                if fam == "ALL"
+                else self.unit_family == self.families.index(fam)
             )
-        for (ctrl, trace), rs in groups.items():
-            entry: dict = {"controller": ctrl, "trace": trace, "seeds": len(rs)}
-            for m, _ in METRICS:
-                xs = [float(r[m]) for r in rs]
-                mean = sum(xs) / len(xs)
-                std = math.sqrt(sum((x - mean) ** 2 for x in xs) / max(1, len(xs) - 1))
-                entry[m] = {"mean": mean, "std": std}
-            out.append(entry)
-        return out
+            env_in = in_fam[self.env_unit]
+            for name, metrics in self.per_env.items():
+                u = self.units(metrics)
+                cost = float(u["cost_replica_hours"][in_fam].sum())
+                slo = float(u["slo_violation_minutes"][in_fam].sum())
+                row = {
+                    "family": fam,
+                    "controller": name,
+                    "windows": int(in_fam.sum()),
+                    "seeds": len(self.seeds),
+                    "cost": cost,
+                    "cost_ci_windows": _boot_half(
+                        u["cost_replica_hours"][in_fam], rng, self.bootstrap
+                    ),
+                    "cost_ci_seeds": _seed_half(
+                        metrics["cost_replica_hours"], env_in, self.env_seed
+                    ),
+                    "slo": slo,
+                    "slo_ci_windows": _boot_half(
+                        u["slo_violation_minutes"][in_fam], rng, self.bootstrap
+                    ),
+                    "slo_ci_seeds": _seed_half(
+                        metrics["slo_violation_minutes"], env_in, self.env_seed
+                    ),
+                    "actions": float(u["scaling_actions"][in_fam].sum()),
+                    "dropped_pct": 100.0
+                    * float(metrics["dropped_requests"][env_in].sum())
+                    / max(float(metrics["arrivals"][env_in].sum()), 1e-9),
+                    "p99_s": _p99(metrics["latency_counts"][env_in]),
+                }
+                if fam in fronts:
+                    row.update(
+                        {f"frontier_{k}": v for k, v in fronts[fam].ratio(slo, cost).items()}
+                    )
+                    row["ratio"] = row["frontier_ratio"]
+                if fam in fronts_p:
+                    row["ratio_with_predictive"] = fronts_p[fam].ratio(slo, cost)["ratio"]
+                if name == "dqn" and fam in boot:
+                    row["ratio_ci"] = list(boot[fam])
+                rows.append(row)
+        return rows
+
+    def frontier_points(self, fam: str) -> dict:
+        """Rule points and the frontier of one family, for plots and JSON."""
+        all_rules = fr.family_frontiers(self.frontier_rules(True), self.unit_family, self.families)[
+            fam
+        ]
+        rules = fr.family_frontiers(self.frontier_rules(), self.unit_family, self.families)[fam]
+        return {
+            "points": [asdict(p) for p in all_rules.points],
+            "frontier": [asdict(p) for p in rules.front],
+        }
+
+
+def _boot_half(values: np.ndarray, rng: np.random.Generator, n: int) -> float:
+    """Half-width of the 95 % bootstrap interval of the sum of ``values`` (resampled units)."""
+    if values.size < 2 or n <= 0:
+        return float("nan")
+    idx = rng.integers(0, values.size, size=(n, values.size))
+    sums = values[idx].sum(axis=1)
+    lo, hi = np.percentile(sums, [2.5, 97.5])
+    return float(hi - lo) / 2.0
+
+
+_T975 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26}
+
+
+def _seed_half(per_env: np.ndarray, env_in: np.ndarray, env_seed: np.ndarray) -> float:
+    """Half-width of the 95 % t-interval of the mean of the per-seed totals."""
+    seeds = np.unique(env_seed)
+    if seeds.size < 2:
+        return float("nan")
+    totals = np.array([per_env[env_in & (env_seed == s)].sum() for s in seeds])
+    t = _T975.get(seeds.size - 1, 1.96)
+    return float(t * totals.std(ddof=1) / math.sqrt(seeds.size))
+
+
+def _p99(counts: np.ndarray) -> float:
+    if counts.size == 0:
+        return float("nan")
+    total = torch.tensor(counts.sum(axis=0)[None, :])
+    from qscale.simulator.service import DEFAULT_BUCKETS
+
+    q = histogram_quantile(
+        0.99, torch.cumsum(total, dim=1), torch.tensor(DEFAULT_BUCKETS, dtype=total.dtype)
+    )
+    return float(q[0])
+
+
+def format_table(rows: list[dict], families: Sequence[str] | None = None) -> str:
+    """One block per family (and ALL), one row per controller."""
+    fams = list(dict.fromkeys(r["family"] for r in rows))
+    if families is not None:
+        fams = [f for f in fams if f in families or f == "ALL"]
+    fams = [f for f in fams if f != "ALL"] + (["ALL"] if "ALL" in fams else [])
+    head = (
+        f"{'controller':<12} {'cost (replica-h)':>16} {'±win':>7} {'±seed':>7} {'SLO (min)':>10}"
+        f" {'±win':>7} {'±seed':>7} {'actions':>8} {'dropped %':>9} {'p99 (s)':>8} {'frontier':>9}"
+    )
+    out = []
+    for fam in fams:
+        rs = [r for r in rows if r["family"] == fam]
+        if not rs:
+            continue
+        out.append(f"{fam}  ({rs[0]['windows']} windows x {rs[0]['seeds']} seeds)")
+        out.append(head)
+        out.append("-" * len(head))
+        for r in rs:
+            ratio = r.get("ratio")
+            cell = f"{ratio:9.2f}" if ratio is not None and math.isfinite(ratio) else f"{'-':>9}"
+            out.append(
+                f"{r['controller'][:12]:<12} {r['cost']:16.1f} {_f(r['cost_ci_windows'])} "
+                f"{_f(r['cost_ci_seeds'])} {r['slo']:10.1f} {_f(r['slo_ci_windows'])} "
+                f"{_f(r['slo_ci_seeds'])} {r['actions']:8.0f} {r['dropped_pct']:9.3f} "
+                f"{_p99_text(r['p99_s'])} {cell}"
+            )
+        dqn = next((r for r in rs if r["controller"] == "dqn" and "ratio" in r), None)
+        if dqn is not None:
+            ci = dqn.get("ratio_ci")
+            ci_txt = f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else ""
+            where = (
+                "left of the frontier (fewer SLO minutes than any rule setting)"
+                if dqn.get("frontier_left_of_frontier")
+                else "frontier cost at its SLO minutes: "
+                f"{dqn['frontier_frontier_cost']:.1f} replica-h"
+            )
+            verdict = (
+                "DOMINATED by a rule setting" if dqn.get("frontier_dominated") else "not dominated"
+            )
+            extra = ""
+            if "ratio_with_predictive" in dqn:
+                extra = (
+                    "; with the predictive peer in the frontier: "
+                    f"{dqn['ratio_with_predictive']:.2f}"
+                )
+            out.append(
+                f"  dqn frontier ratio {dqn['ratio']:.2f}{ci_txt}, {verdict}; {where}{extra}"
+            )
+        out.append("")
+    return "\n".join(out)
+
+
+def _p99_text(x: float) -> str:
+    from qscale.simulator.service import DEFAULT_BUCKETS
+
+    if math.isfinite(x) and x >= DEFAULT_BUCKETS[-1]:
+        return f"{'>' + format(DEFAULT_BUCKETS[-1], 'g'):>8}"  # beyond the largest bucket
+    return f"{x:8.2f}"
+
+
+def _f(x: float) -> str:
+    return f"{x:7.1f}" if x is not None and math.isfinite(x) else f"{'-':>7}"
+
+
+def write_outputs(
+    ev: Evaluation, rows: list[dict], out_dir: Path, bank: TraceBank, meta: dict, dt: float
+) -> dict[str, Path]:
+    """evaluation.json (settings, rows, frontier points), evaluation.csv (one row per env and
+    controller), and the plots."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out_dir / "evaluation.json", "csv": out_dir / "evaluation.csv"}
+    fronts = {f: ev.frontier_points(f) for f in [*ev.families, "ALL"]} if ev.rules else {}
+    doc = {"meta": meta, "controllers": ev.controllers, "summary": rows, "frontier": fronts}
+    paths["json"].write_text(json.dumps(doc, indent=2, default=_jsonable) + "\n")
+    with paths["csv"].open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["controller", "family", "window", "seed", *fr.METRIC_KEYS])
+        for name, metrics in ev.per_env.items():
+            for i in range(len(ev.env_unit)):
+                u = int(ev.env_unit[i])
+                w.writerow(
+                    [name, ev.families[int(ev.unit_family[u])], u, int(ev.env_seed[i])]
+                    + [f"{metrics[k][i]:.6g}" for k in fr.METRIC_KEYS]
+                )
+    from qscale.simulator import plots
+
+    if ev.rules:
+        for fam in [*ev.families, "ALL"]:
+            paths[f"frontier:{fam}"] = plots.frontier_plot(
+                ev, rows, fam, out_dir / f"frontier_{fam}.png"
+            )
+    for i, name in enumerate(bank.names):
+        if ev.timelines:
+            paths[f"timeline:{name}"] = plots.timeline_plot(
+                ev, i, name, out_dir / f"timeline_{name}.png", dt
+            )
+    return paths
+
+
+def _jsonable(x: object) -> object:
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, np.ndarray | torch.Tensor):
+        return x.tolist()
+    if isinstance(x, set):
+        return sorted(x)
+    return str(x)
 
 
 def evaluate(
@@ -169,115 +464,61 @@ def evaluate(
     bank: TraceBank,
     profile: EvalProfile,
     seeds: Sequence[int],
+    window_steps: int,
     horizon_steps: int | None = None,
+    rules: Sequence[fr.Rule] = (),
+    rule_rows: dict[str, fr.Rule] | None = None,
+    cache_parts: dict | None = None,
     progress: bool = True,
-    base: sim.SimConfig | None = None,
-    notes: dict[str, str] | None = None,
-) -> EvalResult:
-    """Run each controller over every (trace, seed) and collect rows and seed-0 timelines."""
-    params, win = build(bank, profile, seeds, horizon_steps, base)
-    res = EvalResult(controllers=dict(notes or {}))
+    log: Callable[[str], None] | None = None,
+    bootstrap: int = 200,
+) -> Evaluation:
+    """Run every controller (and the rule grid) over every (window, seed).
+
+    ``rule_rows`` maps a row name (``hpa``, ``hpa-tuned``, ...) to a grid rule whose numbers it
+    shows, so a baseline in the grid is not run twice. Timelines are recorded for the first
+    window of each trace at the first seed.
+    """
+    params, win = build(bank, profile, seeds, window_steps, horizon_steps)
+    ev = Evaluation(
+        families=list(bank.names),
+        unit_family=win.unit_trace.numpy(),
+        seeds=list(seeds),
+        env_unit=win.unit.numpy(),
+        env_seed=win.seed.numpy(),
+        bootstrap=bootstrap,
+    )
+    rule_rows = dict(rule_rows or {})
+    grid = list(dict.fromkeys([*rules, *rule_rows.values()]))
+    if grid:
+        res, hit = fr.cached_rules(
+            grid, params, win.triple(), cache_parts or {}, log, cache_parts is not None
+        )
+        if log is not None:
+            log(f"rule grid: {len(grid)} settings ({'from the cache' if hit else 'run now'})")
+        ev.rules = {r.label: res[r] for r in rules}
+        ev.predictive_labels = {r.label for r in rules if r.kind == "predictive"}
+    first = [
+        int(torch.nonzero((win.trace == k) & (win.seed == seeds[0]))[0])
+        for k in range(bank.n_traces)
+    ]
+    tl_params, tl_win = subset(params, win, torch.tensor(first))
     for name, make in controllers.items():
         ctrl = make()
-        m = run(ctrl, params, win, record=True, progress=progress)
-        res.controllers.setdefault(name, describe(ctrl))
-        for i in range(params.n_envs):
-            row = {
-                "controller": name,
-                "trace": bank.names[int(win.trace[i])],
-                "seed": int(win.seed[i]),
-                "steps": int(m.steps[i]),
-                "startup_delay_s": float(params.delay_steps[i]) * profile.dt,
-            }
-            for key, _ in METRICS:
-                row[key] = float(getattr(m, key)[i])
-            res.rows.append(row)
-        assert m.timeline is not None
-        first_seed = (win.seed == win.seed[0]).nonzero().squeeze(1)
-        res.timelines[name] = {k: v[:, first_seed].cpu() for k, v in m.timeline.items()}
-    res.timelines["_meta"] = {
-        "length": win.length[: bank.n_traces],
-        "slo_s": params.slo_s[: bank.n_traces].cpu(),
+        if name in rule_rows:
+            ev.per_env[name] = res[rule_rows[name]]
+            ev.controllers[name] = {"rule": rule_rows[name].label, **describe(ctrl)}
+        else:
+            m = run(ctrl, params, win, progress=progress)
+            ev.add(name, m, describe(ctrl))
+        tl = run(make(), tl_params, tl_win, record=True)
+        assert tl.timeline is not None
+        ev.timelines[name] = {k: v.cpu() for k, v in tl.timeline.items()}
+    ev.timeline_meta = {
+        "length": tl_win.length,
+        "slo_s": tl_params.slo_s,
+        "capacity": tl_params.capacity,
+        "max_replicas": tl_params.max_replicas,
+        "min_replicas": tl_params.min_replicas,
     }
-    return res
-
-
-def describe(ctrl: Controller) -> str:
-    """A one-line description of a controller's settings for tables and JSON."""
-    try:
-        d = asdict(ctrl)  # type: ignore[call-overload]
-    except TypeError:
-        return ctrl.name
-    d.pop("name", None)
-    d.pop("uses_shield", None)
-    return ", ".join(f"{k}={v}" for k, v in d.items() if not k.startswith("_"))
-
-
-def format_table(summary: list[dict], traces: Sequence[str] | None = None) -> str:
-    """A plain-text table: one block per trace (and ALL), one row per controller."""
-    order = list(dict.fromkeys(s["trace"] for s in summary))
-    if traces is not None:
-        order = [t for t in order if t in traces or t == "ALL"]
-    if "ALL" in order:
-        order = [t for t in order if t != "ALL"] + ["ALL"]
-    head = f"{'trace':<22} {'controller':<12}" + "".join(f" {h:>20}" for _, h in METRICS)
-    lines = [head, "-" * len(head)]
-    for trace in order:
-        for s in (s for s in summary if s["trace"] == trace):
-            cells = "".join(f" {s[m]['mean']:>11.3f} ± {s[m]['std']:<6.2f}" for m, _ in METRICS)
-            lines.append(f"{trace[:22]:<22} {s['controller'][:12]:<12}{cells}")
-        lines.append("")
-    return "\n".join(lines)
-
-
-def write_outputs(
-    res: EvalResult, summary: list[dict], out_dir: Path, bank: TraceBank, meta: dict
-) -> dict[str, Path]:
-    """JSON (rows + summary + settings), CSV (rows) and one PNG per trace."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out_dir / "evaluation.json", "csv": out_dir / "evaluation.csv"}
-    with paths["json"].open("w") as fh:
-        json.dump(
-            {"meta": meta, "controllers": res.controllers, "summary": summary, "rows": res.rows},
-            fh,
-            indent=2,
-        )
-    with paths["csv"].open("w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(res.rows[0].keys()))
-        w.writeheader()
-        w.writerows(res.rows)
-    for i, name in enumerate(bank.names):
-        paths[f"plot:{name}"] = plot_trace(res, i, name, out_dir / f"{name}.png", bank.dt)
-    return paths
-
-
-def plot_trace(res: EvalResult, i: int, name: str, path: Path, dt: float) -> Path:
-    """Load, replicas and p95/SLO over time for seed 0 of trace ``i``, one line per controller."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    n = int(res.timelines["_meta"]["length"][i])
-    slo = float(res.timelines["_meta"]["slo_s"][i])
-    hours = torch.arange(n) * dt / 3600.0
-    fig, axes = plt.subplots(3, 1, figsize=(12, 8), sharex=True)
-    first = next(k for k in res.timelines if k != "_meta")
-    axes[0].plot(hours, res.timelines[first]["rate"][:n, i], lw=0.6, color="black")
-    axes[0].set_ylabel("load (req/s)")
-    for ctrl, tl in res.timelines.items():
-        if ctrl == "_meta":
-            continue
-        axes[1].plot(hours, tl["replicas"][:n, i], lw=0.8, label=ctrl)
-        axes[2].plot(hours, tl["p95_s"][:n, i] / slo, lw=0.6, label=ctrl)
-    axes[1].set_ylabel("replicas")
-    axes[1].legend(loc="upper right", fontsize=8, ncol=3)
-    axes[2].axhline(1.0, color="red", ls="--", lw=0.8)
-    axes[2].set_yscale("log")
-    axes[2].set_ylabel("p95 / SLO")
-    axes[2].set_xlabel("hours")
-    fig.suptitle(f"{name} (seed 0)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return ev

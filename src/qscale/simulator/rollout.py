@@ -1,12 +1,13 @@
 """Running a controller over fixed trace windows and scoring it.
 
-Every controller (baselines now, the DQN policy later) implements :class:`Controller` and is
+Every controller (the baselines and the DQN policy) implements :class:`Controller` and is
 scored by :func:`rollout` with the same bookkeeping, so the numbers in an evaluation table are
 comparable by construction.
 """
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -19,8 +20,10 @@ from qscale.simulator import env as sim
 class Controller(Protocol):
     """A batched autoscaling controller.
 
-    ``uses_shield``: ``act`` returns action indices (:mod:`qscale.actions`) that go through the
-    shield; otherwise it returns replica counts and brings its own rules (the baselines).
+    ``uses_shield``: ``act`` returns action indices (:mod:`qscale.actions`) that go through
+    :func:`qscale.decision.decide`; otherwise it returns replica counts and brings its own rules
+    (the baselines). ``needs_obs`` (optional, default True): whether ``act`` reads the
+    observation vector; baselines that read their own signals say False and run faster.
     """
 
     name: str
@@ -29,7 +32,7 @@ class Controller(Protocol):
     def reset(self, state: sim.EnvState, params: sim.EnvParams) -> None: ...
 
     def act(
-        self, state: sim.EnvState, obs: torch.Tensor, params: sim.EnvParams
+        self, state: sim.EnvState, obs: torch.Tensor | None, params: sim.EnvParams
     ) -> torch.Tensor: ...
 
 
@@ -39,24 +42,32 @@ class Metrics:
 
     cost_replica_hours: torch.Tensor
     slo_violation_minutes: torch.Tensor
-    p95_median_s: torch.Tensor
-    p95_max_s: torch.Tensor
     scaling_actions: torch.Tensor
     dropped_requests: torch.Tensor
+    arrivals: torch.Tensor
+    """Requests that arrived (the denominator of the dropped share)."""
+    latency_counts: torch.Tensor
+    """``[B, K + 1]`` requests per latency bucket over the run (the app's histogram; last:
+    +Inf, dropped requests included): gives the run's p99 as Grafana would show it."""
     steps: torch.Tensor
     episode_return: torch.Tensor
     """Undiscounted sum of the simulator's reward (what training maximizes)."""
     timeline: dict[str, torch.Tensor] | None = None
 
 
-TIMELINE_KEYS = ("rate", "replicas", "ready", "p95_s")
+TIMELINE_KEYS = ("rate", "replicas", "ready", "p95_s", "cost_pod_s", "violation")
+
+
+def progress_enabled(requested: bool) -> bool:
+    """Progress bars only where someone watches: on a terminal, never into a log file."""
+    return requested and sys.stderr.isatty()
 
 
 def rollout(
     controller: Controller,
     params: sim.EnvParams,
     state: sim.EnvState,
-    obs: torch.Tensor,
+    obs: torch.Tensor | None,
     record: bool = False,
     progress: bool = False,
 ) -> Metrics:
@@ -66,38 +77,43 @@ def rollout(
     n_steps = int(state.ep_len.max().item())
     ep_len = state.ep_len.clone()
     b, dev = params.n_envs, params.device
-    cost = torch.zeros(b, dtype=torch.float64, device=dev)
-    viol = torch.zeros(b, dtype=torch.float64, device=dev)
-    churn = torch.zeros(b, dtype=torch.float64, device=dev)
-    dropped = torch.zeros(b, dtype=torch.float64, device=dev)
-    ret = torch.zeros(b, dtype=torch.float64, device=dev)
-    p95_max = torch.zeros(b, device=dev)
-    p95_all = torch.full((n_steps, b), float("nan"), device=dev)
+    f64 = torch.float64
+    cost = torch.zeros(b, dtype=f64, device=dev)
+    viol = torch.zeros(b, dtype=f64, device=dev)
+    churn = torch.zeros(b, dtype=f64, device=dev)
+    dropped = torch.zeros(b, dtype=f64, device=dev)
+    arrived = torch.zeros(b, dtype=f64, device=dev)
+    ret = torch.zeros(b, dtype=f64, device=dev)
+    lat = torch.zeros(b, params.bank.buckets.shape[0] + 1, dtype=f64, device=dev)
     timeline = {k: torch.zeros(n_steps, b, device=dev) for k in TIMELINE_KEYS} if record else None
     controller.reset(state, params)
-    step_fn = sim.step if controller.uses_shield else sim.step_replicas
-    for t in tqdm(range(n_steps), disable=not progress, desc=controller.name, leave=False):
+    needs_obs = getattr(controller, "needs_obs", True)
+    for t in tqdm(
+        range(n_steps), disable=not progress_enabled(progress), desc=controller.name, leave=False
+    ):
         live = t < ep_len
         out = controller.act(state, obs, params)
-        state, obs, reward, _, _, info = step_fn(state, out, params)
+        if controller.uses_shield:
+            state, obs, reward, _, _, info = sim.step(state, out, params)
+        else:
+            state, obs, reward, _, _, info = sim.step_replicas(state, out, params, needs_obs)
         ret += torch.where(live, reward, 0.0).double()
         cost += torch.where(live, info["cost_pod_s"], 0.0).double()
         viol += torch.where(live & info["violation"], dt, 0.0).double()
         churn += (live & info["changed"]).double()
         dropped += torch.where(live, info["dropped"], 0.0).double()
-        p95 = torch.where(live, info["p95_s"], float("nan"))
-        p95_all[t] = p95
-        p95_max = torch.maximum(p95_max, torch.nan_to_num(p95, nan=0.0))
+        arrived += torch.where(live, info["arrivals"], 0.0).double()
+        lat += torch.where(live[:, None], info["latency_counts"], 0.0).double()
         if timeline is not None:
             for k in TIMELINE_KEYS:
-                timeline[k][t] = info[k]
+                timeline[k][t] = info[k].float()
     return Metrics(
         cost_replica_hours=cost / 3600.0,
         slo_violation_minutes=viol / 60.0,
-        p95_median_s=torch.nanquantile(p95_all.double(), 0.5, dim=0).float(),
-        p95_max_s=p95_max,
         scaling_actions=churn,
         dropped_requests=dropped,
+        arrivals=arrived,
+        latency_counts=lat,
         steps=ep_len,
         episode_return=ret,
         timeline=timeline,

@@ -150,7 +150,9 @@ def latency_model(
     """The distribution behind a step whose ready pods served ``served`` requests in ``dt``."""
     cap_rate = ready * capacity
     has_cap = cap_rate > 0
-    rho = torch.clamp(torch.where(has_cap, served / torch.where(has_cap, cap_rate * dt, 1.0), 0.0), max=_RHO_MAX)
+    rho = torch.clamp(
+        torch.where(has_cap, served / torch.where(has_cap, cap_rate * dt, 1.0), 0.0), max=_RHO_MAX
+    )
     servers = torch.clamp(cap_rate * service_time_s, min=1e-6)
     p_wait = torch.pow(rho, torch.sqrt(2.0 * (servers + 1.0)) - 1.0)
     wait_rate = servers * (1.0 - rho) / service_time_s
@@ -179,7 +181,10 @@ def _survival(y: torch.Tensor, m: LatencyModel) -> tuple[torch.Tensor, torch.Ten
 def latency_p95(m: LatencyModel, timeout_s: float) -> torch.Tensor:
     """Exact p95 of the step's latency distribution (capped at the timeout)."""
     s = m.service_time_s
-    y = s * _LN20 + torch.clamp(torch.log(torch.clamp(m.p_wait, min=1e-30) * 20.0), min=0.0) / m.wait_rate
+    y = (
+        s * _LN20
+        + torch.clamp(torch.log(torch.clamp(m.p_wait, min=1e-30) * 20.0), min=0.0) / m.wait_rate
+    )
     target = math.log(0.05)
     for _ in range(_NEWTON_STEPS):
         g, f = _survival(y, m)
@@ -198,10 +203,16 @@ def latency_cdf(m: LatencyModel, bounds: torch.Tensor, timeout_s: float) -> torc
     """
     x = bounds[None, :] - m.drain_s[:, None]
     y = torch.clamp(x, min=0.0)
-    mm = LatencyModel(*(t[:, None] for t in (m.service_time_s, m.p_wait, m.wait_rate, m.drain_s, m.starved)))
+    mm = LatencyModel(
+        *(t[:, None] for t in (m.service_time_s, m.p_wait, m.wait_rate, m.drain_s, m.starved))
+    )
     g, _ = _survival(y, mm)
     cdf = torch.where(x > 0, 1.0 - g, 0.0)
-    cdf = torch.where((bounds[None, :] > timeout_s) | m.starved[:, None], torch.where(m.starved[:, None], 0.0, cdf), cdf)
+    cdf = torch.where(
+        (bounds[None, :] > timeout_s) | m.starved[:, None],
+        torch.where(m.starved[:, None], 0.0, cdf),
+        cdf,
+    )
     return cdf
 
 

@@ -41,6 +41,10 @@ DEFAULT_DT = 15.0
 DEFAULT_INTERVAL = 60.0
 """Interval assumed for a one-row file, where no spacing can be measured (the finest shared one)."""
 
+MAX_RATE = 1e9
+"""No service sees a billion requests per second: a larger value is a unit or parsing mistake
+(one 1e30 row would otherwise dominate everything derived from the trace)."""
+
 GAP_FACTOR = 1.5
 """A jump in ``t`` larger than ``GAP_FACTOR * interval`` is a gap (missing rows), not jitter."""
 
@@ -158,6 +162,10 @@ def load_trace(path: str | os.PathLike[str]) -> Trace:
 
     if not ts:
         raise TraceError(shown, "no data rows after the header")
+    if len(ts) < 2:
+        raise TraceError(
+            shown, "a trace needs at least 2 rows (one row has no interval: it is a constant)"
+        )
 
     t = np.asarray(ts, dtype=np.float64)
     value = np.asarray(vs, dtype=np.float64)
@@ -191,6 +199,16 @@ def _check_rows(path: str, t: np.ndarray, value: np.ndarray, lines: list[int]) -
     if bad.any():
         i = int(np.argmax(bad))
         problems.append((i, f"value {_fmt(value[i])} is not finite (rates must be real numbers)"))
+    bad = value > MAX_RATE
+    if bad.any():
+        i = int(np.argmax(bad))
+        problems.append(
+            (
+                i,
+                f"value {value[i]:g} is implausibly large (> {MAX_RATE:g} requests/s): "
+                "check the units",
+            )
+        )
     bad = value < 0
     if bad.any():
         i = int(np.argmax(bad))

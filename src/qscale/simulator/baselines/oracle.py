@@ -41,6 +41,7 @@ def fewest_pods(
 class OracleController:
     name: str = "oracle"
     uses_shield: bool = False
+    needs_obs: bool = False
 
     def reset(self, state: sim.EnvState, params: sim.EnvParams) -> None:
         self._ahead = torch.arange(params.config.max_delay_steps + 1, device=params.device)
