@@ -1,8 +1,8 @@
 """The ``qscale`` console script: the cluster commands without the simulator's imports.
 
-``qscale operator``, ``qscale emulate`` and ``qscale model`` run long or in small containers,
-so they are dispatched here before :mod:`qscale.cli` (which imports the simulator, its
-evaluation and plotting) is loaded: the operator's memory is torch, kopf and the tick, nothing
+``qscale operator``, ``qscale emulate``, ``qscale model`` and ``qscale demo`` run long or in small
+containers, so they are dispatched here before :mod:`qscale.cli` (which imports the simulator,
+its evaluation and plotting) is loaded: the operator's memory is torch, kopf and the tick, nothing
 else. Every other command goes to :func:`qscale.cli.main`.
 """
 
@@ -22,6 +22,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from qscale.emulator.cli import emulate_main
 
         return emulate_main(args[1:])
+    if args[:1] == ["demo"]:
+        from qscale.demo.cli import demo_main
+
+        return demo_main(args[1:])
     if args[:1] == ["model"]:
         from qscale.operator.cli import model_main
 
