@@ -375,10 +375,7 @@ def _kwokctl_config(bin_dir: Path, opts: ClusterOptions) -> str:
     if opts.metrics_server:
         # 10 s is metrics-server's minimum resolution; its kubelet timeout must stay under 0.9x.
         patches.append(
-            {
-                "name": "metrics-server",
-                "args": {"metric-resolution": "10s", "kubelet-request-timeout": "5s"},
-            }
+            {"name": "metrics-server", "args": {"metric-resolution": "10s", "kubelet-request-timeout": "5s"}}
         )
     kcm = dict(opts.controller_manager_args)
     if opts.hpa_sync_period_s is not None:
@@ -420,12 +417,7 @@ def start_cluster(
     components: list[str] = []
     if opts.metrics_server:
         configs += [cfg_dir / "metrics-resource.yaml", cfg_dir / "usage-from-annotation.yaml"]
-        components = [
-            "--enable",
-            "metrics-server",
-            "--metrics-server-binary",
-            str(b / "metrics-server"),
-        ]
+        components = ["--enable", "metrics-server", "--metrics-server-binary", str(b / "metrics-server")]
     version = _kube_version(b)
     cmd = [
         str(b / "kwokctl"),
@@ -537,7 +529,9 @@ def deployment_manifest(
         },
     }
     if cpu_limit:
-        doc["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"] = {"cpu": cpu_limit}
+        doc["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"] = {
+            "cpu": cpu_limit
+        }
     return json.dumps(doc)
 
 
