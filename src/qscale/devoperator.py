@@ -27,11 +27,35 @@ import httpx
 from qscale.devcluster import LocalCluster, namespace_manifest
 from qscale.devprom import free_port
 
-__all__ = ["DEPLOY", "OperatorProcess", "install", "token_kubeconfig"]
+__all__ = ["DEPLOY", "OperatorProcess", "install", "scripted_policy", "token_kubeconfig"]
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 """``deploy/`` of this source tree (CRD, RBAC, examples)."""
 SERVICE_ACCOUNT = "qscale-operator"
+
+
+def scripted_policy(path: Path) -> Path:
+    """Export a hand-set Q-network with a behaviour tests can rely on (until a trained default
+    model for the current feature spec ships): ``times_1.5`` while p95 is over the SLO by more
+    than ~20 % (``2 * relu(log2(p95 / SLO)) > 0.5``), else ``busy_at_65`` (size for 65 % CPU,
+    which also scales down). A real artifact: TorchScript, manifest, hashes, spec hash.
+    """
+    import torch
+
+    from qscale import actions, features
+    from qscale.policy.artifact import export
+    from qscale.policy.network import QNetwork
+
+    net = QNetwork()
+    p95 = features.FEATURE_NAMES.index("log2_p95_vs_slo")
+    with torch.no_grad():
+        for prm in net.parameters():
+            prm.zero_()
+        net.torso[0].weight[0, p95] = 1.0  # h0 = relu(log2(p95 / SLO))
+        net.torso[2].weight[0, 0] = 1.0
+        net.advantage.weight[actions.ACTION_NAMES.index("times_1.5"), 0] = 2.0
+        net.advantage.bias[actions.ACTION_NAMES.index("busy_at_65")] = 0.5
+    return export(net, path)
 
 
 def crd_yaml() -> str:

@@ -123,11 +123,16 @@ class App:
             f"/apis/{GROUP}/{VERSION}/namespaces/{ns}/{PLURAL}" for ns in self.settings.namespaces
         ] or [f"/apis/{GROUP}/{VERSION}/{PLURAL}"]
         for path in paths:
-            try:
-                listing = await self.kube.get(path, limit=0)
-                self._expected |= {i["metadata"]["uid"] for i in listing.get("items") or []}
-            except ApiError as e:
-                log.warning("cannot list %s: %s", path, e)
+            for attempt in range(20):
+                try:
+                    listing = await self.kube.get(path, limit=0)
+                    self._expected |= {i["metadata"]["uid"] for i in listing.get("items") or []}
+                    break
+                except ApiError as e:
+                    if attempt == 19 or e.status not in (0, 429, 500, 503):
+                        log.warning("cannot list %s: %s", path, e)
+                        break
+                    await asyncio.sleep(0.5)
 
     def _leader_changed(self, leader: bool) -> None:
         self.metrics.leader.set(1 if leader else 0)

@@ -38,9 +38,8 @@ def operator_main(argv: Sequence[str]) -> int:
         return 2
     level = getattr(logging, s.log_level.upper(), logging.INFO)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("kopf").setLevel(
-        max(level, logging.WARNING) if level > logging.DEBUG else level
-    )
+    # kopf's own logs one level quieter (INFO even when the operator logs DEBUG).
+    logging.getLogger("kopf").setLevel(logging.INFO if level <= logging.DEBUG else logging.WARNING)
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
     import kopf

@@ -458,6 +458,16 @@ class Engine:
             for r in hpa_rows
         ]
         for r, (to, why, state) in zip(hpa_rows, fb.hpa_decide(items, now), strict=True):
+            log.debug(
+                "%s/%s fallback: %d replicas (%d ready), CPU %s -> %d (%s)",
+                r.p.namespace,
+                r.p.name,
+                r.target.replicas,
+                r.target.ready,
+                _pct(r.obs.cpu_utilization),
+                to,
+                why,
+            )
             if r.rt.fallback_since is None:
                 r.rt.fallback_since = now
                 self.m.fallbacks.inc()
