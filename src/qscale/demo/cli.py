@@ -45,7 +45,7 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         default=d.start_h,
         help="start of the stretch, "
-        f"hours after the trace's t=0 (default {d.start_h:g}: Jul 13 1995 06:00 EDT)",
+        f"hours after the trace's t=0 (default {d.start_h:.4g}: Jul 13 1995 08:05 EDT)",
     )
     ap.add_argument(
         "--hours",

@@ -76,11 +76,13 @@ class DemoConfig:
     """Where the summary (JSON), the timeline (CSV) and the PNG go."""
     trace: Path | None = None
     """``t,value`` trace; default: the shipped NASA excerpt (Jul 12-14 1995)."""
-    start_h: float = 31.5
-    """Start of the stretch, hours after the trace's t=0 (31.5: Jul 13 1995 07:30 EDT)."""
-    hours: float = 3.0
-    """Length of the stretch in trace hours (07:30-10:30: the STS-70 launch, 09:49 EDT)."""
-    play_s: float = 240.0
+    start_h: float = 32.0 + 5 / 60
+    """Start of the stretch, hours after the trace's t=0 (Jul 13 1995 08:05 EDT, just after a
+    5-minute dip of the log)."""
+    hours: float = 2.5
+    """Length of the stretch in trace hours (08:05-10:35: the STS-70 launch morning: the ramp to
+    the launch at 09:49 EDT and the fall after it)."""
+    play_s: float = 270.0
     """Real seconds the stretch is played in (the trace is compressed, never the controllers)."""
     scale: float = 60.0
     """Requests/s per trace request/s (the trace peaks at 6.75 req/s)."""
@@ -421,6 +423,7 @@ def run_demo(cfg: DemoConfig, stream: TextIO = sys.stdout) -> DemoResult:
         "syncs it every 15 s on metrics-server (10 s resolution)"
     )
     root = Path(tempfile.mkdtemp(prefix="qscale-demo-"))
+    say(f"work directory (removed at the end): {root}")
     stack = contextlib.ExitStack()
     stack.callback(shutil.rmtree, root, True)
     try:
