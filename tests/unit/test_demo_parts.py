@@ -130,3 +130,22 @@ def test_latest_decision_is_read_from_the_operators_counter():
     got = _decisions(text)
     assert got == {("hold", "OK"): 3.0, ("times_1.5", "STEP_LIMIT_UP"): 1.0}
     assert not math.isnan(sum(got.values()))
+
+
+def test_without_a_control_plane_it_says_so_and_runs_the_offline_demo(
+    monkeypatch, capsys, tmp_path
+):
+    import qscale.cli
+    from qscale.demo.cli import OFFLINE_ARGS, demo_main
+
+    monkeypatch.setenv("QSCALE_K8S_BIN", str(tmp_path / "nothing-here"))
+    ran = []
+    monkeypatch.setattr(qscale.cli, "main", lambda args: ran.append(args) or 0)
+    assert demo_main(["--out", str(tmp_path / "o")]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and out[0].startswith("qscale demo: no local control plane here (")
+    assert "running the offline demo instead: qscale evaluate" in out[0]
+    assert ran == [[*OFFLINE_ARGS, "--out", str(tmp_path / "o")]]
+    assert demo_main(["--no-fallback"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("qscale demo: error: QSCALE_K8S_BIN=")
