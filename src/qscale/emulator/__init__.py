@@ -230,12 +230,24 @@ class Emulator:
                 self._stop.wait(1.0)
 
     def _annotate(self) -> None:
+        # A kubelet reports CPU as a rate over its window, not the last instant: annotate each
+        # pod's mean use since the previous round (its CPU counter's increase), so that
+        # metrics-server and the HPA see what cAdvisor's rate() shows the operator.
+        seen: dict[tuple[str, str], tuple[float, float]] = {}
         while not self._stop.wait(self.annotate_every_s):
-            for p in self.ws.snapshot():
+            now = time.time()
+            pods = self.ws.snapshot()
+            prev, seen = seen, {(p.namespace, p.name): (p.cpu_seconds, now) for p in pods}
+            for p in pods:
                 if not p.ready:
                     continue
-                milli = round(p.cpu_now * 1000)
                 key = (p.namespace, p.name)
+                before = prev.get(key)
+                if before is not None and now > before[1]:
+                    cores = max(0.0, p.cpu_seconds - before[0]) / (now - before[1])
+                else:
+                    cores = p.cpu_now
+                milli = round(cores * 1000)
                 old = self._annotated.get(key)
                 if old is not None and abs(old - milli) <= max(5, 0.05 * old):
                     continue
