@@ -579,7 +579,7 @@ class _Run:
         self.timings["setup_s"] = t_play - self.t0
         say(
             f"set up in {t_play - self.t0:.0f} s. HorizontalPodAutoscaler and AutoscalePolicy "
-            f"created; playing the trace for {cfg.play_s / 60:g} min ('!': p95 over the SLO)"
+            f"created; playing the trace for {cfg.play_s / 60:.3g} min ('!': p95 over the SLO)"
         )
         sampler = _Sampler(self.clients, self.prom.url, self.op.metrics_url)
         self.stack.callback(sampler.close)
