@@ -85,6 +85,7 @@ class Stretch:
         b = a + dt.timedelta(hours=self.hours)
         return (
             f"{self.path.name}: NASA-HTTP {a:%b %d %Y %H:%M}-{b:%H:%M} EDT "
-            f"({self.hours:g} h of trace) played in {self.play_s / 60:.3g} min ({self.speed:.0f}x), "
+            f"({self.hours:g} h of trace) played in {self.play_s / 60:.3g} min "
+            f"({self.speed:.0f}x), "
             f"x{self.scale:g} req/s (peak {self.peak_rps():.0f} req/s)"
         )
