@@ -14,7 +14,15 @@ from pathlib import Path
 
 __all__ = ["demo_main"]
 
-OFFLINE_ARGS = ["evaluate", "--seeds", "2", "--no-frontier"]
+# Quick: no rule frontier, and no hpa-tuned (tuning it on a fresh machine takes many minutes).
+OFFLINE_ARGS = [
+    "evaluate",
+    "--seeds",
+    "2",
+    "--no-frontier",
+    "--controllers",
+    "dqn,hpa,keda,predictive,oracle",
+]
 
 
 def _parser() -> argparse.ArgumentParser:
