@@ -470,6 +470,13 @@ def _add_profile_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-cache", action="store_true", help="recompute the rule grids")
 
 
+_CLUSTER_COMMANDS = {
+    "operator": "run the Kubernetes operator (see qscale operator --help)",
+    "emulate": "play the services behind emulated Deployments (see qscale emulate --help)",
+    "model": "publish a model to a ConfigMap (qscale model publish --help)",
+}
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="qscale", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="command", required=True)
@@ -527,6 +534,8 @@ def parser() -> argparse.ArgumentParser:
     _add_profile_args(si)
 
     sub.add_parser("train", help="train a DQN policy (see qscale train --help)", add_help=False)
+    for name, what in _CLUSTER_COMMANDS.items():
+        sub.add_parser(name, help=what, add_help=False)
     return ap
 
 
@@ -534,6 +543,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["train"]:
         return cmd_train(argv[1:])
+    if argv[:1] and argv[0] in _CLUSTER_COMMANDS:
+        # Dispatched by the console script (qscale.entry), so that this module's imports never
+        # reach kopf or kubernetes (qscale.policy imports it; see the import-linter contract).
+        print(
+            f"qscale {argv[0]}: run it as `qscale {argv[0]}` (qscale.entry:main)", file=sys.stderr
+        )
+        return 2
     args = parser().parse_args(argv)
     try:
         if args.command == "evaluate":

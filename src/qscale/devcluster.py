@@ -273,6 +273,64 @@ class LocalCluster:
         self.kwokctl("start", "cluster", "--wait", f"{int(self.options.wait_s)}s")
         self._wait_api()
 
+    def _components(self) -> dict[str, tuple[int, list[str], dict[str, str], str]]:
+        """``name -> (pid, command line, environment, cwd)`` of every running component."""
+        out = {}
+        for pid_file in (self.workdir / "clusters" / self.name / "pids").glob("*.pid"):
+            with contextlib.suppress(OSError, ValueError):
+                pid = int(pid_file.read_text().strip())
+                proc = Path(f"/proc/{pid}")
+                cmd = [a for a in (proc / "cmdline").read_bytes().decode().split("\0") if a]
+                env = dict(
+                    kv.split("=", 1)
+                    for kv in (proc / "environ").read_bytes().decode().split("\0")
+                    if "=" in kv
+                )
+                out[pid_file.stem] = (pid, cmd, env, os.readlink(proc / "cwd"))
+        return out
+
+    def _launch(self, name: str, cmd: list[str], env: dict[str, str], cwd: str) -> None:
+        log = (self.logs_dir / f"{name}.log").open("ab")
+        new = subprocess.Popen(
+            cmd,
+            cwd=cwd,
+            env=env,
+            stdout=log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        log.close()
+        (self.workdir / "clusters" / self.name / "pids" / f"{name}.pid").write_text(str(new.pid))
+
+    def restart_component(self, component: str = "kube-apiserver", grace_s: float = 3.0) -> None:
+        """Restart one component (SIGTERM, SIGKILL after ``grace_s``) with the same command
+        line, leaving the others running: a kube-apiserver crash or upgrade. A component that
+        exits meanwhile (kube-controller-manager exits when it loses its leader lease) is
+        started again, as a kubelet restarts static pods. Pid files are kept up to date, so
+        :meth:`delete` still stops everything. (:meth:`restart` of every component, by
+        contrast, leaves kwok at 4 nodes never starting new pods again.)"""
+        import signal
+
+        before = self._components()
+        pid, cmd, env, cwd = before[component]
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        while Path(f"/proc/{pid}").exists():
+            time.sleep(0.05)
+        self._launch(component, cmd, env, cwd)
+        if component == "kube-apiserver":
+            self._wait_api()
+        time.sleep(1.0)
+        alive = self._components()
+        for name, (_, c, e, d) in before.items():
+            if name not in alive:
+                self._launch(name, c, e, d)
+
     def _wait_api(self, wait_s: float = 60.0) -> None:
         deadline = time.monotonic() + wait_s
         while self.kubectl("get", "--raw", "/readyz", check=False).returncode != 0:

@@ -1,0 +1,256 @@
+"""The operator on a local control plane, as a platform team would install it (tests, benchmarks).
+
+:func:`install` applies the CRD and the least-privilege RBAC of ``deploy/`` (the operator's
+namespace and the watched namespaces substituted), :func:`token_kubeconfig` writes a kubeconfig
+holding a ServiceAccount token from the real TokenRequest API (never the admin's
+credentials), and :class:`OperatorProcess` runs ``qscale operator`` as a subprocess with it,
+every address on loopback, restartable (to play an operator restart) and always cleaned up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from qscale.devcluster import LocalCluster, namespace_manifest
+from qscale.devprom import free_port
+
+__all__ = ["DEPLOY", "OperatorProcess", "install", "scripted_policy", "token_kubeconfig"]
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+"""``deploy/`` of this source tree (CRD, RBAC, examples)."""
+SERVICE_ACCOUNT = "qscale-operator"
+
+
+def scripted_policy(path: Path) -> Path:
+    """Export a hand-set Q-network with a behaviour tests can rely on (until a trained default
+    model for the current feature spec ships): ``times_1.5`` while p95 is over the SLO by more
+    than ~20 % (``2 * relu(log2(p95 / SLO)) > 0.5``), else ``busy_at_65`` (size for 65 % CPU,
+    which also scales down). A real artifact: TorchScript, manifest, hashes, spec hash.
+    """
+    import torch
+
+    from qscale import actions, features
+    from qscale.policy.artifact import export
+    from qscale.policy.network import QNetwork
+
+    net = QNetwork()
+    p95 = features.FEATURE_NAMES.index("log2_p95_vs_slo")
+    with torch.no_grad():
+        for prm in net.parameters():
+            prm.zero_()
+        net.torso[0].weight[0, p95] = 1.0  # h0 = relu(log2(p95 / SLO))
+        net.torso[2].weight[0, 0] = 1.0
+        net.advantage.weight[actions.ACTION_NAMES.index("times_1.5"), 0] = 2.0
+        net.advantage.bias[actions.ACTION_NAMES.index("busy_at_65")] = 0.5
+    return export(net, path)
+
+
+def crd_yaml() -> str:
+    return (DEPLOY / "crds" / "qscale.io_autoscalepolicies.yaml").read_text()
+
+
+def rbac_yaml(operator_ns: str, watched: Sequence[str]) -> str:
+    """``deploy/rbac.yaml`` for ``operator_ns``, with the per-namespace RoleBinding repeated for
+    every watched namespace."""
+    docs = (DEPLOY / "rbac.yaml").read_text().split("\n---\n")
+    out = []
+    for d in docs:
+        d = d.replace("namespace: qscale-system", f"namespace: {operator_ns}")
+        if (
+            "kind: RoleBinding" in d
+            and "name: qscale-operator\n" in d
+            and "namespace: default" in d
+        ):
+            out += [d.replace("namespace: default", f"namespace: {ns}") for ns in watched]
+        else:
+            out.append(d)
+    return "\n---\n".join(out)
+
+
+def install(cluster: LocalCluster, operator_ns: str, watched: Sequence[str]) -> None:
+    """CRD (waits until established), namespaces and the operator's RBAC."""
+    cluster.apply(crd_yaml())
+    cluster.kubectl(
+        "wait", "--for=condition=established", "--timeout=60s", "crd/autoscalepolicies.qscale.io"
+    )
+    for ns in (operator_ns, *watched):
+        cluster.apply(namespace_manifest(ns))
+    cluster.apply(rbac_yaml(operator_ns, watched))
+
+
+def token_kubeconfig(
+    cluster: LocalCluster, namespace: str, path: Path, duration_s: int = 7200
+) -> Path:
+    """A kubeconfig for ``namespace``'s ``qscale-operator`` ServiceAccount (a real token)."""
+    token = cluster.create_token(namespace, SERVICE_ACCOUNT, duration_s)
+    raw = json.loads(cluster.kubectl("config", "view", "--minify", "--raw", "-o", "json").stdout)
+    c = raw["clusters"][0]["cluster"]
+    ca = c.get("certificate-authority-data")
+    if ca is None and c.get("certificate-authority"):
+        import base64
+
+        ca = base64.b64encode(Path(c["certificate-authority"]).read_bytes()).decode()
+    cluster_entry: dict = {"server": c["server"]}
+    if ca:
+        cluster_entry["certificate-authority-data"] = ca
+    else:
+        cluster_entry["insecure-skip-tls-verify"] = True
+    cfg = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "local", "cluster": cluster_entry}],
+        "users": [{"name": SERVICE_ACCOUNT, "user": {"token": token}}],
+        "contexts": [
+            {"name": "operator", "context": {"cluster": "local", "user": SERVICE_ACCOUNT}}
+        ],
+        "current-context": "operator",
+    }
+    path.write_text(json.dumps(cfg))
+    path.chmod(0o600)
+    return path
+
+
+@dataclass
+class OperatorProcess:
+    """``qscale operator`` in a subprocess; ``env`` adds ``QSCALE_*`` settings."""
+
+    kubeconfig: Path
+    env: Mapping[str, str] = field(default_factory=dict)
+    workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="qscale-op-")))
+    metrics_port: int = field(default_factory=free_port)
+    health_port: int = field(default_factory=free_port)
+    _proc: subprocess.Popen | None = None
+    starts: int = 0
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "operator.log"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    def start(self, wait_ready_s: float = 90.0) -> OperatorProcess:
+        env = {
+            **{
+                k: v
+                for k, v in os.environ.items()
+                if not k.startswith("QSCALE_") and k != "KUBECONFIG"
+            },
+            "KUBECONFIG": str(self.kubeconfig),
+            "QSCALE_METRICS_ADDRESS": "127.0.0.1",
+            "QSCALE_METRICS_PORT": str(self.metrics_port),
+            "QSCALE_HEALTH_ADDRESS": "127.0.0.1",
+            "QSCALE_HEALTH_PORT": str(self.health_port),
+            "PYTHONUNBUFFERED": "1",
+            **self.env,
+        }
+        log = self.log_path.open("ab")
+        log.write(f"\n=== start {self.starts} at {time.time():.3f}\n".encode())
+        log.flush()
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "qscale.entry", "operator"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        self.starts += 1
+        if wait_ready_s:
+            self.wait_ready(wait_ready_s)
+        return self
+
+    def wait_ready(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if self._proc is None or self._proc.poll() is not None:
+                raise RuntimeError(f"operator exited: {self.log_tail()}")
+            with contextlib.suppress(httpx.HTTPError):
+                r = httpx.get(f"http://127.0.0.1:{self.metrics_port}/readyz", timeout=1.0)
+                if r.status_code == 200:
+                    return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"operator not ready after {timeout_s:g} s: {self.log_tail()}")
+            time.sleep(0.2)
+
+    def metric(self, name: str, labels: Mapping[str, str] | None = None) -> float:
+        """Sum of a metric's samples (matching ``labels``) on the operator's /metrics."""
+        text = httpx.get(self.metrics_url, timeout=5.0).text
+        total = 0.0
+        for line in text.splitlines():
+            if not line.startswith(name) or line.startswith("#"):
+                continue
+            m = re.match(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)", line)
+            if not m or m.group(1) != name:
+                continue
+            got = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2) or ""))
+            if all(got.get(k) == v for k, v in (labels or {}).items()):
+                total += float(m.group(3))
+        return total
+
+    def rss_mb(self) -> float:
+        if self._proc is None:
+            return 0.0
+        with open(f"/proc/{self._proc.pid}/status") as f:
+            return int(f.read().split("VmRSS:")[1].split()[0]) / 1024
+
+    def log_tail(self, n: int = 3000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-n:]
+        except OSError:
+            return ""
+
+    def stop(self, timeout_s: float = 20.0) -> None:
+        """SIGTERM (kopf's graceful stop, which gives the Lease up), then SIGKILL."""
+        p = self._proc
+        if p is None:
+            return
+        if p.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGTERM)
+            try:
+                p.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+        self._proc = None
+
+    def kill(self) -> None:
+        """SIGKILL: a crash (the Lease is not given up)."""
+        p = self._proc
+        if p is not None and p.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+        self._proc = None
+
+    def close(self) -> None:
+        self.stop()
+        import shutil
+
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> OperatorProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,239 @@
+"""The operator's process: the parts of a tick wired together, and the one loop that runs it.
+
+kopf keeps an index of the AutoscalePolicies (:mod:`qscale.operator.handlers`); this loop wakes
+every ``QSCALE_TICK_S``, and, while this replica holds the Lease, hands the index's values to
+:meth:`Engine.run_once`. One loop for all policies rather than a kopf timer per policy: timers
+mean a task per object and a kopf worker per object at once (hundreds of MB at 1,000 policies),
+and a batch is what the tick wants anyway (3 queries, one forward pass).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from qscale.operator.deployments import DeploymentCache
+from qscale.operator.events import EventPoster
+from qscale.operator.kube import ApiError, Kube, connection_info
+from qscale.operator.lease import LeaderElector
+from qscale.operator.metrics import Metrics
+from qscale.operator.models import Model, ModelRegistry
+from qscale.operator.prom import PromClient
+from qscale.operator.settings import Settings
+from qscale.operator.tick import GROUP, PLURAL, VERSION, Engine, IndexedPolicy
+
+__all__ = ["App", "process_start_time"]
+
+log = logging.getLogger("qscale.operator")
+
+
+def process_start_time() -> float:
+    """Epoch time this process started (from /proc; the import time elsewhere)."""
+    try:
+        with open("/proc/self/stat") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/stat") as f:
+            btime = next(int(line.split()[1]) for line in f if line.startswith("btime"))
+        return btime + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, StopIteration, IndexError):
+        return _IMPORTED
+
+
+_IMPORTED = time.time()
+
+
+def default_model_dir(settings: Settings) -> Path:
+    if settings.default_model:
+        return Path(settings.default_model)
+    from qscale.policy.default import default_model_path
+
+    return default_model_path()
+
+
+@dataclass
+class App:
+    settings: Settings
+    policies: Callable[[], Iterable[IndexedPolicy]]
+    """The kopf index's values."""
+    metrics: Metrics = field(default_factory=Metrics)
+    started_at: float = field(default_factory=process_start_time)
+    kube: Kube | None = None
+    engine: Engine | None = None
+    elector: LeaderElector | None = None
+    _tasks: list[asyncio.Task] = field(default_factory=list)
+    _stop: asyncio.Event = field(default_factory=asyncio.Event)
+    _runner: web.AppRunner | None = None
+    _expected: set[str] = field(default_factory=set)
+    _first_full: bool = False
+    ticks: int = 0
+
+    async def start(self) -> None:
+        s = self.settings
+        torch.set_num_threads(s.torch_threads)
+        conn, _ = connection_info()
+        self.kube = Kube(
+            conn, timeout_s=s.api_timeout_s, max_connections=max(8, s.write_concurrency * 2)
+        )
+        models = ModelRegistry(default_model_dir(s), refresh_s=s.model_refresh_s)
+        default = models.default()
+        if isinstance(default, Model):
+            self.metrics.model_info.labels(
+                default.name, default.digest[:16], default.spec_hash
+            ).set(1)
+            log.info("default model %s (spec %s) loaded", default.digest[:12], default.spec_hash)
+        else:
+            log.warning("default model unusable: %s", default)
+        cache = DeploymentCache(self.kube, s.namespaces)
+        events = EventPoster(
+            self.kube, s.me(), on_write=lambda k, r: self.metrics.writes.labels(k, r).inc()
+        )
+        prom = PromClient(timeout_s=s.query_timeout_s, on_query=self.metrics.on_query)
+        self.engine = Engine(s, self.kube, cache, prom, models, self.metrics, events)
+        self.elector = LeaderElector(
+            self.kube,
+            s.lease_ns(),
+            s.lease_name,
+            s.me(),
+            s.lease_duration_s,
+            on_change=self._leader_changed,
+        )
+        await self._expect()
+        cache.start()
+        events.start()
+        await self._serve()
+        self._tasks += [
+            asyncio.create_task(self.elector.run(self._stop), name="lease"),
+            asyncio.create_task(self._loop(), name="tick loop"),
+        ]
+
+    async def _expect(self) -> None:
+        """The policies there are at start-up, so the first tick waits for kopf to index them."""
+        paths = [
+            f"/apis/{GROUP}/{VERSION}/namespaces/{ns}/{PLURAL}" for ns in self.settings.namespaces
+        ] or [f"/apis/{GROUP}/{VERSION}/{PLURAL}"]
+        for path in paths:
+            for attempt in range(20):
+                try:
+                    listing = await self.kube.get(path, limit=0)
+                    self._expected |= {i["metadata"]["uid"] for i in listing.get("items") or []}
+                    break
+                except ApiError as e:
+                    if attempt == 19 or e.status not in (0, 429, 500, 503):
+                        log.warning("cannot list %s: %s", path, e)
+                        break
+                    await asyncio.sleep(0.5)
+
+    def _leader_changed(self, leader: bool) -> None:
+        self.metrics.leader.set(1 if leader else 0)
+        if not leader and self.engine is not None:
+            self.engine.forget()
+
+    async def _loop(self) -> None:
+        assert self.engine is not None and self.elector is not None
+        s = self.settings
+        cache = self.engine.cache
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(cache.ready.wait(), timeout=60)
+        deadline = time.monotonic() + 120
+        while self._expected and time.monotonic() < deadline and not self._stop.is_set():
+            have = {p.uid for p in self.policies()}
+            if self._expected <= have:
+                break
+            await asyncio.sleep(0.05)
+        log.info(
+            "indexed %d policies; ticking every %gs", sum(1 for _ in self.policies()), s.tick_s
+        )
+        while not self._stop.is_set():
+            if self.elector.leader:
+                policies = list(self.policies())
+                self.metrics.policies.set(len(policies))
+                try:
+                    rep = await self.engine.run_once(policies)
+                    self.ticks += 1
+                    if not self._first_full and policies and rep.due == len(policies):
+                        self._first_full = True
+                        took = time.time() - self.started_at
+                        self.metrics.startup.set(took)
+                        log.info(
+                            "first decision for all %d policies %.1f s after start",
+                            len(policies),
+                            took,
+                        )
+                except Exception:
+                    log.exception("tick failed")
+            now = time.time()
+            wait = s.tick_s - (now % s.tick_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), timeout=wait)
+
+    async def _serve(self) -> None:
+        s = self.settings
+        if not s.metrics_port:
+            return
+        app = web.Application()
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/readyz", self._readyz)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, s.metrics_address, s.metrics_port).start()
+
+    async def _metrics(self, _: web.Request) -> web.Response:
+        body = generate_latest(self.metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    def ready(self) -> dict[str, Any]:
+        eng = self.engine
+        return {
+            "leader": bool(self.elector and self.elector.leader),
+            "deployments_synced": bool(eng and eng.cache.ready.is_set()),
+            "policies": sum(1 for _ in self.policies()),
+            "ticks": self.ticks,
+        }
+
+    async def _readyz(self, _: web.Request) -> web.Response:
+        r = self.ready()
+        return web.json_response(r, status=200 if r["deployments_synced"] else 503)
+
+    def probe(self) -> dict[str, Any]:
+        """For kopf's liveness endpoint (``@kopf.on.probe``)."""
+        if self.engine is None:
+            return {"started": False}
+        d = self.engine.models.default()
+        return {
+            "default_model": d.digest if isinstance(d, Model) else f"unusable: {d}",
+            "models_loaded": [f"{m.name}@{m.digest[:12]}" for m in self.engine.models.loaded()],
+            **self.ready(),
+        }
+
+    async def stop(self) -> None:
+        self._stop.set()
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        if self.elector is not None:
+            await self.elector.release()
+        if self.engine is not None:
+            await self.engine.events.drain(2.0)
+            await self.engine.events.stop()
+            await self.engine.cache.stop()
+            await self.engine.prom.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self.kube is not None:
+            await self.kube.close()
+        from qscale.operator.kube import cleanup_files
+
+        cleanup_files()

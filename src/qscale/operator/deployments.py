@@ -1,0 +1,183 @@
+"""A watch-fed cache of the Deployments the policies target (an informer, in miniature).
+
+The tick needs every target's ``spec.replicas``, ``status.readyReplicas``, CPU limit/request
+ratio and resourceVersion at once; a GET per policy per tick would cost 1,000 calls, so one
+list + watch per namespace keeps slim records instead (never whole objects). While a watch is
+broken (API server down, a 410) the namespace reads as not synced and its targets as unknown,
+so nothing is decided or written on a cache that may be stale; it relists on reconnect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from qscale.operator.kube import ApiError, Kube
+
+__all__ = ["DeploymentCache", "Target", "cpu_quantity", "target_from"]
+
+log = logging.getLogger("qscale.operator")
+
+
+@dataclass(frozen=True)
+class Target:
+    namespace: str
+    name: str
+    uid: str
+    resource_version: str
+    replicas: int
+    """``spec.replicas``."""
+    ready: int
+    """``status.readyReplicas``."""
+    cpu_limit_ratio: float
+    """Pod template's CPU limit / CPU request (1 without limits)."""
+    generation: int = 0
+
+
+def cpu_quantity(q: Any) -> float:
+    """Cores in a CPU quantity (``"250m"``, ``"0.5"``, ``2``); NaN when unparsable."""
+    if isinstance(q, int | float) and not isinstance(q, bool):
+        return float(q)
+    if not isinstance(q, str) or not q:
+        return math.nan
+    try:
+        if q.endswith("m"):
+            return float(q[:-1]) / 1000.0
+        if q.endswith("n"):
+            return float(q[:-1]) / 1e9
+        if q.endswith("u"):
+            return float(q[:-1]) / 1e6
+        return float(q)
+    except ValueError:
+        return math.nan
+
+
+def _limit_ratio(pod_spec: Mapping[str, Any]) -> float:
+    req_sum = lim_sum = 0.0
+    for c in pod_spec.get("containers") or []:
+        res = c.get("resources") or {}
+        req = cpu_quantity((res.get("requests") or {}).get("cpu"))
+        lim = cpu_quantity((res.get("limits") or {}).get("cpu"))
+        if not math.isfinite(req):
+            req = lim  # Kubernetes defaults a missing request to the limit
+        if not math.isfinite(req):
+            continue
+        req_sum += req
+        lim_sum += lim if math.isfinite(lim) else req
+    return lim_sum / req_sum if req_sum > 0 else 1.0
+
+
+def target_from(obj: Mapping[str, Any]) -> Target:
+    meta = obj.get("metadata") or {}
+    spec = obj.get("spec") or {}
+    status = obj.get("status") or {}
+    pod_spec = (spec.get("template") or {}).get("spec") or {}
+    replicas = spec.get("replicas")
+    return Target(
+        namespace=meta.get("namespace", ""),
+        name=meta.get("name", ""),
+        uid=meta.get("uid", ""),
+        resource_version=meta.get("resourceVersion", ""),
+        replicas=int(replicas) if replicas is not None else 1,
+        ready=int(status.get("readyReplicas") or 0),
+        cpu_limit_ratio=_limit_ratio(pod_spec),
+        generation=int(meta.get("generation") or 0),
+    )
+
+
+def _rv(s: str) -> int | None:
+    try:
+        return int(s)
+    except (TypeError, ValueError):
+        return None
+
+
+class DeploymentCache:
+    """List + watch of Deployments in ``namespaces`` (empty: the whole cluster)."""
+
+    def __init__(self, kube: Kube, namespaces: tuple[str, ...]) -> None:
+        self.kube = kube
+        self.namespaces = namespaces or ("",)
+        self._items: dict[tuple[str, str], Target] = {}
+        self._synced: dict[str, bool] = dict.fromkeys(self.namespaces, False)
+        self._tasks: list[asyncio.Task] = []
+        self.ready = asyncio.Event()
+
+    def _path(self, ns: str) -> str:
+        return f"/apis/apps/v1/namespaces/{ns}/deployments" if ns else "/apis/apps/v1/deployments"
+
+    def synced(self, namespace: str) -> bool:
+        key = namespace if namespace in self._synced else ""
+        return self._synced.get(key, False)
+
+    def get(self, namespace: str, name: str) -> Target | None:
+        return self._items.get((namespace, name))
+
+    def note(self, target: Target) -> None:
+        """Record what a write returned, unless the cache already holds something newer."""
+        key = (target.namespace, target.name)
+        old = self._items.get(key)
+        if old is not None:
+            a, b = _rv(old.resource_version), _rv(target.resource_version)
+            if a is not None and b is not None and a > b:
+                return
+        self._items[key] = target
+
+    def start(self) -> None:
+        for ns in self.namespaces:
+            self._tasks.append(asyncio.create_task(self._run(ns), name=f"deployments {ns or '*'}"))
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        self._tasks.clear()
+
+    async def _run(self, ns: str) -> None:
+        delay = 0.5
+        path = self._path(ns)
+        while True:
+            try:
+                listing = await self.kube.get(path, limit=0)
+                keep = {}
+                for obj in listing.get("items") or []:
+                    t = target_from(obj)
+                    keep[(t.namespace, t.name)] = t
+                for key in [k for k in self._items if (not ns or k[0] == ns) and k not in keep]:
+                    del self._items[key]
+                self._items.update(keep)
+                rv = (listing.get("metadata") or {}).get("resourceVersion", "")
+                self._synced[ns] = True
+                if all(self._synced.values()):
+                    self.ready.set()
+                delay = 0.5
+                while True:
+                    async for event in self.kube.watch(path, rv):
+                        obj = event.get("object") or {}
+                        rv = (obj.get("metadata") or {}).get("resourceVersion", rv)
+                        kind = event.get("type")
+                        if kind == "BOOKMARK":
+                            continue
+                        t = target_from(obj)
+                        if kind == "DELETED":
+                            self._items.pop((t.namespace, t.name), None)
+                        else:
+                            self._items[(t.namespace, t.name)] = t
+                    # the server closed a healthy watch (timeoutSeconds): resume from rv
+            except asyncio.CancelledError:
+                raise
+            except (ApiError, ValueError) as e:
+                self._synced[ns] = False
+                if not (isinstance(e, ApiError) and e.status == 410):
+                    log.warning(
+                        "deployment watch (%s) broke: %s; relisting in %.1fs", ns or "*", e, delay
+                    )
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 10.0)

@@ -1,0 +1,105 @@
+"""The operator's own metrics (prometheus-client), on their own registry.
+
+Labels stay low-cardinality (no per-policy labels: 1,000 policies must not mean 1,000 series
+per metric); per-policy detail lives in each AutoscalePolicy's status and Events.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = ["Metrics"]
+
+_FAST = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
+_SLOW = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        r = self.registry = registry or CollectorRegistry()
+        self.decisions = Counter(
+            "qscale_decisions",
+            "Decisions taken, by action, mode and reason code",
+            ["action", "mode", "reason"],
+            registry=r,
+        )
+        self.inference = Histogram(
+            "qscale_inference_seconds",
+            "One forward pass of a model over every policy due in a tick",
+            ["model"],
+            buckets=_FAST,
+            registry=r,
+        )
+        self.decide = Histogram(
+            "qscale_decide_seconds",
+            "features + forward pass + shield for every policy due in a tick",
+            buckets=_FAST,
+            registry=r,
+        )
+        self.tick = Histogram(
+            "qscale_tick_seconds", "Wall time of one tick", buckets=_SLOW, registry=r
+        )
+        self.ticks = Counter("qscale_ticks", "Ticks run (with at least one policy due)", registry=r)
+        self.tick_policies = Gauge(
+            "qscale_tick_policies", "Policies decided in the last tick", registry=r
+        )
+        self.interventions = Counter(
+            "qscale_shield_interventions",
+            "Decisions the shield changed, by reason code",
+            ["reason"],
+            registry=r,
+        )
+        self.fallbacks = Counter(
+            "qscale_fallbacks", "Policies that went over to the HPA rule", registry=r
+        )
+        self.fallback_active = Gauge(
+            "qscale_fallback_active", "Policies currently decided by the HPA rule", registry=r
+        )
+        self.query = Histogram(
+            "qscale_prometheus_query_seconds",
+            "Prometheus query latency, by template",
+            ["template"],
+            buckets=_SLOW,
+            registry=r,
+        )
+        self.queries = Counter(
+            "qscale_prometheus_queries",
+            "Prometheus queries sent, by template",
+            ["template"],
+            registry=r,
+        )
+        self.query_errors = Counter(
+            "qscale_prometheus_query_errors",
+            "Prometheus queries that failed, by template",
+            ["template"],
+            registry=r,
+        )
+        self.writes = Counter(
+            "qscale_api_writes",
+            "Kubernetes API writes, by kind (scale, status, event) and result",
+            ["kind", "result"],
+            registry=r,
+        )
+        self.model_info = Gauge(
+            "qscale_model_info",
+            "Models loaded (1), with their version as labels",
+            ["name", "sha256", "spec_hash"],
+            registry=r,
+        )
+        self.policies = Gauge(
+            "qscale_policies", "AutoscalePolicies known to the operator", registry=r
+        )
+        self.leader = Gauge(
+            "qscale_leader", "1 while this replica holds the Lease and acts", registry=r
+        )
+        self.startup = Gauge(
+            "qscale_startup_seconds",
+            "Process start to the first tick that decided every known policy",
+            registry=r,
+        )
+
+    def on_query(self, template: str, seconds: float, ok: bool) -> None:
+        self.queries.labels(template).inc()
+        self.query.labels(template).observe(seconds)
+        if not ok:
+            self.query_errors.labels(template).inc()

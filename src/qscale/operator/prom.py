@@ -1,0 +1,224 @@
+"""Observations from Prometheus, batched: one query per metric template per tick.
+
+Every policy due in a tick that uses the same Prometheus and the same three query templates is
+served by the same three queries: :func:`qscale.features.fill_template` fills ``$namespace`` and
+``$deployment`` with an alternation of every name, and the results (series labelled
+``namespace`` and ``deployment``) are handed back per target. With the default queries that is
+exactly 3 queries per tick however many policies are due (a policy with its own queries or its
+own Prometheus adds a group of 3).
+
+* ``request_rate`` is a range query over the last 15 minutes at a 1 m step: the rate now and 1,
+  5 and 15 minutes ago (:data:`qscale.features.RATE_LAGS_S`). A history shorter than a
+  look-back (a new Deployment, a Prometheus that just started) reads the oldest point there is:
+  "no trend known" is a flat trend, not a missing metric.
+* ``latency_p95`` and ``cpu_utilization`` are instant queries. A ``NaN`` p95 (no requests in the
+  window) is a value, not a missing one: :func:`qscale.features.compute` reads it as idle.
+* A target with no series for a template, or a failed query, has that metric missing:
+  :func:`qscale.decision.decide` then holds (``METRICS_MISSING``).
+
+Queries are POSTed (form-encoded): an alternation of 1,000 names does not fit in a URL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import httpx
+
+from qscale import features
+
+__all__ = ["Observation", "PromClient", "QueryGroup", "pick_lags"]
+
+_LOOKBACK_S = max(features.RATE_LAGS_S)
+_STEP_S = 60.0
+
+
+@dataclass
+class Observation:
+    """What Prometheus says about one Deployment (NaN: no value)."""
+
+    rate_now: float = math.nan
+    rate_1m: float = math.nan
+    rate_5m: float = math.nan
+    rate_15m: float = math.nan
+    p95_s: float = math.nan
+    cpu_utilization: float = math.nan
+    has_rate: bool = False
+    has_latency: bool = False
+    has_cpu: bool = False
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def present(self) -> bool:
+        return self.has_rate and self.has_latency and self.has_cpu
+
+
+@dataclass(frozen=True)
+class QueryGroup:
+    """Policies sharing a Prometheus and three templates, and their targets."""
+
+    address: str
+    request_rate: str
+    latency_p95: str
+    cpu_utilization: str
+    targets: tuple[tuple[str, str], ...]
+    """``(namespace, deployment)`` pairs."""
+
+
+def pick_lags(
+    points: Sequence[tuple[float, float]], end: float
+) -> tuple[float, float, float, float] | None:
+    """``(now, 1m, 5m, 15m ago)`` from a range result's points; ``None`` without a point at
+    ``end``. A look-back older than the first point reads the first point."""
+    if not points:
+        return None
+    by_t = {round(t): v for t, v in points}
+    now = by_t.get(round(end))
+    if now is None:
+        return None
+    first = points[0][1]
+    out = [now]
+    for lag in features.RATE_LAGS_S:
+        v = by_t.get(round(end - lag))
+        out.append(first if v is None else v)
+    return out[0], out[1], out[2], out[3]
+
+
+def _value(raw: str) -> float:
+    try:
+        return float(raw)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+class QueryError(Exception):
+    pass
+
+
+class PromClient:
+    """Prometheus' HTTP API (``/api/v1/query``, ``/api/v1/query_range``)."""
+
+    def __init__(self, timeout_s: float = 5.0, on_query=None, transport=None) -> None:
+        self._client = httpx.AsyncClient(timeout=timeout_s, trust_env=False, transport=transport)
+        self._on_query = on_query
+        """``on_query(template, seconds, ok)`` for the operator's metrics."""
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+    async def _post(self, template: str, url: str, form: dict[str, str]) -> list[dict]:
+        t0 = time.perf_counter()
+        ok = False
+        try:
+            r = await self._client.post(url, data=form)
+            payload = r.json()
+            if r.status_code != 200 or payload.get("status") != "success":
+                raise QueryError(
+                    f"{template}: HTTP {r.status_code}: {payload.get('error', r.text[:200])}"
+                )
+            ok = True
+            return payload["data"]["result"]
+        except httpx.HTTPError as e:
+            raise QueryError(f"{template}: {type(e).__name__}: {e}") from None
+        except ValueError as e:
+            raise QueryError(f"{template}: bad response: {e}") from None
+        finally:
+            if self._on_query is not None:
+                self._on_query(template, time.perf_counter() - t0, ok)
+
+    async def instant(self, template: str, address: str, query: str, at: float) -> list[dict]:
+        return await self._post(
+            template, f"{address}/api/v1/query", {"query": query, "time": f"{at:.3f}"}
+        )
+
+    async def range(
+        self, template: str, address: str, query: str, start: float, end: float, step: float
+    ) -> list[dict]:
+        form = {"query": query, "start": f"{start:.3f}", "end": f"{end:.3f}", "step": f"{step:g}"}
+        return await self._post(template, f"{address}/api/v1/query_range", form)
+
+    async def fetch(
+        self, groups: Iterable[QueryGroup], now: float
+    ) -> dict[tuple[str, str, str], Observation]:
+        """Observations keyed by ``(address, namespace, deployment)`` for every target of every
+        group (3 queries per group, all in flight at once)."""
+        out: dict[tuple[str, str, str], Observation] = {}
+        jobs = []
+        for g in groups:
+            namespaces = sorted({ns for ns, _ in g.targets})
+            names = sorted({d for _, d in g.targets})
+            for ns, d in g.targets:
+                out[(g.address, ns, d)] = Observation()
+            # Align the range to the step so that the lags fall on points of the result.
+            end = math.floor(now)
+            jobs.append(
+                (
+                    g,
+                    "request_rate",
+                    self.range(
+                        "request_rate",
+                        g.address,
+                        features.fill_template(g.request_rate, namespaces, names),
+                        end - _LOOKBACK_S,
+                        end,
+                        _STEP_S,
+                    ),
+                    end,
+                )
+            )
+            jobs.append(
+                (
+                    g,
+                    "latency_p95",
+                    self.instant(
+                        "latency_p95",
+                        g.address,
+                        features.fill_template(g.latency_p95, namespaces, names),
+                        now,
+                    ),
+                    now,
+                )
+            )
+            jobs.append(
+                (
+                    g,
+                    "cpu_utilization",
+                    self.instant(
+                        "cpu_utilization",
+                        g.address,
+                        features.fill_template(g.cpu_utilization, namespaces, names),
+                        now,
+                    ),
+                    now,
+                )
+            )
+        results = await asyncio.gather(*(j[2] for j in jobs), return_exceptions=True)
+        for (g, template, _, end), res in zip(jobs, results, strict=True):
+            if isinstance(res, BaseException):
+                msg = str(res) if isinstance(res, QueryError) else f"{template}: {res!r}"
+                for ns, d in g.targets:
+                    out[(g.address, ns, d)].errors.append(msg)
+                continue
+            for series in res:
+                labels = series.get("metric") or {}
+                key = (g.address, labels.get("namespace", ""), labels.get("deployment", ""))
+                obs = out.get(key)
+                if obs is None:
+                    continue
+                if template == "request_rate":
+                    points = [(float(t), _value(v)) for t, v in series.get("values") or []]
+                    lags = pick_lags(points, end)
+                    if lags is not None and all(math.isfinite(x) for x in lags):
+                        obs.rate_now, obs.rate_1m, obs.rate_5m, obs.rate_15m = lags
+                        obs.has_rate = True
+                else:
+                    v = _value((series.get("value") or [0, "NaN"])[1])
+                    if template == "latency_p95":
+                        obs.p95_s, obs.has_latency = v, True
+                    elif math.isfinite(v):
+                        obs.cpu_utilization, obs.has_cpu = v, True
+        return out

@@ -1,0 +1,143 @@
+"""Every setting of the operator, in one place, read from ``QSCALE_*`` environment variables.
+
+The chart sets these; ``qscale operator --help`` lists them. Nothing else in the operator reads
+the environment (kopf's own settings are derived from these in :mod:`qscale.operator.handlers`).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+__all__ = ["Settings", "SettingsError"]
+
+_SA_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
+
+class SettingsError(ValueError):
+    """A setting that does not parse; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Operator settings; each field is fed by ``QSCALE_<FIELD NAME IN CAPITALS>``."""
+
+    namespaces: tuple[str, ...] = ()
+    """Namespaces to watch (comma-separated); empty: the whole cluster (needs a
+    ClusterRoleBinding). Namespaced mode needs one RoleBinding per namespace."""
+    prometheus_url: str = "http://prometheus-server.monitoring.svc:80"
+    """Prometheus base URL for policies that do not name one (``spec.metrics.prometheus``)."""
+    default_model: str = ""
+    """Directory of the model used for ``model: {}``; empty: the model shipped in the package."""
+    torch_threads: int = 1
+    """Threads torch may use for inference (the forward pass of 1,000 rows needs one)."""
+    tick_s: float = 1.0
+    """How often the loop looks for policies that are due (their ``interval`` is rounded up to
+    whole ticks; policies with the same interval are decided together)."""
+    stale_after_s: float = 120.0
+    """Metrics older than this hold the count (``METRICS_STALE``)."""
+    query_timeout_s: float = 5.0
+    """Timeout of one Prometheus query."""
+    api_timeout_s: float = 10.0
+    """Timeout of one Kubernetes API request."""
+    write_concurrency: int = 16
+    """Concurrent API writes (scale, status, events) within a tick."""
+    model_refresh_s: float = 30.0
+    """How often a ConfigMap model is re-read (a changed ConfigMap is verified again)."""
+    metrics_address: str = "0.0.0.0"
+    """Address of the /metrics and /readyz endpoint."""
+    metrics_port: int = 8080
+    """Port of /metrics and /readyz (0: do not serve)."""
+    health_address: str = "0.0.0.0"
+    """Address of kopf's liveness endpoint (/healthz), which runs the probes."""
+    health_port: int = 8081
+    """Port of /healthz (0: do not serve)."""
+    lease_name: str = "qscale-operator"
+    """The Lease that elects the one replica that acts."""
+    lease_namespace: str = ""
+    """Namespace of the Lease; empty: the ServiceAccount's namespace, else ``default``."""
+    lease_duration_s: float = 15.0
+    """A leader that has not renewed for this long is replaced."""
+    identity: str = ""
+    """This replica's name in the Lease; empty: ``$POD_NAME`` or the host name plus the pid."""
+    kopf_worker_limit: int = 16
+    """kopf's ``settings.queueing.worker_limit``: per-object workers alive at once."""
+    kopf_idle_timeout_s: float = 0.1
+    """kopf's ``settings.queueing.idle_timeout``: how long an idle per-object worker lingers."""
+    log_level: str = "INFO"
+    """Log level of the operator (kopf's own logs are one level quieter)."""
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            key = f"QSCALE_{f.name.upper()}"
+            raw = env.get(key)
+            if raw is None or raw == "":
+                continue
+            default = getattr(cls, f.name)
+            try:
+                if isinstance(default, tuple):
+                    values[f.name] = tuple(x.strip() for x in raw.split(",") if x.strip())
+                elif isinstance(default, bool):
+                    values[f.name] = raw.strip().lower() in ("1", "true", "yes", "on")
+                elif isinstance(default, int):
+                    values[f.name] = int(raw)
+                elif isinstance(default, float):
+                    values[f.name] = float(raw)
+                else:
+                    values[f.name] = raw.strip()
+            except ValueError:
+                raise SettingsError(
+                    f"{key}={raw!r} is not a valid {type(default).__name__}"
+                ) from None
+        s = cls(**values)  # type: ignore[arg-type]
+        s.check()
+        return s
+
+    def check(self) -> None:
+        positive = (
+            "tick_s",
+            "stale_after_s",
+            "query_timeout_s",
+            "api_timeout_s",
+            "lease_duration_s",
+        )
+        for name in positive:
+            if not getattr(self, name) > 0:
+                raise SettingsError(f"QSCALE_{name.upper()} must be > 0, got {getattr(self, name)}")
+        for name in ("torch_threads", "write_concurrency", "kopf_worker_limit"):
+            if getattr(self, name) < 1:
+                raise SettingsError(
+                    f"QSCALE_{name.upper()} must be >= 1, got {getattr(self, name)}"
+                )
+        if not self.prometheus_url.startswith(("http://", "https://")):
+            raise SettingsError(
+                f"QSCALE_PROMETHEUS_URL must be an http(s) URL, got {self.prometheus_url!r}"
+            )
+
+    def lease_ns(self) -> str:
+        if self.lease_namespace:
+            return self.lease_namespace
+        if _SA_NAMESPACE.is_file():
+            return _SA_NAMESPACE.read_text().strip()
+        return "default"
+
+    def me(self) -> str:
+        return (
+            self.identity or os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
+        )
+
+    @classmethod
+    def describe(cls) -> str:
+        """The variables and their defaults, for ``qscale operator --help``."""
+        lines = []
+        for f in fields(cls):
+            default = getattr(cls, f.name)
+            shown = ",".join(default) if isinstance(default, tuple) else default
+            lines.append(f"  QSCALE_{f.name.upper():<22} (default: {shown!s})")
+        return "\n".join(lines)

@@ -1,0 +1,296 @@
+"""An AutoscalePolicy's spec as plain, checked values (pure: no I/O, no kopf).
+
+The API server already validated the object against the CRD's schema and CEL rules; this
+module turns it into what the tick needs and applies the defaults that live outside the CRD:
+omitted queries are exactly :data:`qscale.features.PROMQL`, omitted behavior fields are the
+settings the model was trained under (its manifest's ``serving.shield``), else
+:class:`~qscale.guardrails.ShieldConfig`'s defaults. Anything the schema let through but that
+cannot be served (e.g. an object stored before a CRD upgrade) raises :class:`SpecError` with one
+line, which the operator reports as a condition instead of crashing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from qscale import features
+from qscale.guardrails import ShieldConfig
+
+__all__ = [
+    "MODES",
+    "MetricQueries",
+    "ModelRef",
+    "PolicySpec",
+    "SpecError",
+    "parse_duration",
+    "parse_spec",
+    "shield_config",
+]
+
+MODES = ("Enforce", "Shadow", "Off")
+TEMPLATES = ("request_rate", "latency_p95", "cpu_utilization")
+"""The three metric templates, keyed as in :data:`qscale.features.PROMQL`."""
+_SPEC_KEYS = {
+    "requestRate": "request_rate",
+    "latencyP95": "latency_p95",
+    "cpuUtilization": "cpu_utilization",
+}
+_UNITS = {"ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
+
+
+class SpecError(ValueError):
+    """A policy that cannot be served; the message is one line."""
+
+
+def parse_duration(value: Any, field: str) -> float:
+    """Seconds in a Kubernetes duration string (``"1m30s"``, ``"250ms"``); numbers are seconds."""
+    if isinstance(value, bool):
+        raise SpecError(f"{field}: {value!r} is not a duration")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str):
+        s = value.strip()
+        pos, seconds = 0, 0.0
+        for m in _DURATION.finditer(s):
+            if m.start() != pos:
+                break
+            seconds += float(m.group(1)) * _UNITS[m.group(2)]
+            pos = m.end()
+        if pos != len(s) or not s:
+            raise SpecError(f"{field}: {value!r} is not a duration like 15s, 2m or 250ms")
+    else:
+        raise SpecError(f"{field}: {value!r} is not a duration")
+    if not (math.isfinite(seconds) and seconds >= 0):
+        raise SpecError(f"{field}: {value!r} must be a finite duration >= 0")
+    return seconds
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """``configmap`` empty: the operator's default model."""
+
+    configmap: str = ""
+    sha256: str = ""
+
+    @property
+    def is_default(self) -> bool:
+        return not self.configmap
+
+
+@dataclass(frozen=True)
+class MetricQueries:
+    address: str
+    """Prometheus base URL; empty: the operator's default."""
+    request_rate: str
+    latency_p95: str
+    cpu_utilization: str
+
+    def template(self, name: str) -> str:
+        return getattr(self, name)
+
+
+@dataclass(frozen=True)
+class Behavior:
+    """The behavior fields the user set (``None``: take the model's trained value)."""
+
+    max_step_up_pods: int | None = None
+    max_step_up_percent: float | None = None
+    up_cooldown_s: float | None = None
+    max_step_down_pods: int | None = None
+    max_step_down_percent: float | None = None
+    down_cooldown_s: float | None = None
+    down_stabilization_s: float | None = None
+
+    def explicit(self) -> dict[str, float]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
+@dataclass(frozen=True)
+class PolicySpec:
+    """What the tick needs of one AutoscalePolicy."""
+
+    target: str
+    min_replicas: int
+    max_replicas: int
+    mode: str
+    interval_s: float
+    slo_s: float
+    metrics: MetricQueries
+    behavior: Behavior
+    model: ModelRef
+    fallback_target: float
+    """HPA target utilization of the fallback, as a fraction (0.7 = 70 %)."""
+    fallback_after: int
+
+
+def _int(spec: Mapping[str, Any], key: str, default: int | None, lo: int, field: str) -> int:
+    value = spec.get(key, default)
+    if value is None:
+        raise SpecError(f"{field} is required")
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
+        raise SpecError(f"{field}: {value!r} is not a whole number")
+    if value < lo:
+        raise SpecError(f"{field} must be >= {lo}, got {value}")
+    return int(value)
+
+
+def _num(spec: Mapping[str, Any], key: str, field: str) -> float | None:
+    value = spec.get(key)
+    if value is None:
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value < 0
+    ):
+        raise SpecError(f"{field}: {value!r} must be a number >= 0")
+    return float(value)
+
+
+def parse_spec(spec: Mapping[str, Any] | None) -> PolicySpec:
+    """Parse ``spec`` of an AutoscalePolicy; raises :class:`SpecError` with one line."""
+    if not isinstance(spec, Mapping):
+        raise SpecError("spec is missing")
+    target_ref = spec.get("targetRef") or {}
+    if not isinstance(target_ref, Mapping) or not target_ref.get("name"):
+        raise SpecError("spec.targetRef.name is required")
+    kind = target_ref.get("kind", "Deployment")
+    api = target_ref.get("apiVersion", "apps/v1")
+    if kind != "Deployment" or api != "apps/v1":
+        raise SpecError(f"spec.targetRef must be an apps/v1 Deployment, got {api} {kind}")
+    lo = _int(spec, "minReplicas", 1, 1, "spec.minReplicas")
+    hi = _int(spec, "maxReplicas", None, 1, "spec.maxReplicas")
+    if lo > hi:
+        raise SpecError(f"spec.minReplicas ({lo}) must be <= spec.maxReplicas ({hi})")
+    mode = spec.get("mode", "Enforce")
+    if mode not in MODES:
+        raise SpecError(f"spec.mode must be one of {', '.join(MODES)}, got {mode!r}")
+    interval = parse_duration(spec.get("interval", "15s"), "spec.interval")
+    if interval < 1.0:
+        raise SpecError(f"spec.interval must be at least 1s, got {spec.get('interval')!r}")
+    slo = (spec.get("slo") or {}).get("latencyP95")
+    if slo is None:
+        raise SpecError("spec.slo.latencyP95 is required")
+    slo_s = parse_duration(slo, "spec.slo.latencyP95")
+    if slo_s <= 0:
+        raise SpecError("spec.slo.latencyP95 must be > 0")
+
+    m = spec.get("metrics") or {}
+    queries = {}
+    for key, name in _SPEC_KEYS.items():
+        q = m.get(key) or features.PROMQL[name]
+        if "$deployment" not in q or "$namespace" not in q:
+            raise SpecError(f"spec.metrics.{key} must be templated on $namespace and $deployment")
+        queries[name] = q
+    address = ((m.get("prometheus") or {}).get("address") or "").rstrip("/")
+    metrics = MetricQueries(address=address, **queries)
+
+    b = spec.get("behavior") or {}
+    up, down = b.get("scaleUp") or {}, b.get("scaleDown") or {}
+
+    def opt_dur(d: Mapping[str, Any], key: str, field: str) -> float | None:
+        return None if d.get(key) is None else parse_duration(d[key], field)
+
+    def opt_pods(d: Mapping[str, Any], key: str, field: str) -> int | None:
+        return None if d.get(key) is None else _int(d, key, None, 1, field)
+
+    behavior = Behavior(
+        max_step_up_pods=opt_pods(up, "maxPods", "spec.behavior.scaleUp.maxPods"),
+        max_step_up_percent=_num(up, "maxPercent", "spec.behavior.scaleUp.maxPercent"),
+        up_cooldown_s=opt_dur(up, "cooldown", "spec.behavior.scaleUp.cooldown"),
+        max_step_down_pods=opt_pods(down, "maxPods", "spec.behavior.scaleDown.maxPods"),
+        max_step_down_percent=_num(down, "maxPercent", "spec.behavior.scaleDown.maxPercent"),
+        down_cooldown_s=opt_dur(down, "cooldown", "spec.behavior.scaleDown.cooldown"),
+        down_stabilization_s=opt_dur(
+            down, "stabilizationWindow", "spec.behavior.scaleDown.stabilizationWindow"
+        ),
+    )
+
+    model = spec.get("model") or {}
+    cm = (model.get("configMapRef") or {}).get("name", "")
+    sha = model.get("sha256", "")
+    if bool(cm) != bool(sha):
+        raise SpecError("spec.model needs both configMapRef and sha256, or neither")
+    if sha and not re.fullmatch(r"[a-f0-9]{64}", sha):
+        raise SpecError("spec.model.sha256 must be 64 lowercase hex digits")
+
+    fb = spec.get("fallback") or {}
+    target_pct = _int(fb, "targetUtilization", 70, 1, "spec.fallback.targetUtilization")
+    after = _int(fb, "afterFailedTicks", 3, 1, "spec.fallback.afterFailedTicks")
+    return PolicySpec(
+        target=str(target_ref["name"]),
+        min_replicas=lo,
+        max_replicas=hi,
+        mode=mode,
+        interval_s=interval,
+        slo_s=slo_s,
+        metrics=metrics,
+        behavior=behavior,
+        model=ModelRef(configmap=cm, sha256=sha),
+        fallback_target=target_pct / 100.0,
+        fallback_after=after,
+    )
+
+
+_SHIELD_FIELDS = {f.name for f in dataclasses.fields(ShieldConfig)} - {
+    "min_replicas",
+    "max_replicas",
+}
+
+
+def trained_shield(serving: Mapping[str, Any] | None) -> dict[str, float]:
+    """The shield settings a model's manifest records (``serving.shield``), bounds excluded."""
+    shield = (serving or {}).get("shield") or {}
+    out = {}
+    for k, v in shield.items() if isinstance(shield, Mapping) else ():
+        if k in _SHIELD_FIELDS and isinstance(v, int | float) and not isinstance(v, bool):
+            out[k] = v
+    return out
+
+
+def shield_config(spec: PolicySpec, serving: Mapping[str, Any] | None = None) -> ShieldConfig:
+    """The policy's shield: its explicit behavior over the model's trained settings over
+    :class:`ShieldConfig`'s defaults; min/max are the policy's (they are per target anyway)."""
+    values: dict[str, Any] = {**trained_shield(serving), **spec.behavior.explicit()}
+    for k in ("max_step_up_pods", "max_step_down_pods"):
+        if k in values:
+            values[k] = int(values[k])
+    try:
+        return ShieldConfig(
+            min_replicas=spec.min_replicas, max_replicas=spec.max_replicas, **values
+        )
+    except ValueError as e:
+        raise SpecError(str(e)) from None
+
+
+def training_mismatch(spec: PolicySpec, serving: Mapping[str, Any] | None) -> list[str]:
+    """What the policy sets differently from what its model was trained under (empty: all
+    matches, or the manifest does not say). One short phrase per difference."""
+    if not isinstance(serving, Mapping):
+        return []
+    out = []
+    trained_interval = serving.get("interval_s")
+    if isinstance(trained_interval, int | float) and not math.isclose(
+        float(trained_interval), spec.interval_s, rel_tol=1e-6
+    ):
+        out.append(f"interval {spec.interval_s:g}s (trained {float(trained_interval):g}s)")
+    trained = trained_shield(serving)
+    for k, v in spec.behavior.explicit().items():
+        if k in trained and not math.isclose(float(trained[k]), float(v), rel_tol=1e-6):
+            out.append(f"{k} {v:g} (trained {float(trained[k]):g})")
+    tu = serving.get("target_utilization")
+    if isinstance(tu, int | float) and not math.isclose(
+        float(tu), spec.fallback_target, rel_tol=1e-6
+    ):
+        out.append(
+            f"fallback.targetUtilization {spec.fallback_target * 100:g}% "
+            f"(trained {float(tu) * 100:g}%)"
+        )
+    return out

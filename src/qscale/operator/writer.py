@@ -1,0 +1,116 @@
+"""The one place that writes replica counts: ``deployments/scale``, conditionally.
+
+A decision is a step ``from -> to`` taken on what the cache showed. It is written as a merge
+patch of the scale subresource carrying the resourceVersion it was decided on, so the API
+server refuses it (409) if the Deployment changed since. On a 409 the scale is re-read: still
+at ``from`` -> the write is retried on the new version; already at ``to`` -> done (an earlier
+attempt landed, e.g. one whose response was lost); anything else -> somebody else scaled, and
+the step is dropped (the next tick sees the new count). So a step is never applied twice, and
+never on top of a count it was not decided for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+from qscale.operator.deployments import Target
+from qscale.operator.kube import ApiError, Kube
+
+__all__ = ["Outcome", "ScaleRequest", "ScaleResult", "scale_all"]
+
+_RETRIES = 3
+
+
+class Outcome(StrEnum):
+    APPLIED = "applied"
+    ALREADY = "already"
+    """The count was already ``to`` (an earlier attempt landed)."""
+    SUPERSEDED = "superseded"
+    """Somebody else changed the count first: the step was dropped."""
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class ScaleRequest:
+    namespace: str
+    name: str
+    current: int
+    """``from``: the count the decision was taken on."""
+    desired: int
+    resource_version: str
+
+
+@dataclass(frozen=True)
+class ScaleResult:
+    request: ScaleRequest
+    outcome: Outcome
+    replicas: int | None = None
+    """The count the API server holds afterwards (when known)."""
+    resource_version: str = ""
+    error: str = ""
+
+    @property
+    def landed(self) -> bool:
+        return self.outcome in (Outcome.APPLIED, Outcome.ALREADY)
+
+
+def _path(ns: str, name: str) -> str:
+    return f"/apis/apps/v1/namespaces/{ns}/deployments/{name}/scale"
+
+
+async def scale_one(kube: Kube, req: ScaleRequest) -> ScaleResult:
+    rv = req.resource_version
+    path = _path(req.namespace, req.name)
+    for _ in range(_RETRIES):
+        body = {"spec": {"replicas": req.desired}}
+        if rv:
+            body["metadata"] = {"resourceVersion": rv}
+        try:
+            out = await kube.patch_merge(path, body)
+            return ScaleResult(
+                req,
+                Outcome.APPLIED,
+                int((out.get("spec") or {}).get("replicas", req.desired)),
+                (out.get("metadata") or {}).get("resourceVersion", ""),
+            )
+        except ApiError as e:
+            if e.status != 409:
+                return ScaleResult(req, Outcome.FAILED, error=str(e))
+        try:
+            now = await kube.get(path)
+        except ApiError as e:
+            return ScaleResult(req, Outcome.FAILED, error=str(e))
+        replicas = int((now.get("spec") or {}).get("replicas", 0))
+        rv = (now.get("metadata") or {}).get("resourceVersion", "")
+        if replicas == req.desired:
+            return ScaleResult(req, Outcome.ALREADY, replicas, rv)
+        if replicas != req.current:
+            return ScaleResult(req, Outcome.SUPERSEDED, replicas, rv)
+    return ScaleResult(req, Outcome.FAILED, error="conflicts on every retry")
+
+
+async def scale_all(
+    kube: Kube, requests: Sequence[ScaleRequest], concurrency: int
+) -> list[ScaleResult]:
+    """Write every request, ``concurrency`` at a time; results in the requests' order."""
+    sem = asyncio.Semaphore(concurrency)
+
+    async def one(r: ScaleRequest) -> ScaleResult:
+        async with sem:
+            return await scale_one(kube, r)
+
+    return list(await asyncio.gather(*(one(r) for r in requests)))
+
+
+def updated_target(t: Target, res: ScaleResult) -> Target:
+    """The cache's record of ``t`` after a write that landed."""
+    import dataclasses
+
+    return dataclasses.replace(
+        t,
+        replicas=res.replicas or t.replicas,
+        resource_version=res.resource_version or t.resource_version,
+    )

@@ -1,0 +1,207 @@
+"""The stack the operator's cluster tests share: one operator (a subprocess with a
+least-privilege ServiceAccount token), one emulator, one real Prometheus, on the session's
+local control plane."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from qscale.devcluster import LocalCluster, deployment_manifest, wait_for
+from qscale.devoperator import OperatorProcess, install, scripted_policy, token_kubeconfig
+from qscale.devprom import LocalPrometheus, free_port
+from qscale.emulator import Emulator, Load, Workload
+
+INTERVAL = "2s"
+CAPACITY = 50.0
+
+
+def policy_manifest(name: str, namespace: str, target: str, **spec: Any) -> str:
+    body = {
+        "targetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": target},
+        "minReplicas": 1,
+        "maxReplicas": 10,
+        "interval": INTERVAL,
+        "slo": {"latencyP95": "200ms"},
+        **spec,
+    }
+    return json.dumps(
+        {
+            "apiVersion": "qscale.io/v1alpha1",
+            "kind": "AutoscalePolicy",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": body,
+        }
+    )
+
+
+class ReplicaLog:
+    """Every change of a Deployment's ``spec.replicas``, with its time (polled every 0.25 s)."""
+
+    def __init__(self, stack: Stack, name: str) -> None:
+        self.stack, self.name = stack, name
+        self.changes: list[tuple[float, int]] = []
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.25):
+            with contextlib.suppress(Exception):
+                r = self.stack.replicas(self.name)
+                if not self.changes or self.changes[-1][1] != r:
+                    self.changes.append((time.time(), r))
+
+    def stop(self) -> list[tuple[float, int]]:
+        self._stop.set()
+        self._t.join(5)
+        return self.changes
+
+
+@dataclass
+class Stack:
+    cluster: LocalCluster
+    workdir: Path
+    ns: str
+    op_ns: str
+    other_ns: str
+    model: Path
+    kubeconfig: Path
+    emulator: Emulator
+    prometheus: LocalPrometheus
+    operator: OperatorProcess
+    created: list[tuple[str, str]] = field(default_factory=list)
+
+    # --- objects --------------------------------------------------------------------------
+
+    def deployment(
+        self,
+        name: str,
+        replicas: int = 2,
+        load: float | str = 20.0,
+        ready_delay_s: float = 2.0,
+        cpu_limit: str | None = None,
+    ) -> None:
+        self.emulator.add(Workload(self.ns, name, Load.parse(str(load)), capacity_rps=CAPACITY))
+        self.cluster.apply(
+            deployment_manifest(
+                name,
+                self.ns,
+                replicas=replicas,
+                cpu_request="100m",
+                cpu_limit=cpu_limit,
+                ready_delay_s=ready_delay_s,
+            )
+        )
+        self.created.append(("deployment", name))
+        wait_for(lambda: self.ready(name) == replicas, 60, what=f"{name} ready")
+
+    def policy(self, name: str, target: str, **spec: Any) -> None:
+        out = self.cluster.apply(policy_manifest(name, self.ns, target, **spec), check=False)
+        assert out.returncode == 0, out.stderr
+        self.created.append(("autoscalepolicy", name))
+
+    def cleanup(self) -> None:
+        for kind, name in reversed(self.created):
+            self.cluster.kubectl("delete", kind, name, "-n", self.ns, "--wait=false", check=False)
+        self.created.clear()
+
+    def load(self, name: str, rps: float | str) -> None:
+        self.emulator.set_load(self.ns, name, rps)
+
+    # --- reads ----------------------------------------------------------------------------
+
+    def get(self, kind: str, name: str, ns: str | None = None) -> dict:
+        out = self.cluster.kubectl("get", kind, name, "-n", ns or self.ns, "-o", "json").stdout
+        return json.loads(out)
+
+    def status(self, name: str) -> dict:
+        return self.get("asp", name).get("status") or {}
+
+    def condition(self, name: str, type_: str) -> dict:
+        return next(
+            (c for c in self.status(name).get("conditions") or [] if c["type"] == type_), {}
+        )
+
+    def replicas(self, name: str) -> int:
+        return int(self.get("deploy", name)["spec"]["replicas"])
+
+    def ready(self, name: str) -> int:
+        return int(self.get("deploy", name).get("status", {}).get("readyReplicas") or 0)
+
+    def events(self, name: str) -> list[dict]:
+        out = self.cluster.kubectl(
+            "get",
+            "events",
+            "-n",
+            self.ns,
+            "-o",
+            "json",
+            "--field-selector",
+            f"involvedObject.kind=AutoscalePolicy,involvedObject.name={name}",
+        ).stdout
+        return sorted(json.loads(out)["items"], key=lambda e: e.get("lastTimestamp") or "")
+
+    def wait_status(self, name: str, pred, timeout_s: float, what: str) -> dict:
+        return wait_for(
+            lambda: (lambda s: s if pred(s) else None)(self.status(name)), timeout_s, 0.5, what
+        )
+
+    def restart_operator(self, crash: bool = False) -> None:
+        (self.operator.kill if crash else self.operator.stop)()
+        self.operator.start()
+
+
+def start_stack(cluster: LocalCluster, workdir: Path) -> Stack:
+    sfx = uuid.uuid4().hex[:6]
+    ns, op_ns, other_ns = f"qs-w-{sfx}", f"qs-op-{sfx}", f"qs-x-{sfx}"
+    install(cluster, op_ns, [ns])
+    cluster.apply(f"apiVersion: v1\nkind: Namespace\nmetadata: {{name: {other_ns}}}\n")
+    model = scripted_policy(workdir / "model")
+    kubeconfig = token_kubeconfig(cluster, op_ns, workdir / "operator.kubeconfig")
+    emulator = Emulator(cluster.kubeconfig, [], step_s=0.5).start()
+    op_port = free_port()
+    prom = LocalPrometheus(
+        {"emulator": [f"127.0.0.1:{emulator.port}"], "operator": [f"127.0.0.1:{op_port}"]},
+        scrape_interval_s=1.0,
+    ).start()
+    operator = OperatorProcess(
+        kubeconfig,
+        env={
+            "QSCALE_NAMESPACES": ns,
+            "QSCALE_PROMETHEUS_URL": prom.url,
+            "QSCALE_DEFAULT_MODEL": str(model),
+            "QSCALE_LEASE_NAMESPACE": op_ns,
+            "QSCALE_LEASE_DURATION_S": "6",
+            "QSCALE_TICK_S": "1",
+            "QSCALE_STALE_AFTER_S": "30",
+            "QSCALE_MODEL_REFRESH_S": "2",
+            "QSCALE_LOG_LEVEL": "DEBUG",
+        },
+        workdir=workdir / "operator",
+        metrics_port=op_port,
+    )
+    operator.workdir.mkdir(parents=True, exist_ok=True)
+    stack = Stack(
+        cluster, workdir, ns, op_ns, other_ns, model, kubeconfig, emulator, prom, operator
+    )
+    try:
+        operator.start()
+    except BaseException:
+        stop_stack(stack)
+        raise
+    return stack
+
+
+def stop_stack(stack: Stack) -> None:
+    for step in (stack.operator.close, stack.prometheus.close, stack.emulator.stop):
+        with contextlib.suppress(Exception):
+            step()
+    for ns in (stack.ns, stack.op_ns, stack.other_ns):
+        stack.cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)

@@ -1,0 +1,434 @@
+"""The operator on a real control plane, with real Prometheus, real kubectl and the emulator.
+
+One operator (``qscale operator`` as a subprocess, with a ServiceAccount token bound to the
+RBAC of ``deploy/rbac.yaml``, never as admin) serves every test of this module; the emulator
+plays the services behind kwok's pods and real Prometheus scrapes it and the operator every
+second. Policies decide every 2 s. Tests that watch a scale-down use queries with 10 s rate
+windows (a policy may set its own queries) so that a fall shows within seconds; the others use
+the default queries of ``qscale.features.PROMQL``. The disruptive tests (Prometheus stopped,
+the operator restarted, the API server restarted) come last.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+from opstack import ReplicaLog, Stack, start_stack, stop_stack
+
+from qscale import features
+from qscale.devcluster import deployment_manifest, wait_for
+from qscale.devoperator import DEPLOY, OperatorProcess
+
+pytestmark = pytest.mark.cluster
+
+FAST = {
+    key: features.PROMQL[name].replace("[1m]", "[10s]")
+    for key, name in (
+        ("requestRate", "request_rate"),
+        ("latencyP95", "latency_p95"),
+        ("cpuUtilization", "cpu_utilization"),
+    )
+}
+SLO = {"latencyP95": "300ms"}
+
+
+@pytest.fixture(scope="module")
+def stack(cluster, tmp_path_factory):
+    s = start_stack(cluster, tmp_path_factory.mktemp("opstack"))
+    yield s
+    stop_stack(s)
+
+
+@pytest.fixture
+def st(stack: Stack, request):
+    failed = request.session.testsfailed
+    yield stack
+    if request.session.testsfailed > failed:
+        print("--- operator log ---\n" + stack.operator.log_tail(6000))
+    stack.cleanup()
+
+
+def scale_events(st: Stack, name: str) -> list[dict]:
+    return [e for e in st.events(name) if e["message"].startswith("scaled ")]
+
+
+def test_examples_apply_with_kubectl_and_tell_the_story(st: Stack):
+    for f in sorted((DEPLOY / "examples").glob("*.yaml")):
+        st.cluster.kubectl("apply", "-n", st.ns, "-f", str(f))
+    st.created += [
+        ("deployment", "web"),
+        ("autoscalepolicy", "web"),
+        ("deployment", "checkout"),
+        ("hpa", "checkout"),
+        ("autoscalepolicy", "checkout-shadow"),
+    ]
+    st.wait_status(
+        "web", lambda s: s.get("observedGeneration") == 1, 30, "the operator's first status"
+    )
+    st.wait_status("checkout-shadow", lambda s: s.get("reason"), 30, "the shadow policy's status")
+    out = st.cluster.kubectl("get", "asp", "-n", st.ns).stdout
+    header = out.splitlines()[0].split()
+    assert header == [
+        "NAME",
+        "TARGET",
+        "MODE",
+        "REPLICAS",
+        "DESIRED",
+        "LAST",
+        "ACTION",
+        "REASON",
+        "MODEL",
+        "AGE",
+    ]
+    assert "Shadow" in out and "Enforce" in out and "default" in out
+    # No series for these Deployments (nothing emulates them): MetricsAvailable=False, a hold.
+    assert st.condition("web", "MetricsAvailable")["reason"] == "METRICS_MISSING"
+    assert st.condition("web", "ModelReady")["status"] == "True"
+    assert st.replicas("web") == 2
+
+
+def test_ramp_scales_up_fall_scales_down_after_cooldown_and_stabilization_bounds_hold(st: Stack):
+    st.deployment("ramp", replicas=2, load=30)
+    behavior = {"scaleDown": {"cooldown": "6s", "stabilizationWindow": "8s", "maxPods": 2}}
+    st.policy(
+        "ramp", "ramp", minReplicas=2, maxReplicas=5, slo=SLO, metrics=FAST, behavior=behavior
+    )
+    log = ReplicaLog(st, "ramp")
+    try:
+        st.wait_status(
+            "ramp", lambda s: s.get("reason") in ("AT_MIN", "OK"), 30, "a first decision at min"
+        )
+        assert st.replicas("ramp") == 2
+        st.load("ramp", 180)  # 2 pods serve 100 req/s: p95 over the SLO
+        st.wait_status("ramp", lambda s: s.get("replicas") == 5, 60, "scale-up to maxReplicas")
+        up_at = time.time()
+        time.sleep(6)
+        assert st.replicas("ramp") == 5  # 5 pods serve 250 req/s: enough; never above max
+        st.load("ramp", 10)
+        st.wait_status("ramp", lambda s: s.get("replicas") == 2, 90, "scale-down to minReplicas")
+        time.sleep(4)
+        assert st.replicas("ramp") == 2  # never below min
+    finally:
+        changes = log.stop()
+    counts = [r for _, r in changes]
+    assert max(counts) == 5 and min(counts) == 2
+    ups = [(t, r) for (t, r), (_, p) in zip(changes[1:], changes, strict=False) if r > p]
+    downs = [(t, r) for (t, r), (_, p) in zip(changes[1:], changes, strict=False) if r < p]
+    assert len(ups) >= 2 and len(downs) >= 1  # 2 -> 3 -> 5 (x1.5 steps), then down by <= 2 pods
+    assert all(t - up_at >= 6.0 - 0.5 for t, _ in downs)  # never within the cooldown of a scale
+    for (t0, _), (t1, _) in itertools.pairwise(downs):
+        assert t1 - t0 >= 6.0 - 0.5
+    reasons = {e["reason"] for e in scale_events(st, "ramp")}
+    assert reasons <= {"OK", "AT_MAX", "AT_MIN", "STEP_LIMIT_DOWN", "STEP_LIMIT_UP", "STABILIZED"}
+    status = st.status("ramp")
+    assert status["lastAction"]["applied"] is True and "qValues" in status["lastAction"]
+
+
+def test_shadow_and_off_never_write_and_an_outside_scale_is_noticed(st: Stack):
+    st.deployment("shadowed", replicas=2, load=180)
+    st.deployment("off", replicas=2, load=180)
+    st.policy("shadowed", "shadowed", mode="Shadow", slo=SLO)
+    st.policy("off", "off", mode="Off", slo=SLO)
+    s = st.wait_status(
+        "shadowed", lambda s: (s.get("wouldScaleTo") or 0) > 2, 40, "a would-be scale-up"
+    )
+    assert s["lastAction"]["applied"] is False and s["replicas"] == 2
+    assert st.condition("shadowed", "ScalingActive")["reason"] == "MODE_SHADOW"
+    off = st.status("off")
+    assert off["reason"] == "MODE_OFF" and "desiredReplicas" not in off
+    time.sleep(4)
+    assert st.replicas("shadowed") == 2 and st.replicas("off") == 2
+    assert scale_events(st, "shadowed") == [] and scale_events(st, "off") == []
+    st.cluster.kubectl("scale", "deploy/shadowed", "-n", st.ns, "--replicas=4")
+    s = st.wait_status(
+        "shadowed",
+        lambda s: (s.get("lastOutsideScale") or {}).get("to") == 4,
+        20,
+        "the outside scale in status",
+    )
+    assert s["lastOutsideScale"]["from"] == 2
+    assert any(e["reason"] == "OUTSIDE_SCALE" for e in st.events("shadowed"))
+    assert st.replicas("shadowed") == 4
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"minReplicas": 5, "maxReplicas": 2}, "minReplicas must be <= maxReplicas"),
+        ({"minReplicas": -1}, "should be greater than or equal to 1"),
+        ({"replicasMax": 3}, 'unknown field "spec.replicasMax"'),
+        (
+            {"targetRef": {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "x"}},
+            "targetRef must be an apps/v1 Deployment",
+        ),
+        ({"interval": "0.5s"}, "interval must be between 1s and 10m"),
+        ({"model": {"configMapRef": {"name": "m"}}}, "needs both configMapRef and its sha256 pin"),
+    ],
+)
+def test_bad_policies_are_rejected_by_schema_and_cel(st: Stack, change, message):
+    doc = json.loads(
+        json.dumps(
+            {
+                "apiVersion": "qscale.io/v1alpha1",
+                "kind": "AutoscalePolicy",
+                "metadata": {"name": "bad", "namespace": st.ns},
+                "spec": {
+                    "targetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "x"},
+                    "minReplicas": 1,
+                    "maxReplicas": 3,
+                    "slo": SLO,
+                    **change,
+                },
+            }
+        )
+    )
+    out = st.cluster.kubectl("apply", "-f", "-", input=json.dumps(doc), check=False)
+    assert out.returncode != 0 and message in out.stderr, out.stderr
+
+
+def test_a_missing_target_is_a_condition_not_a_crash_loop(st: Stack):
+    st.policy("orphan", "does-not-exist")
+    s = st.wait_status(
+        "orphan", lambda s: s.get("reason") == "TARGET_MISSING", 20, "TARGET_MISSING"
+    )
+    ready = next(c for c in s["conditions"] if c["type"] == "Ready")
+    assert ready["status"] == "False" and "does-not-exist" in ready["message"]
+    ticks = st.operator.metric("qscale_ticks_total")
+    time.sleep(3)
+    assert st.operator.metric("qscale_ticks_total") > ticks  # still ticking, same process
+    assert sum(e["reason"] == "TARGET_MISSING" for e in st.events("orphan")) == 1
+
+
+def test_a_model_configmap_with_a_sha256_mismatch_is_refused_and_the_fallback_acts(st: Stack):
+    pub = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "qscale.entry",
+            "model",
+            "publish",
+            str(st.model),
+            "--name",
+            "pinned",
+            "--namespace",
+            st.ns,
+            "--kubeconfig",
+            str(st.cluster.kubeconfig),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert pub.returncode == 0, pub.stderr
+    digest = pub.stdout.split("sha256 ")[1].split()[0]
+    st.created.append(("configmap", "pinned"))
+    st.deployment("pinned", replicas=2, load=140)  # 100 % CPU at 70 % target: the HPA scales up
+    wrong = "0" * 64 if digest != "0" * 64 else "1" * 64
+    st.policy(
+        "pinned",
+        "pinned",
+        slo=SLO,
+        metrics=FAST,
+        model={"configMapRef": {"name": "pinned"}, "sha256": wrong},
+        fallback={"targetUtilization": 70, "afterFailedTicks": 2},
+    )
+    s = st.wait_status("pinned", lambda s: s.get("reason") == "FALLBACK_ACTIVE", 30, "the fallback")
+    model_ready = next(c for c in s["conditions"] if c["type"] == "ModelReady")
+    assert model_ready["status"] == "False" and "sha256 mismatch" in model_ready["message"]
+    st.wait_status("pinned", lambda s: s.get("replicas", 2) > 2, 60, "the HPA rule scaling up")
+    assert st.status("pinned")["lastAction"]["action"] == "hpa"
+    reasons = [e["reason"] for e in st.events("pinned")]
+    assert "MODEL_REFUSED" in reasons and "FALLBACK_ACTIVE" in reasons
+    # the right pin: the ConfigMap's model is served and the fallback ends
+    st.policy(
+        "pinned",
+        "pinned",
+        slo=SLO,
+        metrics=FAST,
+        model={"configMapRef": {"name": "pinned"}, "sha256": digest},
+        fallback={"targetUtilization": 70, "afterFailedTicks": 2},
+    )
+    s = st.wait_status(
+        "pinned",
+        lambda s: "fallback" not in s and s.get("model", {}).get("sha256") == digest,
+        30,
+        "the pinned model served",
+    )
+    assert next(c for c in s["conditions"] if c["type"] == "ModelReady")["status"] == "True"
+
+
+def test_rbac_the_operator_cannot_read_secrets_or_touch_other_namespaces(st: Stack):
+    def as_operator(*args: str) -> subprocess.CompletedProcess:
+        # the operator's own kubeconfig: its ServiceAccount token and nothing else
+        return subprocess.run(
+            [str(st.cluster.bin_dir / "kubectl"), "--kubeconfig", str(st.kubeconfig), *args],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+
+    def can(*args: str) -> bool:
+        return as_operator("auth", "can-i", *args).stdout.strip() == "yes"
+
+    assert as_operator("auth", "whoami", "-o", "jsonpath={.status.userInfo.username}").stdout == (
+        f"system:serviceaccount:{st.op_ns}:qscale-operator"
+    )
+    assert can("patch", "deployments", "--subresource=scale", "-n", st.ns)
+    assert can("patch", "autoscalepolicies.qscale.io", "--subresource=status", "-n", st.ns)
+    assert can("create", "leases", "-n", st.op_ns)
+    assert not can("get", "secrets", "-n", st.ns)
+    assert not can("list", "secrets", "--all-namespaces")
+    assert not can("patch", "deployments", "-n", st.ns)  # only the scale subresource
+    assert not can("delete", "autoscalepolicies.qscale.io", "-n", st.ns)
+    assert not can("patch", "deployments", "--subresource=scale", "-n", st.other_ns)
+    assert not can("get", "deployments", "-n", st.other_ns)
+    assert not can("list", "customresourcedefinitions")
+    assert not can("create", "leases", "-n", st.ns)
+    st.cluster.apply(deployment_manifest("elsewhere", st.other_ns, replicas=1))
+    out = as_operator("scale", "deploy/elsewhere", "-n", st.other_ns, "--replicas=3")
+    assert out.returncode != 0 and "forbidden" in out.stderr.lower()
+    out = as_operator("get", "secrets", "-n", st.ns)
+    assert out.returncode != 0 and "forbidden" in out.stderr.lower()
+    assert "forbidden" not in st.operator.log_tail(10**7).lower()  # the operator never hit a wall
+
+
+def test_prometheus_stopped_holds_falls_back_and_recovers(st: Stack):
+    st.deployment("outage", replicas=3, load=60)
+    st.policy("outage", "outage", slo=SLO, fallback={"afterFailedTicks": 2})
+    st.wait_status(
+        "outage",
+        lambda s: (
+            s.get("reason")
+            and "fallback" not in s
+            and any(
+                c["type"] == "MetricsAvailable" and c["status"] == "True"
+                for c in s.get("conditions", [])
+            )
+        ),
+        40,
+        "metrics available",
+    )
+    before = st.replicas("outage")
+    st.prometheus.stop()
+    try:
+        s = st.wait_status(
+            "outage", lambda s: (s.get("fallback") or {}).get("active"), 30, "the fallback"
+        )
+        cond = next(c for c in s["conditions"] if c["type"] == "MetricsAvailable")
+        assert cond["status"] == "False" and cond["reason"] == "QUERY_FAILED"
+        time.sleep(4)
+        # the HPA rule without metrics holds; nothing was written
+        assert st.replicas("outage") == before and scale_events(st, "outage") == []
+        assert st.status("outage")["reason"] == "FALLBACK_ACTIVE"
+    finally:
+        st.prometheus.start()
+    s = st.wait_status(
+        "outage",
+        lambda s: (
+            "fallback" not in s
+            and any(
+                c["type"] == "MetricsAvailable" and c["status"] == "True"
+                for c in s.get("conditions", [])
+            )
+        ),
+        60,
+        "recovery",
+    )
+    reasons = [e["reason"] for e in st.events("outage")]
+    assert "FALLBACK_ACTIVE" in reasons and "FALLBACK_ENDED" in reasons
+    assert st.operator.metric("qscale_prometheus_query_errors_total") > 0
+
+
+def test_a_second_replica_waits_and_takes_over(st: Stack):
+    second = OperatorProcess(
+        st.operator.kubeconfig,
+        env={**st.operator.env, "QSCALE_IDENTITY": "second"},
+        workdir=st.workdir / "second",
+    )
+    second.workdir.mkdir(exist_ok=True)
+    try:
+        second.start()
+        st.deployment("ha", replicas=2, load=20)
+        st.policy("ha", "ha", slo=SLO)
+        st.wait_status("ha", lambda s: s.get("reason"), 20, "a decision")
+        assert st.operator.metric("qscale_leader") == 1 and second.metric("qscale_leader") == 0
+        assert second.metric("qscale_ticks_total") == 0
+        st.operator.kill()  # a crash: the Lease is not given up, it expires (6 s)
+        wait_for(lambda: second.metric("qscale_leader") == 1, 30, what="the second replica leading")
+        wait_for(
+            lambda: second.metric("qscale_ticks_total") > 0, 10, what="the second replica ticking"
+        )
+        st.load("ha", 180)
+        st.wait_status("ha", lambda s: s.get("replicas", 2) > 2, 40, "a scale-up by the new leader")
+        assert second.metric("qscale_api_writes_total", {"kind": "scale"}) >= 1
+    finally:
+        second.close()
+        if st.operator.pid is None:
+            st.operator.start()
+
+
+def test_an_operator_restarted_mid_cooldown_keeps_its_cooldown(st: Stack):
+    behavior = {"scaleDown": {"cooldown": "40s", "stabilizationWindow": "0s", "maxPods": 4}}
+    st.deployment("cool", replicas=2, load=30)
+    st.policy(
+        "cool", "cool", minReplicas=2, maxReplicas=3, slo=SLO, metrics=FAST, behavior=behavior
+    )
+    st.wait_status("cool", lambda s: s.get("reason"), 20, "a first decision")
+    st.load("cool", 120)
+    st.wait_status("cool", lambda s: s.get("replicas") == 3, 40, "scale-up")
+    up_at = st.status("cool")["shield"]["lastScaleUp"]
+    st.load("cool", 5)
+    st.restart_operator(crash=True)
+    # The fall is visible within ~15 s; without the restored cooldown it would scale down then.
+    s = st.wait_status(
+        "cool",
+        lambda s: s.get("reason") == "COOLDOWN_DOWN",
+        40,
+        "a scale-down held by the cooldown",
+    )
+    assert s["replicas"] == 3 and s["shield"]["lastScaleUp"] == up_at
+    s = st.wait_status(
+        "cool", lambda s: s.get("replicas") == 2, 60, "the scale-down after the cooldown"
+    )
+    changed_at = wait_for(
+        lambda: next(
+            (e for e in reversed(scale_events(st, "cool")) if "3 -> 2" in e["message"]), None
+        ),
+        10,
+        what="the scale-down event",
+    )
+    from datetime import datetime
+
+    t = datetime.strptime(changed_at["lastTimestamp"], "%Y-%m-%dT%H:%M:%SZ").timestamp()
+    assert t >= up_at + 40 - 1.5
+
+
+def test_an_api_server_restart_mid_run_is_survived_without_double_scaling(st: Stack):
+    behavior = {"scaleUp": {"maxPods": 1, "maxPercent": 0, "cooldown": "6s"}}
+    st.deployment("apirestart", replicas=2, load=30)
+    st.policy("apirestart", "apirestart", maxReplicas=6, slo=SLO, behavior=behavior)
+    st.wait_status("apirestart", lambda s: s.get("reason"), 20, "a first decision")
+    log = ReplicaLog(st, "apirestart")
+    st.load("apirestart", 400)  # overloaded at every size up to 6: +1 pod per 6 s
+    st.wait_status("apirestart", lambda s: s.get("replicas", 2) >= 3, 30, "the first step")
+    pid = st.operator.pid
+    st.cluster.restart_component("kube-apiserver")
+    try:
+        st.wait_status(
+            "apirestart",
+            lambda s: s.get("replicas", 0) >= 5,
+            90,
+            "scaling resumed after the restart",
+        )
+    finally:
+        changes = log.stop()
+    assert st.operator.pid == pid  # the same process, recovered
+    steps = [(t, r - p) for (t, r), (_, p) in zip(changes[1:], changes, strict=False)]
+    assert all(d == 1 for _, d in steps), changes  # +1 each time: no step applied twice
+    times = [t for t, _ in steps]
+    assert all(b - a >= 6.0 - 1.0 for a, b in itertools.pairwise(times)), changes

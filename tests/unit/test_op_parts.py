@@ -1,0 +1,199 @@
+"""The operator's small pure parts: settings, Prometheus results, models, the HPA fallback, the
+Lease, the writer's conflict rule."""
+
+from __future__ import annotations
+
+import json
+import math
+from urllib.parse import parse_qs
+
+import httpx
+import pytest
+from opfakes import FakeKube, busy_model
+
+from qscale import features
+from qscale.operator import fallback
+from qscale.operator.kube import ApiError
+from qscale.operator.lease import LeaderElector
+from qscale.operator.models import CONFIGMAP_LIMIT, ModelError, ModelRegistry, artifact_configmap
+from qscale.operator.prom import PromClient, QueryGroup, pick_lags
+from qscale.operator.settings import Settings, SettingsError
+from qscale.operator.writer import Outcome, ScaleRequest, scale_one
+
+
+def test_settings_from_env():
+    s = Settings.from_env(
+        {"QSCALE_NAMESPACES": "a, b,", "QSCALE_TICK_S": "0.5", "QSCALE_TORCH_THREADS": "2"}
+    )
+    assert s.namespaces == ("a", "b") and s.tick_s == 0.5 and s.torch_threads == 2
+    assert Settings.from_env({}) == Settings()
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"QSCALE_TICK_S": "fast"}, "QSCALE_TICK_S='fast' is not a valid float"),
+        ({"QSCALE_TICK_S": "0"}, "QSCALE_TICK_S must be > 0"),
+        ({"QSCALE_WRITE_CONCURRENCY": "0"}, "must be >= 1"),
+        ({"QSCALE_PROMETHEUS_URL": "prom:9090"}, "http(s) URL"),
+    ],
+)
+def test_bad_settings_are_one_line(env, message):
+    with pytest.raises(SettingsError, match=None) as e:
+        Settings.from_env(env)
+    assert message in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("points", "expected"),
+    [
+        ([(t, float(t)) for t in range(130, 1001, 60)], None),  # no point at the end
+        ([(t, float(t)) for t in range(40, 941, 60)], (940.0, 880.0, 640.0, 40.0)),
+        ([(880.0, 5.0), (940.0, 7.0)], (7.0, 5.0, 5.0, 5.0)),  # short history: the oldest point
+        ([], None),
+    ],
+)
+def test_pick_lags(points, expected):
+    assert pick_lags(points, 940.0) == expected
+
+
+@pytest.mark.asyncio
+async def test_fetch_is_three_queries_per_group_mapped_back_by_labels():
+    seen = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        form = {k: v[0] for k, v in parse_qs(request.content.decode()).items()}
+        seen.append((request.url.path, form["query"]))
+        if "prom-down" in str(request.url):
+            raise httpx.ConnectError("refused")
+        series = lambda d, v: {"metric": {"namespace": "a", "deployment": d}, "value": [1, v]}  # noqa: E731
+        if request.url.path.endswith("query_range"):
+            end = float(form["end"])
+            vals = [[end - 900 + 60 * k, "10"] for k in range(16)]
+            res = [{"metric": {"namespace": "a", "deployment": "x"}, "values": vals}]
+        elif "http_request_duration" in form["query"]:
+            res = [series("x", "NaN"), series("y", "0.2")]
+        else:
+            res = [series("x", "0.5"), series("zzz", "9")]
+        return httpx.Response(200, json={"status": "success", "data": {"result": res}})
+
+    client = PromClient(transport=httpx.MockTransport(handler))
+    qs = [features.PROMQL[k] for k in ("request_rate", "latency_p95", "cpu_utilization")]
+    groups = [
+        QueryGroup("http://prom", *qs, (("a", "x"), ("a", "y"))),
+        QueryGroup("http://prom-down", *qs, (("a", "x"),)),
+    ]
+    out = await client.fetch(groups, 1_800_000_000.5)
+    await client.close()
+    assert len(seen) == 6
+    assert (
+        all("x|y" in q for p, q in seen[:3])
+        and sum(p.endswith("query_range") for p, _ in seen) == 2
+    )
+    x = out[("http://prom", "a", "x")]
+    assert x.present and x.rate_15m == 10.0 and math.isnan(x.p95_s) and x.cpu_utilization == 0.5
+    y = out[("http://prom", "a", "y")]
+    assert not y.present and y.has_latency and not y.has_rate and not y.has_cpu
+    down = out[("http://prom-down", "a", "x")]
+    assert not down.present and len(down.errors) == 3 and "ConnectError" in down.errors[0]
+
+
+def test_models_are_verified_pinned_and_shared(tmp_path):
+    d = busy_model(tmp_path / "m")
+    cm, digest = artifact_configmap(d, "m", "ns")
+    reg = ModelRegistry(tmp_path / "nothing")
+    assert isinstance(reg.default(), ModelError)
+    a = reg.put("ns", "m", digest, {**cm, "metadata": {**cm["metadata"], "resourceVersion": "1"}})
+    b = reg.put("ns", "m2", digest, {**cm, "metadata": {**cm["metadata"], "resourceVersion": "7"}})
+    assert a is b  # same artifact: loaded once
+    bad = reg.put("ns", "m", "f" * 64, cm)
+    assert isinstance(bad, ModelError) and "sha256 mismatch" in str(bad)
+    tampered = json.loads(json.dumps(cm))
+    tampered["binaryData"]["model.pt"] = tampered["binaryData"]["state_dict.pt"]
+    got = reg.put("ns", "t", digest, tampered)
+    assert isinstance(got, ModelError) and "does not match the manifest" in str(got)
+    assert isinstance(reg.put("ns", "gone", digest, None), ModelError)
+    (tmp_path / "big").mkdir()
+    for f in ("manifest.json", "model.pt", "state_dict.pt"):
+        (tmp_path / "big" / f).write_bytes(b"x" * (CONFIGMAP_LIMIT // 2))
+    with pytest.raises(ModelError, match="1 MiB"):
+        artifact_configmap(tmp_path / "big", "big", "ns")
+
+
+@pytest.mark.parametrize(
+    ("replicas", "ready", "cpu", "lo", "hi", "expected"),
+    [
+        (2, 2, 1.4, 1, 10, 4),  # 140 % vs 70 %: double
+        (4, 4, 0.7, 1, 10, 4),  # on target
+        (4, 4, math.nan, 1, 10, 4),  # no metric: hold
+        (12, 12, math.nan, 1, 10, 10),  # no metric, above max: the bound
+        (1, 1, math.nan, 3, 10, 3),  # below min: the bound
+        (4, 2, 0.35, 1, 10, 4),  # half the pods starting: their share of CPU is theirs
+    ],
+)
+def test_fallback_is_the_hpa_rule(replicas, ready, cpu, lo, hi, expected):
+    ((got, _why, state),) = fallback.hpa_decide(
+        [fallback.FallbackInput(replicas, ready, cpu, lo, hi, target=0.7, interval_s=15.0)], 1e9
+    )
+    assert got == expected and state is not None
+
+
+@pytest.mark.asyncio
+async def test_lease_one_leader_takeover_after_expiry_and_release():
+    class LeaseKube(FakeKube):
+        lease = None
+
+        async def get(self, path, **_):
+            if self.down:
+                raise ApiError(0, "down")
+            if self.lease is None:
+                raise ApiError(404, "nf")
+            return json.loads(json.dumps(self.lease))
+
+        async def post(self, path, body):
+            self.lease = {**body, "metadata": {**body["metadata"], "resourceVersion": "1"}}
+            return self.lease
+
+        async def put(self, path, body):
+            if body["metadata"]["resourceVersion"] != self.lease["metadata"]["resourceVersion"]:
+                raise ApiError(409, "conflict")
+            rv = str(int(self.lease["metadata"]["resourceVersion"]) + 1)
+            self.lease = {**body, "metadata": {**body["metadata"], "resourceVersion": rv}}
+            return self.lease
+
+    k = LeaseKube()
+    a = LeaderElector(k, "ns", "l", "a", duration_s=1.0)
+    b = LeaderElector(k, "ns", "l", "b", duration_s=1.0)
+    assert await a.try_once() and not await b.try_once()
+    assert await a.try_once() and not await b.try_once()  # renewals keep it
+    import asyncio
+
+    await asyncio.sleep(1.05)
+    assert await b.try_once()  # a stopped renewing: b takes over
+    assert not await a.try_once()
+    await b.release()
+    assert await a.try_once()
+    k.down = True
+    await asyncio.sleep(0.85)
+    assert not await a.try_once()  # cannot renew: steps down before anyone may take over
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("outside", "conflict", "outcome", "final"),
+    [
+        (None, False, Outcome.APPLIED, 4),
+        (None, True, Outcome.APPLIED, 4),  # a status update in between: retried
+        (4, False, Outcome.ALREADY, 4),  # an earlier attempt landed
+        (3, False, Outcome.SUPERSEDED, 3),  # somebody else scaled: dropped
+    ],
+)
+async def test_writer_never_applies_a_step_twice(outside, conflict, outcome, final):
+    k = FakeKube()
+    k.add("a", "web", 2)
+    if outside is not None:
+        k.outside[("a", "web")] = outside
+    if conflict:
+        k.conflict_once.add(("a", "web"))
+    res = await scale_one(k, ScaleRequest("a", "web", 2, 4, "1"))
+    assert res.outcome == outcome and k.scales[("a", "web")]["spec"]["replicas"] == final

@@ -1,0 +1,112 @@
+"""The AutoscalePolicy spec as the tick reads it: defaults, durations, the shield's precedence."""
+
+from __future__ import annotations
+
+import pytest
+
+from qscale import features
+from qscale.guardrails import ShieldConfig
+from qscale.operator.spec import (
+    SpecError,
+    parse_duration,
+    parse_spec,
+    shield_config,
+    training_mismatch,
+)
+
+BASE = {
+    "targetRef": {"kind": "Deployment", "name": "web"},
+    "maxReplicas": 10,
+    "slo": {"latencyP95": "250ms"},
+}
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("15s", 15.0),
+        ("250ms", 0.25),
+        ("1m30s", 90.0),
+        ("2h", 7200.0),
+        ("0.5s", 0.5),
+        (3, 3.0),
+        ("0s", 0.0),
+    ],
+)
+def test_durations(text, seconds):
+    assert parse_duration(text, "f") == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("bad", ["", "15", "s", "1x", "-1s", "1s 2s", True, None, "1.s"])
+def test_bad_durations(bad):
+    with pytest.raises(SpecError):
+        parse_duration(bad, "spec.interval")
+
+
+def test_defaults_are_the_feature_spec_queries_and_the_crd_defaults():
+    s = parse_spec(BASE)
+    assert (s.metrics.request_rate, s.metrics.latency_p95, s.metrics.cpu_utilization) == (
+        features.PROMQL["request_rate"],
+        features.PROMQL["latency_p95"],
+        features.PROMQL["cpu_utilization"],
+    )
+    assert (s.min_replicas, s.mode, s.interval_s, s.slo_s) == (1, "Enforce", 15.0, 0.25)
+    assert s.model.is_default and s.metrics.address == ""
+    assert (s.fallback_target, s.fallback_after) == (0.7, 3)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"minReplicas": 11}, "minReplicas (11) must be <= spec.maxReplicas (10)"),
+        ({"minReplicas": -1}, "minReplicas must be >= 1"),
+        ({"targetRef": {"kind": "StatefulSet", "name": "web"}}, "apps/v1 Deployment"),
+        ({"mode": "Sometimes"}, "spec.mode must be one of"),
+        ({"interval": "500ms"}, "at least 1s"),
+        ({"slo": {}}, "latencyP95 is required"),
+        ({"model": {"configMapRef": {"name": "m"}}}, "both configMapRef and sha256"),
+        (
+            {"metrics": {"requestRate": "sum(rate(x[1m]))"}},
+            "templated on $namespace and $deployment",
+        ),
+        ({"behavior": {"scaleUp": {"maxPods": 0}}}, "maxPods must be >= 1"),
+    ],
+)
+def test_refused_with_one_line(change, message):
+    with pytest.raises(SpecError, match=None) as e:
+        parse_spec({**BASE, **change})
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_shield_precedence_explicit_over_trained_over_defaults():
+    spec = parse_spec({**BASE, "behavior": {"scaleDown": {"cooldown": "30s"}}})
+    assert shield_config(spec) == ShieldConfig(
+        min_replicas=1, max_replicas=10, down_cooldown_s=30.0
+    )
+    trained = {
+        "shield": {"down_cooldown_s": 90.0, "up_cooldown_s": 15.0, "max_replicas": 3, "bogus": 1}
+    }
+    cfg = shield_config(spec, trained)
+    assert (cfg.down_cooldown_s, cfg.up_cooldown_s, cfg.max_replicas) == (30.0, 15.0, 10)
+
+
+@pytest.mark.parametrize(
+    ("spec_change", "serving", "expected"),
+    [
+        ({}, None, []),
+        ({}, {"interval_s": 15.0, "shield": {"down_cooldown_s": 60.0}}, []),
+        ({"interval": "5s"}, {"interval_s": 15.0}, ["interval 5s (trained 15s)"]),
+        (
+            {"behavior": {"scaleDown": {"cooldown": "30s"}}},
+            {"shield": {"down_cooldown_s": 60.0}},
+            ["down_cooldown_s 30 (trained 60)"],
+        ),
+        (
+            {"fallback": {"targetUtilization": 60}},
+            {"target_utilization": 0.7},
+            ["fallback.targetUtilization 60% (trained 70%)"],
+        ),
+    ],
+)
+def test_training_mismatch_lists_what_differs(spec_change, serving, expected):
+    assert training_mismatch(parse_spec({**BASE, **spec_change}), serving) == expected

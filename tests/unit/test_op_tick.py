@@ -1,0 +1,250 @@
+"""The batched tick against in-memory API/Prometheus stand-ins: what it writes, and when not."""
+
+from __future__ import annotations
+
+import pytest
+from opfakes import busy_model, world
+
+from qscale.operator.models import artifact_configmap
+
+pytestmark = pytest.mark.asyncio
+
+T0 = 1_800_000_000.0
+SPEC = {
+    "targetRef": {"kind": "Deployment", "name": "web"},
+    "minReplicas": 1,
+    "maxReplicas": 10,
+    "interval": "15s",
+    "slo": {"latencyP95": "200ms"},
+}
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return busy_model(tmp_path_factory.mktemp("m") / "busy65")
+
+
+def cond(status, type_):
+    return next(c for c in status["conditions"] if c["type"] == type_)
+
+
+async def test_scale_up_then_steady_state_writes_nothing(model_dir):
+    w = world(model_dir)
+    w.deployment("a", "web", 2)
+    w.prom.set("a", "web", cpu=1.0)  # 2 busy pods -> ceil(2 / 0.65) = 4
+    w.policy("a", "web", SPEC)
+    rep = await w.tick(T0)
+    assert rep.queries == 3 and rep.scale_writes == 1 and rep.changed == [("a", "web", 2, 4)]
+    st = w.kube.status[("a", "web")]
+    assert st["replicas"] == 4 and st["desiredReplicas"] == 4 and st["reason"] == "OK"
+    assert st["lastAction"]["action"] == "busy_at_65" and st["lastAction"]["applied"] is True
+    assert set(st["lastAction"]["qValues"]) >= {"hold", "busy_at_65"}
+    assert (
+        cond(st, "ScalingActive")["status"] == "True" and cond(st, "ModelReady")["status"] == "True"
+    )
+    assert w.events.reasons() == ["OK"]
+    w.sync_from_kube()
+    w.prom.set("a", "web", cpu=0.6)  # 4 pods x 0.6 = 2.4 busy -> 4: hold
+    before = (w.kube.writes("scale"), w.kube.writes("status"))
+    for i in range(1, 12):
+        w.policy("a", "web", SPEC)
+        await w.tick(T0 + 15 * i)
+    after = (w.kube.writes("scale"), w.kube.writes("status"))
+    assert after[0] == before[0]
+    assert after[1] - before[1] <= 1  # at most the one status change (the proposal's memory)
+
+
+async def test_only_due_policies_are_decided_and_all_share_three_queries_and_one_forward_pass(
+    model_dir,
+):
+    w = world(model_dir)
+    for i in range(50):
+        w.deployment("a", f"d{i}", 2)
+        w.prom.set("a", f"d{i}", cpu=0.3)
+        w.policy("a", f"p{i}", {**SPEC, "targetRef": {"kind": "Deployment", "name": f"d{i}"}})
+    rep = await w.tick(T0)
+    assert rep.due == 50 and rep.queries == 3 and w.prom.fetches == 1 and w.prom.groups == 1
+    family = next(f for f in w.engine.m.registry.collect() if f.name == "qscale_inference_seconds")
+    assert next(s.value for s in family.samples if s.name.endswith("_count")) == 1
+    rep = await w.tick(T0 + 5)  # not due yet (15 s interval)
+    assert rep.due == 0 and w.prom.fetches == 1
+
+
+async def test_shadow_never_writes_and_records_a_would_be_scale_once(model_dir):
+    w = world(model_dir)
+    w.deployment("a", "web", 2)
+    w.prom.set("a", "web", cpu=1.0)
+    for i in range(4):
+        w.policy("a", "web", {**SPEC, "mode": "Shadow"})
+        await w.tick(T0 + 15 * i)
+    assert w.kube.writes("scale") == 0 and w.kube.scales[("a", "web")]["spec"]["replicas"] == 2
+    st = w.kube.status[("a", "web")]
+    assert st["wouldScaleTo"] == 4 and st["lastAction"]["applied"] is False
+    assert st["lastAction"]["time"] == "2027-01-15T08:00:00Z"  # recorded once, not every tick
+    assert cond(st, "ScalingActive")["reason"] == "MODE_SHADOW"
+    assert w.kube.writes("status") == 1
+
+
+async def test_off_only_reports(model_dir):
+    w = world(model_dir)
+    w.deployment("a", "web", 2)
+    w.prom.set("a", "web", cpu=1.0)
+    w.policy("a", "web", {**SPEC, "mode": "Off"})
+    rep = await w.tick(T0)
+    assert rep.decided == 0 and w.kube.writes("scale") == 0
+    st = w.kube.status[("a", "web")]
+    assert st["reason"] == "MODE_OFF" and "desiredReplicas" not in st and st["replicas"] == 2
+
+
+async def test_metrics_down_holds_then_fallback_holds_too_and_bounds_still_apply(model_dir):
+    w = world(model_dir)
+    w.deployment("a", "web", 12)  # above maxReplicas 10
+    w.prom.down = True
+    reasons = []
+    for i in range(4):
+        w.policy("a", "web", SPEC)
+        await w.tick(T0 + 15 * i)
+        w.sync_from_kube()
+        reasons.append(w.kube.status[("a", "web")]["reason"])
+    st = w.kube.status[("a", "web")]
+    # the bound applies at once, without metrics; then hold; the third failed tick: the HPA rule
+    assert reasons == ["AT_MAX", "METRICS_MISSING", "FALLBACK_ACTIVE", "FALLBACK_ACTIVE"]
+    assert w.kube.scales[("a", "web")]["spec"]["replicas"] == 10
+    assert cond(st, "MetricsAvailable") == {
+        **cond(st, "MetricsAvailable"),
+        "status": "False",
+        "reason": "QUERY_FAILED",
+    }
+    assert st["fallback"]["active"] is True
+    assert w.events.reasons().count("FALLBACK_ACTIVE") == 1  # the event, once
+    w.prom.down = False
+    w.prom.set("a", "web", cpu=0.65)
+    w.policy("a", "web", SPEC)
+    await w.tick(T0 + 60)
+    st = w.kube.status[("a", "web")]
+    assert "fallback" not in st and cond(st, "MetricsAvailable")["status"] == "True"
+    assert "FALLBACK_ENDED" in w.events.reasons()
+
+
+async def test_model_with_a_wrong_pin_is_refused_and_the_hpa_rule_takes_over(model_dir, tmp_path):
+    w = world(model_dir)
+    cm, digest = artifact_configmap(model_dir, "m", "a")
+    w.kube.configmaps[("a", "m")] = cm
+    w.deployment("a", "web", 2)
+    w.prom.set("a", "web", cpu=1.4)  # 140 % of the request, HPA at 70 %: 2 -> 4
+    spec = {
+        **SPEC,
+        "model": {"configMapRef": {"name": "m"}, "sha256": "0" * 64},
+        "fallback": {"afterFailedTicks": 2},
+    }
+    for i in range(2):
+        w.policy("a", "web", spec)
+        await w.tick(T0 + 15 * i)
+    st = w.kube.status[("a", "web")]
+    assert (
+        cond(st, "ModelReady")["status"] == "False"
+        and "sha256 mismatch" in cond(st, "ModelReady")["message"]
+    )
+    assert cond(st, "Ready")["status"] == "False"
+    assert (
+        w.kube.scales[("a", "web")]["spec"]["replicas"] == 4 and st["lastAction"]["action"] == "hpa"
+    )
+    assert w.events.reasons().count("MODEL_REFUSED") == 1
+    # the right pin: the ConfigMap's model is served
+    w2 = world(model_dir)
+    w2.kube.configmaps[("a", "m")] = cm
+    w2.deployment("a", "web", 2)
+    w2.prom.set("a", "web", cpu=0.3)
+    w2.policy("a", "web", {**spec, "model": {"configMapRef": {"name": "m"}, "sha256": digest}})
+    await w2.tick(T0)
+    st = w2.kube.status[("a", "web")]
+    assert cond(st, "ModelReady")["status"] == "True" and st["model"]["sha256"] == digest
+
+
+async def test_outside_scale_is_noticed_and_counts_for_the_cooldown(model_dir):
+    w = world(model_dir)
+    w.deployment("a", "web", 4)
+    w.prom.set("a", "web", cpu=0.6)
+    w.policy("a", "web", SPEC)
+    await w.tick(T0)
+    w.deployment("a", "web", 9)  # kubectl scale
+    w.prom.set("a", "web", cpu=0.1)  # would scale down at once
+    w.policy("a", "web", SPEC)
+    await w.tick(T0 + 15)
+    st = w.kube.status[("a", "web")]
+    assert st["lastOutsideScale"]["from"] == 4 and st["lastOutsideScale"]["to"] == 9
+    assert "OUTSIDE_SCALE" in w.events.reasons()
+    assert (
+        w.kube.scales[("a", "web")]["spec"]["replicas"] == 9
+    )  # down cooldown from the outside scale
+    assert st["reason"] in ("COOLDOWN_DOWN", "STABILIZED")
+
+
+async def test_a_conflict_is_retried_once_and_a_step_never_lands_twice(model_dir):
+    w = world(model_dir)
+    w.deployment("a", "web", 2)
+    w.prom.set("a", "web", cpu=1.0)
+    w.kube.conflict_once.add(("a", "web"))  # e.g. a status update of the Deployment
+    w.policy("a", "web", SPEC)
+    await w.tick(T0)
+    assert w.kube.scales[("a", "web")]["spec"]["replicas"] == 4
+    # someone else scales just before our next write: the step is dropped, not stacked
+    w2 = world(model_dir)
+    w2.deployment("a", "web", 2)
+    w2.prom.set("a", "web", cpu=1.0)
+    w2.kube.outside[("a", "web")] = 3
+    w2.policy("a", "web", SPEC)
+    rep = await w2.tick(T0)
+    assert rep.changed == [] and w2.kube.scales[("a", "web")]["spec"]["replicas"] == 3
+    assert "lastAction" not in w2.kube.status[("a", "web")]
+
+
+async def test_a_restarted_operator_keeps_the_cooldown(model_dir):
+    spec = {**SPEC, "behavior": {"scaleDown": {"cooldown": "300s", "stabilizationWindow": "0s"}}}
+    w = world(model_dir)
+    w.deployment("a", "web", 2)
+    w.prom.set("a", "web", cpu=1.0)
+    w.policy("a", "web", spec)
+    await w.tick(T0)
+    assert w.kube.scales[("a", "web")]["spec"]["replicas"] == 4
+    status = w.kube.status[("a", "web")]
+    # a new process: nothing in memory, only the status
+    w2 = world(model_dir)
+    w2.kube.status = w.kube.status
+    w2.deployment("a", "web", 4)
+    w2.prom.set("a", "web", cpu=0.1)
+    w2.policy("a", "web", spec, status=status)
+    await w2.tick(T0 + 60)
+    assert (
+        w2.kube.writes("scale") == 0 and w2.kube.status[("a", "web")]["reason"] == "COOLDOWN_DOWN"
+    )
+    w2.policy("a", "web", spec)
+    await w2.tick(T0 + 315)
+    assert w2.kube.scales[("a", "web")]["spec"]["replicas"] < 4
+
+
+async def test_missing_target_and_invalid_spec_are_conditions_reported_once(model_dir):
+    w = world(model_dir)
+    w.cache._synced["a"] = True  # listed: no Deployment "web"
+    w.policy("a", "web", SPEC)
+    w.policy("a", "bad", {**SPEC, "minReplicas": 20})
+    for i in range(3):
+        await w.tick(T0 + 15 * i)
+    st = w.kube.status[("a", "web")]
+    assert st["reason"] == "TARGET_MISSING" and cond(st, "Ready")["status"] == "False"
+    assert w.kube.status[("a", "bad")]["reason"] == "INVALID_SPEC"
+    assert w.events.reasons().count("TARGET_MISSING") == 1 and w.kube.writes("status") == 2
+    w.deployment("a", "web", 2)
+    w.prom.set("a", "web", cpu=0.5)
+    await w.tick(T0 + 45)
+    assert w.kube.status[("a", "web")]["reason"] == "OK"
+
+
+async def test_api_down_decides_and_writes_nothing(model_dir):
+    w = world(model_dir)
+    w.deployment("a", "web", 2)
+    w.cache._synced["a"] = False  # the watch broke: replicas unknown
+    w.prom.set("a", "web", cpu=1.0)
+    w.policy("a", "web", SPEC)
+    rep = await w.tick(T0)
+    assert rep.decided == 0 and w.kube.calls == []
