@@ -7,7 +7,10 @@ Two families, both scale-free:
   doing now (:func:`qscale.features.busy_pods`, pods' worth of CPU limit in use) would run its
   pods at 50, 65 or 80 % of their CPU limit -- the HPA's formula, with the operating point
   chosen per decision. "Do what a CPU HPA at that target would do" is one action, so a policy
-  can learn never to be worse than that rule and depart from it only where it pays.
+  can learn never to be worse than that rule and depart from it only where it pays;
+* **peak targets** (``peak_at_65/80``): the same for the work the Deployment would do at the
+  highest request rate of the last 15 minutes (busy pods x peak rate / rate now) -- what an HPA
+  with a long scale-down window holds, as one action.
 
 The shield in :mod:`qscale.guardrails` then bounds whatever the action proposes.
 """
@@ -22,7 +25,8 @@ import torch
 @dataclass(frozen=True)
 class Action:
     """``kind`` ``"step"``: desired = current * multiplier + delta, rounded away from current;
-    ``kind`` ``"target"``: desired = ceil(busy pods / target)."""
+    ``kind`` ``"target"``: desired = ceil(busy pods / target); ``"peak"``: ceil(busy pods at
+    the recent peak rate / target)."""
 
     name: str
     kind: str
@@ -40,6 +44,8 @@ ACTIONS: tuple[Action, ...] = (
     Action("busy_at_50", "target", target=0.5),
     Action("busy_at_65", "target", target=0.65),
     Action("busy_at_80", "target", target=0.8),
+    Action("peak_at_65", "peak", target=0.65),
+    Action("peak_at_80", "peak", target=0.8),
 )
 ACTION_NAMES: tuple[str, ...] = tuple(a.name for a in ACTIONS)
 N_ACTIONS = len(ACTIONS)
@@ -47,16 +53,20 @@ HOLD = 0
 
 _MULT = torch.tensor([a.multiplier for a in ACTIONS], dtype=torch.float32)
 _DELTA = torch.tensor([a.delta for a in ACTIONS], dtype=torch.float32)
-_TARGET = torch.tensor([a.target if a.kind == "target" else 1.0 for a in ACTIONS])
+_TARGET = torch.tensor([a.target if a.kind in ("target", "peak") else 1.0 for a in ACTIONS])
 _IS_TARGET = torch.tensor([a.kind == "target" for a in ACTIONS])
+_IS_PEAK = torch.tensor([a.kind == "peak" for a in ACTIONS])
 
 
 def apply(
-    replicas: torch.Tensor, action: torch.Tensor, busy: torch.Tensor | None = None
+    replicas: torch.Tensor,
+    action: torch.Tensor,
+    busy: torch.Tensor | None = None,
+    peak_busy: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Desired replicas: ``replicas`` ``[B]`` float, ``action`` ``[B]`` int64, ``busy`` ``[B]``
-    pods' worth of CPU in use (needed by the target actions; NaN gives a NaN proposal, which
-    the shield holds).
+    pods' worth of CPU in use and ``peak_busy`` the same at the recent peak rate (needed by the
+    target and peak actions; NaN gives a NaN proposal, which the shield holds).
 
     A multiplicative step always moves by at least one pod (x1.5 of 1 pod is 2), so no step
     action silently means "hold". Out-of-range indices raise, as indexing does.
@@ -69,6 +79,10 @@ def apply(
     step = torch.where(mult > 1.0, up, raw)
     if busy is None:
         busy = torch.full_like(replicas, float("nan"))
+    if peak_busy is None:
+        peak_busy = torch.full_like(replicas, float("nan"))
     target = _TARGET.to(dev)[action].to(replicas.dtype)
     sized = torch.ceil(busy.to(replicas.dtype) / target - 1e-4)
-    return torch.where(_IS_TARGET.to(dev)[action], sized, step)
+    peak_sized = torch.ceil(peak_busy.to(replicas.dtype) / target - 1e-4)
+    out = torch.where(_IS_TARGET.to(dev)[action], sized, step)
+    return torch.where(_IS_PEAK.to(dev)[action], peak_sized, out)

@@ -120,7 +120,7 @@ def decide(
             q = model(obs.to(next(_params(model), obs).device)).to(cur.device).float()
         action = greedy(q)
     busy = features.busy_pods(x.cpu_utilization, x.cpu_limit_ratio, cur)
-    proposal = actions.apply(cur, action, busy)
+    proposal = actions.apply(cur, action, busy, features.peak_busy_pods(x))
     stale = signals.present & (signals.age_s > stale_after_s)
     usable = signals.present & ~stale
     desired = torch.where(usable, proposal, cur)

@@ -186,6 +186,15 @@ def busy_pods(cpu_utilization: torch.Tensor, cpu_limit_ratio: torch.Tensor, repl
     return cpu_utilization / torch.clamp(cpu_limit_ratio, min=1e-6) * replicas
 
 
+def peak_busy_pods(x: FeatureInputs) -> torch.Tensor:
+    """The work at the recent peak rate: busy pods x (15 min peak rate / rate now), never below
+    the busy pods (with no requests at all, the busy pods themselves)."""
+    busy = busy_pods(x.cpu_utilization, x.cpu_limit_ratio, x.replicas)
+    now = torch.clamp(x.rate_now, min=1e-12)
+    ratio = torch.where(x.rate_now > 0, torch.maximum(x.rate_peak_15m, x.rate_now) / now, 1.0)
+    return busy * ratio
+
+
 def compute(x: FeatureInputs) -> torch.Tensor:
     """Observation tensor ``[B, N_FEATURES]`` (float32), clipped to each feature's range.
 

@@ -175,7 +175,7 @@ def test_domain_randomization_spans_sizes():
     assert peak.min() < 1.5 and peak.max() > 70
     assert (params.max_replicas >= params.min_replicas + 2).all()
     steps = params.delay_steps
-    assert steps.min() in (1, 2) and steps.max() == 8  # ceil(delay / 15 s) over 15-120 s
+    assert steps.min() in (1, 2) and steps.max() == 16  # ceil(delay / 15 s) over 15-240 s
     ratio = params.max_replicas / params.peak_replicas
     assert ratio.min() < 2.0 and ratio.max() > 8.0  # a safety cap, 1.5-10x the size
     assert params.ingress.any() and (~params.ingress).any()

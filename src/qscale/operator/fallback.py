@@ -30,7 +30,7 @@ __all__ = ["FallbackInput", "hpa", "hpa_decide"]
 def hpa() -> Any:
     """The module with ``HPAConfig``, ``HPAState``, ``hpa_step``: the one line that knows where
     the HPA lives (imported on first use: the simulator package it sits in today is heavy)."""
-    from qscale.simulator.baselines import hpa as module
+    from qscale import hpa as module
 
     return module
 

@@ -167,8 +167,9 @@ class TrainConfig:
     """Replay capacity in n-step transitions."""
     batch_size: int = 512
     """Transitions per gradient update."""
-    lr: float = 3e-4
-    """Adam learning rate."""
+    lr: float = 1e-4
+    """Adam learning rate (lower than the usual 3e-4: at 3e-4 the validation score swung by
+    +-20 from one evaluation to the next)."""
     adam_eps: float = 1e-5
     """Adam epsilon (larger than torch's default: steadier steps on small TD errors)."""
     gamma: float = 0.99
@@ -179,7 +180,7 @@ class TrainConfig:
     """Rewards are multiplied by this for learning only, keeping Q-values of order 10."""
     tau: float = 1.0
     """Target network update rate: 1.0 copies, smaller values blend (Polyak)."""
-    target_update_period: int = 1000
+    target_update_period: int = 2000
     """Gradient updates between target-network updates."""
     train_frequency: int = 1
     """Iterations between rounds of gradient updates."""

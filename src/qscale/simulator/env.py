@@ -95,7 +95,7 @@ class DomainConfig:
     """Requests/s one pod serves at its CPU limit (log-uniform)."""
     service_time_s: tuple[float, float] = (0.02, 0.2)
     """Mean time to serve one request (log-uniform)."""
-    startup_delay_s: tuple[float, float] = (15.0, 120.0)
+    startup_delay_s: tuple[float, float] = (15.0, 240.0)
     """Seconds from a scale-up until the new pods are ready."""
     startup_distribution: str = "uniform"
     """How start-up delays are drawn: ``uniform`` or ``loguniform`` over the range."""
