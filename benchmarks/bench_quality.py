@@ -8,7 +8,10 @@ summary table in Markdown:
 1. the shared test split, default profile, 5 seeds, all 24 h windows, the frontier;
 2. the same at ``--peak-replicas 60 --startup-delay 120,240`` (the same model, unchanged);
 3. maxReplicas at 1.5x, 2.5x, 5x and 10x of the need (``--max-replicas-factor``), the model and
-   the default HPA only (no frontier): the change of cost and SLO minutes against 2.5x.
+   the default HPA only (no frontier): the change of cost and SLO minutes against 2.5x;
+4. the night floor on the smooth diurnal families (NASA, nyc_taxi, AMZN): in the quietest
+   quarter of each window's steps (by the load), pods provisioned / pods the load needs at
+   100 % CPU, for the model and the rules (a fixed floor shows as a ratio far above the rules').
 
 Usage: ``python benchmarks/bench_quality.py [--model DIR] [--seeds 5] [--split test]
 [--out out/bench-quality] [--only frontier,robust,max]``. The grids are cached
@@ -58,13 +61,54 @@ def frontier_table(doc: dict, title: str) -> str:
     return "\n".join(out)
 
 
+def night_floor(args) -> str:
+    """Pods / need in the quietest quarter of each window's steps, smooth diurnal families."""
+    import torch
+
+    from qscale.policy.artifact import load_policy
+    from qscale.policy.controller import DQNController
+    from qscale.policy.default import default_model_path
+    from qscale.simulator import frontier as fr
+    from qscale.simulator.evaluate import EvalProfile, build, run
+    from qscale.simulator.splits import shared_trace_files
+    from qscale.simulator.tracebank import TraceBank
+
+    torch.set_num_threads(int(args.threads))
+    names = ("nasa_http_1995", "nyc_taxi", "twitter_volume_AMZN")
+    paths = [p for p in shared_trace_files() if p.stem in names]
+    bank = TraceBank.from_files(paths, split=args.split)
+    params, win = build(bank, EvalProfile(), list(range(args.seeds)), window_steps=5760)
+    model = load_policy(default_model_path() if args.model == "default" else args.model)
+    ctrls = {
+        "dqn": DQNController(model.module),
+        "hpa": fr.make_controller(cli.DEFAULT_RULES["hpa"]),
+        "hpa 70% w1800": fr.make_controller(fr.Rule("hpa", 0.7, 1800.0, "legacy")),
+        "keda": fr.make_controller(cli.DEFAULT_RULES["keda"]),
+    }
+    lines = ["### Night floor: pods / need in the quietest quarter of each window (smooth families)",
+             "", "| family | " + " | ".join(ctrls) + " |", "|---|" + "---|" * len(ctrls)]  # fmt: skip
+    ratios: dict[str, dict[str, float]] = {n: {} for n in names}
+    for cname, ctrl in ctrls.items():
+        m = run(ctrl, params, win, record=True)
+        rate, reps = m.timeline["rate"], m.timeline["replicas"]
+        need = rate / params.capacity[None, :]
+        for k, name in enumerate(bank.names):
+            envs = (win.trace == k).nonzero().squeeze(1)
+            q = torch.quantile(need[:, envs], 0.25, dim=0, keepdim=True)
+            quiet = need[:, envs] <= q
+            ratios[name][cname] = float((reps[:, envs] * quiet).sum() / (need[:, envs] * quiet).sum())
+    for name in bank.names:
+        lines.append(f"| {name} | " + " | ".join(f"{ratios[name][c]:.2f}" for c in ctrls) + " |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="default")
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--split", default="test")
     ap.add_argument("--out", default="out/bench-quality")
-    ap.add_argument("--only", default="frontier,robust,max")
+    ap.add_argument("--only", default="frontier,robust,max,night")
     ap.add_argument("--threads", default="1")
     args = ap.parse_args()
     parts = set(args.only.split(","))
@@ -103,6 +147,8 @@ def main() -> int:
                 cells += [f"{r['cost']:.1f}", f"{r['slo']:.1f}", f"{dc:+.1f} %", f"{ds:+.1f} %"]
             lines.append(f"| {f}x | " + " | ".join(cells) + " |")
         md.append("\n".join(lines))
+    if "night" in parts:
+        md.append(night_floor(args))
     text = "\n\n".join(md)
     print(text)
     out.mkdir(parents=True, exist_ok=True)

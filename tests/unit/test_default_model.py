@@ -14,9 +14,11 @@ def test_shipped_default_model_is_valid_and_small():
     m = policy.manifest
     assert m["spec_hash"] == features.SPEC_HASH
     assert m["action_names"] == list(actions.ACTION_NAMES)
+    assert m["serving"]["interval_s"] == 15.0 and "down_stabilization_s" in m["serving"]["shield"]
     ev = m["evaluation"]
     assert ev["command"].startswith("qscale evaluate --model")
     controllers = {s["controller"] for s in ev["summary"]}
-    assert controllers == {"dqn", "hpa", "hpa-tuned", "keda", "oracle"}
-    assert "cost (replica-h)" in ev["table"]
-    assert ev["training"]["global_step"] > 0
+    assert controllers == {"dqn", "hpa", "hpa-tuned", "keda", "predictive", "oracle"}
+    assert "frontier" in ev["table"] and "cost (replica-h)" in ev["table"]
+    assert {s["family"] for s in ev["summary"]} >= {"nasa_http_1995", "nyc_taxi", "ALL"}
+    assert ev["training"]["global_step"] > 0 and ev["training"]["gradient_updates"] > 0

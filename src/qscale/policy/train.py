@@ -159,7 +159,7 @@ class TrainConfig:
     current arrivals need, at least 1)."""
 
     # --- algorithm --------------------------------------------------------------------------
-    total_env_steps: int = 30_000_000
+    total_env_steps: int = 20_000_000
     """Env steps to train for (rounded up to whole iterations of n_envs steps)."""
     n_envs: int = 256
     """Simulated clusters stepped together; one iteration = n_envs env steps."""
@@ -596,7 +596,7 @@ def _train(
         initial=start_iteration * cfg.n_envs,
         unit="step",
         unit_scale=True,
-        disable=not cfg.progress,
+        disable=not (cfg.progress and sys.stderr.isatty()),
         dynamic_ncols=True,
     )
     zero = torch.zeros((), device=device)
