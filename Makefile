@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 OUT ?= out
 
-.PHONY: install system-deps demo chart chart-crds chart-dashboard manifests test bench bench-sb3 bench-hpa lint format clean model
+.PHONY: install system-deps demo chart chart-crds chart-dashboard manifests test bench bench-sb3 bench-hpa bench-operator lint format clean model
 
 $(STAMP): pyproject.toml
 	$(PY_VERSION) -m venv $(VENV)
@@ -66,6 +66,10 @@ bench-hpa: $(STAMP)
 bench-sb3: $(STAMP)
 	$(PY) -m pip install -q stable-baselines3
 	$(PY) benchmarks/bench_sb3.py --seeds 10
+
+# The operator on a local control plane with real Prometheus, 1/100/1,000 policies (~15 min).
+bench-operator: $(STAMP) system-deps
+	$(PY) benchmarks/bench_operator.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks

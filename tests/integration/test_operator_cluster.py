@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 
+import httpx
 import pytest
 from opstack import ReplicaLog, Stack, start_stack, stop_stack
 
@@ -49,8 +50,15 @@ def st(stack: Stack, request):
     failed = request.session.testsfailed
     yield stack
     if request.session.testsfailed > failed:
-        print("--- operator log ---\n" + stack.operator.log_tail(6000))
+        lines = [ln for ln in stack.operator.log_tail(10**6).splitlines() if "qscale" in ln]
+        print("--- operator log (qscale lines) ---\n" + "\n".join(lines[-60:]))
     stack.cleanup()
+
+
+def s_digest(st: Stack) -> str:
+    import hashlib
+
+    return hashlib.sha256((st.model / "manifest.json").read_bytes()).hexdigest()
 
 
 def scale_events(st: Stack, name: str) -> list[dict]:
@@ -90,6 +98,11 @@ def test_examples_apply_with_kubectl_and_tell_the_story(st: Stack):
     assert st.condition("web", "MetricsAvailable")["reason"] == "METRICS_MISSING"
     assert st.condition("web", "ModelReady")["status"] == "True"
     assert st.replicas("web") == 2
+    # kopf's liveness endpoint runs the probe: the model it serves
+    health = httpx.get(f"http://127.0.0.1:{st.operator.health_port}/healthz", timeout=5)
+    assert health.status_code == 200 and health.json()["qscale"]["default_model"] == s_digest(st)
+    ready = httpx.get(f"http://127.0.0.1:{st.operator.metrics_port}/readyz", timeout=5).json()
+    assert ready["leader"] is True and ready["deployments_synced"] is True
 
 
 def test_ramp_scales_up_fall_scales_down_after_cooldown_and_stabilization_bounds_hold(st: Stack):

@@ -141,6 +141,12 @@ class QueueEvents(EventPoster):
     def post(self, e) -> None:
         self.posted.append(e)
 
+    def hold(self) -> None:
+        pass
+
+    def release(self) -> None:
+        pass
+
     def reasons(self) -> list[str]:
         return [e.reason for e in self.posted]
 

@@ -9,7 +9,7 @@ import torch
 
 from qscale import features
 from qscale.emulator import _deployment_of
-from qscale.emulator.exporter import registry_for
+from qscale.emulator.exporter import exposition
 from qscale.emulator.workload import Load, Pod, Workload, WorkloadSet
 from qscale.simulator import service
 
@@ -78,20 +78,29 @@ def test_served_requests_latency_and_cpu_follow_the_service_model():
 
 
 def test_exposition_has_the_names_and_labels_the_default_queries_read():
+    from prometheus_client.parser import text_string_to_metric_families
+
     ws = WorkloadSet([Workload("a", "web", Load.constant(10.0))])
     _pods(ws, 1, 0)
     ws.step(0.0, 1.0)
-    from prometheus_client import generate_latest
-
-    text = generate_latest(registry_for(ws)).decode()
-    for name in (
-        'http_requests_total{namespace="a",pod="web-abc12-p0000"}',
-        'http_request_duration_seconds_bucket{le="0.005",namespace="a",pod="web-abc12-p0000"}',
-        'http_request_duration_seconds_bucket{le="+Inf",namespace="a",pod="web-abc12-p0000"}',
-        'container_cpu_usage_seconds_total{container="app",namespace="a",pod="web-abc12-p0000"}',
-        'kube_pod_container_resource_requests{container="app",namespace="a",pod="web-abc12-p0000",resource="cpu",unit="core"}',
+    samples = {
+        (s.name, tuple(sorted(s.labels.items())))
+        for f in text_string_to_metric_families(exposition(ws).decode())
+        for s in f.samples
+    }
+    pod = (("namespace", "a"), ("pod", "web-abc12-p0000"))
+    for name, extra in (
+        ("http_requests_total", ()),
+        ("http_request_duration_seconds_bucket", (("le", "0.005"),)),
+        ("http_request_duration_seconds_bucket", (("le", "+Inf"),)),
+        ("http_request_duration_seconds_count", ()),
+        ("container_cpu_usage_seconds_total", (("container", "app"),)),
+        (
+            "kube_pod_container_resource_requests",
+            (("container", "app"), ("resource", "cpu"), ("unit", "core")),
+        ),
     ):
-        assert name in text, name
+        assert (name, tuple(sorted(pod + extra))) in samples, name
     for metric in (
         "http_requests_total",
         "http_request_duration_seconds_bucket",

@@ -248,3 +248,23 @@ async def test_api_down_decides_and_writes_nothing(model_dir):
     w.policy("a", "web", SPEC)
     rep = await w.tick(T0)
     assert rep.decided == 0 and w.kube.calls == []
+
+
+async def test_a_policy_that_differs_from_the_training_settings_gets_a_condition(tmp_path):
+    from opfakes import QNetwork, export
+
+    d = export(
+        QNetwork(),
+        tmp_path / "m",
+        extra={"serving": {"interval_s": 15.0, "shield": {"down_cooldown_s": 60.0}}},
+    )
+    w = world(d)
+    w.deployment("a", "web", 2)
+    w.prom.set("a", "web", cpu=0.5)
+    w.policy("a", "web", {**SPEC, "interval": "5s", "behavior": {"scaleDown": {"cooldown": "30s"}}})
+    w.policy("a", "same", {**SPEC, "targetRef": {"kind": "Deployment", "name": "web"}})
+    await w.tick(T0)
+    c = cond(w.kube.status[("a", "web")], "MatchesTraining")
+    assert c["status"] == "False" and c["reason"] == "TRAINING_MISMATCH"
+    assert c["message"] == "interval 5s (trained 15s); down_cooldown_s 30 (trained 60)"
+    assert cond(w.kube.status[("a", "same")], "MatchesTraining")["status"] == "True"

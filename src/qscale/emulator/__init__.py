@@ -128,9 +128,7 @@ class Emulator:
         return f"http://{self.address}:{self.port}/metrics"
 
     def start(self) -> Emulator:
-        from prometheus_client import start_http_server
-
-        from qscale.emulator.exporter import registry_for
+        from qscale.emulator.exporter import serve
 
         if self.port == 0:
             import socket
@@ -138,9 +136,7 @@ class Emulator:
             with socket.socket() as s:
                 s.bind((self.address, 0))
                 self.port = s.getsockname()[1]
-        self._server, _ = start_http_server(
-            self.port, addr=self.address, registry=registry_for(self.ws)
-        )
+        self._server = serve(self.ws, self.address, self.port)
         namespaces = sorted({w.namespace for w in self.ws.workloads.values()})
         for ns in namespaces:
             self._spawn(self._watch, ns, name=f"pods {ns}")

@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Sequence
 
 __all__ = ["emulate_main"]
@@ -43,6 +45,11 @@ def emulate_main(argv: Sequence[str]) -> int:
     )
     ap.add_argument("--compress", type=float, default=1.0, help="emulated seconds per real second")
     ap.add_argument("--step", type=float, default=1.0, help="seconds between steps (default 1)")
+    ap.add_argument(
+        "--control",
+        help='JSON file {"namespace/deployment": LOAD, ...} re-read when it '
+        "changes: loads to switch to while running",
+    )
     ap.add_argument("--address", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=9100)
     ap.add_argument(
@@ -97,5 +104,21 @@ def emulate_main(argv: Sequence[str]) -> int:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     with em:
         print(f"emulating {len(workloads)} workload(s); metrics on {em.url}", flush=True)
-        stop.wait()
+        mtime = None
+        while not stop.wait(0.2):
+            if not args.control:
+                continue
+            try:
+                m = os.stat(args.control).st_mtime_ns
+                if m == mtime:
+                    continue
+                mtime = m
+                with open(args.control) as f:
+                    changes = json.load(f)
+                for key, load in changes.items():
+                    ns, name = key.split("/", 1)
+                    em.set_load(ns, name, str(load))
+                print(f"loads changed at {time.time():.3f}: {len(changes)}", flush=True)
+            except (OSError, ValueError, KeyError) as e:
+                print(f"control file: {e}", file=sys.stderr, flush=True)
     return 0

@@ -1,7 +1,7 @@
 """The operator's process: the parts of a tick wired together, and the one loop that runs it.
 
-kopf keeps an index of the AutoscalePolicies (:mod:`qscale.operator.handlers`); this loop wakes
-every ``QSCALE_TICK_S``, and, while this replica holds the Lease, hands the index's values to
+kopf keeps a slim record of every AutoscalePolicy (:mod:`qscale.operator.handlers`); this loop
+wakes every ``QSCALE_TICK_S`` and, while this replica holds the Lease, hands those records to
 :meth:`Engine.run_once`. One loop for all policies rather than a kopf timer per policy: timers
 mean a task per object and a kopf worker per object at once (hundreds of MB at 1,000 policies),
 and a batch is what the tick wants anyway (3 queries, one forward pass).
@@ -65,7 +65,7 @@ def default_model_dir(settings: Settings) -> Path:
 class App:
     settings: Settings
     policies: Callable[[], Iterable[IndexedPolicy]]
-    """The kopf index's values."""
+    """The policies kopf has seen (:data:`qscale.operator.handlers.POLICIES`)."""
     metrics: Metrics = field(default_factory=Metrics)
     started_at: float = field(default_factory=process_start_time)
     kube: Kube | None = None
@@ -118,7 +118,7 @@ class App:
         ]
 
     async def _expect(self) -> None:
-        """The policies there are at start-up, so the first tick waits for kopf to index them."""
+        """The policies there are at start-up, so the first tick waits for kopf to list them."""
         paths = [
             f"/apis/{GROUP}/{VERSION}/namespaces/{ns}/{PLURAL}" for ns in self.settings.namespaces
         ] or [f"/apis/{GROUP}/{VERSION}/{PLURAL}"]
@@ -163,12 +163,14 @@ class App:
                     self.ticks += 1
                     if not self._first_full and policies and rep.due == len(policies):
                         self._first_full = True
-                        took = time.time() - self.started_at
+                        took = rep.decided_at - self.started_at
                         self.metrics.startup.set(took)
                         log.info(
-                            "first decision for all %d policies %.1f s after start",
+                            "first decision for all %d policies %.1f s after start "
+                            "(their statuses written %.1f s later)",
                             len(policies),
                             took,
+                            time.time() - rep.decided_at,
                         )
                 except Exception:
                     log.exception("tick failed")

@@ -40,7 +40,8 @@ def operator_main(argv: Sequence[str]) -> int:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # kopf's own logs one level quieter (INFO even when the operator logs DEBUG).
     logging.getLogger("kopf").setLevel(logging.INFO if level <= logging.DEBUG else logging.WARNING)
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    for noisy in ("httpx", "httpcore", "aiohttp.access"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
     import kopf
 

@@ -67,6 +67,15 @@ class EventPoster:
         self._on_write = on_write
         self._n = workers
         self._tasks: list[asyncio.Task] = []
+        self._open = asyncio.Event()
+        self._open.set()
+
+    def hold(self) -> None:
+        """Post nothing until :meth:`release`: a tick's scale and status writes go first."""
+        self._open.clear()
+
+    def release(self) -> None:
+        self._open.set()
 
     def post(self, e: Event) -> None:
         log.info("%s/%s %s %s: %s", e.namespace, e.name, e.type, e.reason, e.message)
@@ -92,6 +101,7 @@ class EventPoster:
     async def _work(self) -> None:
         while True:
             e = await self.queue.get()
+            await self._open.wait()
             try:
                 await self.kube.post(
                     f"/api/v1/namespaces/{e.namespace}/events", body(e, self.instance)

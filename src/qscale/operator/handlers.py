@@ -2,7 +2,12 @@
 
 * ``@kopf.on.startup`` puts every kopf setting in one place, derived from
   :class:`~qscale.operator.settings.Settings`, and starts the :class:`~qscale.operator.app.App`;
-* ``@kopf.index`` keeps a slim record of each AutoscalePolicy (:class:`IndexedPolicy`);
+* ``@kopf.on.event`` keeps a slim record of each AutoscalePolicy (:class:`IndexedPolicy`) in
+  :data:`POLICIES` -- an index in all but name: kopf 1.45.2's ``@kopf.index`` makes every
+  per-object worker wait, after indexing its object, until *all* objects are indexed, so with a
+  worker limit (which memory needs, below) the first ``worker_limit`` workers wait on objects
+  that can never get a worker: indexing 100 policies with 16 workers stalled at 16 for good
+  (measured; BENCHMARKS.md). An event handler has no such barrier;
 * ``@kopf.on.login`` gives kopf the same credentials the operator's own client uses;
 * ``@kopf.on.probe`` reports the model (and leadership) on the liveness endpoint.
 
@@ -38,7 +43,7 @@ def configure(settings: kopf.OperatorSettings, s: Settings) -> None:
     settings.scanning.disabled = True
     settings.peering.standalone = True
     settings.posting.enabled = False
-    settings.queueing.worker_limit = s.kopf_worker_limit
+    settings.queueing.worker_limit = s.kopf_worker_limit or None
     settings.queueing.idle_timeout = s.kopf_idle_timeout_s
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
@@ -48,12 +53,10 @@ def configure(settings: kopf.OperatorSettings, s: Settings) -> None:
 
 
 @kopf.on.startup()
-async def startup(
-    settings: kopf.OperatorSettings, memo: kopf.Memo, policies: kopf.Index, **_: Any
-) -> None:
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     s = Settings.from_env()
     configure(settings, s)
-    app = App(s, lambda: (p for key in list(policies) for p in policies.get(key, ())))
+    app = App(s, lambda: list(POLICIES.values()))
     await app.start()
     memo.app = app
 
@@ -70,9 +73,16 @@ def login(**_: Any) -> kopf.ConnectionInfo:
     return connection_info()[1]
 
 
-@kopf.index(GROUP, VERSION, PLURAL)
-async def policies(body: kopf.Body, namespace: str, name: str, **_: Any) -> dict:
-    return {(namespace, name): IndexedPolicy.from_body(body)}
+POLICIES: dict[str, IndexedPolicy] = {}
+"""Every AutoscalePolicy, by uid, as :class:`IndexedPolicy` (the tick's input)."""
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+async def policy_event(body: kopf.Body, type: str | None, uid: str, **_: Any) -> None:
+    if type == "DELETED":
+        POLICIES.pop(uid, None)
+    else:
+        POLICIES[uid] = IndexedPolicy.from_body(body)
 
 
 @kopf.on.probe(id="qscale")

@@ -166,8 +166,11 @@ class Kube:
             base_url=conn.server,
             verify=_ssl_context(conn),
             timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 5.0)),
+            # Keep connections across ticks (15 s apart): a TLS handshake per write is expensive.
             limits=httpx.Limits(
-                max_connections=max_connections, max_keepalive_connections=max_connections
+                max_connections=max_connections,
+                max_keepalive_connections=max_connections,
+                keepalive_expiry=300.0,
             ),
             auth=auth,
             trust_env=False,

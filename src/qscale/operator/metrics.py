@@ -80,6 +80,11 @@ class Metrics:
             ["kind", "result"],
             registry=r,
         )
+        self.conflicts = Counter(
+            "qscale_scale_conflicts",
+            "409s on scale writes (each re-reads the scale; a step is never applied twice)",
+            registry=r,
+        )
         self.model_info = Gauge(
             "qscale_model_info",
             "Models loaded (1), with their version as labels",
@@ -94,7 +99,7 @@ class Metrics:
         )
         self.startup = Gauge(
             "qscale_startup_seconds",
-            "Process start to the first tick that decided every known policy",
+            "Process start to the first decision for every known policy (before its writes)",
             registry=r,
         )
 

@@ -63,8 +63,9 @@ class Settings:
     """A leader that has not renewed for this long is replaced."""
     identity: str = ""
     """This replica's name in the Lease; empty: ``$POD_NAME`` or the host name plus the pid."""
-    kopf_worker_limit: int = 16
-    """kopf's ``settings.queueing.worker_limit``: per-object workers alive at once."""
+    kopf_worker_limit: int = 64
+    """kopf's ``settings.queueing.worker_limit``: per-object workers alive at once (0: no
+    limit, kopf's default)."""
     kopf_idle_timeout_s: float = 0.1
     """kopf's ``settings.queueing.idle_timeout``: how long an idle per-object worker lingers."""
     log_level: str = "INFO"
@@ -110,7 +111,11 @@ class Settings:
         for name in positive:
             if not getattr(self, name) > 0:
                 raise SettingsError(f"QSCALE_{name.upper()} must be > 0, got {getattr(self, name)}")
-        for name in ("torch_threads", "write_concurrency", "kopf_worker_limit"):
+        if self.kopf_worker_limit < 0:
+            raise SettingsError(
+                f"QSCALE_KOPF_WORKER_LIMIT must be >= 0, got {self.kopf_worker_limit}"
+            )
+        for name in ("torch_threads", "write_concurrency"):
             if getattr(self, name) < 1:
                 raise SettingsError(
                     f"QSCALE_{name.upper()} must be >= 1, got {getattr(self, name)}"

@@ -45,7 +45,7 @@ from qscale.operator.status import (
     set_condition,
     shield_record,
 )
-from qscale.operator.writer import Outcome, ScaleRequest, scale_all, updated_target
+from qscale.operator.writer import Outcome, ScaleRequest, scale_one, updated_target
 
 __all__ = ["Engine", "IndexedPolicy", "Runtime", "TickReport"]
 
@@ -58,7 +58,7 @@ _SHIELD_FIELDS = ("last_up_s", "last_down_s", "last_applied", "bucket_start_s", 
 
 @dataclass(frozen=True)
 class IndexedPolicy:
-    """What the kopf index keeps of one AutoscalePolicy (never the whole object)."""
+    """What the operator keeps of one AutoscalePolicy (never the whole object)."""
 
     namespace: str
     name: str
@@ -111,12 +111,17 @@ class TickReport:
     decided: int = 0
     queries: int = 0
     scale_writes: int = 0
+    conflicts: int = 0
     status_writes: int = 0
     events: int = 0
     decide_s: float = 0.0
     forward_s: float = 0.0
     seconds: float = 0.0
     changed: list[tuple[str, str, int, int]] = field(default_factory=list)
+    decided_at: float = 0.0
+    """Epoch time the decisions were taken (before the writes)."""
+    phases: dict[str, float] = field(default_factory=dict)
+    """Seconds spent in each part of the tick."""
 
 
 @dataclass
@@ -160,7 +165,7 @@ def _t(values: Sequence[float]) -> torch.Tensor:
 
 
 class Engine:
-    """Runs ticks over the policies it is handed (the kopf index's values)."""
+    """Runs ticks over the policies it is handed (what kopf has seen)."""
 
     def __init__(
         self,
@@ -210,6 +215,14 @@ class Engine:
         rep.due = len(due)
         if not due:
             return rep
+        mark = time.perf_counter()
+
+        def phase(name: str) -> None:
+            nonlocal mark
+            t = time.perf_counter()
+            rep.phases[name] = t - mark
+            mark = t
+
         await self._refresh_models([p for p, _ in due])
 
         statuses: dict[str, dict[str, Any]] = {}
@@ -232,15 +245,21 @@ class Engine:
             rows.append(_Row(p, rt, p.spec, target, model, err))
             statuses[p.uid] = st
 
+        phase("prepare")
         await self._observe(rows, now, rep)
+        phase("prometheus")
         t1 = time.perf_counter()
         self._decide(rows, now, rep)
         self._fallback(rows, now)
         rep.decide_s = time.perf_counter() - t1
-        await self._write(rows, now, rep)
-        for r in rows:
-            self._render(r, statuses[r.p.uid], now)
-        await self._patch_statuses(due, statuses, rep)
+        phase("decide")
+        rep.decided_at = time.time()
+        self.events.hold()
+        try:
+            await self._apply(due, rows, statuses, now, rep)
+        finally:
+            self.events.release()
+        phase("writes")
         rep.seconds = time.perf_counter() - t0
         self.m.tick.observe(rep.seconds)
         self.m.ticks.inc()
@@ -330,7 +349,10 @@ class Engine:
             if r.spec.mode == "Off":
                 continue
             serving = r.model.serving if r.model is not None else None
-            r.cfg = shield_config(r.spec, serving)
+            try:
+                r.cfg = shield_config(r.spec, serving)
+            except SpecError:  # the manifest's trained settings do not combine with the spec
+                r.cfg = shield_config(r.spec, None)
             if r.rt.shield is None or r.rt.shield_config != r.cfg:
                 r.rt.shield = restore_shield(
                     [r.rt.status.get("shield")], [float(r.target.replicas)], now, r.cfg
@@ -495,22 +517,17 @@ class Engine:
 
     # --- writes ---------------------------------------------------------------------------
 
-    async def _write(self, rows: list[_Row], now: float, rep: TickReport) -> None:
-        writes = [
-            r
-            for r in rows
-            if r.spec.mode == "Enforce" and r.to is not None and r.to != r.target.replicas
-        ]
-        reqs = [
-            ScaleRequest(
+    async def _write(self, r: _Row, now: float, rep: TickReport, sem: asyncio.Semaphore) -> None:
+        """The row's scale write (Enforce, a changed count), then what follows from it."""
+        if r.spec.mode == "Enforce" and r.to is not None and r.to != r.target.replicas:
+            req = ScaleRequest(
                 r.p.namespace, r.spec.target, r.target.replicas, r.to, r.target.resource_version
             )
-            for r in writes
-        ]
-        results = await scale_all(self.kube, reqs, self.s.write_concurrency) if reqs else []
-        for r, res in zip(writes, results, strict=True):
+            res = await scale_one(self.kube, req, sem)
             self.m.writes.labels("scale", res.outcome.value).inc()
+            self.m.conflicts.inc(res.conflicts)
             rep.scale_writes += 1
+            rep.conflicts += res.conflicts
             if res.landed:
                 rep.changed.append((r.p.namespace, r.spec.target, r.target.replicas, r.to))
                 r.rt.write_failing = False
@@ -522,57 +539,65 @@ class Engine:
                     if r.model
                     else f"({r.reason})"
                 )
-                self._event(
-                    r.p,
-                    "Normal",
-                    r.reason,
-                    f"scaled {r.spec.target} {r.target.replicas} -> {r.to} {how}",
-                    now,
-                )
+                msg = f"scaled {r.spec.target} {r.target.replicas} -> {r.to} {how}"
+                self._event(r.p, "Normal", r.reason, msg, now)
                 r.last_action = self._action(r, now, applied=True)
                 r.target = updated_target(r.target, res)
                 self.cache.note(r.target)
             else:
                 if res.outcome == Outcome.FAILED and not r.rt.write_failing:
-                    self._event(
-                        r.p,
-                        "Warning",
-                        OpReason.SCALE_FAILED,
-                        f"scale {r.spec.target} to {r.to}: {res.error}",
-                        now,
-                    )
+                    msg = f"scale {r.spec.target} to {r.to}: {res.error}"
+                    self._event(r.p, "Warning", OpReason.SCALE_FAILED, msg, now)
                 r.rt.write_failing = res.outcome == Outcome.FAILED
                 r.new_shield, r.new_hpa = None, None  # as if the step had not been decided
-        for r in rows:
-            if r.outside is not None:
-                a, b = r.outside
-                self._event(
-                    r.p,
-                    "Normal",
-                    OpReason.OUTSIDE_SCALE,
-                    f"{r.spec.target} was scaled {a} -> {b} by someone else "
-                    "(a scale event for the cooldowns)",
-                    now,
-                )
-            if r.new_shield is not None:
-                r.rt.shield = r.new_shield
-            if r.new_hpa is not None:
-                r.rt.hpa_state = r.new_hpa
-            if r.spec.mode == "Shadow" and r.to is not None and r.to != r.target.replicas:
-                # A would-be scale is recorded once, not again on every tick it stays the same.
-                prev = r.rt.status.get("lastAction") or {}
-                same = (
-                    prev.get("from"),
-                    prev.get("to"),
-                    prev.get("action"),
-                    prev.get("applied"),
-                ) == (r.target.replicas, r.to, r.action, False)
-                if not same:
-                    r.last_action = self._action(r, now, applied=False)
-            if r.spec.mode != "Off":
-                self.m.decisions.labels(r.action or "none", r.spec.mode, r.reason or "NONE").inc()
-                if r.reason in LIMIT_REASONS:
-                    self.m.interventions.labels(r.reason).inc()
+        if r.outside is not None:
+            a, b = r.outside
+            msg = (
+                f"{r.spec.target} was scaled {a} -> {b} by someone else "
+                "(a scale event for the cooldowns)"
+            )
+            self._event(r.p, "Normal", OpReason.OUTSIDE_SCALE, msg, now)
+        if r.new_shield is not None:
+            r.rt.shield = r.new_shield
+        if r.new_hpa is not None:
+            r.rt.hpa_state = r.new_hpa
+        if r.spec.mode == "Shadow" and r.to is not None and r.to != r.target.replicas:
+            # A would-be scale is recorded once, not again on every tick it stays the same.
+            prev = r.rt.status.get("lastAction") or {}
+            seen = (prev.get("from"), prev.get("to"), prev.get("action"), prev.get("applied"))
+            if seen != (r.target.replicas, r.to, r.action, False):
+                r.last_action = self._action(r, now, applied=False)
+        if r.spec.mode != "Off":
+            self.m.decisions.labels(r.action or "none", r.spec.mode, r.reason or "NONE").inc()
+            if r.reason in LIMIT_REASONS:
+                self.m.interventions.labels(r.reason).inc()
+
+    async def _apply(
+        self,
+        due: Sequence[tuple[IndexedPolicy, Runtime]],
+        rows: Sequence[_Row],
+        statuses: Mapping[str, dict[str, Any]],
+        now: float,
+        rep: TickReport,
+    ) -> None:
+        """Per policy: its scale write, then its status patch; all policies at once, the API
+        calls ``write_concurrency`` at a time, scale writes first in line."""
+        sem = asyncio.Semaphore(self.s.write_concurrency)
+        by_uid = {r.p.uid: r for r in rows}
+
+        async def one(p: IndexedPolicy, rt: Runtime) -> None:
+            r = by_uid.get(p.uid)
+            if r is not None:
+                await self._write(r, now, rep, sem)
+                self._render(r, statuses[p.uid], now)
+            if p.uid in statuses:
+                await self._patch_status(p, rt, statuses[p.uid], rep, sem)
+
+        def writes_first(item: tuple[IndexedPolicy, Runtime]) -> int:
+            r = by_uid.get(item[0].uid)
+            return 0 if r is not None and r.to is not None and r.to != r.target.replicas else 1
+
+        await asyncio.gather(*(one(p, rt) for p, rt in sorted(due, key=writes_first)))
 
     def _action(self, r: _Row, now: float, applied: bool) -> dict[str, Any]:
         a = {
@@ -788,32 +813,29 @@ class Engine:
             g,
         )
 
-    async def _patch_statuses(
+    async def _patch_status(
         self,
-        due: Sequence[tuple[IndexedPolicy, Runtime]],
-        statuses: Mapping[str, dict[str, Any]],
+        p: IndexedPolicy,
+        rt: Runtime,
+        st: dict[str, Any],
         rep: TickReport,
+        sem: asyncio.Semaphore,
     ) -> None:
-        sem = asyncio.Semaphore(self.s.write_concurrency)
-
-        async def one(p: IndexedPolicy, rt: Runtime, st: dict[str, Any]) -> None:
-            patch = merge_patch(rt.status, st)
-            if patch is None:
+        patch = merge_patch(rt.status, st)
+        if patch is None:
+            return
+        path = f"/apis/{GROUP}/{VERSION}/namespaces/{p.namespace}/{PLURAL}/{p.name}/status"
+        async with sem:
+            try:
+                await self.kube.patch_merge(path, {"status": patch})
+            except ApiError as e:
+                self.m.writes.labels("status", "error").inc()
+                if e.status != 404:
+                    log.warning("status of %s/%s not written: %s", p.namespace, p.name, e)
                 return
-            path = f"/apis/{GROUP}/{VERSION}/namespaces/{p.namespace}/{PLURAL}/{p.name}/status"
-            async with sem:
-                try:
-                    await self.kube.patch_merge(path, {"status": patch})
-                except ApiError as e:
-                    self.m.writes.labels("status", "error").inc()
-                    if e.status != 404:
-                        log.warning("status of %s/%s not written: %s", p.namespace, p.name, e)
-                    return
-            self.m.writes.labels("status", "ok").inc()
-            rep.status_writes += 1
-            rt.status = copy.deepcopy(st)
-
-        await asyncio.gather(*(one(p, rt, statuses[p.uid]) for p, rt in due if p.uid in statuses))
+        self.m.writes.labels("status", "ok").inc()
+        rep.status_writes += 1
+        rt.status = copy.deepcopy(st)
 
     def _event(
         self, p: IndexedPolicy, type_: str, reason: OpReason | str, msg: str, now: float

@@ -51,6 +51,8 @@ class ScaleResult:
     """The count the API server holds afterwards (when known)."""
     resource_version: str = ""
     error: str = ""
+    conflicts: int = 0
+    """409s met on the way (each costs a re-read and a retry)."""
 
     @property
     def landed(self) -> bool:
@@ -61,9 +63,16 @@ def _path(ns: str, name: str) -> str:
     return f"/apis/apps/v1/namespaces/{ns}/deployments/{name}/scale"
 
 
-async def scale_one(kube: Kube, req: ScaleRequest) -> ScaleResult:
+async def scale_one(
+    kube: Kube, req: ScaleRequest, sem: asyncio.Semaphore | None = None
+) -> ScaleResult:
+    """Write one step (holding ``sem`` throughout, if given)."""
+    if sem is not None:
+        async with sem:
+            return await scale_one(kube, req)
     rv = req.resource_version
     path = _path(req.namespace, req.name)
+    conflicts = 0
     for _ in range(_RETRIES):
         body = {"spec": {"replicas": req.desired}}
         if rv:
@@ -75,10 +84,12 @@ async def scale_one(kube: Kube, req: ScaleRequest) -> ScaleResult:
                 Outcome.APPLIED,
                 int((out.get("spec") or {}).get("replicas", req.desired)),
                 (out.get("metadata") or {}).get("resourceVersion", ""),
+                conflicts=conflicts,
             )
         except ApiError as e:
             if e.status != 409:
-                return ScaleResult(req, Outcome.FAILED, error=str(e))
+                return ScaleResult(req, Outcome.FAILED, error=str(e), conflicts=conflicts)
+            conflicts += 1
         try:
             now = await kube.get(path)
         except ApiError as e:
@@ -86,10 +97,10 @@ async def scale_one(kube: Kube, req: ScaleRequest) -> ScaleResult:
         replicas = int((now.get("spec") or {}).get("replicas", 0))
         rv = (now.get("metadata") or {}).get("resourceVersion", "")
         if replicas == req.desired:
-            return ScaleResult(req, Outcome.ALREADY, replicas, rv)
+            return ScaleResult(req, Outcome.ALREADY, replicas, rv, conflicts=conflicts)
         if replicas != req.current:
-            return ScaleResult(req, Outcome.SUPERSEDED, replicas, rv)
-    return ScaleResult(req, Outcome.FAILED, error="conflicts on every retry")
+            return ScaleResult(req, Outcome.SUPERSEDED, replicas, rv, conflicts=conflicts)
+    return ScaleResult(req, Outcome.FAILED, error="conflicts on every retry", conflicts=conflicts)
 
 
 async def scale_all(
