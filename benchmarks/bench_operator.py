@@ -139,6 +139,7 @@ def decision_latency(model_dir: Path, n: int = 1000, reps: int = 200) -> dict:
         rate_1m=u(10, 100),
         rate_5m=u(10, 100),
         rate_15m=u(10, 100),
+        rate_peak_15m=u(100, 150),
         replicas=reps_t,
         ready_replicas=reps_t,
         min_replicas=torch.ones(n),

@@ -48,8 +48,8 @@ def test_bad_settings_are_one_line(env, message):
     ("points", "expected"),
     [
         ([(t, float(t)) for t in range(130, 1001, 60)], None),  # no point at the end
-        ([(t, float(t)) for t in range(40, 941, 60)], (940.0, 880.0, 640.0, 40.0)),
-        ([(880.0, 5.0), (940.0, 7.0)], (7.0, 5.0, 5.0, 5.0)),  # short history: the oldest point
+        ([(t, float(t)) for t in range(40, 941, 60)], (940.0, 880.0, 640.0, 40.0, 940.0)),
+        ([(880.0, 5.0), (940.0, 7.0)], (7.0, 5.0, 5.0, 5.0, 7.0)),  # short history: the oldest point
         ([], None),
     ],
 )

@@ -256,7 +256,7 @@ async def test_a_policy_that_differs_from_the_training_settings_gets_a_condition
     d = export(
         QNetwork(),
         tmp_path / "m",
-        extra={"serving": {"interval_s": 15.0, "shield": {"down_cooldown_s": 60.0}}},
+        serving={"interval_s": 15.0, "shield": {"down_cooldown_s": 60.0}},
     )
     w = world(d)
     w.deployment("a", "web", 2)

@@ -2,7 +2,7 @@
 
 After ``spec.fallback.afterFailedTicks`` consecutive ticks without a model decision (metrics
 missing or stale, the model refused), the HPA's algorithm (:func:`hpa_step`, exactly as the
-controller computes it, with the API's default behavior) decides instead, at
+controller computes it for an HPA without a ``behavior`` field) decides instead, at
 ``spec.fallback.targetUtilization``, within the policy's bounds. Its CPU comes from the
 policy's CPU query: the query reads all pods' usage over all pods' requests, and the HPA wants
 the ready pods' usage over their requests, so ``utilization * replicas / ready`` is handed on
@@ -28,8 +28,8 @@ __all__ = ["FallbackInput", "hpa", "hpa_decide"]
 
 
 def hpa() -> Any:
-    """The module with ``HPAConfig``, ``HPAState``, ``hpa_step``: the one line that knows where
-    the HPA lives (imported on first use: the simulator package it sits in today is heavy)."""
+    """The module with ``HPAConfig``, ``HPAState``, ``hpa_step`` (:mod:`qscale.hpa`, which
+    imports neither the simulator nor kopf), imported on first use."""
     from qscale import hpa as module
 
     return module

@@ -8,7 +8,8 @@ exactly 3 queries per tick however many policies are due (a policy with its own 
 own Prometheus adds a group of 3).
 
 * ``request_rate`` is a range query over the last 15 minutes at a 1 m step: the rate now and 1,
-  5 and 15 minutes ago (:data:`qscale.features.RATE_LAGS_S`). A history shorter than a
+  5 and 15 minutes ago (:data:`qscale.features.RATE_LAGS_S`) and the highest of its 16 points
+  (``rate_peak_15m``). A history shorter than a
   look-back (a new Deployment, a Prometheus that just started) reads the oldest point there is:
   "no trend known" is a flat trend, not a missing metric.
 * ``latency_p95`` and ``cpu_utilization`` are instant queries. A ``NaN`` p95 (no requests in the
@@ -33,8 +34,8 @@ from qscale import features
 
 __all__ = ["Observation", "PromClient", "QueryGroup", "pick_lags"]
 
-_LOOKBACK_S = max(features.RATE_LAGS_S)
-_STEP_S = 60.0
+_LOOKBACK_S = max(*features.RATE_LAGS_S, features.RATE_PEAK_SPAN_S)
+_STEP_S = features.RATE_PEAK_STEP_S
 
 
 @dataclass
@@ -45,6 +46,7 @@ class Observation:
     rate_1m: float = math.nan
     rate_5m: float = math.nan
     rate_15m: float = math.nan
+    rate_peak_15m: float = math.nan
     p95_s: float = math.nan
     cpu_utilization: float = math.nan
     has_rate: bool = False
@@ -71,9 +73,10 @@ class QueryGroup:
 
 def pick_lags(
     points: Sequence[tuple[float, float]], end: float
-) -> tuple[float, float, float, float] | None:
-    """``(now, 1m, 5m, 15m ago)`` from a range result's points; ``None`` without a point at
-    ``end``. A look-back older than the first point reads the first point."""
+) -> tuple[float, float, float, float, float] | None:
+    """``(now, 1m, 5m, 15m ago, peak)`` from a range result's points; ``None`` without a point
+    at ``end``. A look-back older than the first point reads the first point; ``peak`` is the
+    highest point of the last :data:`~qscale.features.RATE_PEAK_SPAN_S` (``rate_peak_15m``)."""
     if not points:
         return None
     by_t = {round(t): v for t, v in points}
@@ -85,7 +88,10 @@ def pick_lags(
     for lag in features.RATE_LAGS_S:
         v = by_t.get(round(end - lag))
         out.append(first if v is None else v)
-    return out[0], out[1], out[2], out[3]
+    lo = end - features.RATE_PEAK_SPAN_S - 0.5
+    span = [v for t, v in points if lo <= t <= end + 0.5 and math.isfinite(v)]
+    peak = max(span) if span else math.nan
+    return out[0], out[1], out[2], out[3], peak
 
 
 def _value(raw: str) -> float:
@@ -213,7 +219,8 @@ class PromClient:
                     points = [(float(t), _value(v)) for t, v in series.get("values") or []]
                     lags = pick_lags(points, end)
                     if lags is not None and all(math.isfinite(x) for x in lags):
-                        obs.rate_now, obs.rate_1m, obs.rate_5m, obs.rate_15m = lags
+                        (obs.rate_now, obs.rate_1m, obs.rate_5m, obs.rate_15m,
+                         obs.rate_peak_15m) = lags
                         obs.has_rate = True
                 else:
                     v = _value((series.get("value") or [0, "NaN"])[1])

@@ -435,6 +435,7 @@ class Engine:
             rate_1m=_t([x.rate_1m for x in o]),
             rate_5m=_t([x.rate_5m for x in o]),
             rate_15m=_t([x.rate_15m for x in o]),
+            rate_peak_15m=_t([x.rate_peak_15m for x in o]),
             replicas=_t([float(r.target.replicas) for r in rows]),
             ready_replicas=_t([float(r.target.ready) for r in rows]),
             min_replicas=_t([float(r.spec.min_replicas) for r in rows]),
