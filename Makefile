@@ -64,7 +64,7 @@ bench-hpa: $(STAMP)
 
 # Time to quality against Stable-Baselines3 (a benchmark-only dependency; about 1 h on 2 cores).
 bench-sb3: $(STAMP)
-	$(PY) -m pip install -q stable-baselines3
+	$(PY) -m pip install -q stable-baselines3 "torch==2.13.0"
 	$(PY) benchmarks/bench_sb3.py --seeds 10
 
 # The operator on a local control plane with real Prometheus, 1/100/1,000 policies (~15 min).

@@ -451,21 +451,29 @@ def summarize(results: list[dict], decide: dict) -> str:
     ]
     for r in results:
         s = r["steady"]
+        w = s["writes_per_tick"]
+        reaction = ", ".join(f"{x:.1f}" for x in r["reaction_s"])
         lines.append(
-            f"{r['policies']:>5} policies: start-up to all decided {r['startup_to_first_decision_all_s']:.1f} s, "
-            f"RSS {r['rss_mb']:.0f} MB, queries/tick {s['queries_per_tick']:.1f}, steady writes/tick "
-            f"scale {s['writes_per_tick']['scale']:.2f} status {s['writes_per_tick']['status']:.2f}, "
-            f"tick {s['tick_s'] * 1e3:.0f} ms, reaction {', '.join(f'{x:.1f}' for x in r['reaction_s'])} s "
-            f"(load average {r['loadavg_start'][0]:.1f} -> {r['loadavg_end'][0]:.1f})"
+            f"{r['policies']:>5} policies: start-up to all decided "
+            f"{r['startup_to_first_decision_all_s']:.1f} s, RSS {r['rss_mb']:.0f} MB, "
+            f"queries/tick {s['queries_per_tick']:.1f}, steady writes/tick scale "
+            f"{w['scale']:.2f} status {w['status']:.2f}, tick {s['tick_s'] * 1e3:.0f} ms, "
+            f"reaction {reaction} s (load average {r['loadavg_start'][0]:.1f} -> "
+            f"{r['loadavg_end'][0]:.1f})"
         )
         for key in ("engine_10pct", "engine_100pct"):
             if key in r:
                 e = r[key]
+
+                def med(k, e=e):
+                    return statistics.median(x[k] for x in e)
+
+                worst = max(x["seconds"] for x in e)
                 lines.append(
-                    f"      {key}: tick {statistics.median(x['seconds'] for x in e) * 1e3:.0f} ms median "
-                    f"(max {max(x['seconds'] for x in e) * 1e3:.0f}), changed {statistics.median(x['changed'] for x in e):.0f}, "
-                    f"scale writes {statistics.median(x['scale_writes'] for x in e):.0f}, status writes "
-                    f"{statistics.median(x['status_writes'] for x in e):.0f}, decide {statistics.median(x['decide_ms'] for x in e):.1f} ms"
+                    f"      {key}: tick {med('seconds') * 1e3:.0f} ms median "
+                    f"(max {worst * 1e3:.0f}), changed {med('changed'):.0f}, "
+                    f"scale writes {med('scale_writes'):.0f}, status writes "
+                    f"{med('status_writes'):.0f}, decide {med('decide_ms'):.1f} ms"
                 )
         for label, k in (r.get("kopf") or {}).items():
             lines.append(

@@ -14,7 +14,8 @@ summary table in Markdown:
    100 % CPU, for the model and the rules (a fixed floor shows as a ratio far above the rules').
 
 Usage: ``python benchmarks/bench_quality.py [--model DIR] [--seeds 5] [--split test]
-[--out out/bench-quality] [--only frontier,robust,max]``. The grids are cached
+[--robust-seeds N] [--out out/bench-quality] [--only frontier,robust,max,night]``. The grids
+are cached
 (``~/.cache/qscale``): the first run takes about an hour on 2 cores, later ones minutes.
 """
 
@@ -40,8 +41,9 @@ def rows_by(doc: dict) -> dict[tuple[str, str], dict]:
 def frontier_table(doc: dict, title: str) -> str:
     rows = rows_by(doc)
     fams = list(dict.fromkeys(r["family"] for r in doc["summary"]))
-    out = [f"### {title}", "", "| family | dqn cost | dqn SLO min | frontier ratio [95 % CI] | dominated | "
-           "hpa cost / SLO | hpa-tuned cost / SLO | predictive ratio |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    head = ("| family | dqn cost | dqn SLO min | frontier ratio [95 % CI] | dominated | "
+            "hpa cost / SLO | hpa-tuned cost / SLO | predictive ratio |")  # fmt: skip
+    out = [f"### {title}", "", head, "|---|---|---|---|---|---|---|---|"]
     for fam in fams:
         d = rows.get((fam, "dqn"))
         if d is None:
@@ -85,8 +87,8 @@ def night_floor(args) -> str:
         "hpa 70% w1800": fr.make_controller(fr.Rule("hpa", 0.7, 1800.0, "legacy")),
         "keda": fr.make_controller(cli.DEFAULT_RULES["keda"]),
     }
-    lines = ["### Night floor: pods / need in the quietest quarter of each window (smooth families)",
-             "", "| family | " + " | ".join(ctrls) + " |", "|---|" + "---|" * len(ctrls)]  # fmt: skip
+    title = "### Night floor: pods / need in the quietest quarter of each window (smooth families)"
+    lines = [title, "", "| family | " + " | ".join(ctrls) + " |", "|---|" + "---|" * len(ctrls)]
     ratios: dict[str, dict[str, float]] = {n: {} for n in names}
     for cname, ctrl in ctrls.items():
         m = run(ctrl, params, win, record=True)
@@ -96,7 +98,9 @@ def night_floor(args) -> str:
             envs = (win.trace == k).nonzero().squeeze(1)
             q = torch.quantile(need[:, envs], 0.25, dim=0, keepdim=True)
             quiet = need[:, envs] <= q
-            ratios[name][cname] = float((reps[:, envs] * quiet).sum() / (need[:, envs] * quiet).sum())
+            ratios[name][cname] = float(
+                (reps[:, envs] * quiet).sum() / (need[:, envs] * quiet).sum()
+            )
     for name in bank.names:
         lines.append(f"| {name} | " + " | ".join(f"{ratios[name][c]:.2f}" for c in ctrls) + " |")
     return "\n".join(lines)
@@ -106,6 +110,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="default")
     ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument(
+        "--robust-seeds", type=int, help="seeds of the robust profile (default --seeds)"
+    )
     ap.add_argument("--split", default="test")
     ap.add_argument("--out", default="out/bench-quality")
     ap.add_argument("--only", default="frontier,robust,max,night")
@@ -122,10 +129,11 @@ def main() -> int:
         report["default"] = doc["summary"]
         md.append(frontier_table(doc, f"{args.split} split, default profile, {args.seeds} seeds"))
     if "robust" in parts:
-        doc = evaluate([*common, "--seeds", str(args.seeds), "--peak-replicas", "60",
+        n = args.robust_seeds or args.seeds
+        doc = evaluate([*common, "--seeds", str(n), "--peak-replicas", "60",
                         "--startup-delay", "120,240", "--out", str(out / "robust")])  # fmt: skip
         report["robust"] = doc["summary"]
-        md.append(frontier_table(doc, "--peak-replicas 60 --startup-delay 120,240"))
+        md.append(frontier_table(doc, f"--peak-replicas 60 --startup-delay 120,240, {n} seeds"))
     if "max" in parts:
         sens = {}
         for f in ("1.5", "2.5", "5", "10"):
@@ -134,8 +142,9 @@ def main() -> int:
                             "--out", str(out / f"max-{f}")])  # fmt: skip
             sens[f] = {c: rows_by(doc)[("ALL", c)] for c in ("dqn", "hpa")}
         report["max_sensitivity"] = sens
-        lines = ["### maxReplicas sensitivity (ALL families; change against 2.5x)", "",
-                 "| max / need | dqn cost | dqn SLO min | Δcost | ΔSLO | hpa cost | hpa SLO min | Δcost | ΔSLO |",
+        head = ("| max / need | dqn cost | dqn SLO min | Δcost | ΔSLO "
+                "| hpa cost | hpa SLO min | Δcost | ΔSLO |")  # fmt: skip
+        lines = ["### maxReplicas sensitivity (ALL families; change against 2.5x)", "", head,
                  "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
         ref = sens["2.5"]
         for f, v in sens.items():

@@ -33,7 +33,6 @@ from pathlib import Path
 import torch
 
 from qscale.policy.controller import DQNController
-from qscale.policy.network import QNetwork
 from qscale.policy.train import TrainConfig, make_baseline, sim_config, train, validation_windows
 from qscale.simulator import env as sim
 from qscale.simulator.gym_env import QScaleEnv
@@ -141,6 +140,10 @@ def run_sb3(paths, seed: int, tuned: bool, cap_s: float, snap_every: int, score,
     return curve
 
 
+def _round(t: float | None) -> float | None:
+    return None if t is None else round(t, 1)
+
+
 def first_time(curve, bar: float) -> float | None:
     return next((t for t, _, s in curve if s >= bar), None)
 
@@ -178,12 +181,12 @@ def main() -> None:
         sb3_txt = ""
         if seed < args.sb3_seeds:
             sb3_txt = "; ".join(
-                f"{k}: {row[f'{k}_time_s'] if row[f'{k}_time_s'] is None else round(row[f'{k}_time_s'], 1)}"
-                f" s (best {row[f'{k}_best']:.1f} in {row[f'{k}_trained_s']:.0f} s)"
+                f"{k}: {_round(row[f'{k}_time_s'])} s "
+                f"(best {row[f'{k}_best']:.1f} in {row[f'{k}_trained_s']:.0f} s)"
                 for k in ("sb3_default", "sb3_tuned")
             )
         print(
-            f"seed {seed}: ours reaches the bar at {t_ours if t_ours is None else round(t_ours, 1)} s "
+            f"seed {seed}: ours reaches the bar at {_round(t_ours)} s "
             f"(best {max(s for *_, s in ours):.1f}); {sb3_txt}",
             flush=True,
         )

@@ -115,8 +115,16 @@ class FakeProm:
         self, ns: str, name: str, cpu: float = 0.5, rate: float = 10.0, p95: float = 0.05
     ) -> None:
         self.obs[(ns, name)] = Observation(
-            rate_now=rate, rate_1m=rate, rate_5m=rate, rate_15m=rate, rate_peak_15m=rate,
-            p95_s=p95, cpu_utilization=cpu, has_rate=True, has_latency=True, has_cpu=True,
+            rate_now=rate,
+            rate_1m=rate,
+            rate_5m=rate,
+            rate_15m=rate,
+            rate_peak_15m=rate,
+            p95_s=p95,
+            cpu_utilization=cpu,
+            has_rate=True,
+            has_latency=True,
+            has_cpu=True,
         )
 
     async def fetch(self, groups, now):

@@ -130,7 +130,10 @@ def test_no_traffic_p95_nan_is_not_missing():
 def test_peak_actions_size_for_the_recent_peak():
     sig = signals(cpu=0.5, rate=100.0)
     sig = Signals(
-        replace(sig.inputs, rate_peak_15m=torch.tensor([200.0])), sig.max_replicas, sig.present, sig.age_s
+        replace(sig.inputs, rate_peak_15m=torch.tensor([200.0])),
+        sig.max_replicas,
+        sig.present,
+        sig.age_s,
     )
     d = decide(sig, ShieldState.init(1), 0.0, CFG, model=Fixed(A["peak_at_80"]))
     # busy 5 pods now, 10 at the peak rate; at 80 %: 13 pods.

@@ -49,7 +49,10 @@ def test_bad_settings_are_one_line(env, message):
     [
         ([(t, float(t)) for t in range(130, 1001, 60)], None),  # no point at the end
         ([(t, float(t)) for t in range(40, 941, 60)], (940.0, 880.0, 640.0, 40.0, 940.0)),
-        ([(880.0, 5.0), (940.0, 7.0)], (7.0, 5.0, 5.0, 5.0, 7.0)),  # short history: the oldest point
+        (
+            [(880.0, 5.0), (940.0, 7.0)],
+            (7.0, 5.0, 5.0, 5.0, 7.0),
+        ),  # short history: the oldest point
         ([], None),
     ],
 )

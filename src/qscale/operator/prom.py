@@ -219,8 +219,13 @@ class PromClient:
                     points = [(float(t), _value(v)) for t, v in series.get("values") or []]
                     lags = pick_lags(points, end)
                     if lags is not None and all(math.isfinite(x) for x in lags):
-                        (obs.rate_now, obs.rate_1m, obs.rate_5m, obs.rate_15m,
-                         obs.rate_peak_15m) = lags
+                        (
+                            obs.rate_now,
+                            obs.rate_1m,
+                            obs.rate_5m,
+                            obs.rate_15m,
+                            obs.rate_peak_15m,
+                        ) = lags
                         obs.has_rate = True
                 else:
                     v = _value((series.get("value") or [0, "NaN"])[1])
