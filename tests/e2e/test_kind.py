@@ -22,19 +22,11 @@ import uuid
 from pathlib import Path
 
 import pytest
+from kindutil import docker_running
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGE = "qscale:e2e"
 PROM_IMAGE = "prom/prometheus:v2.55.1"
-
-
-def _docker_running() -> bool:
-    if not shutil.which("docker"):
-        return False
-    try:
-        return subprocess.run(["docker", "info"], capture_output=True, timeout=20).returncode == 0
-    except (OSError, subprocess.SubprocessError):
-        return False
 
 
 def _tool(name: str) -> str | None:
@@ -53,7 +45,7 @@ def _tool(name: str) -> str | None:
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(not shutil.which("kind"), reason="kind is not installed"),
-    pytest.mark.skipif(not _docker_running(), reason="no running Docker daemon"),
+    pytest.mark.skipif(not docker_running(), reason="no running Docker daemon"),
 ]
 
 

@@ -11,22 +11,13 @@ import uuid
 from pathlib import Path
 
 import pytest
+from kindutil import docker_running
 
 from qscale.devcluster import wait_for
 from qscale.devoperator import OperatorProcess, install, scripted_policy, token_kubeconfig
 
-
-def _docker_up() -> bool:
-    if not shutil.which("docker"):
-        return False
-    try:
-        return subprocess.run(["docker", "info"], capture_output=True, timeout=20).returncode == 0
-    except (OSError, subprocess.SubprocessError):
-        return False
-
-
 pytestmark = pytest.mark.skipif(
-    not (shutil.which("kind") and shutil.which("kubectl") and _docker_up()),
+    not (shutil.which("kind") and shutil.which("kubectl") and docker_running()),
     reason="needs kind, kubectl and a Docker daemon",
 )
 
