@@ -42,21 +42,31 @@ def policy_manifest(name: str, namespace: str, target: str, **spec: Any) -> str:
 
 
 class ReplicaLog:
-    """Every change of a Deployment's ``spec.replicas``, with its time (polled every 0.25 s)."""
+    """Every change of a Deployment's ``spec.replicas``, with its time (polled every 0.25 s).
+
+    ``bounds[i]`` is when change ``i`` can have happened: after the start of the last poll that
+    still read the old count, before the end of the poll that read the new one (polls slow down
+    while the API server restarts, so the observed time alone can be seconds late)."""
 
     def __init__(self, stack: Stack, name: str) -> None:
         self.stack, self.name = stack, name
         self.changes: list[tuple[float, int]] = []
+        self.bounds: list[tuple[float, float]] = []
         self._stop = threading.Event()
         self._t = threading.Thread(target=self._run, daemon=True)
         self._t.start()
 
     def _run(self) -> None:
+        last_ok = time.time()
         while not self._stop.wait(0.25):
+            start = time.time()
             with contextlib.suppress(Exception):
                 r = self.stack.replicas(self.name)
+                end = time.time()
                 if not self.changes or self.changes[-1][1] != r:
-                    self.changes.append((time.time(), r))
+                    self.changes.append((end, r))
+                    self.bounds.append((last_ok, end))
+                last_ok = start
 
     def stop(self) -> list[tuple[float, int]]:
         self._stop.set()

@@ -40,6 +40,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -174,15 +175,23 @@ def hpa_holds(cfg: DemoConfig, rps: float) -> int:
 # --- the run ---------------------------------------------------------------------------------
 
 
+_INTERRUPTED = threading.Event()
+"""Set by the signal handlers of :func:`_signals_as_interrupt`."""
+
+
 @contextlib.contextmanager
 def _signals_as_interrupt() -> Iterator[None]:
-    """SIGTERM (and SIGHUP) unwind like Ctrl-C, so that every ``finally`` cleans up."""
+    """SIGTERM (and SIGHUP) unwind like Ctrl-C, so that every ``finally`` cleans up. Each of
+    them, Ctrl-C included, is also remembered: a library that swallows the KeyboardInterrupt
+    inside a call (an HTTP client's retry loop) must not turn it into a minute of waiting."""
 
     def raise_interrupt(signum, _frame):
+        _INTERRUPTED.set()
         raise KeyboardInterrupt(f"signal {signum}")
 
+    _INTERRUPTED.clear()
     old = {}
-    for s in (signal.SIGTERM, signal.SIGHUP):
+    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         with contextlib.suppress(ValueError, OSError):  # not the main thread
             old[s] = signal.signal(s, raise_interrupt)
     try:
@@ -361,6 +370,8 @@ def live_line(row: dict[str, Any], stretch: Stretch, slo_s: float) -> str:
 def _wait(what: str, timeout_s: float, fn: Callable[[], Any], every_s: float = 1.0) -> Any:
     deadline = time.monotonic() + timeout_s
     while True:
+        if _INTERRUPTED.is_set():
+            raise KeyboardInterrupt("interrupted")
         with contextlib.suppress(Exception):
             v = fn()
             if v:
@@ -593,6 +604,8 @@ class _Run:
             t = now - self.play_t0
             if t > cfg.play_s:
                 break
+            if _INTERRUPTED.is_set():
+                raise KeyboardInterrupt("interrupted")
             try:
                 row = sampler.row(t)
             except Exception as e:  # one failed read is a gap in the timeline, not the end
