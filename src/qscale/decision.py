@@ -12,8 +12,13 @@ The rules around the network, each with its own reason code:
   (``METRICS_STALE``). Never scale on data we do not have: in particular a missing CPU metric
   must never read as "idle". The bounds still apply (a count outside [min, max] moves to the
   bound, as the HPA does without metrics);
-* otherwise the network's greedy action (or a given one, e.g. an exploring trainer's) is
-  turned into a proposal by :mod:`qscale.actions` and bounded by :mod:`qscale.guardrails`.
+* otherwise the greedy action of the Q-values (from ``model``, or given as ``q_values``) --
+  or, in training, what ``explore`` makes of it, or a scripted ``action`` -- is turned into a
+  proposal by :mod:`qscale.actions` and bounded by :mod:`qscale.guardrails`.
+
+:func:`greedy` is the one argmax over Q-values in the project: the simulator, the trainer
+(its exploration wraps the greedy choice; its Double-DQN target) and the operator all reach it
+through here.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import torch
 from qscale import actions, features
 from qscale.guardrails import Reason, ShieldConfig, ShieldResult, ShieldState, shield
 
-__all__ = ["Decision", "Signals", "decide", "greedy", "observe"]
+__all__ = ["Decision", "Explore", "Signals", "decide", "greedy", "observe"]
 
 QFunction = Callable[[torch.Tensor], torch.Tensor]
 
@@ -56,16 +61,23 @@ class Decision:
     replicas: torch.Tensor
     """Count to apply (whole numbers in ``[min, max]``); NaN: write nothing."""
     action: torch.Tensor
-    """int64 action index the network (or the caller) chose."""
+    """int64 action index chosen (greedy, explored or given)."""
     reason: torch.Tensor
     """int64 :class:`~qscale.guardrails.Reason`."""
     proposal: torch.Tensor
     """What the action proposed before the shield (NaN when held for missing metrics)."""
     q_values: torch.Tensor
-    """``[B, N_ACTIONS]``; NaN rows where the network was not asked."""
+    """``[B, N_ACTIONS]``; NaN rows where the network was not asked or its say did not count."""
     observation: torch.Tensor | None
-    """``[B, N_FEATURES]`` the network's input (``None`` when an action was given)."""
+    """``[B, N_FEATURES]`` the network's input (``None`` unless ``model`` was given)."""
+    usable: torch.Tensor
+    """bool ``[B]``: the metrics were there and fresh, so the action had its say."""
     shield_state: ShieldState
+
+
+Explore = Callable[[torch.Tensor], torch.Tensor]
+"""Training's exploration: the greedy actions in, the actions to play out (e.g. epsilon-greedy
+replacing some by random ones). It sits between the argmax and the shield, nowhere else."""
 
 
 def greedy(q_values: torch.Tensor) -> torch.Tensor:
@@ -99,26 +111,34 @@ def decide(
     config: ShieldConfig,
     *,
     model: QFunction | None = None,
+    q_values: torch.Tensor | None = None,
     action: torch.Tensor | None = None,
+    explore: Explore | None = None,
     stale_after_s: float = math.inf,
     commit: torch.Tensor | bool = True,
 ) -> Decision:
-    """One decision for every target. Give ``model`` (obs -> Q) or ``action`` (indices).
+    """One decision for every target. Give one of ``model`` (obs -> Q; the forward pass runs
+    here), ``q_values`` (``[B, N_ACTIONS]``, when the caller batches several models' forward
+    passes) or ``action`` (scripted indices: tests, a replayed log).
 
-    ``commit`` is passed to the shield (False in Shadow mode: report, do not record a scale).
+    ``explore`` (training only) turns the greedy actions into the ones played. ``commit`` is
+    passed to the shield (False in Shadow mode: report, do not record a scale).
     """
+    if sum(v is not None for v in (model, q_values, action)) != 1:
+        raise ValueError("decide() needs exactly one of model, q_values or action")
     x = signals.inputs
     cur = x.replicas
-    b = cur.shape[0]
     obs = None
-    q = torch.full((b, actions.N_ACTIONS), math.nan, device=cur.device)
-    if action is None:
-        if model is None:
-            raise ValueError("decide() needs a model or an action")
+    if model is not None:
         obs = observe(signals, shield_state, now_s)
         with torch.no_grad():
-            q = model(obs.to(next(_params(model), obs).device)).to(cur.device).float()
-        action = greedy(q)
+            q_values = model(obs.to(next(_params(model), obs).device)).to(cur.device).float()
+    if q_values is not None:
+        action = greedy(q_values)
+        if explore is not None:
+            action = explore(action)
+    else:
+        q_values = torch.full((cur.shape[0], actions.N_ACTIONS), math.nan, device=cur.device)
     busy = features.busy_pods(x.cpu_utilization, x.cpu_limit_ratio, cur)
     proposal = actions.apply(cur, action, busy, features.peak_busy_pods(x))
     stale = signals.present & (signals.age_s > stale_after_s)
@@ -131,15 +151,14 @@ def decide(
     held = (reason == int(Reason.OK)) | (reason == int(Reason.INVALID_INPUT))
     reason = torch.where(held & ~signals.present, int(Reason.METRICS_MISSING), reason)
     reason = torch.where(held & stale, int(Reason.METRICS_STALE), reason)
-    if obs is not None:
-        q = torch.where(usable[:, None], q, math.nan)
     return Decision(
         replicas=res.replicas,
         action=action,
         reason=reason,
         proposal=torch.where(usable, proposal, math.nan),
-        q_values=q,
+        q_values=torch.where(usable[:, None], q_values, math.nan),
         observation=obs,
+        usable=usable,
         shield_state=res.state,
     )
 

@@ -23,6 +23,9 @@ with. Times are float64 seconds (epoch seconds in the operator: float32 would be
 5. bounds: the result is always clamped to ``[min, max]``; a current count outside the bounds
    jumps to the nearest bound regardless of the step limit, as the HPA does.
 
+Stages 1 and 5 alone are :func:`bound`, for counts chosen by rules of their own (the baselines,
+the operator without a model): the one place a replica count is clamped.
+
 The state is serializable (:meth:`ShieldState.to_records` / :meth:`ShieldState.from_records`)
 so that the operator keeps it in each AutoscalePolicy's status and a restart keeps cooldowns.
 """
@@ -65,12 +68,13 @@ class Reason(IntEnum):
 
 @dataclass(frozen=True)
 class ShieldConfig:
-    """Limits that hold for every decision. ``min``/``max`` may be overridden per env."""
+    """How a policy may move between its bounds: step limits, cooldowns, stabilization.
 
-    min_replicas: int = 1
-    """Never fewer pods than this."""
-    max_replicas: int = 100
-    """Never more pods than this."""
+    The bounds themselves (``minReplicas``/``maxReplicas``) are not here: they differ per
+    target, so they reach :func:`shield` as ``[B]`` tensors, by that one route only. A config is
+    a policy's *behaviour*, shared by many targets (one :func:`shield` call serves them all).
+    """
+
     max_step_up_pods: int = 4
     """A scale-up may always add this many pods ..."""
     max_step_up_percent: float = 100.0
@@ -87,11 +91,6 @@ class ShieldConfig:
     """Window over which the highest proposal bounds a scale-down."""
 
     def __post_init__(self) -> None:
-        if self.min_replicas < 0 or self.max_replicas < self.min_replicas:
-            raise ValueError(
-                f"shield needs 0 <= min_replicas <= max_replicas, got "
-                f"min={self.min_replicas} max={self.max_replicas}"
-            )
         for name in ("max_step_up_pods", "max_step_down_pods"):
             if getattr(self, name) < 1:
                 raise ValueError(f"shield {name} must be >= 1, got {getattr(self, name)}")
@@ -159,47 +158,80 @@ class ShieldState:
             bucket_max=torch.where(m[:, None], other.bucket_max, self.bucket_max),
         )
 
-    def to_records(self) -> list[dict[str, Any]]:
-        """One JSON-able dict per env (``None`` for never/unknown), compact: empty buckets and
-        buckets that can no longer matter are left out by the caller's next decision anyway."""
+    def to_records(
+        self, now_s: float, config: ShieldConfig, max_replicas: torch.Tensor
+    ) -> list[dict[str, Any]]:
+        """What each env's memory must keep across a restart, as one JSON-able dict per env:
+        the scale times and the last applied count (they change only with scale events), plus
+        the stabilization proposals that can still hold a scale-down *above* the last applied
+        count (capped at ``max_replicas``, within the window).
+
+        Proposals at or below the applied count are left out: :meth:`from_records` seeds the
+        memory with the current count, as the HPA does after a controller restart, which holds
+        any scale-down for one window -- never less conservative than what was left out. So the
+        record stays constant while nothing happens (the operator keeps it in each policy's
+        status, and a constant record costs no writes).
+        """
+        ups = self.last_up_s.tolist()
+        downs = self.last_down_s.tolist()
+        applied = self.last_applied.tolist()
+        w = config.bucket_s
+        keep = None
+        if w > 0:
+            capped = torch.minimum(self.bucket_max, max_replicas.to(_F64)[:, None])
+            fresh = (self.bucket_start_s + w) > (now_s - config.down_stabilization_s)
+            above = capped > torch.nan_to_num(self.last_applied, nan=math.inf)[:, None]
+            keep = torch.isfinite(self.bucket_start_s) & fresh & above
+            rows_with = keep.any(dim=1).tolist()
         out = []
-        for i in range(self.batch_size):
-            starts = self.bucket_start_s[i].tolist()
-            maxes = self.bucket_max[i].tolist()
-            out.append(
-                {
-                    "lastScaleUp": _num(self.last_up_s[i]),
-                    "lastScaleDown": _num(self.last_down_s[i]),
-                    "lastApplied": _num(self.last_applied[i]),
-                    "proposals": [
-                        [s, int(m)] for s, m in zip(starts, maxes, strict=True) if math.isfinite(s)
-                    ],
-                }
-            )
+        for i in range(len(ups)):
+            rec: dict[str, Any] = {}
+            for key, v in (
+                ("lastScaleUp", ups[i]),
+                ("lastScaleDown", downs[i]),
+                ("lastApplied", applied[i]),
+            ):
+                if math.isfinite(v):
+                    rec[key] = int(v) if key == "lastApplied" else v
+            if keep is not None and rows_with[i]:
+                idx = keep[i].nonzero().flatten().tolist()
+                rec["proposals"] = sorted(
+                    [float(self.bucket_start_s[i, k]), int(capped[i, k])] for k in idx
+                )
+            out.append(rec)
         return out
 
     @staticmethod
     def from_records(
         records: Sequence[dict[str, Any] | None],
         config: ShieldConfig,
+        current: Sequence[float] | None = None,
+        now_s: float | None = None,
         device: torch.device | str = "cpu",
     ) -> ShieldState:
         """Rebuild from :meth:`to_records` output; ``None`` or ``{}`` is a fresh state. Values
-        that do not parse are dropped (a garbled status must never crash the operator)."""
+        that do not parse are dropped (a garbled status must never crash the operator).
+
+        With ``current`` and ``now_s`` the memory is also seeded with each env's current count
+        at ``now_s`` (what :meth:`to_records` relies on): no scale-down happens within one
+        stabilization window of a restart, as with the HPA."""
         n = len(records)
         st = ShieldState.init(n, device)
         up, down, applied = st.last_up_s.clone(), st.last_down_s.clone(), st.last_applied.clone()
         starts, maxes = st.bucket_start_s.clone(), st.bucket_max.clone()
         w = config.bucket_s
-        for i, r in enumerate(records):
-            if not isinstance(r, dict):
+        seeds = [math.nan] * n if current is None or now_s is None else list(current)
+        for i, (r, seed) in enumerate(zip(records, seeds, strict=True)):
+            rec = r if isinstance(r, dict) else {}
+            up[i] = _parse(rec.get("lastScaleUp"), -math.inf)
+            down[i] = _parse(rec.get("lastScaleDown"), -math.inf)
+            applied[i] = _parse(rec.get("lastApplied"), math.nan)
+            if w <= 0:
                 continue
-            up[i] = _parse(r.get("lastScaleUp"), -math.inf)
-            down[i] = _parse(r.get("lastScaleDown"), -math.inf)
-            applied[i] = _parse(r.get("lastApplied"), math.nan)
-            props = r.get("proposals") or []
-            if not isinstance(props, list) or w <= 0:
-                continue
+            props = rec.get("proposals") or []
+            props = list(props)[: BUCKETS - 1] if isinstance(props, list) else []
+            if math.isfinite(seed):
+                props.append([_bucket_start(float(now_s), w), seed])
             for p in props:
                 try:
                     s, m = float(p[0]), float(p[1])
@@ -213,6 +245,11 @@ class ShieldState:
                 elif s > starts[i, k]:
                     starts[i, k], maxes[i, k] = s, m
         return ShieldState(up, down, applied, starts, maxes)
+
+
+def _bucket_start(now_s: float, width_s: float) -> float:
+    """Start of the stabilization bucket that holds ``now_s`` (the one rule for bucketing)."""
+    return math.floor(now_s / width_s + 1e-9) * width_s
 
 
 def _num(x: torch.Tensor) -> float | None:
@@ -273,29 +310,21 @@ def shield(
     state: ShieldState,
     now_s: torch.Tensor | float,
     config: ShieldConfig,
-    min_replicas: torch.Tensor | None = None,
-    max_replicas: torch.Tensor | None = None,
+    min_replicas: torch.Tensor | float,
+    max_replicas: torch.Tensor | float,
     commit: torch.Tensor | bool = True,
 ) -> ShieldResult:
     """Bound ``desired`` given ``current`` replicas; returns the count to apply and why.
 
-    ``commit`` False (per env or for all) computes the result without recording it as a scale
-    event (Shadow mode: the decision is reported, not applied); proposals and scales made by
-    others are still remembered.
+    ``min_replicas``/``max_replicas`` are per env (``[B]``) or one number for all. ``commit``
+    False (per env or for all) computes the result without recording it as a scale event
+    (Shadow mode: the decision is reported, not applied); proposals and scales made by others
+    are still remembered.
     """
     dev = current.device
     out_dtype = current.dtype if current.is_floating_point() else torch.float32
     cur_in = current.to(_F64)
-    lo = (
-        torch.full_like(cur_in, float(config.min_replicas))
-        if min_replicas is None
-        else min_replicas.to(_F64)
-    )
-    hi = (
-        torch.full_like(cur_in, float(config.max_replicas))
-        if max_replicas is None
-        else max_replicas.to(_F64)
-    )
+    lo, hi = _bounds(cur_in, min_replicas, max_replicas)
     now = torch.as_tensor(now_s, dtype=_F64, device=dev).expand_as(cur_in)
     commit_t = torch.as_tensor(commit, dtype=torch.bool, device=dev).expand_as(cur_in)
     reason = torch.zeros(cur_in.shape, dtype=torch.int64, device=dev)
@@ -312,10 +341,7 @@ def shield(
     st = ShieldState(last_up, last_down, state.last_applied, seeded_start, seeded_max)
 
     # 1. Invalid proposal: hold.
-    des = desired.to(_F64)
-    ok = torch.isfinite(des)
-    reason = _mark(reason, ~ok, Reason.INVALID_INPUT)
-    d = torch.where(ok, torch.round(torch.nan_to_num(des, nan=0.0)), cur)
+    d, reason = _valid(desired, cur, reason)
 
     # 2. Scale-down stabilization over the proposals within the window (this one included).
     bucket_s, bucket_max = _remember(st, d, now, known, config)
@@ -349,9 +375,7 @@ def shield(
     d = limited
 
     # 5. Bounds, always last.
-    final = torch.minimum(torch.maximum(d, lo), hi)
-    reason = _mark(reason, final > d, Reason.AT_MIN)
-    reason = _mark(reason, final < d, Reason.AT_MAX)
+    final, reason = _clamp(d, lo, hi, reason)
 
     record = known & commit_t
     new_state = ShieldState(
@@ -365,6 +389,55 @@ def shield(
     final = torch.where(known, final, math.nan)
     reason = torch.where(known, reason, int(Reason.REPLICAS_UNKNOWN))
     return ShieldResult(replicas=final.to(out_dtype), reason=reason, state=new_state)
+
+
+def _bounds(
+    like: torch.Tensor, lo: torch.Tensor | float, hi: torch.Tensor | float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    def t(v: torch.Tensor | float) -> torch.Tensor:
+        return torch.as_tensor(v, dtype=_F64, device=like.device).expand_as(like)
+
+    return t(lo), t(hi)
+
+
+def _valid(
+    desired: torch.Tensor, cur: torch.Tensor, reason: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stage 1: a non-finite proposal holds the current count; others are rounded."""
+    des = desired.to(_F64)
+    ok = torch.isfinite(des)
+    reason = _mark(reason, ~ok, Reason.INVALID_INPUT)
+    return torch.where(ok, torch.round(torch.nan_to_num(des, nan=0.0)), cur), reason
+
+
+def _clamp(
+    d: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, reason: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stage 5: into ``[lo, hi]``, whatever the earlier stages allowed (the one clamp)."""
+    final = torch.minimum(torch.maximum(d, lo), hi)
+    reason = _mark(reason, final > d, Reason.AT_MIN)
+    reason = _mark(reason, final < d, Reason.AT_MAX)
+    return final, reason
+
+
+def bound(
+    current: torch.Tensor,
+    desired: torch.Tensor,
+    min_replicas: torch.Tensor | float,
+    max_replicas: torch.Tensor | float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Only the shield's first and last stages, for a count chosen by rules of their own (the
+    baselines in the simulator, the operator holding without a model): a non-finite proposal
+    holds the current count (``INVALID_INPUT``), a fractional one is rounded, and the result
+    is clamped to the bounds (``AT_MIN``/``AT_MAX``). Returns ``(replicas, reason)`` in
+    ``current``'s dtype and int64."""
+    cur = current.to(_F64)
+    lo, hi = _bounds(cur, min_replicas, max_replicas)
+    reason = torch.zeros(cur.shape, dtype=torch.int64, device=cur.device)
+    d, reason = _valid(desired, cur, reason)
+    final, reason = _clamp(d, lo, hi, reason)
+    out_dtype = current.dtype if current.is_floating_point() else torch.float32
+    return final.to(out_dtype), reason
 
 
 def record_scale(

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from qscale import actions
 from qscale.policy.artifact import load_policy, read_manifest
 from qscale.policy.controller import DQNController
 from qscale.policy.train import (
@@ -31,6 +32,11 @@ from qscale.simulator.splits import packaged_trace
 from qscale.simulator.tracebank import TraceBank
 
 
+def one_hot(action: torch.Tensor) -> torch.Tensor:
+    """Q-values whose greedy action is ``action``."""
+    return torch.nn.functional.one_hot(action, actions.N_ACTIONS).float()
+
+
 class HoldController:
     name = "hold"
     uses_shield = True
@@ -39,7 +45,7 @@ class HoldController:
         pass
 
     def act(self, state: sim.EnvState, obs: torch.Tensor, params: sim.EnvParams) -> torch.Tensor:
-        return torch.zeros(params.n_envs, dtype=torch.int64, device=obs.device)
+        return one_hot(torch.zeros(params.n_envs, dtype=torch.int64, device=obs.device))
 
 
 class RandomController:
@@ -50,7 +56,7 @@ class RandomController:
         self.gen = torch.Generator().manual_seed(0)
 
     def act(self, state: sim.EnvState, obs: torch.Tensor, params: sim.EnvParams) -> torch.Tensor:
-        return torch.randint(0, 6, (params.n_envs,), generator=self.gen)
+        return one_hot(torch.randint(0, 6, (params.n_envs,), generator=self.gen))
 
 
 def _small(tmp_path: Path, name: str, **overrides: object) -> TrainConfig:

@@ -13,7 +13,7 @@ from qscale import actions, features
 from qscale.decision import Signals, decide, greedy
 from qscale.guardrails import Reason, ShieldConfig, ShieldState
 
-CFG = ShieldConfig(min_replicas=1, max_replicas=50, down_stabilization_s=0.0, down_cooldown_s=0.0)
+CFG = ShieldConfig(down_stabilization_s=0.0, down_cooldown_s=0.0)
 A = {name: i for i, name in enumerate(actions.ACTION_NAMES)}
 NAN = math.nan
 
@@ -102,6 +102,41 @@ def test_given_action_skips_the_network_and_matches_it():
     for i in range(3):
         via_model = decide(sig, st, 0.0, CFG, model=Fixed(int(a[i])))
         assert via_model.replicas[i] == given.replicas[i]
+
+
+def test_q_values_give_what_the_model_gives():
+    sig = signals(b=2, cpu=0.7)
+    st = ShieldState.init(2)
+    net = Fixed(A["busy_at_50"])
+    via_model = decide(sig, st, 0.0, CFG, model=net)
+    via_q = decide(sig, st, 0.0, CFG, q_values=net(via_model.observation))
+    assert torch.equal(via_q.replicas, via_model.replicas)
+    assert torch.equal(via_q.action, via_model.action) and via_q.usable.all()
+
+
+def test_exploration_replaces_the_greedy_action_before_the_shield():
+    sig = signals(b=2, cpu=0.7, replicas=10.0)
+    q = torch.zeros(2, actions.N_ACTIONS)
+    q[:, A["hold"]] = 1.0
+    seen = []
+
+    def explore(greedy_action):
+        seen.append(greedy_action.clone())
+        return torch.tensor([A["hold"], A["times_2"]])
+
+    d = decide(sig, ShieldState.init(2), 0.0, CFG, q_values=q, explore=explore)
+    assert seen[0].tolist() == [A["hold"]] * 2
+    assert d.action.tolist() == [A["hold"], A["times_2"]]
+    assert d.replicas.tolist() == [10.0, 20.0]
+
+
+def test_exactly_one_source_of_the_action():
+    sig = signals()
+    st = ShieldState.init(1)
+    with pytest.raises(ValueError, match="exactly one"):
+        decide(sig, st, 0.0, CFG)
+    with pytest.raises(ValueError, match="exactly one"):
+        decide(sig, st, 0.0, CFG, action=torch.tensor([0]), q_values=torch.zeros(1, 3))
 
 
 def test_the_network_sees_the_feature_spec_with_time_since_from_the_shield():

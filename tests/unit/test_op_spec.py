@@ -80,14 +80,13 @@ def test_refused_with_one_line(change, message):
 
 def test_shield_precedence_explicit_over_trained_over_defaults():
     spec = parse_spec({**BASE, "behavior": {"scaleDown": {"cooldown": "30s"}}})
-    assert shield_config(spec) == ShieldConfig(
-        min_replicas=1, max_replicas=10, down_cooldown_s=30.0
-    )
+    assert shield_config(spec) == ShieldConfig(down_cooldown_s=30.0)
     trained = {
         "shield": {"down_cooldown_s": 90.0, "up_cooldown_s": 15.0, "max_replicas": 3, "bogus": 1}
     }
     cfg = shield_config(spec, trained)
-    assert (cfg.down_cooldown_s, cfg.up_cooldown_s, cfg.max_replicas) == (30.0, 15.0, 10)
+    assert (cfg.down_cooldown_s, cfg.up_cooldown_s) == (30.0, 15.0)
+    assert not hasattr(cfg, "max_replicas")  # bounds reach the shield per target only
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from qscale.guardrails import ShieldConfig, ShieldState, shield
-from qscale.operator.status import merge_patch, restore_shield, set_condition, shield_record
+from qscale.operator.status import merge_patch, set_condition
 
 
 @pytest.mark.parametrize(
@@ -43,14 +43,12 @@ def test_condition_transition_time_moves_only_on_a_flip():
     assert [x["type"] for x in c] == ["Ready", "MetricsAvailable"] and c[1]["status"] == "Unknown"
 
 
-CFG = ShieldConfig(
-    min_replicas=1, max_replicas=20, down_cooldown_s=60.0, down_stabilization_s=120.0
-)
+CFG = ShieldConfig(down_cooldown_s=60.0, down_stabilization_s=120.0)
 HI = torch.tensor([20.0])
 
 
 def _run(state, cur, desired, t):
-    r = shield(torch.tensor([float(cur)]), torch.tensor([float(desired)]), state, t, CFG)
+    r = shield(torch.tensor([float(cur)]), torch.tensor([float(desired)]), state, t, CFG, 1.0, 20.0)
     return r
 
 
@@ -60,7 +58,7 @@ def test_steady_state_record_never_changes():
     t = 1_800_000_000.0
     for _ in range(40):  # 40 ticks of 15 s holding at 4
         st = _run(st, 4, 4, t).state
-        records.add(repr(shield_record(st, t, CFG, HI)[0]))
+        records.add(repr(st.to_records(t, CFG, HI)[0]))
         t += 15.0
     assert records == {"{'lastApplied': 4}"}
 
@@ -69,21 +67,21 @@ def test_record_keeps_scale_times_and_proposals_above_the_applied_count():
     t = 1_800_000_000.0
     st = _run(ShieldState.init(1), 4, 4, t).state
     st = _run(st, 4, 12, t + 15).state  # step limit: 4 -> 8, the proposal 12 stays above
-    rec = shield_record(st, t + 15, CFG, HI)[0]
+    rec = st.to_records(t + 15, CFG, HI)[0]
     assert rec["lastApplied"] == 8 and rec["lastScaleUp"] == t + 15
     assert [m for _, m in rec["proposals"]] == [12]
     # capped at maxReplicas: a proposal of 50 at max 20 is no more than 20, which is applied
     st2 = _run(ShieldState.init(1), 20, 50, t).state
-    assert "proposals" not in shield_record(st2, t, CFG, HI)[0]
+    assert "proposals" not in st2.to_records(t, CFG, HI)[0]
 
 
 def test_restore_keeps_cooldown_and_holds_a_scale_down_for_one_window():
     t = 1_800_000_000.0
     st = _run(ShieldState.init(1), 4, 4, t - 300).state
     st = _run(st, 4, 8, t).state  # scaled up at t
-    rec = shield_record(st, t, CFG, HI)[0]
+    rec = st.to_records(t, CFG, HI)[0]
     # restart 30 s later: the record is all there is
-    back = restore_shield([rec], [8.0], t + 30, CFG)
+    back = ShieldState.from_records([rec], CFG, [8.0], t + 30)
     assert float(back.last_up_s[0]) == t and float(back.last_applied[0]) == 8.0
     r = _run(back, 8, 2, t + 45)  # within the down cooldown of the scale-up
     assert int(r.replicas[0]) == 8 and r.reason.item() in (3, 4, 2)
@@ -94,7 +92,7 @@ def test_restore_keeps_cooldown_and_holds_a_scale_down_for_one_window():
 
 
 def test_restore_of_garbage_is_a_fresh_seeded_state():
-    back = restore_shield(
-        [{"lastScaleUp": "x", "proposals": [["a", 1]]}, None], [3.0, math.nan], 1e9, CFG
+    back = ShieldState.from_records(
+        [{"lastScaleUp": "x", "proposals": [["a", 1]]}, None], CFG, [3.0, math.nan], 1e9
     )
     assert math.isinf(float(back.last_up_s[0])) and back.batch_size == 2

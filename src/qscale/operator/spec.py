@@ -239,14 +239,12 @@ def parse_spec(spec: Mapping[str, Any] | None) -> PolicySpec:
     )
 
 
-_SHIELD_FIELDS = {f.name for f in dataclasses.fields(ShieldConfig)} - {
-    "min_replicas",
-    "max_replicas",
-}
+_SHIELD_FIELDS = {f.name for f in dataclasses.fields(ShieldConfig)}
 
 
 def trained_shield(serving: Mapping[str, Any] | None) -> dict[str, float]:
-    """The shield settings a model's manifest records (``serving.shield``), bounds excluded."""
+    """The shield settings a model's manifest records (``serving.shield``); bounds that older
+    manifests record there are not behaviour and are left out."""
     shield = (serving or {}).get("shield") or {}
     out = {}
     for k, v in shield.items() if isinstance(shield, Mapping) else ():
@@ -256,16 +254,14 @@ def trained_shield(serving: Mapping[str, Any] | None) -> dict[str, float]:
 
 
 def shield_config(spec: PolicySpec, serving: Mapping[str, Any] | None = None) -> ShieldConfig:
-    """The policy's shield: its explicit behavior over the model's trained settings over
-    :class:`ShieldConfig`'s defaults; min/max are the policy's (they are per target anyway)."""
+    """The policy's shield behaviour: its explicit behavior over the model's trained settings
+    over :class:`ShieldConfig`'s defaults (its bounds reach the shield per target, as tensors)."""
     values: dict[str, Any] = {**trained_shield(serving), **spec.behavior.explicit()}
     for k in ("max_step_up_pods", "max_step_down_pods"):
         if k in values:
             values[k] = int(values[k])
     try:
-        return ShieldConfig(
-            min_replicas=spec.min_replicas, max_replicas=spec.max_replicas, **values
-        )
+        return ShieldConfig(**values)
     except ValueError as e:
         raise SpecError(str(e)) from None
 

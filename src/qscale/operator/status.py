@@ -3,7 +3,8 @@
 The status is written only when something in it changes: it holds no timestamps that move by
 themselves (a condition's ``lastTransitionTime`` moves only when its status flips, the last
 action's time only with a new action), Q-values only with the action they led to, and the
-shield's memory only as far as it matters after a restart (:func:`shield_record`). So 1,000
+shield's memory only as far as it matters after a restart
+(:meth:`qscale.guardrails.ShieldState.to_records`). So 1,000
 policies in a steady state cost no writes at all.
 
 Reason codes are :class:`qscale.guardrails.Reason` names plus the operator's own
@@ -18,9 +19,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-import torch
-
-from qscale.guardrails import BUCKETS, Reason, ShieldConfig, ShieldState
+from qscale.guardrails import Reason
 
 __all__ = [
     "CONDITION_TYPES",
@@ -28,9 +27,7 @@ __all__ = [
     "OpReason",
     "iso",
     "merge_patch",
-    "restore_shield",
     "set_condition",
-    "shield_record",
 ]
 
 CONDITION_TYPES = (
@@ -158,63 +155,3 @@ def _same(a: Any, b: Any) -> bool:
 
 def _opt(x: float) -> float | None:
     return x if math.isfinite(x) else None
-
-
-def shield_record(
-    state: ShieldState, now: float, config: ShieldConfig, max_replicas: torch.Tensor
-) -> list[dict[str, Any]]:
-    """What each row of ``state`` keeps in status: the scale times and the last applied count
-    (they change only with scale events), plus the stabilization proposals that can still hold
-    a scale-down *above* the last applied count (clamped to ``maxReplicas``, within the window).
-
-    Proposals at or below the applied count are left out: on restore, :func:`restore_shield`
-    seeds the memory with the current count, as the HPA does after a controller restart, which
-    holds any scale-down for one window -- never less conservative than what was left out.
-    That keeps the record constant while nothing happens, so it costs no status writes.
-    """
-    ups = state.last_up_s.tolist()
-    downs = state.last_down_s.tolist()
-    applied = state.last_applied.tolist()
-    w = config.bucket_s
-    keep = None
-    if w > 0:
-        capped = torch.minimum(state.bucket_max, max_replicas.to(torch.float64)[:, None])
-        fresh = (state.bucket_start_s + w) > (now - config.down_stabilization_s)
-        above = capped > torch.nan_to_num(state.last_applied, nan=math.inf)[:, None]
-        keep = torch.isfinite(state.bucket_start_s) & fresh & above
-        rows_with = keep.any(dim=1).tolist()
-    out = []
-    for i in range(len(ups)):
-        rec: dict[str, Any] = {}
-        for key, v in (
-            ("lastScaleUp", ups[i]),
-            ("lastScaleDown", downs[i]),
-            ("lastApplied", applied[i]),
-        ):
-            if math.isfinite(v):
-                rec[key] = int(v) if key == "lastApplied" else v
-        if keep is not None and rows_with[i]:
-            idx = keep[i].nonzero().flatten().tolist()
-            props = sorted([float(state.bucket_start_s[i, k]), int(capped[i, k])] for k in idx)
-            rec["proposals"] = props
-        out.append(rec)
-    return out
-
-
-def restore_shield(
-    records: Sequence[Mapping[str, Any] | None],
-    current: Sequence[float],
-    now: float,
-    config: ShieldConfig,
-) -> ShieldState:
-    """Shield memory from status records, seeded with the current count at ``now`` (so that no
-    scale-down happens within one stabilization window of a restart, as with the HPA)."""
-    seeded = []
-    w = config.bucket_s
-    for rec, cur in zip(records, current, strict=True):
-        r = dict(rec or {})
-        if w > 0 and math.isfinite(cur):
-            start = math.floor(now / w + 1e-9) * w
-            r["proposals"] = [*list(r.get("proposals") or [])[: BUCKETS - 1], [start, cur]]
-        seeded.append(r)
-    return ShieldState.from_records(seeded, config)

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from qscale import actions, decision, features
-from qscale.guardrails import Reason, ShieldConfig, ShieldState, record_scale
+from qscale.guardrails import Reason, ShieldConfig, ShieldState, bound, record_scale
 from qscale.operator import fallback as fb
 from qscale.operator.deployments import DeploymentCache, Target
 from qscale.operator.events import Event, EventPoster
@@ -41,9 +41,7 @@ from qscale.operator.status import (
     OpReason,
     iso,
     merge_patch,
-    restore_shield,
     set_condition,
-    shield_record,
 )
 from qscale.operator.writer import Outcome, ScaleRequest, scale_one, updated_target
 
@@ -354,27 +352,33 @@ class Engine:
             except SpecError:  # the manifest's trained settings do not combine with the spec
                 r.cfg = shield_config(r.spec, None)
             if r.rt.shield is None or r.rt.shield_config != r.cfg:
-                r.rt.shield = restore_shield(
-                    [r.rt.status.get("shield")], [float(r.target.replicas)], now, r.cfg
+                r.rt.shield = ShieldState.from_records(
+                    [r.rt.status.get("shield")], r.cfg, [float(r.target.replicas)], now
                 )
                 r.rt.shield_config = r.cfg
             last = float(r.rt.shield.last_applied[0])
             if math.isfinite(last) and int(last) != r.target.replicas:
                 r.outside = (int(last), r.target.replicas)
-        for r in rows:
-            if r.spec.mode != "Off" and r.model is None:  # no model: hold, within the bounds
-                r.to = min(max(r.target.replicas, r.spec.min_replicas), r.spec.max_replicas)
+        unmodelled = [r for r in rows if r.spec.mode != "Off" and r.model is None]
+        if unmodelled:  # no model: hold, within the bounds (the shield's bounds stage)
+            held, _ = bound(
+                _t([float(r.target.replicas) for r in unmodelled]),
+                _t([float(r.target.replicas) for r in unmodelled]),
+                _t([float(r.spec.min_replicas) for r in unmodelled]),
+                _t([float(r.spec.max_replicas) for r in unmodelled]),
+            )
+            for r, to in zip(unmodelled, held.tolist(), strict=True):
+                r.to = int(to)
                 r.action, r.reason = "hold", OpReason.MODEL_REFUSED.value
         if not deciding:
             return
         t0 = time.perf_counter()
         signals = self._signals(deciding)
-        usable = (signals.present & (signals.age_s <= self.s.stale_after_s)).tolist()
         state = _cat([r.rt.shield for r in deciding])
+        # One forward pass per model over its rows; decide() takes the argmax and shields it.
         by_model: dict[str, list[int]] = {}
         for i, r in enumerate(deciding):
             by_model.setdefault(r.model.digest, []).append(i)
-        action = torch.zeros(len(deciding), dtype=torch.int64)
         q_all = torch.full((len(deciding), actions.N_ACTIONS), math.nan)
         for idx in by_model.values():
             model = deciding[idx[0]].model
@@ -387,8 +391,8 @@ class Engine:
             rep.forward_s += dt
             self.m.inference.labels(model.name).observe(dt)
             q_all[ix] = q
-            action[ix] = decision.greedy(q)
-        # decide() takes one ShieldConfig: one call per distinct behavior (usually one).
+        # decide() takes one ShieldConfig: one call per distinct shield behaviour (the bounds
+        # are per target and do not split the batch).
         by_cfg: dict[ShieldConfig, list[int]] = {}
         for i, r in enumerate(deciding):
             by_cfg.setdefault(r.cfg, []).append(i)
@@ -400,13 +404,15 @@ class Engine:
                 _select_state(state, ix),
                 now,
                 cfg,
-                action=action[ix],
+                q_values=q_all[ix],
                 stale_after_s=self.s.stale_after_s,
                 commit=commit,
             )
             reps = d.replicas.tolist()
             reasons = d.reason.tolist()
             acts = d.action.tolist()
+            usable = d.usable.tolist()
+            q_shown = d.q_values.tolist()
             states = _split(d.shield_state)
             for j, i in enumerate(idx):
                 r = deciding[i]
@@ -416,10 +422,10 @@ class Engine:
                 r.to = int(reps[j]) if math.isfinite(reps[j]) else None
                 # The model's say counts only with usable metrics (a bound applied without them,
                 # AT_MIN/AT_MAX, is still a tick without a model decision).
-                r.model_decided = bool(usable[i]) and reasons[j] not in _FAILED
+                r.model_decided = usable[j] and reasons[j] not in _FAILED
                 r.action = actions.ACTION_NAMES[acts[j]] if r.model_decided else "hold"
                 if r.model_decided:
-                    r.q = [round(v, 4) for v in q_all[i].tolist()]
+                    r.q = [round(v, 4) for v in q_shown[j]]
         rep.decided = len(deciding)
         self.m.decide.observe(time.perf_counter() - t0)
 
@@ -763,7 +769,7 @@ class Engine:
         limited = lim in LIMIT_REASONS or lim in HPA_LIMIT_REASONS
         conds = set_condition(conds, "ScalingLimited", limited, lim or "OK", "", now, g)
         if r.rt.shield is not None and r.cfg is not None:
-            rec = shield_record(r.rt.shield, now, r.cfg, _t([float(spec.max_replicas)]))[0]
+            rec = r.rt.shield.to_records(now, r.cfg, _t([float(spec.max_replicas)]))[0]
             if spec.mode == "Shadow":  # it never scales: a would-be proposal is no memory to keep
                 rec.pop("proposals", None)
             if rec:

@@ -17,7 +17,8 @@ __all__ = ["DQNController"]
 
 
 class DQNController:
-    """Greedy (argmax-Q) actions through the shield, batched over envs."""
+    """The network's Q-values, batched over envs; :func:`qscale.decision.decide` takes their
+    greedy action and shields it."""
 
     uses_shield = True
 
@@ -37,5 +38,4 @@ class DQNController:
     def act(self, state: sim.EnvState, obs: torch.Tensor, params: sim.EnvParams) -> torch.Tensor:
         x = obs if self.device is None else obs.to(self.device)
         with torch.no_grad():
-            q = self.module(x)
-        return q.argmax(dim=1).to(device=obs.device, dtype=torch.int64)
+            return self.module(x).to(device=obs.device, dtype=torch.float32)

@@ -31,6 +31,7 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,7 @@ import torch
 from torch import nn, optim
 from tqdm import tqdm
 
-from qscale import actions, features
+from qscale import actions, decision, features
 from qscale.guardrails import ShieldState
 from qscale.policy import artifact
 from qscale.policy.cli_args import add_dataclass_args, dataclass_from_args
@@ -317,6 +318,14 @@ def linear_schedule(start: float, end: float, duration: float, t: float) -> floa
     return start + min(1.0, max(0.0, t / duration)) * (end - start)
 
 
+def epsilon_greedy(greedy: torch.Tensor, epsilon: float) -> torch.Tensor:
+    """Exploration: each greedy action is replaced by a uniformly random one with probability
+    ``epsilon`` (the trainer's :data:`qscale.decision.Explore`)."""
+    explore = torch.rand(greedy.shape[0], device=greedy.device) < epsilon
+    random_action = torch.randint(0, actions.N_ACTIONS, greedy.shape, device=greedy.device)
+    return torch.where(explore, random_action, greedy)
+
+
 def double_dqn_target(
     q_network: Callable[[torch.Tensor], torch.Tensor],
     target_network: Callable[[torch.Tensor], torch.Tensor],
@@ -324,7 +333,7 @@ def double_dqn_target(
 ) -> torch.Tensor:
     """n-step Double-DQN target: the online network picks the next action, the target network
     values it, which removes most of max-operator overestimation."""
-    next_action = q_network(data.next_obs).argmax(dim=1, keepdim=True)
+    next_action = decision.greedy(q_network(data.next_obs))[:, None]
     next_q = target_network(data.next_obs).gather(1, next_action).squeeze(1)
     return data.ret + data.discount * data.bootstrap * next_q
 
@@ -614,13 +623,14 @@ def _train(
                 cfg.eps_start, cfg.eps_end, cfg.eps_fraction * cfg.total_env_steps, global_step
             )
             with torch.no_grad():
-                greedy = q_network(obs).argmax(dim=1)
-            explore = torch.rand(cfg.n_envs, device=device) < epsilon
-            random_action = torch.randint(0, actions.N_ACTIONS, (cfg.n_envs,), device=device)
-            action = torch.where(explore, random_action, greedy)
+                q_values = q_network(obs)
 
-            # TRY NOT TO MODIFY: step the simulator (it auto-resets finished envs)
-            state, next_obs, reward, terminated, truncated, info = sim.step(state, action, params)
+            # TRY NOT TO MODIFY: step the simulator (decide() takes the greedy action, exploration
+            # replaces some of it before the shield; the simulator auto-resets finished envs)
+            state, next_obs, reward, terminated, truncated, info = sim.step_greedy(
+                state, q_values, params, explore=partial(epsilon_greedy, epsilon=epsilon)
+            )
+            action = info["action"]
             done = terminated | truncated
             # A truncated episode bootstraps from its real last observation, not the reset one.
             real_next_obs = next_obs

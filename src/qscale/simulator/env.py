@@ -52,7 +52,7 @@ import torch
 
 from qscale import decision, features
 from qscale.decision import Signals
-from qscale.guardrails import Reason, ShieldConfig, ShieldState, record_scale
+from qscale.guardrails import ShieldConfig, ShieldState, bound, record_scale
 from qscale.hpa import CPU_INITIALIZATION_PERIOD_S
 from qscale.simulator import service
 from qscale.simulator.service import flow, latency_cdf, latency_model, latency_p95
@@ -689,31 +689,44 @@ def arrival_rate(params: EnvParams, pos: torch.Tensor, scale: torch.Tensor) -> t
 def step(
     state: EnvState, action: torch.Tensor, params: EnvParams
 ) -> tuple[EnvState, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, dict]:
-    """Apply discrete ``action`` ``[B]`` (int64) through :func:`qscale.decision.decide` (the
+    """Apply a scripted action ``[B]`` (int64) through :func:`qscale.decision.decide` (the
     operator's decision code, shield included) and advance one step."""
+    return _decided(state, params, action=action)
+
+
+def step_greedy(
+    state: EnvState,
+    q_values: torch.Tensor,
+    params: EnvParams,
+    explore: decision.Explore | None = None,
+) -> tuple[EnvState, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, dict]:
+    """Advance one step on a policy's Q-values ``[B, N_ACTIONS]``: :func:`qscale.decision.decide`
+    takes the greedy action (``explore`` may replace it, in training) and shields it.
+    ``info["action"]`` is the action played."""
+    return _decided(state, params, q_values=q_values, explore=explore)
+
+
+def _decided(state: EnvState, params: EnvParams, **choice):
     now = state.t.to(_F64) * params.config.dt
-    d = decision.decide(
-        signals(state, params), state.shield, now, params.config.shield, action=action
-    )
-    return _transition(state, state.replicas, d.replicas, d.shield_state, d.reason, params)
+    d = decision.decide(signals(state, params), state.shield, now, params.config.shield, **choice)
+    out = _transition(state, state.replicas, d.replicas, d.shield_state, d.reason, params)
+    out[-1]["action"] = d.action
+    return out
 
 
 def step_replicas(
     state: EnvState, desired: torch.Tensor, params: EnvParams, observe_next: bool = True
 ) -> tuple[EnvState, torch.Tensor | None, torch.Tensor, torch.Tensor, torch.Tensor, dict]:
     """Advance one step with a replica count chosen by a controller that brings its own rules
-    (the baselines): only ``[min, max]`` is enforced; a non-finite count holds.
+    (the baselines): only the shield's bounds stage applies (:func:`qscale.guardrails.bound`:
+    ``[min, max]``; a non-finite count holds).
 
     ``observe_next=False`` skips the next observation (``None`` is returned; the metrics are
     then measured only if the controller asks :func:`signals`): for controllers that read
     their own signals, which is most of a baseline grid's cost otherwise."""
     cur = state.replicas
     now = state.t.to(_F64) * params.config.dt
-    d = torch.where(torch.isfinite(desired), torch.round(torch.nan_to_num(desired)), cur)
-    target = torch.minimum(torch.maximum(d, params.min_replicas), params.max_replicas)
-    reason = torch.where(
-        target > d, int(Reason.AT_MIN), torch.where(target < d, int(Reason.AT_MAX), 0)
-    )
+    target, reason = bound(cur, desired, params.min_replicas, params.max_replicas)
     return _transition(
         state,
         cur,

@@ -20,10 +20,11 @@ from qscale.simulator import env as sim
 class Controller(Protocol):
     """A batched autoscaling controller.
 
-    ``uses_shield``: ``act`` returns action indices (:mod:`qscale.actions`) that go through
-    :func:`qscale.decision.decide`; otherwise it returns replica counts and brings its own rules
-    (the baselines). ``needs_obs`` (optional, default True): whether ``act`` reads the
-    observation vector; baselines that read their own signals say False and run faster.
+    ``uses_shield``: ``act`` returns Q-values ``[B, N_ACTIONS]`` over :mod:`qscale.actions`,
+    whose greedy action :func:`qscale.decision.decide` takes and shields; otherwise it returns
+    replica counts and brings its own rules (the baselines). ``needs_obs`` (optional, default
+    True): whether ``act`` reads the observation vector; baselines that read their own signals
+    say False and run faster.
     """
 
     name: str
@@ -94,7 +95,7 @@ def rollout(
         live = t < ep_len
         out = controller.act(state, obs, params)
         if controller.uses_shield:
-            state, obs, reward, _, _, info = sim.step(state, out, params)
+            state, obs, reward, _, _, info = sim.step_greedy(state, out, params)
         else:
             state, obs, reward, _, _, info = sim.step_replicas(state, out, params, needs_obs)
         ret += torch.where(live, reward, 0.0).double()
