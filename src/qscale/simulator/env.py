@@ -47,6 +47,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import ClassVar
 
 import torch
 
@@ -229,6 +230,9 @@ class EnvParams:
     bank: TraceBank
     config: SimConfig
 
+    batch_shared: ClassVar[frozenset[str]] = frozenset({"bank", "config"})
+    """Not per env: one bank and one config for the batch (see :mod:`qscale.batching`)."""
+
     @property
     def n_envs(self) -> int:
         return self.capacity.shape[0]
@@ -236,26 +240,6 @@ class EnvParams:
     @property
     def device(self) -> torch.device:
         return self.capacity.device
-
-
-#: Per-env fields of :class:`EnvParams` (what :func:`concat_params` and friends stack).
-PARAM_FIELDS: tuple[str, ...] = (
-    "capacity",
-    "service_time_s",
-    "delay_steps",
-    "slo_s",
-    "peak_replicas",
-    "min_replicas",
-    "max_replicas",
-    "cpu_limit_ratio",
-    "cpu_window",
-    "cpu_lag",
-    "cpu_noise",
-    "scrape_lag",
-    "ingress",
-    "key",
-    "noise_offset",
-)
 
 
 @dataclass(frozen=True)
@@ -868,10 +852,3 @@ def compiled_step() -> Callable[..., tuple]:
 def replace_config(params: EnvParams, **changes) -> EnvParams:
     """Params with some static config fields changed (e.g. ``noise=False`` for a test)."""
     return replace(params, config=replace(params.config, **changes))
-
-
-def concat_params(parts: list[EnvParams] | tuple[EnvParams, ...]) -> EnvParams:
-    """One batch from several param sets over the same bank and config."""
-    first = parts[0]
-    fields = {k: torch.cat([getattr(p, k) for p in parts]) for k in PARAM_FIELDS}
-    return EnvParams(**fields, bank=first.bank, config=first.config)

@@ -32,13 +32,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from qscale import batching
 from qscale.simulator import env as sim
 from qscale.simulator import frontier as fr
 from qscale.simulator.rollout import Controller, Metrics, rollout
 from qscale.simulator.service import histogram_quantile
 from qscale.simulator.tracebank import TraceBank
-
-concat_params = sim.concat_params
 
 
 @dataclass(frozen=True)
@@ -141,7 +140,7 @@ def build(
     cfg = profile.sim_config(base)
     tr, st, ln = eval_windows(bank, window_steps, horizon_steps)
     w = len(tr)
-    params = concat_params([sim.make_params(bank, w, seed=s, config=cfg) for s in seeds])
+    params = batching.cat([sim.make_params(bank, w, seed=s, config=cfg) for s in seeds])
     s = len(seeds)
     win = Windows(
         trace=torch.tensor(tr).repeat(s),
@@ -167,7 +166,7 @@ def run(
 
 def subset(params: sim.EnvParams, win: Windows, ids: torch.Tensor) -> tuple[sim.EnvParams, Windows]:
     """The envs ``ids`` only (e.g. one window per trace, for timelines)."""
-    p = replace(params, **{k: getattr(params, k)[ids] for k in sim.PARAM_FIELDS})
+    p = batching.select(params, ids)
     w = replace(
         win, trace=win.trace[ids], start=win.start[ids], length=win.length[ids], seed=win.seed[ids],
         unit=win.unit[ids],

@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from qscale import batching
 from qscale.hpa import HPAConfig
 from qscale.simulator import env as sim
 from qscale.simulator.baselines import HPAController, KedaController, PredictiveController
@@ -147,7 +148,7 @@ def run_rules(
     out: dict[Rule, dict[str, np.ndarray]] = {}
     for key, members in groups.items():
         k = len(members)
-        big = sim.concat_params([params] * k)
+        big = batching.cat([params] * k)
         dev = params.device
         targets = torch.tensor([r.target for r in members], device=dev).repeat_interleave(n)
         cool = torch.tensor([r.window_s for r in members], device=dev).repeat_interleave(n)
