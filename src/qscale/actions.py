@@ -22,6 +22,14 @@ from dataclasses import dataclass
 
 import torch
 
+DECISION_INTERVAL_S = 15.0
+"""Seconds between two decisions of one policy, the one default everywhere: the simulator's
+step (``SimConfig.dt``), the trace grid, training and evaluation, and the operator's
+``spec.interval`` when a policy names none. The CRD's ``spec.interval`` default (``15s`` in
+``deploy/crds``, copied into the chart) cannot import it; a unit test holds them equal. (The
+HPA controller's default sync period is also 15 s; that one is the HPA's own, in
+:mod:`qscale.hpa`.)"""
+
 
 @dataclass(frozen=True)
 class Action:

@@ -140,7 +140,7 @@ class TrainConfig:
     """Split of each trace the periodic evaluation and the best-model choice use."""
 
     # --- simulator --------------------------------------------------------------------------
-    dt: float = 15.0
+    dt: float = actions.DECISION_INTERVAL_S
     """Decision interval in seconds (the operator's sync period)."""
     episode_steps: int = 480
     """Steps per training episode (480 x 15 s = 2 h)."""

@@ -51,6 +51,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from qscale import decision, features
+from qscale.actions import DECISION_INTERVAL_S
 from qscale.decision import Signals
 from qscale.guardrails import Reason, ShieldConfig, ShieldState, record_scale
 from qscale.hpa import CPU_INITIALIZATION_PERIOD_S
@@ -141,7 +142,7 @@ class DomainConfig:
 class SimConfig:
     """Static settings of a simulation (not per env)."""
 
-    dt: float = 15.0
+    dt: float = DECISION_INTERVAL_S
     """Decision interval in seconds."""
     episode_steps: int = 480
     """Steps per episode (480 x 15 s = 2 h); a trace shorter than that ends it sooner."""
