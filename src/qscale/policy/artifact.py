@@ -10,7 +10,9 @@ Layout::
 Serving (the operator) reads observations built by :mod:`qscale.features`; a model trained
 against another feature spec would silently act on misread inputs, so :func:`load_policy`
 refuses it, and refuses files whose hashes do not match the manifest (a partial copy, a
-tampered or swapped file). Every refusal is an :class:`ArtifactError` with one clear line.
+tampered or swapped file). While :func:`qscale.features.compute` no longer gives the golden
+vector pinned for the spec hash, nothing is loaded or exported. Every refusal is an
+:class:`ArtifactError` with one clear line.
 """
 
 from __future__ import annotations
@@ -161,6 +163,9 @@ def export(
     ``extra`` adds top-level manifest keys (e.g. a training summary); it cannot replace the
     keys :func:`load_policy` verifies.
     """
+    mismatch = features.golden_mismatch()
+    if mismatch is not None:
+        raise ArtifactError(f"{path}: not exported: {mismatch}")
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
     scripted, ts_info = _script(network, optimize)
@@ -227,6 +232,9 @@ def _verify(root: Path, manifest: dict[str, Any]) -> None:
             f"{root}: model was trained for feature spec {manifest['spec_hash']}, "
             f"this qscale computes {features.SPEC_HASH}; retrain or use a matching qscale"
         )
+    mismatch = features.golden_mismatch()
+    if mismatch is not None:
+        raise ArtifactError(f"{root}: {mismatch}")
     if list(manifest["action_names"]) != list(actions.ACTION_NAMES):
         raise ArtifactError(
             f"{root}: model's actions {manifest['action_names']} differ from this qscale's "
@@ -269,7 +277,8 @@ def load_policy(
 ) -> LoadedPolicy:
     """Load and verify an artifact; the module maps ``[B, F]`` observations to ``[B, A]`` Q-values.
 
-    Verification (spec hash, action names, both sha256s) happens before anything is unpickled.
+    Verification (spec hash and golden feature vector, action names, both sha256s) happens
+    before anything is unpickled.
     With ``prefer="torchscript"``, a TorchScript file this torch build cannot run (another
     version, another device) falls back to the eager rebuild, with a warning.
     """
