@@ -853,11 +853,6 @@ def compiled_step() -> Callable[..., tuple]:
     return torch.compile(step, dynamic=False)
 
 
-def replace_config(params: EnvParams, **changes) -> EnvParams:
-    """Params with some static config fields changed (e.g. ``noise=False`` for a test)."""
-    return replace(params, config=replace(params.config, **changes))
-
-
 def concat_params(parts: list[EnvParams] | tuple[EnvParams, ...]) -> EnvParams:
     """One batch from several param sets over the same bank and config."""
     first = parts[0]
