@@ -270,6 +270,15 @@ def _load_torchscript(root: Path, device: torch.device) -> torch.jit.ScriptModul
     return module.eval()
 
 
+def _probe(module: nn.Module | torch.jit.ScriptModule, device: torch.device) -> None:
+    """One forward pass of a loaded network on a batch of two zero observations; raises
+    :class:`ValueError` unless it gives ``[2, N_ACTIONS]`` Q-values."""
+    with torch.no_grad():
+        out = module(torch.zeros(2, features.N_FEATURES, device=device))
+    if tuple(out.shape) != (2, actions.N_ACTIONS):
+        raise ValueError(f"network outputs shape {tuple(out.shape)}")
+
+
 def load_policy(
     path: str | os.PathLike,
     device: torch.device | str = "cpu",
@@ -290,15 +299,10 @@ def load_policy(
     manifest = read_manifest(root)
     _verify(root, manifest)
     dev = torch.device(device)
-    n_features = len(features.FEATURE_NAMES)
-    probe = torch.zeros(2, n_features, device=dev)
     if prefer == "torchscript":
         try:
             module = _load_torchscript(root, dev)
-            with torch.no_grad():
-                out = module(probe)
-            if tuple(out.shape) != (2, actions.N_ACTIONS):
-                raise ValueError(f"output shape {tuple(out.shape)}")
+            _probe(module, dev)
             return LoadedPolicy(module=module, manifest=manifest, kind="torchscript", path=root)
         except Exception as e:
             warnings.warn(
@@ -307,10 +311,10 @@ def load_policy(
                 stacklevel=2,
             )
     net = _load_eager(root, manifest, dev)
-    with torch.no_grad():
-        out = net(probe)
-    if tuple(out.shape) != (2, actions.N_ACTIONS):
-        raise ArtifactError(f"{root}: network outputs shape {tuple(out.shape)}")
+    try:
+        _probe(net, dev)
+    except ValueError as e:
+        raise ArtifactError(f"{root}: {e}") from None
     return LoadedPolicy(module=net, manifest=manifest, kind="eager", path=root)
 
 
