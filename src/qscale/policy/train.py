@@ -47,6 +47,7 @@ from qscale.policy.controller import DQNController
 from qscale.policy.network import QNetwork
 from qscale.policy.replay import NStepWindow, ReplayBuffer, Transitions
 from qscale.simulator import env as sim
+from qscale.simulator.device import resolve_device
 from qscale.simulator.rollout import Controller, rollout
 from qscale.simulator.splits import SPLIT_NAMES, packaged_trace, shared_trace_files
 from qscale.simulator.tracebank import TraceBank
@@ -62,7 +63,6 @@ __all__ = [
     "linear_schedule",
     "main",
     "parse_config",
-    "resolve_device",
     "sim_config",
     "train",
     "validation_windows",
@@ -327,14 +327,6 @@ def double_dqn_target(
     next_action = q_network(data.next_obs).argmax(dim=1, keepdim=True)
     next_q = target_network(data.next_obs).gather(1, next_action).squeeze(1)
     return data.ret + data.discount * data.bootstrap * next_q
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but CUDA is not available")
-    return torch.device(name)
 
 
 def sim_config(cfg: TrainConfig) -> sim.SimConfig:
