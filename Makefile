@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 # Real Prometheus for the cluster tests and the demo (Debian's package; skipped if present).
-# The local Kubernetes control plane needs no install step: qscale.devcluster finds it.
+# The local Kubernetes control plane needs no install step: qscale.dev.cluster finds it.
 system-deps:
 	@command -v prometheus >/dev/null 2>&1 || { \
 	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \

@@ -1,6 +1,6 @@
 """Agreement of the HPA port (qscale.hpa) with the real kube-controller-manager, per scenario.
 
-Plays every scenario of ``qscale.hpa_conformance`` on a local control plane (kwokctl binary
+Plays every scenario of ``qscale.dev.hpa_conformance`` on a local control plane (kwokctl binary
 runtime, metrics-server at 10 s, HPA sync period 5 s, downscale window 60 s; about 4 minutes
 on 2 cores), records what the controller observed and did at each sync, drives the port with
 those observations and prints the share of syncs with identical replica counts as a Markdown
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from qscale import hpa_conformance as hc
+from qscale.dev import hpa_conformance as hc
 
 
 def main() -> int:
@@ -34,7 +34,7 @@ def main() -> int:
     if args.replay:
         recording = hc.load(args.replay)
     else:
-        from qscale.devcluster import ClusterUnavailable, start_cluster
+        from qscale.dev.cluster import ClusterUnavailable, start_cluster
 
         scenarios = hc.SCENARIOS
         if args.scenarios:

@@ -39,9 +39,9 @@ from pathlib import Path
 
 import torch
 
-from qscale.devcluster import ClusterOptions, LocalCluster, deployment_manifest, start_cluster
-from qscale.devoperator import OperatorProcess, install, scripted_policy, token_kubeconfig
-from qscale.devprom import LocalPrometheus, free_port
+from qscale.dev.cluster import ClusterOptions, LocalCluster, deployment_manifest, start_cluster
+from qscale.dev.operator import OperatorProcess, install, scripted_policy, token_kubeconfig
+from qscale.dev.prom import LocalPrometheus, free_port
 
 NS, OP_NS = "bench", "qscale-system"
 INTERVAL_S = 5

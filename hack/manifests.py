@@ -35,7 +35,7 @@ def helm() -> str:
     if os.environ.get("HELM"):
         return os.environ["HELM"]
     sys.path.insert(0, str(ROOT / "src"))
-    from qscale.devcluster import find_k8s_bin
+    from qscale.dev.cluster import find_k8s_bin
 
     return str(find_k8s_bin() / "helm")
 

@@ -1,7 +1,7 @@
 """Shared fixtures: torch threads, CUDA gating, and the real local control plane / Prometheus.
 
 Cluster tests (``@pytest.mark.cluster``) run against a real kube-apiserver, controller-manager
-and scheduler (kwok plays the kubelets; see ``qscale.devcluster``). Where the binaries cannot be
+and scheduler (kwok plays the kubelets; see ``qscale.dev.cluster``). Where the binaries cannot be
 had they skip with one line saying how to get them -- except under ``QSCALE_REQUIRE_CLUSTER=1``
 (set by ``.ci/run``), where a skipped or missing cluster test fails the run.
 """
@@ -62,7 +62,7 @@ def _unavailable(reason: str):
 
 @pytest.fixture(scope="session")
 def k8s_bin():
-    from qscale.devcluster import ClusterUnavailable, find_k8s_bin
+    from qscale.dev.cluster import ClusterUnavailable, find_k8s_bin
 
     try:
         return find_k8s_bin()
@@ -73,7 +73,7 @@ def k8s_bin():
 @pytest.fixture(scope="session")
 def cluster(k8s_bin):
     """One local control plane for the whole session (metrics-server, delayed-ready pods)."""
-    from qscale.devcluster import ClusterOptions, ClusterUnavailable, start_cluster
+    from qscale.dev.cluster import ClusterOptions, ClusterUnavailable, start_cluster
 
     try:
         c = start_cluster(ClusterOptions(metrics_server=True, nodes=4), bin_dir=k8s_bin)
@@ -88,7 +88,7 @@ def cluster(k8s_bin):
 @pytest.fixture
 def namespace(cluster):
     """A fresh namespace per test, deleted afterwards (without waiting for it to go)."""
-    from qscale.devcluster import namespace_manifest
+    from qscale.dev.cluster import namespace_manifest
 
     name = f"t-{uuid.uuid4().hex[:8]}"
     cluster.apply(namespace_manifest(name))
@@ -98,7 +98,7 @@ def namespace(cluster):
 
 @pytest.fixture(scope="session")
 def prometheus_bin():
-    from qscale.devprom import PrometheusUnavailable, find_prometheus
+    from qscale.dev.prom import PrometheusUnavailable, find_prometheus
 
     try:
         return find_prometheus()
@@ -110,7 +110,7 @@ def prometheus_bin():
 def start_prometheus(prometheus_bin):
     """Factory: ``start_prometheus({"job": ["127.0.0.1:port"]}, interval_s=1)``; all are closed
     after the test."""
-    from qscale.devprom import LocalPrometheus
+    from qscale.dev.prom import LocalPrometheus
 
     started = []
 

@@ -1,16 +1,17 @@
 """The discrete action set, applied before the shield.
 
-Two families, both scale-free:
+Ten actions (:data:`ACTIONS`) in three kinds, all scale-free:
 
-* **relative steps** (hold, -1, +1, x1.5, x2): move from the current count;
-* **proportional targets** (``busy_at_50/65/80``): size the Deployment so that the work it is
-  doing now (:func:`qscale.features.busy_pods`, pods' worth of CPU limit in use) would run its
-  pods at 50, 65 or 80 % of their CPU limit -- the HPA's formula, with the operating point
-  chosen per decision. "Do what a CPU HPA at that target would do" is one action, so a policy
-  can learn never to be worse than that rule and depart from it only where it pays;
-* **peak targets** (``peak_at_65/80``): the same for the work the Deployment would do at the
-  highest request rate of the last 15 minutes (busy pods x peak rate / rate now) -- what an HPA
-  with a long scale-down window holds, as one action.
+* **relative steps** (``kind`` ``"step"``: hold, -1, +1, x1.5, x2): move from the current count;
+* **proportional targets** (``"target"``: ``busy_at_50/65/80``): size the Deployment so that
+  the work it is doing now (:func:`qscale.features.busy_pods`, pods' worth of CPU limit in use)
+  would run its pods at 50, 65 or 80 % of their CPU limit -- the HPA's formula, with the
+  operating point chosen per decision. "Do what a CPU HPA at that target would do" is one
+  action, so a policy can learn never to be worse than that rule and depart from it only where
+  it pays;
+* **peak targets** (``"peak"``: ``peak_at_65/80``): the same for the work the Deployment would
+  do at the highest request rate of the last 15 minutes (busy pods x peak rate / rate now) --
+  what an HPA with a long scale-down window holds, as one action.
 
 The shield in :mod:`qscale.guardrails` then bounds whatever the action proposes.
 """
@@ -20,6 +21,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
+DECISION_INTERVAL_S = 15.0
+"""Seconds between two decisions of one policy, the one default everywhere: the simulator's
+step (``SimConfig.dt``), the trace grid, training and evaluation, and the operator's
+``spec.interval`` when a policy names none. The CRD's ``spec.interval`` default (``15s`` in
+``deploy/crds``, copied into the chart) cannot import it; a unit test holds them equal. (The
+HPA controller's default sync period is also 15 s; that one is the HPA's own, in
+:mod:`qscale.hpa`.)"""
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from qscale.policy.artifact import ArtifactError
 from qscale.simulator import evaluate as evaluate_module
 from qscale.simulator import frontier as fr
 from qscale.simulator.baselines import OracleController
+from qscale.simulator.device import resolve_device
 from qscale.simulator.evaluate import EvalProfile, Evaluation, build, evaluate, format_table, run
 from qscale.simulator.rollout import Controller
 from qscale.simulator.splits import SPLIT_NAMES, packaged_trace, shared_trace_files
@@ -66,11 +67,10 @@ def _resolve_traces(names: Sequence[str] | None) -> tuple[list[Path], bool]:
 
 
 def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda: no CUDA device is available")
-    return torch.device(name)
+    try:
+        return resolve_device(name, "--device")
+    except ValueError as e:
+        raise UsageError(str(e)) from None
 
 
 def _pair(flag: str, text: str) -> tuple[float, float]:

@@ -29,11 +29,14 @@ number evaluation once derived from the traffic's future peak).
 Every feature is scale-free except ``log_replicas``, which tells the policy the size of the
 service it is looking at (latency's knee sits lower for small Deployments). Changing a name,
 the order, a transform, a clip range or a query changes :data:`SPEC_HASH`; model artifacts
-record the hash and refuse to load against another spec.
+record the hash and refuse to load against another spec. The arithmetic of :func:`compute` is
+pinned under the hash by a golden vector (:data:`GOLDEN`): a change to it that leaves the prose
+alone is refused too, until the spec version is bumped.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -222,6 +225,69 @@ def compute(x: FeatureInputs) -> torch.Tensor:
     obs = torch.stack([c.to(torch.float32) for c in cols], dim=-1)
     obs = torch.nan_to_num(obs, nan=0.0, posinf=1e9, neginf=-1e9)
     return torch.minimum(torch.maximum(obs, _LO.to(obs.device)), _HI.to(obs.device))
+
+
+_NAN = float("nan")
+
+GOLDEN_INPUTS: tuple[tuple[float, ...], ...] = (
+    # cpu_utilization, cpu_limit_ratio, p95_s, slo_s, rate_now, rate_1m, rate_5m, rate_15m,
+    # rate_peak_15m, replicas, ready_replicas, min_replicas, since_scale_up_s, since_scale_down_s
+    (0.6, 2.0, 0.3, 0.25, 100.0, 90.0, 80.0, 120.0, 150.0, 5.0, 4.0, 2.0, 120.0, 600.0),
+    (0.35, 1.0, _NAN, 0.25, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0, 30.0),
+    (2.0, 1.0, 10.0, 0.1, 1000.0, 10.0, 5000.0, 20.0, 900.0, 2000.0, 0.0, 3.0, 1e9, 299.0),
+    (_NAN, 0.0, _NAN, 0.3, 5.0, 7.0, 3.0, 5.0, 40.0, 0.0, 0.0, 1.0, 45.0, 150.0),
+    (0.2, 4.0, 0.02, 0.5, 12.5, 25.0, 50.0, 200.0, 12.5, 37.0, 30.0, 10.0, 299.0, 1.0),
+)  # fmt: skip
+"""Fixed raw signals, one row per case, in :class:`FeatureInputs` field order (float64): a
+typical service, an idle one (no requests, NaN p95), one past every clip, missing signals and
+zero replicas, a falling rate."""
+
+GOLDEN: dict[str, tuple[tuple[float, ...], ...]] = {
+    "6b001475b01a7d04": (
+        (0.3, 0.2630344, 0.1052495, 0.2228938, -0.1821218, 0.4049657, 0.2, 0.2593462, 0.4, 0.4,
+         1.0),
+        (0.35, -4.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.1003288, 1.0, 0.0, 0.1),
+        (1.5, 4.0, 2.0, -1.6054499, 2.0, 0.0, 1.0, 1.0, 0.0015, 1.0, 0.9966667),
+        (0.0, 0.0, -0.3360727, 0.5101599, 0.0, 2.0724728, 0.0, 0.0, 1.0, 0.15, 0.5),
+        (0.05, -4.0, -0.6921487, -1.3833019, -2.0, 0.0, 0.1891892, 0.5265183, 0.2702703,
+         0.9966667, 0.0033333),
+    ),
+}  # fmt: skip
+"""What :func:`compute` gives on :data:`GOLDEN_INPUTS`, pinned per :data:`SPEC_HASH`. The hash
+covers the spec's prose (names, formulas, clips, queries), this covers its arithmetic: a change
+to :func:`compute` that keeps the prose would otherwise keep serving a model trained on other
+features. :func:`golden_mismatch` compares them; model export and loading refuse on a mismatch."""
+
+_GOLDEN_ATOL = 1e-6
+
+
+def golden_inputs() -> FeatureInputs:
+    """:data:`GOLDEN_INPUTS` as a batch (float64, CPU)."""
+    names = [f.name for f in dataclasses.fields(FeatureInputs)]
+    columns = zip(*GOLDEN_INPUTS, strict=True)
+    return FeatureInputs(
+        **{n: torch.tensor(c, dtype=torch.float64) for n, c in zip(names, columns, strict=True)}
+    )
+
+
+def golden_mismatch() -> str | None:
+    """None when :func:`compute` still gives the golden vector pinned for :data:`SPEC_HASH`,
+    else one line saying what to do."""
+    expected = GOLDEN.get(SPEC_HASH)
+    if expected is None:
+        return (
+            f"no golden feature vector is pinned for feature spec {SPEC_HASH}: add "
+            "features.compute(features.golden_inputs()) to features.GOLDEN under it"
+        )
+    got = compute(golden_inputs())
+    want = torch.tensor(expected, dtype=torch.float32)
+    if got.shape != want.shape or not torch.allclose(got, want, rtol=1e-6, atol=_GOLDEN_ATOL):
+        return (
+            f"features.compute() no longer gives the golden vector of feature spec {SPEC_HASH}: "
+            "if the arithmetic changed on purpose, bump features.SPEC_VERSION, pin the new "
+            "vector in features.GOLDEN and retrain the models"
+        )
+    return None
 
 
 def fill_template(

@@ -59,7 +59,7 @@ time, Ready condition and sample timestamp whether it is unready; :func:`group_p
 them exactly as ``groupPods`` does, for callers that have the pods (the operator, the
 conformance suite), and the simulator mirrors it with counts.
 
-Checked against the real controller: :mod:`qscale.hpa_conformance` (``tests/conformance/``,
+Checked against the real controller: :mod:`qscale.dev.hpa_conformance` (``tests/conformance/``,
 ``benchmarks/bench_hpa_conformance.py``) plays seven scenarios on a local kube-controller-manager
 1.37 - steps up and down, a burst while pods start, flapping within the tolerance, ``behavior``
 scale-up policies with ``selectPolicy`` Max and Min, the min/max bounds - and drives this module

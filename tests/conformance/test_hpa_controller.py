@@ -1,4 +1,4 @@
-"""The HPA port against the real kube-controller-manager (``qscale.hpa_conformance``).
+"""The HPA port against the real kube-controller-manager (``qscale.dev.hpa_conformance``).
 
 One local control plane plays every scenario at once (about 4 minutes on 2 cores); the port is
 then driven with what the controller observed at each of its syncs and must give the same
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from qscale import hpa_conformance as hc
+from qscale.dev import hpa_conformance as hc
 
 pytestmark = pytest.mark.cluster
 
@@ -22,7 +22,7 @@ SCENARIO_NAMES = [sc.name for sc in hc.SCENARIOS]
 
 @pytest.fixture(scope="module")
 def recording(k8s_bin) -> dict:
-    from qscale.devcluster import ClusterUnavailable, start_cluster
+    from qscale.dev.cluster import ClusterUnavailable, start_cluster
 
     try:
         cluster = start_cluster(hc.cluster_options(), bin_dir=k8s_bin)

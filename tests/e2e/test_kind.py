@@ -34,7 +34,7 @@ def _tool(name: str) -> str | None:
     if found:
         return found
     try:
-        from qscale.devcluster import find_k8s_bin
+        from qscale.dev.cluster import find_k8s_bin
 
         p = find_k8s_bin() / name
         return str(p) if p.is_file() else None

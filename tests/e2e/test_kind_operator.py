@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from kindutil import docker_running
 
-from qscale.devcluster import wait_for
-from qscale.devoperator import OperatorProcess, install, scripted_policy, token_kubeconfig
+from qscale.dev.cluster import wait_for
+from qscale.dev.operator import OperatorProcess, install, scripted_policy, token_kubeconfig
 
 pytestmark = pytest.mark.skipif(
     not (shutil.which("kind") and shutil.which("kubectl") and docker_running()),
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.skipif(
 
 
 class KindCluster:
-    """What :mod:`qscale.devoperator` needs of a cluster, for kind."""
+    """What :mod:`qscale.dev.operator` needs of a cluster, for kind."""
 
     def __init__(self, name: str, kubeconfig: Path) -> None:
         self.name, self.kubeconfig = name, kubeconfig

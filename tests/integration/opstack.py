@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qscale.devcluster import LocalCluster, deployment_manifest, wait_for
-from qscale.devoperator import OperatorProcess, install, scripted_policy, token_kubeconfig
-from qscale.devprom import LocalPrometheus, free_port
+from qscale.dev.cluster import LocalCluster, deployment_manifest, wait_for
+from qscale.dev.operator import OperatorProcess, install, scripted_policy, token_kubeconfig
+from qscale.dev.prom import LocalPrometheus, free_port
 from qscale.emulator import Emulator, Load, Workload
 
 INTERVAL = "2s"

@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from qscale import features
-from qscale.devcluster import deployment_manifest, namespace_manifest, wait_for
+from qscale.dev.cluster import deployment_manifest, namespace_manifest, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -362,7 +362,7 @@ FAST = {
 def fresh(k8s_bin):
     """A control plane of its own: the chart installs the CRD (the session's cluster has one
     that kubectl applied, which helm would refuse to adopt)."""
-    from qscale.devcluster import ClusterOptions, ClusterUnavailable, start_cluster
+    from qscale.dev.cluster import ClusterOptions, ClusterUnavailable, start_cluster
 
     try:
         c = start_cluster(ClusterOptions(metrics_server=False, nodes=1), bin_dir=k8s_bin)
@@ -409,8 +409,8 @@ def _policy(name: str, ns: str, **spec) -> str:
 def test_helm_install_then_the_operator_with_the_charts_token_scales(
     k8s_bin, fresh, tmp_path, prometheus_bin
 ):
-    from qscale.devoperator import OperatorProcess, token_kubeconfig
-    from qscale.devprom import LocalPrometheus
+    from qscale.dev.operator import OperatorProcess, token_kubeconfig
+    from qscale.dev.prom import LocalPrometheus
     from qscale.emulator import Emulator, Load, Workload
 
     c = fresh

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from qscale.devcluster import USAGE_CPU_ANNOTATION, deployment_manifest, wait_for
+from qscale.dev.cluster import USAGE_CPU_ANNOTATION, deployment_manifest, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -64,7 +64,7 @@ def test_pod_cpu_reaches_the_metrics_api(cluster, namespace):
 def test_prometheus_scrapes_a_loopback_exporter(start_prometheus):
     from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
-    from qscale.devprom import free_port
+    from qscale.dev.prom import free_port
 
     reg = CollectorRegistry()
     Gauge("qscale_probe", "a probe", registry=reg).set(42)

@@ -22,8 +22,8 @@ import pytest
 from opstack import ReplicaLog, Stack, start_stack, stop_stack
 
 from qscale import features
-from qscale.devcluster import deployment_manifest, wait_for
-from qscale.devoperator import DEPLOY, OperatorProcess
+from qscale.dev.cluster import deployment_manifest, wait_for
+from qscale.dev.operator import DEPLOY, OperatorProcess
 
 pytestmark = pytest.mark.cluster
 

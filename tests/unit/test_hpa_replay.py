@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from qscale import hpa_conformance as hc
+from qscale.dev import hpa_conformance as hc
 from qscale.hpa import HPAConfig, PodMetric
 
 RECORDING = Path(__file__).parent.parent / "data" / "hpa_conformance.json.gz"

@@ -1,6 +1,6 @@
 """``qscale demo``: the live demo on a local control plane, or the offline one.
 
-Where no control plane can be had (no binaries: :class:`qscale.devcluster.ClusterUnavailable`)
+Where no control plane can be had (no binaries: :class:`qscale.dev.cluster.ClusterUnavailable`)
 or no Prometheus, it says so in one line and runs the offline demo, ``qscale evaluate`` on the
 shipped excerpt, instead (``--offline`` asks for it; ``--no-fallback`` makes it an error).
 """
@@ -124,8 +124,8 @@ def demo_main(argv: Sequence[str]) -> int:
     args = _parser().parse_args(list(argv))
     if args.offline:
         return _offline(args.out, None)
-    from qscale.devcluster import ClusterUnavailable, find_k8s_bin
-    from qscale.devprom import PrometheusUnavailable, find_prometheus
+    from qscale.dev.cluster import ClusterUnavailable, find_k8s_bin
+    from qscale.dev.prom import PrometheusUnavailable, find_prometheus
 
     try:
         find_k8s_bin()

@@ -2,10 +2,10 @@
 
 One process sets up everything and tears everything down (also on Ctrl-C or SIGTERM):
 
-1. a local control plane (:mod:`qscale.devcluster`: real kube-apiserver, kube-controller-manager
+1. a local control plane (:mod:`qscale.dev.cluster`: real kube-apiserver, kube-controller-manager
    with its HPA controller, scheduler, metrics-server; kwok plays the kubelets) with the
    delayed-ready pod stage, so a new pod turns Ready only after its start-up delay;
-2. the CRD and the operator's least-privilege RBAC of ``deploy/`` (:mod:`qscale.devoperator`);
+2. the CRD and the operator's least-privilege RBAC of ``deploy/`` (:mod:`qscale.dev.operator`);
 3. two identical Deployments, ``web-qscale`` and ``web-hpa``: same pod template, same
    ``pod-ready.stage.kwok.x-k8s.io/delay``, same CPU request, same initial replicas;
 4. the workload emulator (:mod:`qscale.emulator`, in this process) playing the same trace
@@ -397,8 +397,9 @@ def _pod_cpu_everywhere(clients: _Clients, want: int) -> bool:
 
 def run_demo(cfg: DemoConfig, stream: TextIO = sys.stdout) -> DemoResult:
     """Run the whole demo; returns once everything it started is gone (also when it fails)."""
-    from qscale import devcluster, devoperator
-    from qscale.devprom import find_prometheus
+    from qscale.dev import cluster as devcluster
+    from qscale.dev import operator as devoperator
+    from qscale.dev.prom import find_prometheus
     from qscale.simulator.splits import packaged_trace
 
     def say(msg: str) -> None:
@@ -491,8 +492,9 @@ class _Run:
         return self.stretch.rps(ws_t0 + t_em - self.play_t0)
 
     def start(self, bin_dir: Path, prom_bin: Path) -> None:
-        from qscale import devcluster, devoperator
-        from qscale.devprom import LocalPrometheus, free_port
+        from qscale.dev import cluster as devcluster
+        from qscale.dev import operator as devoperator
+        from qscale.dev.prom import LocalPrometheus, free_port
         from qscale.emulator import Emulator, Load, Workload
 
         cfg, stack, root, say = self.cfg, self.stack, self.root, self.say

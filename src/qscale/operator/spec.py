@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from qscale import features
+from qscale.actions import DECISION_INTERVAL_S
 from qscale.guardrails import ShieldConfig
 
 __all__ = [
@@ -172,7 +173,7 @@ def parse_spec(spec: Mapping[str, Any] | None) -> PolicySpec:
     mode = spec.get("mode", "Enforce")
     if mode not in MODES:
         raise SpecError(f"spec.mode must be one of {', '.join(MODES)}, got {mode!r}")
-    interval = parse_duration(spec.get("interval", "15s"), "spec.interval")
+    interval = parse_duration(spec.get("interval", f"{DECISION_INTERVAL_S:g}s"), "spec.interval")
     if interval < 1.0:
         raise SpecError(f"spec.interval must be at least 1s, got {spec.get('interval')!r}")
     slo = (spec.get("slo") or {}).get("latencyP95")

@@ -207,7 +207,7 @@ class Engine:
             if rt is None:
                 rt = self.runtimes[p.uid] = Runtime(uid=p.uid, status=copy.deepcopy(dict(p.status)))
             if now + 1e-3 >= rt.next_due:
-                interval = p.spec.interval_s if p.spec else 15.0
+                interval = p.spec.interval_s if p.spec else actions.DECISION_INTERVAL_S
                 rt.next_due = (math.floor(now / interval + 1e-6) + 1) * interval
                 due.append((p, rt))
         rep.due = len(due)

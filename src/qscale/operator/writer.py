@@ -12,14 +12,13 @@ never on top of a count it was not decided for.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
 from qscale.operator.deployments import Target
 from qscale.operator.kube import ApiError, Kube
 
-__all__ = ["Outcome", "ScaleRequest", "ScaleResult", "scale_all"]
+__all__ = ["Outcome", "ScaleRequest", "ScaleResult", "scale_one", "updated_target"]
 
 _RETRIES = 3
 
@@ -101,19 +100,6 @@ async def scale_one(
         if replicas != req.current:
             return ScaleResult(req, Outcome.SUPERSEDED, replicas, rv, conflicts=conflicts)
     return ScaleResult(req, Outcome.FAILED, error="conflicts on every retry", conflicts=conflicts)
-
-
-async def scale_all(
-    kube: Kube, requests: Sequence[ScaleRequest], concurrency: int
-) -> list[ScaleResult]:
-    """Write every request, ``concurrency`` at a time; results in the requests' order."""
-    sem = asyncio.Semaphore(concurrency)
-
-    async def one(r: ScaleRequest) -> ScaleResult:
-        async with sem:
-            return await scale_one(kube, r)
-
-    return list(await asyncio.gather(*(one(r) for r in requests)))
 
 
 def updated_target(t: Target, res: ScaleResult) -> Target:

@@ -10,7 +10,9 @@ Layout::
 Serving (the operator) reads observations built by :mod:`qscale.features`; a model trained
 against another feature spec would silently act on misread inputs, so :func:`load_policy`
 refuses it, and refuses files whose hashes do not match the manifest (a partial copy, a
-tampered or swapped file). Every refusal is an :class:`ArtifactError` with one clear line.
+tampered or swapped file). While :func:`qscale.features.compute` no longer gives the golden
+vector pinned for the spec hash, nothing is loaded or exported. Every refusal is an
+:class:`ArtifactError` with one clear line.
 """
 
 from __future__ import annotations
@@ -161,6 +163,9 @@ def export(
     ``extra`` adds top-level manifest keys (e.g. a training summary); it cannot replace the
     keys :func:`load_policy` verifies.
     """
+    mismatch = features.golden_mismatch()
+    if mismatch is not None:
+        raise ArtifactError(f"{path}: not exported: {mismatch}")
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
     scripted, ts_info = _script(network, optimize)
@@ -227,6 +232,9 @@ def _verify(root: Path, manifest: dict[str, Any]) -> None:
             f"{root}: model was trained for feature spec {manifest['spec_hash']}, "
             f"this qscale computes {features.SPEC_HASH}; retrain or use a matching qscale"
         )
+    mismatch = features.golden_mismatch()
+    if mismatch is not None:
+        raise ArtifactError(f"{root}: {mismatch}")
     if list(manifest["action_names"]) != list(actions.ACTION_NAMES):
         raise ArtifactError(
             f"{root}: model's actions {manifest['action_names']} differ from this qscale's "
@@ -262,6 +270,15 @@ def _load_torchscript(root: Path, device: torch.device) -> torch.jit.ScriptModul
     return module.eval()
 
 
+def _probe(module: nn.Module | torch.jit.ScriptModule, device: torch.device) -> None:
+    """One forward pass of a loaded network on a batch of two zero observations; raises
+    :class:`ValueError` unless it gives ``[2, N_ACTIONS]`` Q-values."""
+    with torch.no_grad():
+        out = module(torch.zeros(2, features.N_FEATURES, device=device))
+    if tuple(out.shape) != (2, actions.N_ACTIONS):
+        raise ValueError(f"network outputs shape {tuple(out.shape)}")
+
+
 def load_policy(
     path: str | os.PathLike,
     device: torch.device | str = "cpu",
@@ -269,7 +286,8 @@ def load_policy(
 ) -> LoadedPolicy:
     """Load and verify an artifact; the module maps ``[B, F]`` observations to ``[B, A]`` Q-values.
 
-    Verification (spec hash, action names, both sha256s) happens before anything is unpickled.
+    Verification (spec hash and golden feature vector, action names, both sha256s) happens
+    before anything is unpickled.
     With ``prefer="torchscript"``, a TorchScript file this torch build cannot run (another
     version, another device) falls back to the eager rebuild, with a warning.
     """
@@ -281,15 +299,10 @@ def load_policy(
     manifest = read_manifest(root)
     _verify(root, manifest)
     dev = torch.device(device)
-    n_features = len(features.FEATURE_NAMES)
-    probe = torch.zeros(2, n_features, device=dev)
     if prefer == "torchscript":
         try:
             module = _load_torchscript(root, dev)
-            with torch.no_grad():
-                out = module(probe)
-            if tuple(out.shape) != (2, actions.N_ACTIONS):
-                raise ValueError(f"output shape {tuple(out.shape)}")
+            _probe(module, dev)
             return LoadedPolicy(module=module, manifest=manifest, kind="torchscript", path=root)
         except Exception as e:
             warnings.warn(
@@ -298,10 +311,10 @@ def load_policy(
                 stacklevel=2,
             )
     net = _load_eager(root, manifest, dev)
-    with torch.no_grad():
-        out = net(probe)
-    if tuple(out.shape) != (2, actions.N_ACTIONS):
-        raise ArtifactError(f"{root}: network outputs shape {tuple(out.shape)}")
+    try:
+        _probe(net, dev)
+    except ValueError as e:
+        raise ArtifactError(f"{root}: {e}") from None
     return LoadedPolicy(module=net, manifest=manifest, kind="eager", path=root)
 
 

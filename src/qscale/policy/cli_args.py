@@ -18,10 +18,10 @@ import itertools
 import textwrap
 import types
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, TypeVar
 
-__all__ = ["add_dataclass_args", "dataclass_from_args", "field_docs", "parse_dataclass"]
+__all__ = ["add_dataclass_args", "dataclass_from_args", "field_docs"]
 
 T = TypeVar("T")
 
@@ -136,23 +136,3 @@ def dataclass_from_args(cls: type[T], namespace: argparse.Namespace) -> T:
     """Build ``cls`` from the parsed options (ignores options that are not fields)."""
     names = {f.name for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
     return cls(**{k: v for k, v in vars(namespace).items() if k in names})
-
-
-def parse_dataclass(
-    cls: type[T],
-    argv: Sequence[str] | None = None,
-    prog: str | None = None,
-    description: str | None = None,
-) -> T:
-    """Parse ``argv`` into an instance of ``cls``; bad values exit with argparse's message.
-
-    A ``ValueError`` from the dataclass' own validation (``__post_init__``) is reported the same
-    way: one line and exit status 2, not a traceback.
-    """
-    parser = argparse.ArgumentParser(prog=prog, description=description)
-    add_dataclass_args(parser, cls)
-    ns = parser.parse_args(argv)
-    try:
-        return dataclass_from_args(cls, ns)
-    except ValueError as e:
-        parser.error(str(e))

@@ -48,6 +48,7 @@ from qscale.policy.controller import DQNController
 from qscale.policy.network import QNetwork
 from qscale.policy.replay import NStepWindow, ReplayBuffer, Transitions
 from qscale.simulator import env as sim
+from qscale.simulator.device import resolve_device
 from qscale.simulator.rollout import Controller, rollout
 from qscale.simulator.splits import SPLIT_NAMES, packaged_trace, shared_trace_files
 from qscale.simulator.tracebank import TraceBank
@@ -63,7 +64,6 @@ __all__ = [
     "linear_schedule",
     "main",
     "parse_config",
-    "resolve_device",
     "sim_config",
     "train",
     "validation_windows",
@@ -141,7 +141,7 @@ class TrainConfig:
     """Split of each trace the periodic evaluation and the best-model choice use."""
 
     # --- simulator --------------------------------------------------------------------------
-    dt: float = 15.0
+    dt: float = actions.DECISION_INTERVAL_S
     """Decision interval in seconds (the operator's sync period)."""
     episode_steps: int = 480
     """Steps per training episode (480 x 15 s = 2 h)."""
@@ -336,14 +336,6 @@ def double_dqn_target(
     next_action = decision.greedy(q_network(data.next_obs))[:, None]
     next_q = target_network(data.next_obs).gather(1, next_action).squeeze(1)
     return data.ret + data.discount * data.bootstrap * next_q
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but CUDA is not available")
-    return torch.device(name)
 
 
 def sim_config(cfg: TrainConfig) -> sim.SimConfig:

@@ -52,6 +52,7 @@ from typing import ClassVar
 import torch
 
 from qscale import decision, features
+from qscale.actions import DECISION_INTERVAL_S
 from qscale.decision import Signals
 from qscale.guardrails import ShieldConfig, ShieldState, bound, record_scale
 from qscale.hpa import CPU_INITIALIZATION_PERIOD_S
@@ -142,7 +143,7 @@ class DomainConfig:
 class SimConfig:
     """Static settings of a simulation (not per env)."""
 
-    dt: float = 15.0
+    dt: float = DECISION_INTERVAL_S
     """Decision interval in seconds."""
     episode_steps: int = 480
     """Steps per episode (480 x 15 s = 2 h); a trace shorter than that ends it sooner."""
@@ -847,8 +848,3 @@ def compiled_step() -> Callable[..., tuple]:
     (kernels fused), at the price of compiling on first use. The auto-reset branch stays eager
     (its batch size varies)."""
     return torch.compile(step, dynamic=False)
-
-
-def replace_config(params: EnvParams, **changes) -> EnvParams:
-    """Params with some static config fields changed (e.g. ``noise=False`` for a test)."""
-    return replace(params, config=replace(params.config, **changes))

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from qscale import batching
+from qscale.actions import DECISION_INTERVAL_S
 from qscale.simulator import env as sim
 from qscale.simulator import frontier as fr
 from qscale.simulator.rollout import Controller, Metrics, rollout
@@ -58,7 +59,7 @@ class EvalProfile:
     """max replicas = ceil(peak x factor): a safety cap (no feature reads it)."""
     noise: bool = True
     """Poisson arrival noise."""
-    dt: float = 15.0
+    dt: float = DECISION_INTERVAL_S
     """Decision interval in seconds."""
     cpu_limit_ratio: tuple[float, float] = (1.0, 4.0)
     """CPU limit / request of the pods, drawn per (window, seed)."""

@@ -16,7 +16,7 @@ import torch
 
 from qscale.simulator.service import DEFAULT_BUCKETS
 from qscale.simulator.splits import split_rates
-from qscale.simulator.traces import TraceError, load_rates
+from qscale.simulator.traces import DEFAULT_DT, TraceError, load_rates
 
 NOISE_TABLE_SIZE = 1 << 16
 REFERENCE_QUANTILE = 0.99
@@ -64,7 +64,7 @@ class TraceBank:
     def from_arrays(
         names: Sequence[str],
         arrays: Sequence[np.ndarray],
-        dt: float = 15.0,
+        dt: float = DEFAULT_DT,
         device: torch.device | str = "cpu",
         noise_seed: int = 0,
         ref_rates: Sequence[float] | None = None,
@@ -99,7 +99,7 @@ class TraceBank:
     def from_files(
         paths: Sequence[str | os.PathLike],
         split: str = "all",
-        dt: float = 15.0,
+        dt: float = DEFAULT_DT,
         device: torch.device | str = "cpu",
         noise_seed: int = 0,
     ) -> TraceBank:

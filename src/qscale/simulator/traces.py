@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from qscale.actions import DECISION_INTERVAL_S
+
 __all__ = [
     "DEFAULT_DT",
     "DEFAULT_INTERVAL",
@@ -35,7 +37,7 @@ __all__ = [
     "segments",
 ]
 
-DEFAULT_DT = 15.0
+DEFAULT_DT = DECISION_INTERVAL_S
 """Simulator step (s): the grid :func:`resample` produces unless told otherwise."""
 
 DEFAULT_INTERVAL = 60.0

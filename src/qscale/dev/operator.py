@@ -24,12 +24,12 @@ from pathlib import Path
 
 import httpx
 
-from qscale.devcluster import LocalCluster, namespace_manifest
-from qscale.devprom import free_port
+from qscale.dev.cluster import LocalCluster, namespace_manifest
+from qscale.dev.prom import free_port
 
 __all__ = ["DEPLOY", "OperatorProcess", "install", "scripted_policy", "token_kubeconfig"]
 
-DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+DEPLOY = Path(__file__).resolve().parents[3] / "deploy"
 """``deploy/`` of this source tree (CRD, RBAC, examples)."""
 SERVICE_ACCOUNT = "qscale-operator"
 

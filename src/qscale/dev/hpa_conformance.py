@@ -1,6 +1,6 @@
 """Conformance of :mod:`qscale.hpa` with the real HorizontalPodAutoscaler controller.
 
-Each :class:`Scenario` plays on a local control plane (:mod:`qscale.devcluster`): a Deployment
+Each :class:`Scenario` plays on a local control plane (:mod:`qscale.dev.cluster`): a Deployment
 of fake pods (kwok) that turn Ready after a start-up delay, a real ``HorizontalPodAutoscaler``
 handled by kube-controller-manager, and a driver that spreads the scenario's total CPU demand
 over the Ready pods through their ``kwok.x-k8s.io/usage-cpu`` annotations (metrics-server then
@@ -49,7 +49,7 @@ from typing import Any
 import httpx
 import torch
 
-from qscale.devcluster import (
+from qscale.dev.cluster import (
     USAGE_CPU_ANNOTATION,
     ClusterOptions,
     LocalCluster,
