@@ -67,7 +67,15 @@ def test_defaults_are_the_feature_spec_queries_and_the_crd_defaults():
         ({"model": {"configMapRef": {"name": "m"}}}, "both configMapRef and sha256"),
         (
             {"metrics": {"requestRate": "sum(rate(x[1m]))"}},
-            "templated on $namespace and $deployment",
+            'spec.metrics.requestRate: the selector x needs the matcher namespace=~"$namespace"',
+        ),
+        (  # the placeholders only in a comment: a substring check would pass it
+            {"metrics": {"requestRate": "sum(rate(x[1m])) # $namespace $deployment"}},
+            "spec.metrics.requestRate: comments are not allowed",
+        ),
+        (
+            {"targetRef": {"name": 'web"} or vector(1) #'}},
+            "spec.targetRef.name must be a Kubernetes name",
         ),
         ({"behavior": {"scaleUp": {"maxPods": 0}}}, "maxPods must be >= 1"),
     ],

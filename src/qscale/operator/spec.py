@@ -21,6 +21,7 @@ from typing import Any
 from qscale import features
 from qscale.actions import DECISION_INTERVAL_S
 from qscale.guardrails import ShieldConfig
+from qscale.operator.promql import TemplateError, check_template
 
 __all__ = [
     "MODES",
@@ -41,6 +42,9 @@ _SPEC_KEYS = {
     "latencyP95": "latency_p95",
     "cpuUtilization": "cpu_utilization",
 }
+_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?")
+"""A DNS-1123 subdomain: what the API server allows in a Deployment's name (and so nothing
+that could close a PromQL string or regex when the operator fills a template with it)."""
 _UNITS = {"ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 _DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
 
@@ -162,6 +166,8 @@ def parse_spec(spec: Mapping[str, Any] | None) -> PolicySpec:
     target_ref = spec.get("targetRef") or {}
     if not isinstance(target_ref, Mapping) or not target_ref.get("name"):
         raise SpecError("spec.targetRef.name is required")
+    if not _NAME.fullmatch(str(target_ref["name"])) or len(str(target_ref["name"])) > 253:
+        raise SpecError("spec.targetRef.name must be a Kubernetes name ([a-z0-9.-], <= 253)")
     kind = target_ref.get("kind", "Deployment")
     api = target_ref.get("apiVersion", "apps/v1")
     if kind != "Deployment" or api != "apps/v1":
@@ -187,8 +193,12 @@ def parse_spec(spec: Mapping[str, Any] | None) -> PolicySpec:
     queries = {}
     for key, name in _SPEC_KEYS.items():
         q = m.get(key) or features.PROMQL[name]
-        if "$deployment" not in q or "$namespace" not in q:
-            raise SpecError(f"spec.metrics.{key} must be templated on $namespace and $deployment")
+        if not isinstance(q, str):
+            raise SpecError(f"spec.metrics.{key} must be a PromQL string")
+        try:
+            check_template(q)
+        except TemplateError as e:
+            raise SpecError(f"spec.metrics.{key}: {e}") from None
         queries[name] = q
     address = ((m.get("prometheus") or {}).get("address") or "").rstrip("/")
     metrics = MetricQueries(address=address, **queries)

@@ -1,0 +1,178 @@
+"""A check of a policy's PromQL templates: every series it reads is scoped to the policy's own
+namespace, by construction (pure: a small lexer, no Prometheus).
+
+A template is the text an AutoscalePolicy's author writes, so it is untrusted: the operator
+fills it with names and runs it with its own credentials against a shared Prometheus. A check
+that the placeholders merely occur (a substring test) passes ``# $namespace $deployment`` in a
+comment, or a ``{namespace=~"$namespace|kube-system"}``. The rule enforced here is structural:
+
+* every vector selector (``metric{...}`` or ``{...}``) carries the matcher
+  ``namespace=~"$namespace"`` exactly, so whatever the operator fills in, the query reads only
+  series of the namespaces it put there (the policy's own);
+* ``$namespace`` and ``$deployment`` occur only as label-matcher values with ``=~`` (they are
+  filled with a regex alternation), and ``$deployment`` occurs at least once;
+* no comments, and nothing the lexer does not know (a template that PromQL would read
+  differently from this check is refused rather than guessed at).
+
+Functions, aggregations, binary operators, strings as function arguments (``label_replace``),
+range and subquery brackets, ``offset`` and ``@`` are all allowed.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+__all__ = ["TemplateError", "check_template"]
+
+NAMESPACE = "$namespace"
+DEPLOYMENT = "$deployment"
+
+_KEYWORDS = {
+    "and", "or", "unless", "by", "without", "on", "ignoring", "group_left", "group_right",
+    "bool", "offset", "inf", "nan",
+}  # fmt: skip
+_LABEL_LISTS = {"by", "without", "on", "ignoring", "group_left", "group_right"}
+_TOKEN = re.compile(
+    r"""
+    (?P<ws>\s+)
+  | (?P<comment>\#)
+  | (?P<string>"(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*'|`[^`]*`)
+  | (?P<number>(?:0x[0-9a-fA-F]+|[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)(?:[a-zA-Z][0-9a-zA-Z]*)*)
+  | (?P<ident>[a-zA-Z_:][a-zA-Z0-9_:]*)
+  | (?P<matchop>=~|!~|!=|==|=)
+  | (?P<op><=|>=|[-+*/%^<>@,:])
+  | (?P<open>[({\[])
+  | (?P<close>[)}\]])
+    """,
+    re.VERBOSE,
+)
+
+
+class TemplateError(ValueError):
+    """A template that may read beyond its namespace, or that cannot be checked; one line."""
+
+
+@dataclass(frozen=True)
+class _Tok:
+    kind: str
+    text: str
+
+
+def _tokens(query: str) -> list[_Tok]:
+    out, pos = [], 0
+    while pos < len(query):
+        m = _TOKEN.match(query, pos)
+        if m is None:
+            raise TemplateError(f"unexpected {query[pos]!r} at character {pos + 1}")
+        kind = m.lastgroup or ""
+        if kind == "comment":
+            raise TemplateError("comments are not allowed")
+        if kind != "ws":
+            out.append(_Tok(kind, m.group()))
+        pos = m.end()
+    return out
+
+
+def _unquote(s: str) -> str:
+    return s[1:-1]
+
+
+def _matchers(toks: list[_Tok], i: int) -> tuple[list[tuple[str, str, str]], int]:
+    """The ``{name op "value", ...}`` block opening at ``toks[i]``; returns it and the index
+    after its ``}``."""
+    out = []
+    i += 1
+    while True:
+        if i >= len(toks):
+            raise TemplateError("unclosed '{'")
+        if toks[i].text == "}":
+            return out, i + 1
+        if not (
+            i + 2 < len(toks)
+            and toks[i].kind in ("ident", "string")
+            and toks[i + 1].kind == "matchop"
+            and toks[i + 2].kind == "string"
+        ):
+            raise TemplateError('a label matcher must read name op "value"')
+        name = toks[i].text if toks[i].kind == "ident" else _unquote(toks[i].text)
+        out.append((name, toks[i + 1].text, _unquote(toks[i + 2].text)))
+        i += 3
+        if i < len(toks) and toks[i].text == ",":
+            i += 1
+
+
+def _check_selector(matchers: list[tuple[str, str, str]]) -> int:
+    """One selector's matchers; returns how many ``$deployment`` placeholders it holds."""
+    scoped = False
+    deployments = 0
+    for name, op, value in matchers:
+        if name == "namespace" and op == "=~" and value == NAMESPACE:
+            scoped = True
+            continue
+        if NAMESPACE in value:
+            raise TemplateError(f'$namespace may only appear as namespace=~"{NAMESPACE}"')
+        if DEPLOYMENT in value:
+            if op != "=~":
+                raise TemplateError("$deployment must sit in a regex matcher (=~)")
+            deployments += value.count(DEPLOYMENT)
+    if not scoped:
+        raise TemplateError(f'every selector needs the matcher namespace=~"{NAMESPACE}"')
+    return deployments
+
+
+def check_template(query: str) -> None:
+    """Raise :class:`TemplateError` unless every series ``query`` reads is scoped to
+    ``$namespace`` (see the module docstring)."""
+    toks = _tokens(query)
+    deployments = 0
+    selectors = 0
+    i = 0
+    while i < len(toks):
+        t = toks[i]
+        nxt = toks[i + 1] if i + 1 < len(toks) else None
+        if t.kind == "string" and (NAMESPACE in t.text or DEPLOYMENT in t.text):
+            raise TemplateError("placeholders may only appear inside label matchers")
+        if t.text == "[":  # a range or subquery: durations only
+            close = next((j for j in range(i + 1, len(toks)) if toks[j].text == "]"), None)
+            if close is None or any(
+                x.kind not in ("number", "op", "ident") for x in toks[i + 1 : close]
+            ):
+                raise TemplateError("a range must read [duration] or [duration:step]")
+            i = close + 1
+            continue
+        if t.kind == "ident" and t.text.lower() in _LABEL_LISTS and nxt and nxt.text == "(":
+            close = next((j for j in range(i + 2, len(toks)) if toks[j].text == ")"), None)
+            if close is None:
+                raise TemplateError("unclosed label list")
+            i = close + 1
+            continue
+        if t.kind == "ident" and nxt is not None and nxt.text == "(":
+            i += 1  # a function or an aggregation
+            continue
+        if (
+            t.kind == "ident"
+            and nxt is not None
+            and nxt.kind == "ident"
+            and nxt.text.lower() in ("by", "without")
+        ):
+            i += 1  # an aggregation with its grouping first: sum by (a) (...)
+            continue
+        if t.kind == "ident" and t.text.lower() in _KEYWORDS:
+            i += 1
+            continue
+        if t.kind == "ident" or t.text == "{":
+            j = i + 1 if t.kind == "ident" else i
+            if j >= len(toks) or toks[j].text != "{":
+                raise TemplateError(
+                    f'the selector {t.text} needs the matcher namespace=~"{NAMESPACE}"'
+                )
+            matchers, i = _matchers(toks, j)
+            deployments += _check_selector(matchers)
+            selectors += 1
+            continue
+        i += 1
+    if selectors == 0:
+        raise TemplateError("the query reads no series")
+    if deployments == 0:
+        raise TemplateError("$deployment must appear in a label matcher (=~)")

@@ -1,0 +1,61 @@
+"""A policy's PromQL may read only its own namespace: the structural check, table-driven, with
+the hostile templates a tenant would try."""
+
+from __future__ import annotations
+
+import pytest
+
+from qscale import features
+from qscale.operator.promql import TemplateError, check_template
+
+NS = 'namespace=~"$namespace"'
+POD = 'pod=~"($deployment)-[a-z0-9]+-[a-z0-9]{5}"'
+
+
+@pytest.mark.parametrize("name", sorted(features.PROMQL))
+def test_the_default_queries_pass(name):
+    check_template(features.PROMQL[name])
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        f"sum by (namespace, deployment) (rate(http_requests_total{{{NS}, {POD}}}[1m]))",
+        f"sum(rate(x{{{NS}, {POD}}}[5m:1m] offset 1d)) by (namespace, deployment)",
+        f'label_replace(up{{{NS}, {POD}}}, "deployment", "$1", "pod", "(.+)-x")',
+        f"avg without (pod) (x{{{NS}, {POD}}}) / on(namespace) group_left() y{{{NS}, {POD}}}",
+        f"topk(1, x{{{NS}, {POD}}}) * 2 + 1 > bool 0.5e3",
+        f'{{__name__="x", {NS}, {POD}}} @ start()',
+    ],
+)
+def test_scoped_templates_pass(query):
+    check_template(query)
+
+
+@pytest.mark.parametrize(
+    ("query", "why"),
+    [
+        ("sum(rate(http_requests_total[1m])) # $namespace $deployment", "comments"),
+        ("sum(rate(http_requests_total[1m]))", "needs the matcher"),
+        (f"x{{{NS}, {POD}}} or vector(1000)", None),  # a constant: allowed, unattributable
+        (f'x{{{NS}, {POD}}} or y{{namespace="other"}}', "needs the matcher"),
+        (f"x{{{NS}, {POD}}} or y{{{POD}}}", "needs the matcher"),
+        (f'x{{namespace=~"$namespace|kube-system", {POD}}}', "namespace"),
+        (f'x{{namespace="$namespace", {POD}}}', "namespace"),
+        (f'x{{namespace!~"$namespace", {POD}}}', "namespace"),
+        (f'x{{{NS}, pod="$deployment"}}', "regex matcher"),
+        (f"x{{{NS}}}", "$deployment must appear"),
+        (f'label_replace(x{{{NS}, {POD}}}, "a", "$namespace", "b", "")', "only appear inside"),
+        (f'x{{{NS}, {POD}}} + y{{{NS}, {POD}, z="a"', "unclosed"),
+        (f"x{{{NS}, {POD}}} ; drop", "unexpected"),
+        ('x{"} or vector(1) #"}', "matcher"),
+        ("vector(1)", "reads no series"),
+    ],
+)
+def test_hostile_templates_are_refused(query, why):
+    if why is None:
+        check_template(query)
+        return
+    with pytest.raises(TemplateError, match=None) as e:
+        check_template(query)
+    assert why in str(e.value) and "\n" not in str(e.value)
