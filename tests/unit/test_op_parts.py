@@ -16,7 +16,7 @@ from qscale.operator import fallback
 from qscale.operator.kube import ApiError
 from qscale.operator.lease import LeaderElector
 from qscale.operator.models import CONFIGMAP_LIMIT, ModelError, ModelRegistry, artifact_configmap
-from qscale.operator.prom import PromClient, QueryGroup, pick_lags
+from qscale.operator.prom import PromClient, QueryGroup, RangeGap, pick_lags
 from qscale.operator.settings import Settings, SettingsError
 from qscale.operator.writer import Outcome, ScaleRequest, scale_one
 
@@ -47,17 +47,25 @@ def test_bad_settings_are_one_line(env, message):
 @pytest.mark.parametrize(
     ("points", "expected"),
     [
-        ([(t, float(t)) for t in range(130, 1001, 60)], None),  # no point at the end
-        ([(t, float(t)) for t in range(40, 941, 60)], (940.0, 880.0, 640.0, 40.0, 940.0)),
-        (
-            [(880.0, 5.0), (940.0, 7.0)],
-            (7.0, 5.0, 5.0, 5.0, 7.0),
-        ),  # short history: the oldest point
+        ([(t, float(t)) for t in range(40, 941, 60)], (940.0, 880.0, 640.0, 40.0, 940.0, 0.0)),
+        # the newest point is 60 s old: everything as of it, with its age
+        ([(t, float(t)) for t in range(10, 881, 60)], (850.0, 790.0, 550.0, 10.0, 850.0, 90.0)),
+        ([(880.0, 5.0), (940.0, 7.0)], (7.0, 5.0, 5.0, 5.0, 7.0, 0.0)),  # short history
+        ([(880.0, math.nan), (940.0, 7.0)], (7.0, 7.0, 7.0, 7.0, 7.0, 0.0)),  # NaN: no point
         ([], None),
+        ([(940.0, math.nan)], None),
     ],
 )
 def test_pick_lags(points, expected):
     assert pick_lags(points, 940.0) == expected
+
+
+def test_a_gap_is_missing_data_not_an_older_value():
+    """After an outage, the 1-minute-ago point must not be read from 10 minutes earlier."""
+    points = [(t, 450.0) for t in range(40, 341, 60)] + [(880.0, 220.0), (940.0, 200.0)]
+    points = [p for p in points if p[0] != 880.0]  # the outage ate -1m
+    with pytest.raises(RangeGap, match="60s"):
+        pick_lags(points, 940.0)
 
 
 @pytest.mark.asyncio
@@ -94,7 +102,10 @@ async def test_fetch_is_three_queries_per_group_mapped_back_by_labels():
         and sum(p.endswith("query_range") for p, _ in seen) == 2
     )
     x = out[("http://prom", "a", "x")]
-    assert x.present and x.rate_15m == 10.0 and math.isnan(x.p95_s) and x.cpu_utilization == 0.5
+    assert x.has_rate and x.rate_15m == 10.0 and x.cpu_utilization == 0.5 and x.age_s == 0.0
+    # a NaN p95 while 10 req/s flow is missing, with its reason (not "p95 at the SLO")
+    assert not x.has_latency and not x.present
+    assert x.errors == ["latency_p95: no value while requests flow"]
     y = out[("http://prom", "a", "y")]
     assert not y.present and y.has_latency and not y.has_rate and not y.has_cpu
     down = out[("http://prom-down", "a", "x")]
@@ -200,3 +211,31 @@ async def test_writer_never_applies_a_step_twice(outside, conflict, outcome, fin
         k.conflict_once.add(("a", "web"))
     res = await scale_one(k, ScaleRequest("a", "web", 2, 4, "1"))
     assert res.outcome == outcome and k.scales[("a", "web")]["spec"]["replicas"] == final
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("status", "body", "expected"),
+    [
+        (500, "SECRET internal page", "request_rate: HTTP 500"),
+        (200, '{"status": "error", "errorType": "bad_data", "error": "SECRET"}',
+         "request_rate: query failed (bad_data)"),
+        (200, '{"status": "error", "errorType": "SECRET", "error": "SECRET"}',
+         "request_rate: query failed"),
+        (400, '{"status": "error", "errorType": "bad_data", "error": "parse SECRET"}',
+         "request_rate: HTTP 400 (bad_data)"),
+        (200, "SECRET not json", "request_rate: HTTP 200"),
+        (200, '{"status": "success", "data": {"result": "SECRET"}}', "request_rate: bad response"),
+        (200, '{"status": "success", "data": "SECRET"}', "request_rate: bad response"),
+    ],
+)  # fmt: skip
+async def test_a_reply_body_never_reaches_the_errors(status, body, expected):
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(status, content=body.encode())
+
+    client = PromClient(transport=httpx.MockTransport(handler))
+    qs = [features.PROMQL[k] for k in ("request_rate", "latency_p95", "cpu_utilization")]
+    out = await client.fetch([QueryGroup("http://prom", *qs, (("a", "x"),))], 1e9)
+    await client.close()
+    errors = out[("http://prom", "a", "x")].errors
+    assert errors[0] == expected and not any("SECRET" in e for e in errors)

@@ -9,13 +9,19 @@ own Prometheus adds a group of 3).
 
 * ``request_rate`` is a range query over the last 15 minutes at a 1 m step: the rate now and 1,
   5 and 15 minutes ago (:data:`qscale.features.RATE_LAGS_S`) and the highest of its 16 points
-  (``rate_peak_15m``). A history shorter than a
+  (``rate_peak_15m``), all as of the series' newest point, whose age is the observation's
+  ``age_s`` (a scrape that stopped, a Prometheus that lags: :func:`qscale.decision.decide`
+  holds with ``METRICS_STALE`` past the operator's ``stale_after_s``). A history shorter than a
   look-back (a new Deployment, a Prometheus that just started) reads the oldest point there is:
-  "no trend known" is a flat trend, not a missing metric.
-* ``latency_p95`` and ``cpu_utilization`` are instant queries. A ``NaN`` p95 (no requests in the
-  window) is a value, not a missing one: :func:`qscale.features.compute` reads it as idle.
+  "no trend known" is a flat trend. A point missing *inside* the history (an outage of the
+  scrape or of Prometheus) is a gap: the rate is missing until the window is whole again,
+  never filled with another time's value (that would invent a trend).
+* ``latency_p95`` and ``cpu_utilization`` are instant queries. A ``NaN`` p95 with no requests
+  is a value (:func:`qscale.features.compute` reads it as idle); a ``NaN`` p95 while requests
+  flow is missing (a service that answers nothing must not look healthy).
 * A target with no series for a template, or a failed query, has that metric missing:
-  :func:`qscale.decision.decide` then holds (``METRICS_MISSING``).
+  :func:`qscale.decision.decide` then holds (``METRICS_MISSING``). An error is recorded as the
+  template, the HTTP status and a fixed reason, never a reply's body.
 
 Queries are POSTed (form-encoded): an alternation of 1,000 names does not fit in a URL.
 """
@@ -49,6 +55,8 @@ class Observation:
     rate_peak_15m: float = math.nan
     p95_s: float = math.nan
     cpu_utilization: float = math.nan
+    age_s: float = 0.0
+    """Age of the newest request-rate point at the time of the query, seconds."""
     has_rate: bool = False
     has_latency: bool = False
     has_cpu: bool = False
@@ -71,30 +79,60 @@ class QueryGroup:
     """``(namespace, deployment)`` pairs."""
 
 
+class RangeGap(ValueError):
+    """A look-back point is missing inside the history there is."""
+
+
 def pick_lags(
     points: Sequence[tuple[float, float]], end: float
-) -> tuple[float, float, float, float, float] | None:
-    """``(now, 1m, 5m, 15m ago, peak)`` from a range result's points; ``None`` without a point
-    at ``end``. A look-back older than the first point reads the first point; ``peak`` is the
-    highest point of the last :data:`~qscale.features.RATE_PEAK_SPAN_S` (``rate_peak_15m``)."""
-    if not points:
+) -> tuple[float, float, float, float, float, float] | None:
+    """``(now, 1m, 5m, 15m ago, peak, age_s)`` from a range result's points, as of its newest
+    finite point (``age_s = end`` minus its time); ``None`` without one. A look-back older than
+    the first point reads the first point; one missing between points raises :class:`RangeGap`.
+    ``peak`` is the highest point of the :data:`~qscale.features.RATE_PEAK_SPAN_S` up to the
+    newest (``rate_peak_15m``)."""
+    pts = sorted((t, v) for t, v in points if math.isfinite(v) and t <= end + 0.5)
+    if not pts:
         return None
-    by_t = {round(t): v for t, v in points}
-    now = by_t.get(round(end))
-    if now is None:
-        return None
-    first = points[0][1]
+    by_t = {round(t): v for t, v in pts}
+    newest, now = pts[-1]
+    first_t, first = pts[0]
     out = [now]
     for lag in features.RATE_LAGS_S:
-        v = by_t.get(round(end - lag))
-        out.append(first if v is None else v)
-    lo = end - features.RATE_PEAK_SPAN_S - 0.5
-    span = [v for t, v in points if lo <= t <= end + 0.5 and math.isfinite(v)]
-    peak = max(span) if span else math.nan
-    return out[0], out[1], out[2], out[3], peak
+        at = newest - lag
+        v = by_t.get(round(at))
+        if v is None:
+            if first_t < at - 0.5:
+                raise RangeGap(f"no point {lag:g}s before the newest")
+            v = first
+        out.append(v)
+    lo = newest - features.RATE_PEAK_SPAN_S - 0.5
+    peak = max(v for t, v in pts if t >= lo)
+    return out[0], out[1], out[2], out[3], peak, max(0.0, end - newest)
 
 
-def _value(raw: str) -> float:
+def _pair(raw: object) -> tuple[object, object]:
+    return (raw[0], raw[1]) if isinstance(raw, list | tuple) and len(raw) == 2 else (0, "NaN")
+
+
+def _read_rate(obs: Observation, series: dict, end: float) -> None:
+    points = []
+    for raw in series.get("values") or []:
+        t, v = _pair(raw)
+        t = _value(t)
+        if math.isfinite(t):
+            points.append((t, _value(v)))
+    try:
+        lags = pick_lags(points, end)
+    except RangeGap as e:
+        obs.errors.append(f"request_rate: gap in the range ({e})")
+        return
+    if lags is not None:
+        (obs.rate_now, obs.rate_1m, obs.rate_5m, obs.rate_15m, obs.rate_peak_15m, obs.age_s) = lags
+        obs.has_rate = True
+
+
+def _value(raw: object) -> float:
     try:
         return float(raw)
     except (TypeError, ValueError):
@@ -103,6 +141,17 @@ def _value(raw: str) -> float:
 
 class QueryError(Exception):
     pass
+
+
+_ERROR_TYPES = frozenset(
+    {"timeout", "canceled", "execution", "bad_data", "internal", "unavailable", "not_found"}
+)
+"""Prometheus' own error types: the only words of a reply that may reach a status."""
+
+
+def _error_type(payload: object) -> str:
+    kind = payload.get("errorType") if isinstance(payload, dict) else None
+    return f" ({kind})" if kind in _ERROR_TYPES else ""
 
 
 class PromClient:
@@ -117,21 +166,30 @@ class PromClient:
         await self._client.aclose()
 
     async def _post(self, template: str, url: str, form: dict[str, str]) -> list[dict]:
+        """The result list of one query. Errors say the template, the status and a fixed
+        reason: the reply's body never leaves this function (the address is the tenant's to
+        pick among the allowed ones, the reply is not theirs to read)."""
         t0 = time.perf_counter()
         ok = False
         try:
             r = await self._client.post(url, data=form)
-            payload = r.json()
-            if r.status_code != 200 or payload.get("status") != "success":
-                raise QueryError(
-                    f"{template}: HTTP {r.status_code}: {payload.get('error', r.text[:200])}"
-                )
+            try:
+                payload = r.json()
+            except ValueError:
+                payload = None
+            if r.status_code != 200 or not isinstance(payload, dict):
+                raise QueryError(f"{template}: HTTP {r.status_code}{_error_type(payload)}")
+            if payload.get("status") != "success":
+                raise QueryError(f"{template}: query failed{_error_type(payload)}")
+            result = (payload.get("data") or {}).get("result")
+            if not isinstance(result, list):
+                raise QueryError(f"{template}: bad response")
             ok = True
-            return payload["data"]["result"]
+            return [s for s in result if isinstance(s, dict)]
         except httpx.HTTPError as e:
-            raise QueryError(f"{template}: {type(e).__name__}: {e}") from None
-        except ValueError as e:
-            raise QueryError(f"{template}: bad response: {e}") from None
+            raise QueryError(f"{template}: {type(e).__name__}") from None
+        except (AttributeError, TypeError):
+            raise QueryError(f"{template}: bad response") from None
         finally:
             if self._on_query is not None:
                 self._on_query(template, time.perf_counter() - t0, ok)
@@ -205,32 +263,30 @@ class PromClient:
         results = await asyncio.gather(*(j[2] for j in jobs), return_exceptions=True)
         for (g, template, _, end), res in zip(jobs, results, strict=True):
             if isinstance(res, BaseException):
-                msg = str(res) if isinstance(res, QueryError) else f"{template}: {res!r}"
+                msg = (
+                    str(res) if isinstance(res, QueryError) else f"{template}: {type(res).__name__}"
+                )
                 for ns, d in g.targets:
                     out[(g.address, ns, d)].errors.append(msg)
                 continue
             for series in res:
-                labels = series.get("metric") or {}
+                labels = series.get("metric")
+                if not isinstance(labels, dict):
+                    continue
                 key = (g.address, labels.get("namespace", ""), labels.get("deployment", ""))
                 obs = out.get(key)
                 if obs is None:
                     continue
                 if template == "request_rate":
-                    points = [(float(t), _value(v)) for t, v in series.get("values") or []]
-                    lags = pick_lags(points, end)
-                    if lags is not None and all(math.isfinite(x) for x in lags):
-                        (
-                            obs.rate_now,
-                            obs.rate_1m,
-                            obs.rate_5m,
-                            obs.rate_15m,
-                            obs.rate_peak_15m,
-                        ) = lags
-                        obs.has_rate = True
+                    _read_rate(obs, series, end)
                 else:
-                    v = _value((series.get("value") or [0, "NaN"])[1])
+                    v = _value(_pair(series.get("value"))[1])
                     if template == "latency_p95":
                         obs.p95_s, obs.has_latency = v, True
                     elif math.isfinite(v):
                         obs.cpu_utilization, obs.has_cpu = v, True
+        for obs in out.values():
+            if obs.has_latency and math.isnan(obs.p95_s) and obs.has_rate and obs.rate_now > 0:
+                obs.has_latency = False
+                obs.errors.append("latency_p95: no value while requests flow")
         return out

@@ -452,7 +452,7 @@ class Engine:
             inputs=inputs,
             max_replicas=_t([float(r.spec.max_replicas) for r in rows]),
             present=torch.tensor([x.present for x in o]),
-            age_s=_t([0.0] * len(rows)),
+            age_s=_t([x.age_s for x in o]),
         )
 
     def _fallback(self, rows: list[_Row], now: float) -> None:
