@@ -239,3 +239,19 @@ async def test_a_reply_body_never_reaches_the_errors(status, body, expected):
     await client.close()
     errors = out[("http://prom", "a", "x")].errors
     assert errors[0] == expected and not any("SECRET" in e for e in errors)
+
+
+def test_prometheus_addresses_come_from_an_allow_list():
+    s = Settings.from_env(
+        {
+            "QSCALE_PROMETHEUS_URL": "http://prom:9090/",
+            "QSCALE_PROMETHEUS_ALLOWED_URLS": "http://team-prom:9090, https://other/",
+        }
+    )
+    assert s.prometheus_address("") == "http://prom:9090"
+    assert s.prometheus_address("http://prom:9090/") == "http://prom:9090"
+    assert s.prometheus_address("https://other") == "https://other"
+    assert s.prometheus_address("http://127.0.0.1:6443") is None
+    assert s.prometheus_address("http://team-prom:9090/api/v1/query?x=") is None
+    with pytest.raises(SettingsError, match="QSCALE_PROMETHEUS_ALLOWED_URLS"):
+        Settings.from_env({"QSCALE_PROMETHEUS_ALLOWED_URLS": "file:///etc/passwd"})

@@ -30,6 +30,9 @@ class Settings:
     ClusterRoleBinding). Namespaced mode needs one RoleBinding per namespace."""
     prometheus_url: str = "http://prometheus-server.monitoring.svc:80"
     """Prometheus base URL for policies that do not name one (``spec.metrics.prometheus``)."""
+    prometheus_allowed_urls: tuple[str, ...] = ()
+    """Other Prometheus base URLs a policy may name (comma-separated); ``prometheus_url`` is
+    always allowed. Any other address a policy names is refused, never connected to."""
     default_model: str = ""
     """Directory of the model used for ``model: {}``; empty: the model shipped in the package."""
     torch_threads: int = 1
@@ -124,6 +127,21 @@ class Settings:
             raise SettingsError(
                 f"QSCALE_PROMETHEUS_URL must be an http(s) URL, got {self.prometheus_url!r}"
             )
+        for url in self.prometheus_allowed_urls:
+            if not url.startswith(("http://", "https://")):
+                raise SettingsError(
+                    f"QSCALE_PROMETHEUS_ALLOWED_URLS: {url!r} is not an http(s) URL"
+                )
+
+    def prometheus_address(self, requested: str) -> str | None:
+        """The Prometheus a policy's ``spec.metrics.prometheus.address`` resolves to: the
+        default for an empty one, the address itself when it is allowed, else ``None``."""
+        default = self.prometheus_url.rstrip("/")
+        want = requested.rstrip("/")
+        if not want or want == default:
+            return default
+        allowed = {u.rstrip("/") for u in self.prometheus_allowed_urls}
+        return want if want in allowed else None
 
     def lease_ns(self) -> str:
         if self.lease_namespace:
