@@ -126,6 +126,7 @@ def test_models_are_verified_pinned_and_shared(tmp_path):
     tampered["binaryData"]["model.pt"] = tampered["binaryData"]["state_dict.pt"]
     got = reg.put("ns", "t", digest, tampered)
     assert isinstance(got, ModelError) and "does not match the manifest" in str(got)
+    assert "ConfigMap t" in str(got) and "qscale-model-" not in str(got)  # no temp path
     assert isinstance(reg.put("ns", "gone", digest, None), ModelError)
     (tmp_path / "big").mkdir()
     for f in ("manifest.json", "model.pt", "state_dict.pt"):

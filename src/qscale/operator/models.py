@@ -69,11 +69,16 @@ def manifest_digest(path: Path) -> str:
     return hashlib.sha256((path / MANIFEST).read_bytes()).hexdigest()
 
 
-def load_dir(path: Path, name: str) -> Model:
+def load_dir(path: Path, name: str, source: str = "") -> Model:
+    """Load and verify the model in ``path``; errors name ``source`` (e.g. the ConfigMap it
+    came from) instead of the directory when given."""
     try:
         loaded = load_policy(path)
     except ArtifactError as e:
-        raise ModelError(str(e)) from None
+        msg = str(e)
+        if source:
+            msg = msg.replace(f"{path}/", f"{source}: ").replace(str(path), source)
+        raise ModelError(msg) from None
     return Model(
         name=name,
         digest=manifest_digest(path),
@@ -135,7 +140,7 @@ def _from_configmap(cm: Mapping[str, Any], name: str, pin: str) -> Model:
     try:
         for f, b in blobs.items():
             (tmp / f).write_bytes(b)
-        return load_dir(tmp, name)
+        return load_dir(tmp, name, f"ConfigMap {name}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
