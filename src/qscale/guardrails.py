@@ -331,7 +331,7 @@ def shield(
 
     # 0. Unknown current count: no decision. A count we did not set: somebody else scaled.
     known = torch.isfinite(cur_in) & (cur_in >= 0)
-    cur = torch.where(known, cur_in, 0.0)
+    cur = torch.where(known, torch.round(torch.nan_to_num(cur_in)), 0.0)  # whole pods
     outside = known & torch.isfinite(state.last_applied) & (cur != state.last_applied)
     last_up = torch.where(outside & (cur > state.last_applied), now, state.last_up_s)
     last_down = torch.where(outside & (cur < state.last_applied), now, state.last_down_s)
@@ -431,7 +431,7 @@ def bound(
     holds the current count (``INVALID_INPUT``), a fractional one is rounded, and the result
     is clamped to the bounds (``AT_MIN``/``AT_MAX``). Returns ``(replicas, reason)`` in
     ``current``'s dtype and int64."""
-    cur = current.to(_F64)
+    cur = torch.round(current.to(_F64))
     lo, hi = _bounds(cur, min_replicas, max_replicas)
     reason = torch.zeros(cur.shape, dtype=torch.int64, device=cur.device)
     d, reason = _valid(desired, cur, reason)
