@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from qscale import actions, decision, features
+from qscale import actions, batching, decision, features
 from qscale.guardrails import Reason, ShieldConfig, ShieldState, bound, record_scale
 from qscale.operator import fallback as fb
 from qscale.operator.deployments import DeploymentCache, Target
@@ -51,7 +51,6 @@ log = logging.getLogger("qscale.operator")
 
 GROUP, VERSION, PLURAL = "qscale.io", "v1alpha1", "autoscalepolicies"
 _FAILED = (int(Reason.METRICS_MISSING), int(Reason.METRICS_STALE), int(Reason.REPLICAS_UNKNOWN))
-_SHIELD_FIELDS = ("last_up_s", "last_down_s", "last_applied", "bucket_start_s", "bucket_max")
 
 
 @dataclass(frozen=True)
@@ -147,15 +146,6 @@ class _Row:
     hpa_reason: str = ""
     outside: tuple[int, int] | None = None
     last_action: dict[str, Any] | None = None
-
-
-def _cat(states: Sequence[ShieldState]) -> ShieldState:
-    return ShieldState(*(torch.cat([getattr(s, f) for s in states]) for f in _SHIELD_FIELDS))
-
-
-def _split(state: ShieldState) -> list[ShieldState]:
-    parts = [torch.split(getattr(state, f), 1) for f in _SHIELD_FIELDS]
-    return [ShieldState(*p) for p in zip(*parts, strict=True)]
 
 
 def _t(values: Sequence[float]) -> torch.Tensor:
@@ -374,7 +364,7 @@ class Engine:
             return
         t0 = time.perf_counter()
         signals = self._signals(deciding)
-        state = _cat([r.rt.shield for r in deciding])
+        state = batching.cat([r.rt.shield for r in deciding])
         # One forward pass per model over its rows; decide() takes the argmax and shields it.
         by_model: dict[str, list[int]] = {}
         for i, r in enumerate(deciding):
@@ -383,7 +373,7 @@ class Engine:
         for idx in by_model.values():
             model = deciding[idx[0]].model
             ix = torch.tensor(idx)
-            obs = decision.observe(_select(signals, ix), _select_state(state, ix), now)
+            obs = decision.observe(batching.select(signals, ix), batching.select(state, ix), now)
             f0 = time.perf_counter()
             with torch.no_grad():
                 q = model.module(obs).float()
@@ -400,8 +390,8 @@ class Engine:
             ix = torch.tensor(idx)
             commit = torch.tensor([deciding[i].spec.mode == "Enforce" for i in idx])
             d = decision.decide(
-                _select(signals, ix),
-                _select_state(state, ix),
+                batching.select(signals, ix),
+                batching.select(state, ix),
                 now,
                 cfg,
                 q_values=q_all[ix],
@@ -413,7 +403,7 @@ class Engine:
             acts = d.action.tolist()
             usable = d.usable.tolist()
             q_shown = d.q_values.tolist()
-            states = _split(d.shield_state)
+            states = batching.split(d.shield_state)
             for j, i in enumerate(idx):
                 r = deciding[i]
                 r.reason = Reason(reasons[j]).name
@@ -853,15 +843,3 @@ class Engine:
 
 def _pct(u: float) -> str:
     return f"{u * 100:.0f}%" if math.isfinite(u) else "unknown"
-
-
-def _select(s: decision.Signals, ix: torch.Tensor) -> decision.Signals:
-    x = s.inputs
-    inputs = features.FeatureInputs(**{k: getattr(x, k)[ix] for k in x.__dataclass_fields__})
-    return decision.Signals(
-        inputs=inputs, max_replicas=s.max_replicas[ix], present=s.present[ix], age_s=s.age_s[ix]
-    )
-
-
-def _select_state(st: ShieldState, ix: torch.Tensor) -> ShieldState:
-    return ShieldState(*(getattr(st, f)[ix] for f in _SHIELD_FIELDS))
