@@ -125,19 +125,20 @@ class TickReport:
 class _Row:
     """One policy being decided this tick."""
 
-    p: IndexedPolicy
-    rt: Runtime
+    policy: IndexedPolicy
+    runtime: Runtime
     spec: PolicySpec
     target: Target
     model: Model | None
     model_error: str
-    cfg: ShieldConfig | None = None
+    shield_config: ShieldConfig | None = None
     obs: Observation = field(default_factory=Observation)
     # results
-    to: int | None = None
+    desired: int | None = None
+    """The replica count decided (``None``: no count this tick)."""
     action: str = ""
     reason: str = ""
-    q: list[float] | None = None
+    q_values: list[float] | None = None
     new_shield: ShieldState | None = None
     new_hpa: Any = None
     by_fallback: bool = False
@@ -166,12 +167,12 @@ class Engine:
         events: EventPoster,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.s = settings
+        self.settings = settings
         self.kube = kube
         self.cache = cache
         self.prom = prom
         self.models = models
-        self.m = metrics
+        self.metrics = metrics
         self.events = events
         self.clock = clock
         self.runtimes: dict[str, Runtime] = {}
@@ -249,10 +250,10 @@ class Engine:
             self.events.release()
         phase("writes")
         rep.seconds = time.perf_counter() - t0
-        self.m.tick.observe(rep.seconds)
-        self.m.ticks.inc()
-        self.m.tick_policies.set(rep.decided)
-        self.m.fallback_active.set(
+        self.metrics.tick.observe(rep.seconds)
+        self.metrics.ticks.inc()
+        self.metrics.tick_policies.set(rep.decided)
+        self.metrics.fallback_active.set(
             sum(1 for rt in self.runtimes.values() if rt.fallback_since is not None)
         )
         level = logging.INFO if rep.scale_writes else logging.DEBUG
@@ -292,7 +293,7 @@ class Engine:
 
         await asyncio.gather(*(fetch(*k) for k in stale))
         for m in self.models.loaded():
-            self.m.model_info.labels(m.name, m.digest[:16], m.spec_hash).set(1)
+            self.metrics.model_info.labels(m.name, m.digest[:16], m.spec_hash).set(1)
 
     def _model_for(self, p: IndexedPolicy) -> tuple[Model | None, str]:
         assert p.spec is not None
@@ -311,14 +312,16 @@ class Engine:
         for r in rows:
             q = r.spec.metrics
             key = (
-                q.address or self.s.prometheus_url.rstrip("/"),
+                q.address or self.settings.prometheus_url.rstrip("/"),
                 q.request_rate,
                 q.latency_p95,
                 q.cpu_utilization,
             )
             groups.setdefault(key, []).append(r)
         qgroups = [
-            QueryGroup(k[0], k[1], k[2], k[3], tuple({(r.p.namespace, r.spec.target) for r in rs}))
+            QueryGroup(
+                k[0], k[1], k[2], k[3], tuple({(r.policy.namespace, r.spec.target) for r in rs})
+            )
             for k, rs in groups.items()
         ]
         rep.queries = 3 * len(qgroups)
@@ -327,7 +330,7 @@ class Engine:
         got = await self.prom.fetch(qgroups, now)
         for k, rs in groups.items():
             for r in rs:
-                r.obs = got.get((k[0], r.p.namespace, r.spec.target), Observation())
+                r.obs = got.get((k[0], r.policy.namespace, r.spec.target), Observation())
 
     # --- decisions ------------------------------------------------------------------------
 
@@ -338,15 +341,18 @@ class Engine:
                 continue
             serving = r.model.serving if r.model is not None else None
             try:
-                r.cfg = shield_config(r.spec, serving)
+                r.shield_config = shield_config(r.spec, serving)
             except SpecError:  # the manifest's trained settings do not combine with the spec
-                r.cfg = shield_config(r.spec, None)
-            if r.rt.shield is None or r.rt.shield_config != r.cfg:
-                r.rt.shield = ShieldState.from_records(
-                    [r.rt.status.get("shield")], r.cfg, [float(r.target.replicas)], now
+                r.shield_config = shield_config(r.spec, None)
+            if r.runtime.shield is None or r.runtime.shield_config != r.shield_config:
+                r.runtime.shield = ShieldState.from_records(
+                    [r.runtime.status.get("shield")],
+                    r.shield_config,
+                    [float(r.target.replicas)],
+                    now,
                 )
-                r.rt.shield_config = r.cfg
-            last = float(r.rt.shield.last_applied[0])
+                r.runtime.shield_config = r.shield_config
+            last = float(r.runtime.shield.last_applied[0])
             if math.isfinite(last) and int(last) != r.target.replicas:
                 r.outside = (int(last), r.target.replicas)
         unmodelled = [r for r in rows if r.spec.mode != "Off" and r.model is None]
@@ -358,13 +364,13 @@ class Engine:
                 _t([float(r.spec.max_replicas) for r in unmodelled]),
             )
             for r, to in zip(unmodelled, held.tolist(), strict=True):
-                r.to = int(to)
+                r.desired = int(to)
                 r.action, r.reason = "hold", OpReason.MODEL_REFUSED.value
         if not deciding:
             return
         t0 = time.perf_counter()
         signals = self._signals(deciding)
-        state = batching.cat([r.rt.shield for r in deciding])
+        state = batching.cat([r.runtime.shield for r in deciding])
         # One forward pass per model over its rows; decide() takes the argmax and shields it.
         by_model: dict[str, list[int]] = {}
         for i, r in enumerate(deciding):
@@ -379,13 +385,13 @@ class Engine:
                 q = model.module(obs).float()
             dt = time.perf_counter() - f0
             rep.forward_s += dt
-            self.m.inference.labels(model.name).observe(dt)
+            self.metrics.inference.labels(model.name).observe(dt)
             q_all[ix] = q
         # decide() takes one ShieldConfig: one call per distinct shield behaviour (the bounds
         # are per target and do not split the batch).
         by_cfg: dict[ShieldConfig, list[int]] = {}
         for i, r in enumerate(deciding):
-            by_cfg.setdefault(r.cfg, []).append(i)
+            by_cfg.setdefault(r.shield_config, []).append(i)
         for cfg, idx in by_cfg.items():
             ix = torch.tensor(idx)
             commit = torch.tensor([deciding[i].spec.mode == "Enforce" for i in idx])
@@ -395,7 +401,7 @@ class Engine:
                 now,
                 cfg,
                 q_values=q_all[ix],
-                stale_after_s=self.s.stale_after_s,
+                stale_after_s=self.settings.stale_after_s,
                 commit=commit,
             )
             reps = d.replicas.tolist()
@@ -409,15 +415,15 @@ class Engine:
                 r.reason = Reason(reasons[j]).name
                 r.new_shield = states[j]
                 # Missing/stale metrics hold (within the bounds): a count, not a model decision.
-                r.to = int(reps[j]) if math.isfinite(reps[j]) else None
+                r.desired = int(reps[j]) if math.isfinite(reps[j]) else None
                 # The model's say counts only with usable metrics (a bound applied without them,
                 # AT_MIN/AT_MAX, is still a tick without a model decision).
                 r.model_decided = usable[j] and reasons[j] not in _FAILED
                 r.action = actions.ACTION_NAMES[acts[j]] if r.model_decided else "hold"
                 if r.model_decided:
-                    r.q = [round(v, 4) for v in q_shown[j]]
+                    r.q_values = [round(v, 4) for v in q_shown[j]]
         rep.decided = len(deciding)
-        self.m.decide.observe(time.perf_counter() - t0)
+        self.metrics.decide.observe(time.perf_counter() - t0)
 
     def _signals(self, rows: Sequence[_Row]) -> decision.Signals:
         nan = math.nan
@@ -452,14 +458,14 @@ class Engine:
             if r.spec.mode == "Off":
                 continue
             if r.model_decided:
-                if r.rt.fallback_since is not None:
+                if r.runtime.fallback_since is not None:
                     self._event(
-                        r.p, "Normal", OpReason.FALLBACK_ENDED, "the model decides again", now
+                        r.policy, "Normal", OpReason.FALLBACK_ENDED, "the model decides again", now
                     )
-                r.rt.failed, r.rt.fallback_since = 0, None
+                r.runtime.failed, r.runtime.fallback_since = 0, None
                 continue
-            r.rt.failed += 1
-            if r.rt.failed >= r.spec.fallback_after:
+            r.runtime.failed += 1
+            if r.runtime.failed >= r.spec.fallback_after:
                 hpa_rows.append(r)
         if not hpa_rows:
             return
@@ -472,36 +478,42 @@ class Engine:
                 max_replicas=r.spec.max_replicas,
                 target=r.spec.fallback_target,
                 interval_s=r.spec.interval_s,
-                state=r.rt.hpa_state,
+                state=r.runtime.hpa_state,
             )
             for r in hpa_rows
         ]
         for r, (to, why, state) in zip(hpa_rows, fb.hpa_decide(items, now), strict=True):
             log.debug(
                 "%s/%s fallback: %d replicas (%d ready), CPU %s -> %d (%s)",
-                r.p.namespace,
-                r.p.name,
+                r.policy.namespace,
+                r.policy.name,
                 r.target.replicas,
                 r.target.ready,
                 _pct(r.obs.cpu_utilization),
                 to,
                 why,
             )
-            if r.rt.fallback_since is None:
-                r.rt.fallback_since = now
-                self.m.fallbacks.inc()
+            if r.runtime.fallback_since is None:
+                r.runtime.fallback_since = now
+                self.metrics.fallbacks.inc()
                 self._event(
-                    r.p,
+                    r.policy,
                     "Warning",
                     OpReason.FALLBACK_ACTIVE,
-                    f"{r.rt.failed} ticks without a model decision ({self._failure(r)}): "
+                    f"{r.runtime.failed} ticks without a model decision ({self._failure(r)}): "
                     "the HPA rule at "
                     f"{r.spec.fallback_target * 100:g}% CPU takes over",
                     now,
                 )
-            r.to, r.action, r.by_fallback, r.hpa_reason, r.new_hpa = to, "hpa", True, why, state
+            r.desired, r.action, r.by_fallback, r.hpa_reason, r.new_hpa = (
+                to,
+                "hpa",
+                True,
+                why,
+                state,
+            )
             r.reason = OpReason.FALLBACK_ACTIVE.value
-            base = r.new_shield or r.rt.shield
+            base = r.new_shield or r.runtime.shield
             if r.spec.mode == "Enforce" and base is not None:
                 r.new_shield = record_scale(
                     base, _t([float(r.target.replicas)]), _t([float(to)]), now
@@ -516,18 +528,24 @@ class Engine:
 
     async def _write(self, r: _Row, now: float, rep: TickReport, sem: asyncio.Semaphore) -> None:
         """The row's scale write (Enforce, a changed count), then what follows from it."""
-        if r.spec.mode == "Enforce" and r.to is not None and r.to != r.target.replicas:
+        if r.spec.mode == "Enforce" and r.desired is not None and r.desired != r.target.replicas:
             req = ScaleRequest(
-                r.p.namespace, r.spec.target, r.target.replicas, r.to, r.target.resource_version
+                r.policy.namespace,
+                r.spec.target,
+                r.target.replicas,
+                r.desired,
+                r.target.resource_version,
             )
             res = await scale_one(self.kube, req, sem)
-            self.m.writes.labels("scale", res.outcome.value).inc()
-            self.m.conflicts.inc(res.conflicts)
+            self.metrics.writes.labels("scale", res.outcome.value).inc()
+            self.metrics.conflicts.inc(res.conflicts)
             rep.scale_writes += 1
             rep.conflicts += res.conflicts
             if res.landed:
-                rep.changed.append((r.p.namespace, r.spec.target, r.target.replicas, r.to))
-                r.rt.write_failing = False
+                rep.changed.append(
+                    (r.policy.namespace, r.spec.target, r.target.replicas, r.desired)
+                )
+                r.runtime.write_failing = False
                 how = (
                     f"by the HPA rule ({r.hpa_reason}, CPU {_pct(r.obs.cpu_utilization)} of "
                     f"{r.spec.fallback_target * 100:g}%)"
@@ -536,16 +554,16 @@ class Engine:
                     if r.model
                     else f"({r.reason})"
                 )
-                msg = f"scaled {r.spec.target} {r.target.replicas} -> {r.to} {how}"
-                self._event(r.p, "Normal", r.reason, msg, now)
+                msg = f"scaled {r.spec.target} {r.target.replicas} -> {r.desired} {how}"
+                self._event(r.policy, "Normal", r.reason, msg, now)
                 r.last_action = self._action(r, now, applied=True)
                 r.target = updated_target(r.target, res)
                 self.cache.note(r.target)
             else:
-                if res.outcome == Outcome.FAILED and not r.rt.write_failing:
-                    msg = f"scale {r.spec.target} to {r.to}: {res.error}"
-                    self._event(r.p, "Warning", OpReason.SCALE_FAILED, msg, now)
-                r.rt.write_failing = res.outcome == Outcome.FAILED
+                if res.outcome == Outcome.FAILED and not r.runtime.write_failing:
+                    msg = f"scale {r.spec.target} to {r.desired}: {res.error}"
+                    self._event(r.policy, "Warning", OpReason.SCALE_FAILED, msg, now)
+                r.runtime.write_failing = res.outcome == Outcome.FAILED
                 r.new_shield, r.new_hpa = None, None  # as if the step had not been decided
         if r.outside is not None:
             a, b = r.outside
@@ -553,21 +571,21 @@ class Engine:
                 f"{r.spec.target} was scaled {a} -> {b} by someone else "
                 "(a scale event for the cooldowns)"
             )
-            self._event(r.p, "Normal", OpReason.OUTSIDE_SCALE, msg, now)
+            self._event(r.policy, "Normal", OpReason.OUTSIDE_SCALE, msg, now)
         if r.new_shield is not None:
-            r.rt.shield = r.new_shield
+            r.runtime.shield = r.new_shield
         if r.new_hpa is not None:
-            r.rt.hpa_state = r.new_hpa
-        if r.spec.mode == "Shadow" and r.to is not None and r.to != r.target.replicas:
+            r.runtime.hpa_state = r.new_hpa
+        if r.spec.mode == "Shadow" and r.desired is not None and r.desired != r.target.replicas:
             # A would-be scale is recorded once, not again on every tick it stays the same.
-            prev = r.rt.status.get("lastAction") or {}
+            prev = r.runtime.status.get("lastAction") or {}
             seen = (prev.get("from"), prev.get("to"), prev.get("action"), prev.get("applied"))
-            if seen != (r.target.replicas, r.to, r.action, False):
+            if seen != (r.target.replicas, r.desired, r.action, False):
                 r.last_action = self._action(r, now, applied=False)
         if r.spec.mode != "Off":
-            self.m.decisions.labels(r.action or "none", r.spec.mode, r.reason or "NONE").inc()
+            self.metrics.decisions.labels(r.action or "none", r.spec.mode, r.reason or "NONE").inc()
             if r.reason in LIMIT_REASONS:
-                self.m.interventions.labels(r.reason).inc()
+                self.metrics.interventions.labels(r.reason).inc()
 
     async def _apply(
         self,
@@ -579,8 +597,8 @@ class Engine:
     ) -> None:
         """Per policy: its scale write, then its status patch; all policies at once, the API
         calls ``write_concurrency`` at a time, scale writes first in line."""
-        sem = asyncio.Semaphore(self.s.write_concurrency)
-        by_uid = {r.p.uid: r for r in rows}
+        sem = asyncio.Semaphore(self.settings.write_concurrency)
+        by_uid = {r.policy.uid: r for r in rows}
 
         async def one(p: IndexedPolicy, rt: Runtime) -> None:
             r = by_uid.get(p.uid)
@@ -592,22 +610,27 @@ class Engine:
 
         def writes_first(item: tuple[IndexedPolicy, Runtime]) -> int:
             r = by_uid.get(item[0].uid)
-            return 0 if r is not None and r.to is not None and r.to != r.target.replicas else 1
+            return (
+                0
+                if r is not None and r.desired is not None and r.desired != r.target.replicas
+                else 1
+            )
 
         await asyncio.gather(*(one(p, rt) for p, rt in sorted(due, key=writes_first)))
 
     def _action(self, r: _Row, now: float, applied: bool) -> dict[str, Any]:
         a = {
             "from": r.target.replicas,
-            "to": r.to,
+            "to": r.desired,
             "action": r.action,
             "reason": r.reason,
             "time": iso(now),
             "applied": applied,
-            "summary": f"{r.target.replicas}->{r.to} {r.action}" + ("" if applied else " (shadow)"),
+            "summary": f"{r.target.replicas}->{r.desired} {r.action}"
+            + ("" if applied else " (shadow)"),
         }
-        if r.q is not None and not r.by_fallback:
-            a["qValues"] = dict(zip(actions.ACTION_NAMES, r.q, strict=True))
+        if r.q_values is not None and not r.by_fallback:
+            a["qValues"] = dict(zip(actions.ACTION_NAMES, r.q_values, strict=True))
         return a
 
     # --- status ---------------------------------------------------------------------------
@@ -644,7 +667,7 @@ class Engine:
         rt.failed, rt.fallback_since = 0, None
 
     def _render(self, r: _Row, st: dict[str, Any], now: float) -> None:
-        p, g, spec = r.p, r.p.generation, r.spec
+        p, g, spec = r.policy, r.policy.generation, r.spec
         conds = st.get("conditions")
         st["replicas"] = r.target.replicas
         if r.last_action is not None:
@@ -703,9 +726,9 @@ class Engine:
                 conds, "ModelReady", False, OpReason.MODEL_REFUSED.value, r.model_error, now, g
             )
         problem = OpReason.MODEL_REFUSED.value if r.model is None and spec.mode != "Off" else ""
-        if problem and r.rt.problem != problem:
+        if problem and r.runtime.problem != problem:
             self._event(p, "Warning", OpReason.MODEL_REFUSED, r.model_error, now)
-        r.rt.problem = problem
+        r.runtime.problem = problem
         conds = self._metrics_condition(r, conds, now)
         if spec.mode == "Off":
             conds = set_condition(
@@ -719,17 +742,17 @@ class Engine:
                 st.pop(k, None)
             st["conditions"] = conds
             return
-        if r.to is not None:
-            st["desiredReplicas"] = r.to
-        if spec.mode == "Shadow" and r.to is not None:
-            st["wouldScaleTo"] = r.to
+        if r.desired is not None:
+            st["desiredReplicas"] = r.desired
+        if spec.mode == "Shadow" and r.desired is not None:
+            st["wouldScaleTo"] = r.desired
         else:
             st.pop("wouldScaleTo", None)
         st["reason"] = r.reason or OpReason.MODEL_REFUSED.value
-        if r.rt.fallback_since is not None:
+        if r.runtime.fallback_since is not None:
             st["fallback"] = {
                 "active": True,
-                "since": iso(r.rt.fallback_since),
+                "since": iso(r.runtime.fallback_since),
                 "reason": self._failure_code(r),
             }
         else:
@@ -758,8 +781,10 @@ class Engine:
         lim = r.hpa_reason if r.by_fallback else r.reason
         limited = lim in LIMIT_REASONS or lim in HPA_LIMIT_REASONS
         conds = set_condition(conds, "ScalingLimited", limited, lim or "OK", "", now, g)
-        if r.rt.shield is not None and r.cfg is not None:
-            rec = r.rt.shield.to_records(now, r.cfg, _t([float(spec.max_replicas)]))[0]
+        if r.runtime.shield is not None and r.shield_config is not None:
+            rec = r.runtime.shield.to_records(now, r.shield_config, _t([float(spec.max_replicas)]))[
+                0
+            ]
             if spec.mode == "Shadow":  # it never scales: a would-be proposal is no memory to keep
                 rec.pop("proposals", None)
             if rec:
@@ -776,7 +801,7 @@ class Engine:
     def _metrics_condition(
         self, r: _Row, conds: list[dict[str, Any]], now: float
     ) -> list[dict[str, Any]]:
-        o, g = r.obs, r.p.generation
+        o, g = r.obs, r.policy.generation
         if o.present:
             return set_condition(
                 conds, "MetricsAvailable", True, OpReason.METRICS_OK.value, "", now, g
@@ -826,11 +851,11 @@ class Engine:
             try:
                 await self.kube.patch_merge(path, {"status": patch})
             except ApiError as e:
-                self.m.writes.labels("status", "error").inc()
+                self.metrics.writes.labels("status", "error").inc()
                 if e.status != 404:
                     log.warning("status of %s/%s not written: %s", p.namespace, p.name, e)
                 return
-        self.m.writes.labels("status", "ok").inc()
+        self.metrics.writes.labels("status", "ok").inc()
         rep.status_writes += 1
         rt.status = copy.deepcopy(st)
 
