@@ -33,6 +33,7 @@ from qscale.operator.spec import PolicySpec, training_mismatch
 
 __all__ = [
     "CONDITION_TYPES",
+    "FALLBACK_ENDED",
     "HPA_LIMIT_REASONS",
     "LIMIT_REASONS",
     "Notice",
@@ -48,9 +49,12 @@ __all__ = [
     "merge_patch",
     "metrics_condition",
     "model_conditions",
+    "model_problem",
+    "model_status",
     "outside_notice",
     "percent",
     "problem_status",
+    "scale_failed_notice",
     "scaled_notice",
     "scaling_conditions",
     "set_condition",
@@ -306,11 +310,8 @@ def scaling_conditions(
     proposal); ``reason`` is the status's."""
     g = generation
     if spec.mode == "Shadow":
-        active = (
-            False,
-            OpReason.MODE_SHADOW.value,
-            "Shadow: decisions are recorded, never written",
-        )
+        shadow = "Shadow: decisions are recorded, never written"
+        active = (False, OpReason.MODE_SHADOW.value, shadow)
     elif verdict.by_fallback:
         rule = f"the HPA rule at {spec.fallback_target * 100:g}% CPU decides"
         active = (True, OpReason.FALLBACK_ACTIVE.value, rule)
@@ -459,9 +460,8 @@ def scaled_notice(
 
 
 def scale_failed_notice(spec: PolicySpec, desired: int, error: str) -> Notice:
-    return Notice(
-        "Warning", OpReason.SCALE_FAILED.value, f"scale {spec.target} to {desired}: {error}"
-    )
+    msg = f"scale {spec.target} to {desired}: {error}"
+    return Notice("Warning", OpReason.SCALE_FAILED.value, msg)
 
 
 def outside_notice(spec: PolicySpec, outside: tuple[int, int]) -> Notice:
