@@ -64,7 +64,9 @@ async def test_only_due_policies_are_decided_and_all_share_three_queries_and_one
         w.policy("a", f"p{i}", {**SPEC, "targetRef": {"kind": "Deployment", "name": f"d{i}"}})
     rep = await w.tick(T0)
     assert rep.due == 50 and rep.queries == 3 and w.prom.fetches == 1 and w.prom.groups == 1
-    family = next(f for f in w.engine.m.registry.collect() if f.name == "qscale_inference_seconds")
+    family = next(
+        f for f in w.engine.metrics.registry.collect() if f.name == "qscale_inference_seconds"
+    )
     assert next(s.value for s in family.samples if s.name.endswith("_count")) == 1
     rep = await w.tick(T0 + 5)  # not due yet (15 s interval)
     assert rep.due == 0 and w.prom.fetches == 1

@@ -24,6 +24,8 @@ from typing import Any
 
 import torch
 
+from qscale import batching
+
 __all__ = ["FallbackInput", "hpa", "hpa_decide"]
 
 
@@ -60,9 +62,7 @@ def hpa_decide(items: Sequence[FallbackInput], now_s: float) -> list[tuple[int, 
     for (target, interval), idx in groups.items():
         cfg = m.HPAConfig(target_utilization=target, sync_period_s=interval)
         states = [items[i].state or m.HPAState.init(1, "cpu", cfg) for i in idx]
-        state = m.HPAState(
-            *(torch.cat([getattr(s, f) for s in states]) for f in _fields(m.HPAState))
-        )
+        state = batching.cat(states)
         cur = torch.tensor([float(items[i].replicas) for i in idx], dtype=torch.float64)
         ready = torch.tensor([float(items[i].ready) for i in idx], dtype=torch.float64)
         util = []
@@ -78,13 +78,6 @@ def hpa_decide(items: Sequence[FallbackInput], now_s: float) -> list[tuple[int, 
         desired, reason, new = m.hpa_step(
             state, now_s, cur, ready, torch.clamp(cur - ready, min=0.0), util_t, cfg, lo, hi
         )
-        for j, i in enumerate(idx):
-            one = m.HPAState(*(getattr(new, f)[j : j + 1].clone() for f in _fields(m.HPAState)))
+        for j, (i, one) in enumerate(zip(idx, batching.split(new), strict=True)):
             out[i] = (int(desired[j]), m.HPAReason(int(reason[j])).name, one)
     return [o for o in out if o is not None]
-
-
-def _fields(cls: Any) -> list[str]:
-    import dataclasses
-
-    return [f.name for f in dataclasses.fields(cls)]

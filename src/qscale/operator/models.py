@@ -12,19 +12,21 @@ with a file that does not match its manifest, with one line; that line becomes t
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from qscale.operator.kube import ApiError, Kube
 from qscale.policy.artifact import MANIFEST, MODEL_FILE, STATE_DICT_FILE, ArtifactError, load_policy
 
 __all__ = [
@@ -201,6 +203,28 @@ class ModelRegistry:
                 result = e
         self._cms[key] = (time.monotonic(), rv, result)
         return result
+
+    def lookup(self, namespace: str, configmap: str, pin: str) -> tuple[Model | None, str]:
+        """The model a policy names (``configmap`` empty: the default), or why there is none."""
+        got = self.default() if not configmap else self.cached(namespace, configmap, pin)
+        if isinstance(got, Model):
+            return got, ""
+        return None, str(got) if got is not None else f"ConfigMap {configmap} not read yet"
+
+    async def refresh(self, kube: Kube, refs: Iterable[tuple[str, str, str]]) -> None:
+        """Re-read the ConfigMaps ``(namespace, name, pin)`` that are due, all at once. With
+        the API down, a verified model keeps being served."""
+
+        async def fetch(ns: str, name: str, pin: str) -> None:
+            try:
+                cm = await kube.get(f"/api/v1/namespaces/{ns}/configmaps/{name}")
+                self.put(ns, name, pin, cm)
+            except ApiError as e:
+                if e.status == 0 and isinstance(self.cached(ns, name, pin), Model):
+                    return
+                self.put(ns, name, pin, None, f"ConfigMap {name}: {e}" if e.status != 404 else "")
+
+        await asyncio.gather(*(fetch(*k) for k in refs if self.due(*k)))
 
 
 def describe(model: Model) -> dict[str, str]:

@@ -9,25 +9,56 @@ policies in a steady state cost no writes at all.
 
 Reason codes are :class:`qscale.guardrails.Reason` names plus the operator's own
 (:class:`OpReason`); the same strings go into status, Events and the operator's metrics.
+
+What a tick made of one policy becomes its status here, from plain data: the policy's spec, its
+:class:`Verdict` (the decision as the tick left it), the observation and the little memory the
+status needs. The Events that go with it come back as :class:`Notice` values; the tick posts
+them and keeps the memory.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
+from qscale import actions
 from qscale.guardrails import Reason
+from qscale.operator.models import Model, describe
+from qscale.operator.prom import Observation
+from qscale.operator.spec import PolicySpec, training_mismatch
 
 __all__ = [
     "CONDITION_TYPES",
+    "FALLBACK_ENDED",
+    "HPA_LIMIT_REASONS",
     "LIMIT_REASONS",
+    "Notice",
     "OpReason",
+    "Verdict",
+    "base_status",
+    "decided_status",
+    "failure_code",
+    "failure_message",
+    "fallback_notice",
     "iso",
+    "last_action",
     "merge_patch",
+    "metrics_condition",
+    "model_conditions",
+    "model_problem",
+    "model_status",
+    "outside_notice",
+    "percent",
+    "problem_status",
+    "scale_failed_notice",
+    "scaled_notice",
+    "scaling_conditions",
     "set_condition",
+    "shadow_action",
 ]
 
 CONDITION_TYPES = (
@@ -153,5 +184,304 @@ def _same(a: Any, b: Any) -> bool:
     return a == b
 
 
-def _opt(x: float) -> float | None:
-    return x if math.isfinite(x) else None
+_DECISION_KEYS = ("desiredReplicas", "wouldScaleTo", "fallback")
+"""What a status says only while the policy is decided (gone with a problem or mode Off)."""
+
+
+@dataclass(frozen=True)
+class Notice:
+    """An Event to post about a policy (as data: the tick posts it)."""
+
+    type: str
+    """``Normal`` or ``Warning``."""
+    reason: str
+    message: str
+
+
+@dataclass
+class Verdict:
+    """What the tick made of one policy: its count, and why."""
+
+    desired: int | None = None
+    """The replica count decided (``None``: no count this tick)."""
+    action: str = ""
+    """The action's name, ``hold`` or ``hpa`` (the fallback)."""
+    reason: str = ""
+    """A :class:`~qscale.guardrails.Reason` name or an :class:`OpReason` value."""
+    q_values: list[float] | None = None
+    """The model's Q-values, when its decision stands."""
+    by_fallback: bool = False
+    model_decided: bool = False
+    """The model's decision stands (metrics were usable)."""
+    hpa_reason: str = ""
+    """The HPA rule's reason (the fallback's decisions)."""
+
+
+def base_status(status: Mapping[str, Any], generation: int) -> dict[str, Any]:
+    """The status as last written, for ``generation``."""
+    st = dict(status)
+    st["observedGeneration"] = generation
+    return st
+
+
+def problem_status(
+    status: Mapping[str, Any], generation: int, reason: OpReason, message: str, now: float
+) -> dict[str, Any]:
+    """The status of a policy that cannot be decided (its spec, its target)."""
+    g, code = generation, reason.value
+    st = dict(status)
+    conds = st.get("conditions")
+    conds = set_condition(conds, "Ready", False, code, message, now, g)
+    conds = set_condition(conds, "ScalingActive", False, code, message, now, g)
+    conds = set_condition(conds, "MetricsAvailable", None, code, "no target to observe", now, g)
+    st["conditions"] = conds
+    st["reason"] = code
+    for k in _DECISION_KEYS:
+        st.pop(k, None)
+    return st
+
+
+def model_status(spec: PolicySpec, model: Model | None) -> dict[str, str]:
+    """The status's ``model``: the one served, else the one asked for."""
+    if model is not None:
+        return describe(model)
+    if not spec.model.is_default:
+        return {"name": spec.model.configmap, "sha256": spec.model.sha256}
+    return {"name": "default"}
+
+
+def model_conditions(
+    conds: list[dict[str, Any]] | None,
+    spec: PolicySpec,
+    model: Model | None,
+    model_error: str,
+    now: float,
+    generation: int,
+) -> list[dict[str, Any]]:
+    """``Ready``, ``ModelReady`` and (with a model) ``MatchesTraining``."""
+    g = generation
+    ready = model is not None or spec.mode == "Off"
+    ready_reason = "OK" if ready else OpReason.MODEL_REFUSED.value
+    conds = set_condition(conds, "Ready", ready, ready_reason, "" if ready else model_error, now, g)
+    if model is None:
+        refused = OpReason.MODEL_REFUSED.value
+        return set_condition(conds, "ModelReady", False, refused, model_error, now, g)
+    loaded = f"{model.name} sha256 {model.digest[:12]} spec {model.spec_hash}"
+    conds = set_condition(conds, "ModelReady", True, OpReason.MODEL_LOADED.value, loaded, now, g)
+    if model.serving is None:
+        unknown = "the model's manifest does not record its serving settings"
+        code = OpReason.TRAINING_UNKNOWN.value
+        return set_condition(conds, "MatchesTraining", None, code, unknown, now, g)
+    diff = training_mismatch(spec, model.serving)
+    code = OpReason.TRAINING_MISMATCH.value if diff else "OK"
+    return set_condition(conds, "MatchesTraining", not diff, code, "; ".join(diff), now, g)
+
+
+def metrics_condition(
+    conds: list[dict[str, Any]] | None, obs: Observation, now: float, generation: int
+) -> list[dict[str, Any]]:
+    """``MetricsAvailable``: all three series, a failed query, or the series missing."""
+    g = generation
+    if obs.present:
+        return set_condition(conds, "MetricsAvailable", True, OpReason.METRICS_OK.value, "", now, g)
+    if obs.errors:
+        errors = "; ".join(sorted(set(obs.errors)))[:500]
+        code = OpReason.QUERY_FAILED.value
+        return set_condition(conds, "MetricsAvailable", False, code, errors, now, g)
+    series = (
+        ("request_rate", obs.has_rate),
+        ("latency_p95", obs.has_latency),
+        ("cpu_utilization", obs.has_cpu),
+    )
+    missing = f"no series for {', '.join(n for n, ok in series if not ok)}"
+    code = Reason.METRICS_MISSING.name
+    return set_condition(conds, "MetricsAvailable", False, code, missing, now, g)
+
+
+def scaling_conditions(
+    conds: list[dict[str, Any]] | None,
+    spec: PolicySpec,
+    verdict: Verdict,
+    reason: str,
+    now: float,
+    generation: int,
+) -> list[dict[str, Any]]:
+    """``ScalingActive`` (who decides, if anyone) and ``ScalingLimited`` (a limit held the
+    proposal); ``reason`` is the status's."""
+    g = generation
+    if spec.mode == "Shadow":
+        shadow = "Shadow: decisions are recorded, never written"
+        active = (False, OpReason.MODE_SHADOW.value, shadow)
+    elif verdict.by_fallback:
+        rule = f"the HPA rule at {spec.fallback_target * 100:g}% CPU decides"
+        active = (True, OpReason.FALLBACK_ACTIVE.value, rule)
+    elif verdict.model_decided:
+        active = (True, "OK", "the model decides")
+    else:
+        active = (False, reason or Reason.METRICS_MISSING.name, "holding: no decision this tick")
+    conds = set_condition(conds, "ScalingActive", *active, now, g)
+    lim = verdict.hpa_reason if verdict.by_fallback else verdict.reason
+    limited = lim in LIMIT_REASONS or lim in HPA_LIMIT_REASONS
+    return set_condition(conds, "ScalingLimited", limited, lim or "OK", "", now, g)
+
+
+def _off_conditions(
+    conds: list[dict[str, Any]] | None, now: float, generation: int
+) -> list[dict[str, Any]]:
+    off = OpReason.MODE_OFF.value
+    conds = set_condition(conds, "ScalingActive", False, off, "mode is Off", now, generation)
+    return set_condition(conds, "ScalingLimited", False, off, "", now, generation)
+
+
+def failure_code(model: Model | None, obs: Observation) -> str:
+    """Why the model did not decide, as the status's ``fallback.reason``."""
+    if model is None:
+        return OpReason.MODEL_REFUSED.value
+    if not obs.present:
+        return Reason.METRICS_MISSING.name
+    return Reason.METRICS_STALE.name
+
+
+def failure_message(model: Model | None, model_error: str, reason: str) -> str:
+    """Why the model did not decide, for the fallback's Event."""
+    if model is None:
+        return f"{OpReason.MODEL_REFUSED.value}: {model_error}"
+    return reason or Reason.METRICS_MISSING.name
+
+
+def decided_status(
+    status: Mapping[str, Any],
+    *,
+    spec: PolicySpec,
+    generation: int,
+    replicas: int,
+    model: Model | None,
+    model_error: str,
+    obs: Observation,
+    verdict: Verdict,
+    last: dict[str, Any] | None,
+    outside: tuple[int, int] | None,
+    fallback_since: float | None,
+    shield_record: dict[str, Any] | None,
+    now: float,
+) -> dict[str, Any]:
+    """The status of a policy the tick decided (or, in mode Off, observed): ``replicas`` is
+    the target's count after the tick's write, ``last`` a new ``lastAction`` (if any),
+    ``outside`` a scale by someone else (from, to) and ``shield_record`` the shield's memory
+    (:meth:`qscale.guardrails.ShieldState.to_records`)."""
+    g = generation
+    st = dict(status)
+    conds = st.get("conditions")
+    st["replicas"] = replicas
+    if last is not None:
+        st["lastAction"] = last
+    if outside is not None:
+        st["lastOutsideScale"] = {"from": outside[0], "to": outside[1], "time": iso(now)}
+    st["model"] = model_status(spec, model)
+    conds = model_conditions(conds, spec, model, model_error, now, g)
+    conds = metrics_condition(conds, obs, now, g)
+    if spec.mode == "Off":
+        conds = _off_conditions(conds, now, g)
+        st["reason"] = OpReason.MODE_OFF.value
+        for k in _DECISION_KEYS:
+            st.pop(k, None)
+        st["conditions"] = conds
+        return st
+    if verdict.desired is not None:
+        st["desiredReplicas"] = verdict.desired
+    if spec.mode == "Shadow" and verdict.desired is not None:
+        st["wouldScaleTo"] = verdict.desired
+    else:
+        st.pop("wouldScaleTo", None)
+    st["reason"] = verdict.reason or OpReason.MODEL_REFUSED.value
+    if fallback_since is not None:
+        code = failure_code(model, obs)
+        st["fallback"] = {"active": True, "since": iso(fallback_since), "reason": code}
+    else:
+        st.pop("fallback", None)
+    conds = scaling_conditions(conds, spec, verdict, st["reason"], now, g)
+    if shield_record is not None:
+        rec = dict(shield_record)
+        if spec.mode == "Shadow":  # it never scales: a would-be proposal is no memory to keep
+            rec.pop("proposals", None)
+        if rec:
+            st["shield"] = rec
+    st["conditions"] = conds
+    return st
+
+
+def model_problem(spec: PolicySpec, model: Model | None) -> str:
+    """The operator-level problem a decided policy has (``""``: none)."""
+    return OpReason.MODEL_REFUSED.value if model is None and spec.mode != "Off" else ""
+
+
+def last_action(replicas: int, verdict: Verdict, now: float, applied: bool) -> dict[str, Any]:
+    """The status's ``lastAction`` for a step ``replicas -> verdict.desired``."""
+    v = verdict
+    a = {
+        "from": replicas,
+        "to": v.desired,
+        "action": v.action,
+        "reason": v.reason,
+        "time": iso(now),
+        "applied": applied,
+        "summary": f"{replicas}->{v.desired} {v.action}" + ("" if applied else " (shadow)"),
+    }
+    if v.q_values is not None and not v.by_fallback:
+        a["qValues"] = dict(zip(actions.ACTION_NAMES, v.q_values, strict=True))
+    return a
+
+
+def shadow_action(
+    status: Mapping[str, Any], replicas: int, verdict: Verdict, now: float
+) -> dict[str, Any] | None:
+    """A would-be step's ``lastAction`` (Shadow), recorded once: ``None`` while the one in
+    ``status`` already says it."""
+    prev = status.get("lastAction") or {}
+    seen = (prev.get("from"), prev.get("to"), prev.get("action"), prev.get("applied"))
+    if seen == (replicas, verdict.desired, verdict.action, False):
+        return None
+    return last_action(replicas, verdict, now, applied=False)
+
+
+def scaled_notice(
+    spec: PolicySpec, model: Model | None, obs: Observation, verdict: Verdict, replicas: int
+) -> Notice:
+    """The Event of a step ``replicas -> verdict.desired`` that landed."""
+    v = verdict
+    if v.by_fallback:
+        cpu = percent(obs.cpu_utilization)
+        how = f"by the HPA rule ({v.hpa_reason}, CPU {cpu} of {spec.fallback_target * 100:g}%)"
+    elif model is not None:
+        how = f"({v.action}, model {model.name} {model.digest[:8]})"
+    else:
+        how = f"({v.reason})"
+    return Notice("Normal", v.reason, f"scaled {spec.target} {replicas} -> {v.desired} {how}")
+
+
+def scale_failed_notice(spec: PolicySpec, desired: int, error: str) -> Notice:
+    msg = f"scale {spec.target} to {desired}: {error}"
+    return Notice("Warning", OpReason.SCALE_FAILED.value, msg)
+
+
+def outside_notice(spec: PolicySpec, outside: tuple[int, int]) -> Notice:
+    a, b = outside
+    msg = f"{spec.target} was scaled {a} -> {b} by someone else (a scale event for the cooldowns)"
+    return Notice("Normal", OpReason.OUTSIDE_SCALE.value, msg)
+
+
+def fallback_notice(spec: PolicySpec, failed: int, why: str) -> Notice:
+    """The HPA rule takes over after ``failed`` ticks without a model decision (``why``:
+    :func:`failure_message`)."""
+    msg = (
+        f"{failed} ticks without a model decision ({why}): the HPA rule at "
+        f"{spec.fallback_target * 100:g}% CPU takes over"
+    )
+    return Notice("Warning", OpReason.FALLBACK_ACTIVE.value, msg)
+
+
+FALLBACK_ENDED = Notice("Normal", OpReason.FALLBACK_ENDED.value, "the model decides again")
+
+
+def percent(u: float) -> str:
+    return f"{u * 100:.0f}%" if math.isfinite(u) else "unknown"

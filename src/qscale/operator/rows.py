@@ -1,0 +1,309 @@
+"""One policy's way through a tick (:class:`Row`), and the batched tensor work over rows.
+
+A :class:`Row` is made for each policy with a target this tick; the tick fills in its
+observation, then its :class:`~qscale.operator.status.Verdict` (here, from
+:func:`qscale.decision.decide`, or the HPA rule's), then what the write did. The policy's memory
+between ticks is its :class:`Runtime`, rebuilt from the status when it is first seen.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from qscale import actions, batching, decision, features
+from qscale.guardrails import Reason, ShieldConfig, ShieldState, bound, record_scale
+from qscale.operator import fallback as fb
+from qscale.operator.deployments import Target
+from qscale.operator.models import Model
+from qscale.operator.prom import Observation, QueryGroup
+from qscale.operator.spec import PolicySpec, SpecError, parse_spec, shield_config
+from qscale.operator.status import OpReason, Verdict
+
+__all__ = [
+    "IndexedPolicy",
+    "Row",
+    "Runtime",
+    "decide_rows",
+    "fallback_inputs",
+    "forward",
+    "hold_within_bounds",
+    "query_groups",
+    "restore_shield",
+    "shield_record",
+    "signals_of",
+    "take_fallback",
+]
+
+_FAILED = (int(Reason.METRICS_MISSING), int(Reason.METRICS_STALE), int(Reason.REPLICAS_UNKNOWN))
+
+
+@dataclass(frozen=True)
+class IndexedPolicy:
+    """What the operator keeps of one AutoscalePolicy (never the whole object)."""
+
+    namespace: str
+    name: str
+    uid: str
+    generation: int
+    spec: PolicySpec | None
+    error: str
+    status: Mapping[str, Any]
+
+    @staticmethod
+    def from_body(body: Mapping[str, Any]) -> IndexedPolicy:
+        meta = body.get("metadata") or {}
+        try:
+            spec, error = parse_spec(body.get("spec")), ""
+        except SpecError as e:
+            spec, error = None, str(e)
+        return IndexedPolicy(
+            namespace=meta.get("namespace", ""),
+            name=meta.get("name", ""),
+            uid=meta.get("uid", ""),
+            generation=int(meta.get("generation") or 0),
+            spec=spec,
+            error=error,
+            status=copy.deepcopy(dict(body.get("status") or {})),
+        )
+
+
+@dataclass
+class Runtime:
+    """The operator's memory of one policy between ticks."""
+
+    uid: str
+    status: dict[str, Any]
+    """The status as last written (or as found)."""
+    shield: ShieldState | None = None
+    shield_config: ShieldConfig | None = None
+    hpa_state: Any = None
+    failed: int = 0
+    fallback_since: float | None = None
+    next_due: float = 0.0
+    problem: str = ""
+    """The operator-level problem last reported by an Event (so that each is posted once)."""
+    write_failing: bool = False
+
+
+@dataclass
+class Row:
+    """One policy being decided this tick."""
+
+    policy: IndexedPolicy
+    runtime: Runtime
+    spec: PolicySpec
+    target: Target
+    """The target as the cache shows it (after a write that landed: as written)."""
+    model: Model | None
+    model_error: str
+    shield_config: ShieldConfig | None = None
+    obs: Observation = field(default_factory=Observation)
+    verdict: Verdict = field(default_factory=Verdict)
+    new_shield: ShieldState | None = None
+    """The shield's memory after this tick's step (kept only if the step is not undone)."""
+    new_hpa: Any = None
+    """The HPA rule's history after this tick's step (likewise)."""
+    outside: tuple[int, int] | None = None
+    """Someone else scaled the target since the last tick: (from, to)."""
+    last_action: dict[str, Any] | None = None
+    """A new ``lastAction`` for the status."""
+
+    @property
+    def moves(self) -> bool:
+        """A count was decided, and it is not the target's."""
+        return self.verdict.desired is not None and self.verdict.desired != self.target.replicas
+
+
+def _t(values: Sequence[float]) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.float32)
+
+
+def query_groups(rows: Sequence[Row], default_address: str) -> dict[QueryGroup, list[Row]]:
+    """The rows by what Prometheus is asked for them: one group per distinct (Prometheus,
+    three templates), with each group's targets."""
+    by_queries: dict[tuple[str, str, str, str], list[Row]] = {}
+    for r in rows:
+        q = r.spec.metrics
+        key = (q.address or default_address, q.request_rate, q.latency_p95, q.cpu_utilization)
+        by_queries.setdefault(key, []).append(r)
+    return {
+        QueryGroup(*k, tuple({(r.policy.namespace, r.spec.target) for r in rs})): rs
+        for k, rs in by_queries.items()
+    }
+
+
+def restore_shield(r: Row, now: float) -> None:
+    """The row's shield behaviour, its memory (restored from the status when there is none or
+    the behaviour changed) and a scale by someone else since the last applied count."""
+    serving = r.model.serving if r.model is not None else None
+    try:
+        r.shield_config = shield_config(r.spec, serving)
+    except SpecError:  # the manifest's trained settings do not combine with the spec
+        r.shield_config = shield_config(r.spec, None)
+    rt = r.runtime
+    if rt.shield is None or rt.shield_config != r.shield_config:
+        rt.shield = ShieldState.from_records(
+            [rt.status.get("shield")], r.shield_config, [float(r.target.replicas)], now
+        )
+        rt.shield_config = r.shield_config
+    last = float(rt.shield.last_applied[0])
+    if math.isfinite(last) and int(last) != r.target.replicas:
+        r.outside = (int(last), r.target.replicas)
+
+
+def hold_within_bounds(rows: Sequence[Row]) -> None:
+    """No model: hold, within the bounds (the shield's bounds stage)."""
+    if not rows:
+        return
+    replicas = _t([float(r.target.replicas) for r in rows])
+    held, _ = bound(
+        replicas,
+        replicas.clone(),
+        _t([float(r.spec.min_replicas) for r in rows]),
+        _t([float(r.spec.max_replicas) for r in rows]),
+    )
+    for r, desired in zip(rows, held.tolist(), strict=True):
+        r.verdict.desired = int(desired)
+        r.verdict.action, r.verdict.reason = "hold", OpReason.MODEL_REFUSED.value
+
+
+def signals_of(rows: Sequence[Row]) -> decision.Signals:
+    """The rows' signals, as :func:`qscale.decision.decide` takes them."""
+    nan = math.nan
+    o = [r.obs for r in rows]
+    inputs = features.FeatureInputs(
+        cpu_utilization=_t([x.cpu_utilization if x.has_cpu else nan for x in o]),
+        cpu_limit_ratio=_t([r.target.cpu_limit_ratio for r in rows]),
+        p95_s=_t([x.p95_s for x in o]),
+        slo_s=_t([r.spec.slo_s for r in rows]),
+        rate_now=_t([x.rate_now for x in o]),
+        rate_1m=_t([x.rate_1m for x in o]),
+        rate_5m=_t([x.rate_5m for x in o]),
+        rate_15m=_t([x.rate_15m for x in o]),
+        rate_peak_15m=_t([x.rate_peak_15m for x in o]),
+        replicas=_t([float(r.target.replicas) for r in rows]),
+        ready_replicas=_t([float(r.target.ready) for r in rows]),
+        min_replicas=_t([float(r.spec.min_replicas) for r in rows]),
+        since_scale_up_s=_t([0.0] * len(rows)),
+        since_scale_down_s=_t([0.0] * len(rows)),
+    )
+    return decision.Signals(
+        inputs=inputs,
+        max_replicas=_t([float(r.spec.max_replicas) for r in rows]),
+        present=torch.tensor([x.present for x in o]),
+        age_s=_t([x.age_s for x in o]),
+    )
+
+
+def forward(
+    rows: Sequence[Row], sig: decision.Signals, state: ShieldState, now: float
+) -> tuple[torch.Tensor, list[tuple[str, float]]]:
+    """``[B, N_ACTIONS]`` Q-values, one forward pass per model over its rows; and each pass's
+    (model name, seconds)."""
+    by_model: dict[str, list[int]] = {}
+    for i, r in enumerate(rows):
+        assert r.model is not None
+        by_model.setdefault(r.model.digest, []).append(i)
+    q_values = torch.full((len(rows), actions.N_ACTIONS), math.nan)
+    passes = []
+    for idx in by_model.values():
+        model = rows[idx[0]].model
+        assert model is not None
+        ix = torch.tensor(idx)
+        obs = decision.observe(batching.select(sig, ix), batching.select(state, ix), now)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            q = model.module(obs).float()
+        passes.append((model.name, time.perf_counter() - t0))
+        q_values[ix] = q
+    return q_values, passes
+
+
+def decide_rows(
+    rows: Sequence[Row],
+    sig: decision.Signals,
+    state: ShieldState,
+    q_values: torch.Tensor,
+    now: float,
+    stale_after_s: float,
+) -> None:
+    """Each row's verdict from its Q-values: :func:`qscale.decision.decide` takes one
+    ShieldConfig, so one call per distinct shield behaviour (the bounds are per target and do
+    not split the batch)."""
+    by_config: dict[ShieldConfig, list[int]] = {}
+    for i, r in enumerate(rows):
+        assert r.shield_config is not None
+        by_config.setdefault(r.shield_config, []).append(i)
+    for config, idx in by_config.items():
+        ix = torch.tensor(idx)
+        commit = torch.tensor([rows[i].spec.mode == "Enforce" for i in idx])
+        d = decision.decide(
+            batching.select(sig, ix),
+            batching.select(state, ix),
+            now,
+            config,
+            q_values=q_values[ix],
+            stale_after_s=stale_after_s,
+            commit=commit,
+        )
+        replicas = d.replicas.tolist()
+        reasons = d.reason.tolist()
+        acts = d.action.tolist()
+        usable = d.usable.tolist()
+        q_shown = d.q_values.tolist()
+        states = batching.split(d.shield_state)
+        for j, i in enumerate(idx):
+            r, v = rows[i], rows[i].verdict
+            v.reason = Reason(reasons[j]).name
+            r.new_shield = states[j]
+            # Missing/stale metrics hold (within the bounds): a count, not a model decision.
+            v.desired = int(replicas[j]) if math.isfinite(replicas[j]) else None
+            # The model's say counts only with usable metrics (a bound applied without them,
+            # AT_MIN/AT_MAX, is still a tick without a model decision).
+            v.model_decided = usable[j] and reasons[j] not in _FAILED
+            v.action = actions.ACTION_NAMES[acts[j]] if v.model_decided else "hold"
+            if v.model_decided:
+                v.q_values = [round(x, 4) for x in q_shown[j]]
+
+
+def fallback_inputs(rows: Sequence[Row]) -> list[fb.FallbackInput]:
+    """What the HPA rule needs of each row."""
+    return [
+        fb.FallbackInput(
+            replicas=r.target.replicas,
+            ready=r.target.ready,
+            cpu_utilization=r.obs.cpu_utilization if r.obs.has_cpu else math.nan,
+            min_replicas=r.spec.min_replicas,
+            max_replicas=r.spec.max_replicas,
+            target=r.spec.fallback_target,
+            interval_s=r.spec.interval_s,
+            state=r.runtime.hpa_state,
+        )
+        for r in rows
+    ]
+
+
+def take_fallback(r: Row, desired: int, why: str, hpa_state: Any, now: float) -> None:
+    """The HPA rule decides the row (``why``: its reason); in Enforce its step is a scale for
+    the shield's memory too (cooldowns hold when the model takes over again)."""
+    v = r.verdict
+    v.desired, v.action, v.by_fallback, v.hpa_reason = desired, "hpa", True, why
+    v.reason = OpReason.FALLBACK_ACTIVE.value
+    r.new_hpa = hpa_state
+    base = r.new_shield or r.runtime.shield
+    if r.spec.mode == "Enforce" and base is not None:
+        r.new_shield = record_scale(base, _t([float(r.target.replicas)]), _t([float(desired)]), now)
+
+
+def shield_record(r: Row, now: float) -> dict[str, Any] | None:
+    """The shield's memory as the status keeps it (``None``: no shield this tick)."""
+    if r.runtime.shield is None or r.shield_config is None:
+        return None
+    return r.runtime.shield.to_records(now, r.shield_config, _t([float(r.spec.max_replicas)]))[0]

@@ -1,0 +1,93 @@
+"""A policy's row through the tick: query grouping, holding without a model, the HPA rule's
+verdict, the shield's memory restored from the status."""
+
+from __future__ import annotations
+
+import pytest
+
+from qscale.guardrails import ShieldState
+from qscale.operator.deployments import Target
+from qscale.operator.rows import (
+    IndexedPolicy,
+    Row,
+    Runtime,
+    hold_within_bounds,
+    query_groups,
+    restore_shield,
+    take_fallback,
+)
+
+NOW = 1_800_000_000.0
+SPEC = {
+    "targetRef": {"kind": "Deployment", "name": "web"},
+    "minReplicas": 2,
+    "maxReplicas": 10,
+    "slo": {"latencyP95": "200ms"},
+}
+
+
+def row(name="web", replicas=4, status=None, **spec):
+    body = {
+        "metadata": {"namespace": "a", "name": name, "uid": f"u-{name}", "generation": 1},
+        "spec": {**SPEC, "targetRef": {"kind": "Deployment", "name": name}, **spec},
+        "status": status or {},
+    }
+    p = IndexedPolicy.from_body(body)
+    assert p.spec is not None
+    target = Target("a", name, f"d-{name}", "1", replicas, replicas, 1.0)
+    return Row(p, Runtime(p.uid, dict(p.status)), p.spec, target, None, "no model")
+
+
+def test_rows_sharing_a_prometheus_and_templates_share_one_group():
+    other = {"prometheus": {"address": "http://other:9090/"}}
+    rows = [row("a1"), row("a2"), row("b1", metrics=other), row("a3")]
+    groups = query_groups(rows, "http://prom:9090")
+    assert [(g.address, sorted(t for _, t in g.targets)) for g in groups] == [
+        ("http://prom:9090", ["a1", "a2", "a3"]),
+        ("http://other:9090", ["b1"]),
+    ]
+    assert [[r.spec.target for r in rs] for rs in groups.values()] == [["a1", "a2", "a3"], ["b1"]]
+
+
+@pytest.mark.parametrize(("replicas", "held"), [(1, 2), (4, 4), (12, 10)])
+def test_without_a_model_the_count_holds_within_the_bounds(replicas, held):
+    r = row(replicas=replicas)
+    hold_within_bounds([r])
+    assert (r.verdict.desired, r.verdict.action, r.verdict.reason) == (
+        held,
+        "hold",
+        "MODEL_REFUSED",
+    )
+
+
+@pytest.mark.parametrize(("mode", "recorded"), [("Enforce", True), ("Shadow", False)])
+def test_the_hpa_rule_decides_and_in_enforce_its_step_is_a_scale_for_the_shield(mode, recorded):
+    r = row(mode=mode)
+    restore_shield(r, NOW)
+    take_fallback(r, 6, "ScaleUpLimit", "hpa-state", NOW)
+    v = r.verdict
+    assert (v.desired, v.action, v.reason, v.by_fallback, v.hpa_reason) == (
+        6,
+        "hpa",
+        "FALLBACK_ACTIVE",
+        True,
+        "ScaleUpLimit",
+    )
+    assert r.new_hpa == "hpa-state"
+    assert (r.new_shield is not None) == recorded
+    if recorded:
+        assert (
+            float(r.new_shield.last_applied[0]) == 6.0 and float(r.new_shield.last_up_s[0]) == NOW
+        )
+
+
+def test_the_shield_is_restored_from_the_status_and_a_scale_by_someone_else_is_seen():
+    r = row(replicas=7, status={"shield": {"lastApplied": 4, "lastScaleUp": NOW - 30}})
+    restore_shield(r, NOW)
+    assert isinstance(r.runtime.shield, ShieldState)
+    assert r.runtime.shield_config == r.shield_config
+    assert float(r.runtime.shield.last_up_s[0]) == NOW - 30
+    assert r.outside == (4, 7)
+    same = row(replicas=4, status={"shield": {"lastApplied": 4}})
+    restore_shield(same, NOW)
+    assert same.outside is None
