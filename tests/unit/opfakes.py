@@ -132,13 +132,12 @@ class FakeProm:
         out = {}
         for g in groups:
             self.groups += 1
+            out[g] = {}
             for ns, d in g.targets:
                 o = self.obs.get((ns, d))
                 if self.down or o is None:
-                    o = Observation(
-                        errors=["request_rate: ConnectError: down"] if self.down else []
-                    )
-                out[(g.address, ns, d)] = copy.copy(o)
+                    o = Observation(errors=["request_rate: ConnectError"] if self.down else [])
+                out[g][(ns, d)] = copy.copy(o)
         return out
 
     async def close(self):

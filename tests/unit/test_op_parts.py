@@ -101,14 +101,14 @@ async def test_fetch_is_three_queries_per_group_mapped_back_by_labels():
         all("x|y" in q for p, q in seen[:3])
         and sum(p.endswith("query_range") for p, _ in seen) == 2
     )
-    x = out[("http://prom", "a", "x")]
+    x = out[groups[0]][("a", "x")]
     assert x.has_rate and x.rate_15m == 10.0 and x.cpu_utilization == 0.5 and x.age_s == 0.0
     # a NaN p95 while 10 req/s flow is missing, with its reason (not "p95 at the SLO")
     assert not x.has_latency and not x.present
-    assert x.errors == ["latency_p95: no value while requests flow"]
-    y = out[("http://prom", "a", "y")]
+    assert x.gaps == ["latency_p95: no value while requests flow"] and not x.errors
+    y = out[groups[0]][("a", "y")]
     assert not y.present and y.has_latency and not y.has_rate and not y.has_cpu
-    down = out[("http://prom-down", "a", "x")]
+    down = out[groups[1]][("a", "x")]
     assert not down.present and len(down.errors) == 3 and "ConnectError" in down.errors[0]
 
 
@@ -236,9 +236,10 @@ async def test_a_reply_body_never_reaches_the_errors(status, body, expected):
 
     client = PromClient(transport=httpx.MockTransport(handler))
     qs = [features.PROMQL[k] for k in ("request_rate", "latency_p95", "cpu_utilization")]
-    out = await client.fetch([QueryGroup("http://prom", *qs, (("a", "x"),))], 1e9)
+    group = QueryGroup("http://prom", *qs, (("a", "x"),))
+    out = await client.fetch([group], 1e9)
     await client.close()
-    errors = out[("http://prom", "a", "x")].errors
+    errors = out[group][("a", "x")].errors
     assert errors[0] == expected and not any("SECRET" in e for e in errors)
 
 
@@ -256,3 +257,32 @@ def test_prometheus_addresses_come_from_an_allow_list():
     assert s.prometheus_address("http://team-prom:9090/api/v1/query?x=") is None
     with pytest.raises(SettingsError, match="QSCALE_PROMETHEUS_ALLOWED_URLS"):
         Settings.from_env({"QSCALE_PROMETHEUS_ALLOWED_URLS": "file:///etc/passwd"})
+
+
+@pytest.mark.asyncio
+async def test_results_are_keyed_by_the_query_that_produced_them():
+    """Two policies on one Deployment, one with its own failing query: the failure stays its
+    own, it never reads the other's data."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        form = {k: v[0] for k, v in parse_qs(request.content.decode()).items()}
+        if "broken_metric" in form["query"]:
+            return httpx.Response(422, json={"status": "error", "errorType": "execution"})
+        series = {"metric": {"namespace": "a", "deployment": "web"}}
+        if request.url.path.endswith("query_range"):
+            end = float(form["end"])
+            series["values"] = [[end - 900 + 60 * k, "10"] for k in range(16)]
+        else:
+            series["value"] = [1, "0.5"]
+        return httpx.Response(200, json={"status": "success", "data": {"result": [series]}})
+
+    qs = [features.PROMQL[k] for k in ("request_rate", "latency_p95", "cpu_utilization")]
+    mine = qs[0].replace("http_requests_total", "broken_metric")
+    default = QueryGroup("http://prom", *qs, (("a", "web"),))
+    own = QueryGroup("http://prom", mine, *qs[1:], (("a", "web"),))
+    client = PromClient(transport=httpx.MockTransport(handler))
+    out = await client.fetch([default, own], 1e9)
+    await client.close()
+    assert out[default][("a", "web")].present
+    broken = out[own][("a", "web")]
+    assert not broken.has_rate and broken.errors == ["request_rate: HTTP 422 (execution)"]

@@ -3,8 +3,11 @@ verdict, the shield's memory restored from the status."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
+from qscale import features
 from qscale.guardrails import ShieldState
 from qscale.operator.deployments import Target
 from qscale.operator.rows import (
@@ -16,6 +19,7 @@ from qscale.operator.rows import (
     restore_shield,
     take_fallback,
 )
+from qscale.operator.settings import Settings
 
 NOW = 1_800_000_000.0
 SPEC = {
@@ -41,12 +45,35 @@ def row(name="web", replicas=4, status=None, **spec):
 def test_rows_sharing_a_prometheus_and_templates_share_one_group():
     other = {"prometheus": {"address": "http://other:9090/"}}
     rows = [row("a1"), row("a2"), row("b1", metrics=other), row("a3")]
-    groups = query_groups(rows, "http://prom:9090")
+    allowed = Settings(
+        prometheus_url="http://prom:9090", prometheus_allowed_urls=("http://other:9090",)
+    )
+    groups = query_groups(rows, allowed.prometheus_address)
     assert [(g.address, sorted(t for _, t in g.targets)) for g in groups] == [
         ("http://prom:9090", ["a1", "a2", "a3"]),
         ("http://other:9090", ["b1"]),
     ]
     assert [[r.spec.target for r in rs] for rs in groups.values()] == [["a1", "a2", "a3"], ["b1"]]
+
+
+def test_an_address_not_allowed_is_never_queried():
+    rows = [row("a1"), row("b1", metrics={"prometheus": {"address": "http://127.0.0.1:6443"}})]
+    groups = query_groups(rows, Settings(prometheus_url="http://prom:9090").prometheus_address)
+    assert [sorted(t for _, t in g.targets) for g in groups] == [["a1"]]
+    assert "not one of the Prometheus addresses" in rows[1].obs.refused
+
+
+def test_own_templates_are_queried_per_namespace():
+    """A tenant's query is filled only with its own namespace (the defaults serve all)."""
+    own = features.PROMQL["request_rate"].replace("http_requests_total", "mine_total")
+    rows = [
+        row("a1"),
+        row("a2", metrics={"requestRate": own}),
+        row("b1", metrics={"requestRate": own}),
+    ]
+    rows[2].policy = dataclasses.replace(rows[2].policy, namespace="b")
+    groups = query_groups(rows, Settings(prometheus_url="http://prom:9090").prometheus_address)
+    assert sorted(g.targets for g in groups) == [(("a", "a1"),), (("a", "a2"),), (("b", "b1"),)]
 
 
 @pytest.mark.parametrize(("replicas", "held"), [(1, 2), (4, 4), (12, 10)])

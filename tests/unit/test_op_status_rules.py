@@ -4,6 +4,7 @@ model make of a policy's conditions, status fields, last action and Events."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 
@@ -87,11 +88,32 @@ def by_type(conds):
                 "no series for request_rate, latency_p95, cpu_utilization",
             ),
         ),
+        (replace(obs(), age_s=90.0), ("True", "METRICS_OK", "")),
+        (
+            replace(obs(), age_s=180.0),
+            ("False", "METRICS_STALE", "the newest request-rate point is 180s old "
+             "(the operator holds past 120s)"),
+        ),
+        (
+            replace(obs(rate=False), gaps=["request_rate: gap in the range (no point 60s "
+                                           "before the newest)"]),
+            ("False", "METRICS_MISSING", "request_rate: gap in the range (no point 60s before "
+             "the newest)"),
+        ),
+        (
+            replace(obs(latency=False), gaps=["latency_p95: no value while requests flow"]),
+            ("False", "METRICS_MISSING", "latency_p95: no value while requests flow"),
+        ),
+        (
+            replace(obs(rate=False, latency=False, cpu=False), refused="not allowed"),
+            ("False", "PROMETHEUS_NOT_ALLOWED", "not allowed"),
+        ),
     ],
-    ids=["present", "query-failed", "cpu-missing", "all-missing"],
-)
+    ids=["present", "query-failed", "cpu-missing", "all-missing", "fresh-enough", "stale",
+         "gap", "nan-p95-with-traffic", "address-refused"],
+)  # fmt: skip
 def test_metrics_condition(o, want):
-    assert by_type(metrics_condition(None, o, NOW, G))["MetricsAvailable"] == want
+    assert by_type(metrics_condition(None, o, NOW, G, 120.0))["MetricsAvailable"] == want
 
 
 @pytest.mark.parametrize(
@@ -239,6 +261,7 @@ OLD = {
     "wouldScaleTo": 5,
     "fallback": {"active": True, "since": iso(NOW - 60), "reason": "METRICS_MISSING"},
     "reason": "OK",
+    "lastAction": {"to": 5, "action": "times_2", "applied": False},
 }
 
 
@@ -249,7 +272,8 @@ DECIDED = [
         Verdict(),
         {},
         {"reason": "MODE_OFF", "replicas": 4},
-        ("desiredReplicas", "wouldScaleTo", "fallback", "shield"),
+        # an older mode's last action (a Shadow line) is gone with mode Off
+        ("desiredReplicas", "wouldScaleTo", "fallback", "shield", "lastAction"),
     ),
     (
         "shadow",
@@ -395,7 +419,8 @@ def test_decided_status_leaves_its_input_alone():
 def test_problem_status(reason):
     st = problem_status(base_status(OLD, G), G, reason, "why", NOW)
     assert st["reason"] == reason.value
-    assert [k for k in ("desiredReplicas", "wouldScaleTo", "fallback") if k in st] == []
+    # nothing decided, and no replica count from a target that is not observed
+    assert [k for k in ("desiredReplicas", "wouldScaleTo", "fallback", "replicas") if k in st] == []
     assert by_type(st["conditions"]) == {
         "Ready": ("False", reason.value, "why"),
         "MetricsAvailable": ("Unknown", reason.value, "no target to observe"),

@@ -61,6 +61,11 @@ class Observation:
     has_latency: bool = False
     has_cpu: bool = False
     errors: list[str] = field(default_factory=list)
+    """Queries that failed (template, status, a fixed reason)."""
+    gaps: list[str] = field(default_factory=list)
+    """Data that came back but cannot be used (a gap in the range, a NaN p95 with traffic)."""
+    refused: str = ""
+    """Why the operator did not query at all for this policy (an address not allowed)."""
 
     @property
     def present(self) -> bool:
@@ -125,7 +130,7 @@ def _read_rate(obs: Observation, series: dict, end: float) -> None:
     try:
         lags = pick_lags(points, end)
     except RangeGap as e:
-        obs.errors.append(f"request_rate: gap in the range ({e})")
+        obs.gaps.append(f"request_rate: gap in the range ({e})")
         return
     if lags is not None:
         (obs.rate_now, obs.rate_1m, obs.rate_5m, obs.rate_15m, obs.rate_peak_15m, obs.age_s) = lags
@@ -207,16 +212,17 @@ class PromClient:
 
     async def fetch(
         self, groups: Iterable[QueryGroup], now: float
-    ) -> dict[tuple[str, str, str], Observation]:
-        """Observations keyed by ``(address, namespace, deployment)`` for every target of every
-        group (3 queries per group, all in flight at once)."""
-        out: dict[tuple[str, str, str], Observation] = {}
+    ) -> dict[QueryGroup, dict[tuple[str, str], Observation]]:
+        """Per group, Observations keyed by ``(namespace, deployment)`` for each of its targets
+        (3 queries per group, all in flight at once). A result counts only for the group whose
+        query produced it: two policies on one Deployment with different queries never read
+        each other's data."""
+        out: dict[QueryGroup, dict[tuple[str, str], Observation]] = {}
         jobs = []
         for g in groups:
             namespaces = sorted({ns for ns, _ in g.targets})
             names = sorted({d for _, d in g.targets})
-            for ns, d in g.targets:
-                out[(g.address, ns, d)] = Observation()
+            out[g] = {(ns, d): Observation() for ns, d in g.targets}
             # Align the range to the step so that the lags fall on points of the result.
             end = math.floor(now)
             jobs.append(
@@ -266,15 +272,14 @@ class PromClient:
                 msg = (
                     str(res) if isinstance(res, QueryError) else f"{template}: {type(res).__name__}"
                 )
-                for ns, d in g.targets:
-                    out[(g.address, ns, d)].errors.append(msg)
+                for obs in out[g].values():
+                    obs.errors.append(msg)
                 continue
             for series in res:
                 labels = series.get("metric")
                 if not isinstance(labels, dict):
                     continue
-                key = (g.address, labels.get("namespace", ""), labels.get("deployment", ""))
-                obs = out.get(key)
+                obs = out[g].get((labels.get("namespace", ""), labels.get("deployment", "")))
                 if obs is None:
                     continue
                 if template == "request_rate":
@@ -285,8 +290,8 @@ class PromClient:
                         obs.p95_s, obs.has_latency = v, True
                     elif math.isfinite(v):
                         obs.cpu_utilization, obs.has_cpu = v, True
-        for obs in out.values():
+        for obs in (o for per_target in out.values() for o in per_target.values()):
             if obs.has_latency and math.isnan(obs.p95_s) and obs.has_rate and obs.rate_now > 0:
                 obs.has_latency = False
-                obs.errors.append("latency_p95: no value while requests flow")
+                obs.gaps.append("latency_p95: no value while requests flow")
         return out

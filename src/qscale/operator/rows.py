@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +23,7 @@ from qscale.operator import fallback as fb
 from qscale.operator.deployments import Target
 from qscale.operator.models import Model
 from qscale.operator.prom import Observation, QueryGroup
-from qscale.operator.spec import PolicySpec, SpecError, parse_spec, shield_config
+from qscale.operator.spec import TEMPLATES, PolicySpec, SpecError, parse_spec, shield_config
 from qscale.operator.status import OpReason, Verdict
 
 __all__ = [
@@ -125,16 +125,32 @@ def _t(values: Sequence[float]) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.float32)
 
 
-def query_groups(rows: Sequence[Row], default_address: str) -> dict[QueryGroup, list[Row]]:
+def query_groups(
+    rows: Sequence[Row], address_of: Callable[[str], str | None]
+) -> dict[QueryGroup, list[Row]]:
     """The rows by what Prometheus is asked for them: one group per distinct (Prometheus,
-    three templates), with each group's targets."""
-    by_queries: dict[tuple[str, str, str, str], list[Row]] = {}
+    three templates), with each group's targets. ``address_of`` resolves a policy's address
+    (``None``: not allowed; such rows get ``obs.refused`` and no group).
+
+    The default templates serve every namespace in one query. A policy's own templates are
+    grouped per namespace as well: a tenant's query is only ever filled with its own namespace,
+    so whatever it does with its results can only reach its own policies."""
+    by_queries: dict[tuple[str, str, str, str, str], list[Row]] = {}
     for r in rows:
         q = r.spec.metrics
-        key = (q.address or default_address, q.request_rate, q.latency_p95, q.cpu_utilization)
+        address = address_of(q.address)
+        if address is None:
+            r.obs = Observation(
+                refused="spec.metrics.prometheus.address is not one of the Prometheus "
+                "addresses the operator allows (QSCALE_PROMETHEUS_ALLOWED_URLS)"
+            )
+            continue
+        templates = (q.request_rate, q.latency_p95, q.cpu_utilization)
+        own = any(t != features.PROMQL[n] for t, n in zip(templates, TEMPLATES, strict=True))
+        key = (address, *templates, r.policy.namespace if own else "")
         by_queries.setdefault(key, []).append(r)
     return {
-        QueryGroup(*k, tuple({(r.policy.namespace, r.spec.target) for r in rs})): rs
+        QueryGroup(*k[:4], tuple(sorted({(r.policy.namespace, r.spec.target) for r in rs}))): rs
         for k, rs in by_queries.items()
     }
 

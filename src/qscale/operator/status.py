@@ -90,6 +90,8 @@ class OpReason(StrEnum):
     SCALE_FAILED = "SCALE_FAILED"
     METRICS_OK = "METRICS_OK"
     QUERY_FAILED = "QUERY_FAILED"
+    PROMETHEUS_NOT_ALLOWED = "PROMETHEUS_NOT_ALLOWED"
+    """The policy names a Prometheus the operator's allow-list does not hold."""
 
 
 LIMIT_REASONS = frozenset(
@@ -236,7 +238,7 @@ def problem_status(
     conds = set_condition(conds, "MetricsAvailable", None, code, "no target to observe", now, g)
     st["conditions"] = conds
     st["reason"] = code
-    for k in _DECISION_KEYS:
+    for k in (*_DECISION_KEYS, "replicas"):  # no target observed: no count to show
         st.pop(k, None)
     return st
 
@@ -278,10 +280,26 @@ def model_conditions(
 
 
 def metrics_condition(
-    conds: list[dict[str, Any]] | None, obs: Observation, now: float, generation: int
+    conds: list[dict[str, Any]] | None,
+    obs: Observation,
+    now: float,
+    generation: int,
+    stale_after_s: float = math.inf,
 ) -> list[dict[str, Any]]:
-    """``MetricsAvailable``: all three series, a failed query, or the series missing."""
+    """``MetricsAvailable``: all three series and fresh; else why not: a Prometheus the
+    operator does not allow, a failed query, data that came back unusable (a gap, a NaN p95
+    with traffic), series missing, or the newest sample older than ``stale_after_s``."""
     g = generation
+    if obs.refused:
+        code = OpReason.PROMETHEUS_NOT_ALLOWED.value
+        return set_condition(conds, "MetricsAvailable", False, code, obs.refused, now, g)
+    if obs.present and obs.age_s > stale_after_s:
+        msg = (
+            f"the newest request-rate point is {obs.age_s:.0f}s old "
+            f"(the operator holds past {stale_after_s:g}s)"
+        )
+        code = Reason.METRICS_STALE.name
+        return set_condition(conds, "MetricsAvailable", False, code, msg, now, g)
     if obs.present:
         return set_condition(conds, "MetricsAvailable", True, OpReason.METRICS_OK.value, "", now, g)
     if obs.errors:
@@ -293,9 +311,10 @@ def metrics_condition(
         ("latency_p95", obs.has_latency),
         ("cpu_utilization", obs.has_cpu),
     )
-    missing = f"no series for {', '.join(n for n, ok in series if not ok)}"
+    missing = [n for n, ok in series if not ok and not any(x.startswith(n) for x in obs.gaps)]
+    why = [*sorted(set(obs.gaps)), *([f"no series for {', '.join(missing)}"] if missing else [])]
     code = Reason.METRICS_MISSING.name
-    return set_condition(conds, "MetricsAvailable", False, code, missing, now, g)
+    return set_condition(conds, "MetricsAvailable", False, code, "; ".join(why)[:500], now, g)
 
 
 def scaling_conditions(
@@ -364,6 +383,7 @@ def decided_status(
     fallback_since: float | None,
     shield_record: dict[str, Any] | None,
     now: float,
+    stale_after_s: float = math.inf,
 ) -> dict[str, Any]:
     """The status of a policy the tick decided (or, in mode Off, observed): ``replicas`` is
     the target's count after the tick's write, ``last`` a new ``lastAction`` (if any),
@@ -379,11 +399,11 @@ def decided_status(
         st["lastOutsideScale"] = {"from": outside[0], "to": outside[1], "time": iso(now)}
     st["model"] = model_status(spec, model)
     conds = model_conditions(conds, spec, model, model_error, now, g)
-    conds = metrics_condition(conds, obs, now, g)
+    conds = metrics_condition(conds, obs, now, g, stale_after_s)
     if spec.mode == "Off":
         conds = _off_conditions(conds, now, g)
         st["reason"] = OpReason.MODE_OFF.value
-        for k in _DECISION_KEYS:
+        for k in (*_DECISION_KEYS, "lastAction"):  # an older mode's last action is no news
             st.pop(k, None)
         st["conditions"] = conds
         return st

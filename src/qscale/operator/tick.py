@@ -241,14 +241,14 @@ class Engine:
 
     async def _observe(self, rows: list[Row], now: float, rep: TickReport) -> None:
         """Each row's Observation: 3 queries per distinct (Prometheus, templates)."""
-        groups = query_groups(rows, self.settings.prometheus_url.rstrip("/"))
+        groups = query_groups(rows, self.settings.prometheus_address)
         rep.queries = 3 * len(groups)
         if not groups:
             return
         got = await self.prom.fetch(list(groups), now)
         for g, rs in groups.items():
             for r in rs:
-                r.obs = got.get((g.address, r.policy.namespace, r.spec.target), Observation())
+                r.obs = got[g].get((r.policy.namespace, r.spec.target), Observation())
 
     # --- decide ---------------------------------------------------------------------------
 
@@ -397,6 +397,7 @@ class Engine:
             fallback_since=r.runtime.fallback_since,
             shield_record=shield_record(r, now),
             now=now,
+            stale_after_s=self.settings.stale_after_s,
         )
         problem = model_problem(r.spec, r.model)
         if problem and r.runtime.problem != problem:
