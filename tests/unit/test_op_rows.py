@@ -4,6 +4,7 @@ verdict, the shield's memory restored from the status."""
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 
@@ -17,6 +18,7 @@ from qscale.operator.rows import (
     hold_within_bounds,
     query_groups,
     restore_shield,
+    shield_record,
     take_fallback,
 )
 from qscale.operator.settings import Settings
@@ -118,3 +120,23 @@ def test_the_shield_is_restored_from_the_status_and_a_scale_by_someone_else_is_s
     same = row(replicas=4, status={"shield": {"lastApplied": 4}})
     restore_shield(same, NOW)
     assert same.outside is None
+
+
+def test_a_recreated_deployment_starts_with_a_fresh_memory():
+    """Same name, new object (uid): no inherited cooldown, no "scaled by someone else"."""
+    rec = {"lastApplied": 4, "lastScaleUp": NOW - 30, "targetUID": "d-web"}
+    r = row(replicas=7, status={"shield": rec})
+    restore_shield(r, NOW)
+    assert r.outside == (4, 7) and r.runtime.target_uid == "d-web"  # the same object
+    assert shield_record(r, NOW)["targetUID"] == "d-web"
+    # the Deployment is deleted and created again: a new uid, the status still has the old one
+    fresh = row(replicas=7, status={"shield": rec})
+    fresh.target = dataclasses.replace(fresh.target, uid="d-web-2")
+    restore_shield(fresh, NOW)
+    assert fresh.outside is None and math.isinf(float(fresh.runtime.shield.last_up_s[0]))
+    # ... and in memory: the runtime that knew the old object forgets it
+    r.target = dataclasses.replace(r.target, uid="d-web-3")
+    r.outside = None
+    restore_shield(r, NOW + 15)
+    assert r.outside is None and r.runtime.target_uid == "d-web-3"
+    assert math.isinf(float(r.runtime.shield.last_up_s[0]))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from opfakes import busy_model, world
 
@@ -264,9 +266,41 @@ async def test_a_policy_that_differs_from_the_training_settings_gets_a_condition
     w.deployment("a", "web", 2)
     w.prom.set("a", "web", cpu=0.5)
     w.policy("a", "web", {**SPEC, "interval": "5s", "behavior": {"scaleDown": {"cooldown": "30s"}}})
-    w.policy("a", "same", {**SPEC, "targetRef": {"kind": "Deployment", "name": "web"}})
+    w.policy(
+        "a", "same", {**SPEC, "mode": "Shadow", "targetRef": {"kind": "Deployment", "name": "web"}}
+    )
     await w.tick(T0)
     c = cond(w.kube.status[("a", "web")], "MatchesTraining")
     assert c["status"] == "False" and c["reason"] == "TRAINING_MISMATCH"
     assert c["message"] == "interval 5s (trained 15s); down_cooldown_s 30 (trained 60)"
     assert cond(w.kube.status[("a", "same")], "MatchesTraining")["status"] == "True"
+
+
+@pytest.mark.asyncio
+async def test_a_second_enforce_policy_on_one_deployment_is_refused(tmp_path):
+    """Two writers would undo each other every tick: the newer Enforce policy is refused with a
+    condition and writes nothing; Shadow beside Enforce (the recommended trial) still decides;
+    the newer one takes over when the older one goes."""
+    w = world(busy_model(tmp_path / "m"))
+    w.deployment("a", "web", 2)
+    w.prom.set("a", "web", cpu=0.9)
+    w.policy("a", "x-web", SPEC, uid="p-old")
+    w.policy("a", "a-web", SPEC, uid="p-new")  # created later, though its name sorts first
+    shadow = w.policy("a", "web-shadow", {**SPEC, "mode": "Shadow"})
+    born = {"p-old": "2026-01-01T00:00:00Z", "p-new": "2026-06-01T00:00:00Z"}
+    w.policies = [dataclasses.replace(p, created=born.get(p.uid, "")) for p in w.policies]
+    await w.tick(T0)
+    st = w.kube.status[("a", "a-web")]
+    assert (
+        st["reason"] == "TARGET_CONFLICT"
+        and "AutoscalePolicy x-web" in cond(st, "Ready")["message"]
+    )
+    assert cond(st, "Ready")["status"] == "False" and "desiredReplicas" not in st
+    assert w.kube.status[("a", "x-web")]["reason"] != "TARGET_CONFLICT"
+    assert w.kube.status[("a", "web-shadow")].get("wouldScaleTo") is not None
+    assert [e.reason for e in w.events.posted].count("TARGET_CONFLICT") == 1
+    assert shadow.uid in w.engine.runtimes
+    # the older one is deleted: the newer one decides from the next tick on
+    w.policies = [p for p in w.policies if p.uid != "p-old"]
+    await w.tick(T0 + 15)
+    assert w.kube.status[("a", "a-web")]["reason"] != "TARGET_CONFLICT"

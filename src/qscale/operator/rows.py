@@ -31,6 +31,7 @@ __all__ = [
     "Row",
     "Runtime",
     "decide_rows",
+    "enforcers",
     "fallback_inputs",
     "forward",
     "hold_within_bounds",
@@ -55,6 +56,8 @@ class IndexedPolicy:
     spec: PolicySpec | None
     error: str
     status: Mapping[str, Any]
+    created: str = ""
+    """``metadata.creationTimestamp`` (RFC 3339, so it sorts by time)."""
 
     @staticmethod
     def from_body(body: Mapping[str, Any]) -> IndexedPolicy:
@@ -71,6 +74,7 @@ class IndexedPolicy:
             spec=spec,
             error=error,
             status=copy.deepcopy(dict(body.get("status") or {})),
+            created=str(meta.get("creationTimestamp") or ""),
         )
 
 
@@ -83,6 +87,8 @@ class Runtime:
     """The status as last written (or as found)."""
     shield: ShieldState | None = None
     shield_config: ShieldConfig | None = None
+    target_uid: str = ""
+    """The Deployment object (its uid) the shield's memory belongs to ("": not known yet)."""
     hpa_state: Any = None
     failed: int = 0
     fallback_since: float | None = None
@@ -119,6 +125,21 @@ class Row:
     def moves(self) -> bool:
         """A count was decided, and it is not the target's."""
         return self.verdict.desired is not None and self.verdict.desired != self.target.replicas
+
+
+def enforcers(policies: Sequence[IndexedPolicy]) -> dict[tuple[str, str], IndexedPolicy]:
+    """The one policy that may write each target: of those in mode Enforce on it, the oldest
+    (then by name). Any other Enforce policy on the same Deployment is refused: two writers
+    would undo each other's scales every tick."""
+    out: dict[tuple[str, str], IndexedPolicy] = {}
+    for p in policies:
+        if p.spec is None or p.spec.mode != "Enforce":
+            continue
+        key = (p.namespace, p.spec.target)
+        held = out.get(key)
+        if held is None or (p.created, p.name) < (held.created, held.name):
+            out[key] = p
+    return out
 
 
 def _t(values: Sequence[float]) -> torch.Tensor:
@@ -164,11 +185,18 @@ def restore_shield(r: Row, now: float) -> None:
     except SpecError:  # the manifest's trained settings do not combine with the spec
         r.shield_config = shield_config(r.spec, None)
     rt = r.runtime
-    if rt.shield is None or rt.shield_config != r.shield_config:
+    uid = r.target.uid
+    if rt.shield is None or rt.shield_config != r.shield_config or rt.target_uid != uid:
+        # The memory belongs to one Deployment object: a target deleted and created again
+        # under the same name starts fresh (no cooldowns, no "scaled by someone else").
+        record = rt.status.get("shield")
+        owner = record.get("targetUID") if isinstance(record, Mapping) else None
+        if rt.target_uid not in ("", uid) or owner not in (None, uid):
+            record, rt.hpa_state = None, None
         rt.shield = ShieldState.from_records(
-            [rt.status.get("shield")], r.shield_config, [float(r.target.replicas)], now
+            [record], r.shield_config, [float(r.target.replicas)], now
         )
-        rt.shield_config = r.shield_config
+        rt.shield_config, rt.target_uid = r.shield_config, uid
     last = float(rt.shield.last_applied[0])
     if math.isfinite(last) and int(last) != r.target.replicas:
         r.outside = (int(last), r.target.replicas)
@@ -322,4 +350,5 @@ def shield_record(r: Row, now: float) -> dict[str, Any] | None:
     """The shield's memory as the status keeps it (``None``: no shield this tick)."""
     if r.runtime.shield is None or r.shield_config is None:
         return None
-    return r.runtime.shield.to_records(now, r.shield_config, _t([float(r.spec.max_replicas)]))[0]
+    rec = r.runtime.shield.to_records(now, r.shield_config, _t([float(r.spec.max_replicas)]))[0]
+    return {**rec, "targetUID": r.target.uid}

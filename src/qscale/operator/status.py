@@ -59,6 +59,7 @@ __all__ = [
     "scaling_conditions",
     "set_condition",
     "shadow_action",
+    "target_conflict_message",
 ]
 
 CONDITION_TYPES = (
@@ -90,6 +91,8 @@ class OpReason(StrEnum):
     SCALE_FAILED = "SCALE_FAILED"
     METRICS_OK = "METRICS_OK"
     QUERY_FAILED = "QUERY_FAILED"
+    TARGET_CONFLICT = "TARGET_CONFLICT"
+    """Another AutoscalePolicy in mode Enforce already scales the same Deployment."""
     PROMETHEUS_NOT_ALLOWED = "PROMETHEUS_NOT_ALLOWED"
     """The policy names a Prometheus the operator's allow-list does not hold."""
 
@@ -224,6 +227,13 @@ def base_status(status: Mapping[str, Any], generation: int) -> dict[str, Any]:
     st = dict(status)
     st["observedGeneration"] = generation
     return st
+
+
+def target_conflict_message(target: str, owner: str) -> str:
+    return (
+        f"Deployment {target} is already scaled by AutoscalePolicy {owner} (mode Enforce, the "
+        "older one); this policy writes nothing: delete one, or set this one to mode Shadow"
+    )
 
 
 def problem_status(

@@ -39,6 +39,7 @@ from qscale.operator.rows import (
     Row,
     Runtime,
     decide_rows,
+    enforcers,
     fallback_inputs,
     forward,
     hold_within_bounds,
@@ -67,6 +68,7 @@ from qscale.operator.status import (
     scale_failed_notice,
     scaled_notice,
     shadow_action,
+    target_conflict_message,
 )
 from qscale.operator.writer import Outcome, ScaleRequest, scale_one, updated_target
 
@@ -151,7 +153,7 @@ class Engine:
             return rep
         laps = _Laps(rep)
         await self._refresh_models([p for p, _ in due])
-        rows, statuses = self._prepare(due, now)
+        rows, statuses = self._prepare(due, enforcers(policies), now)
         laps.lap("prepare")
         await self._observe(rows, now, rep)
         laps.lap("prometheus")
@@ -192,10 +194,14 @@ class Engine:
         return due
 
     def _prepare(
-        self, due: Sequence[tuple[IndexedPolicy, Runtime]], now: float
+        self,
+        due: Sequence[tuple[IndexedPolicy, Runtime]],
+        owners: dict[tuple[str, str], IndexedPolicy],
+        now: float,
     ) -> tuple[list[Row], dict[str, dict[str, Any]]]:
         """A row per policy to decide, and each policy's status to be (a problem's already
-        final). Replicas unknown (the namespace not synced): neither, nothing to report."""
+        final). Replicas unknown (the namespace not synced): neither, nothing to report. An
+        Enforce policy on a target another Enforce policy already writes is refused."""
         statuses: dict[str, dict[str, Any]] = {}
         rows: list[Row] = []
         for p, rt in due:
@@ -203,6 +209,11 @@ class Engine:
                 statuses[p.uid] = self._problem(p, rt, OpReason.INVALID_SPEC, p.error, now)
                 continue
             if not self.cache.synced(p.namespace):
+                continue
+            owner = owners.get((p.namespace, p.spec.target))
+            if p.spec.mode == "Enforce" and owner is not None and owner.uid != p.uid:
+                msg = target_conflict_message(p.spec.target, owner.name)
+                statuses[p.uid] = self._problem(p, rt, OpReason.TARGET_CONFLICT, msg, now)
                 continue
             target = self.cache.get(p.namespace, p.spec.target)
             if target is None:
