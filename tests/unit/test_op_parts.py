@@ -82,6 +82,8 @@ async def test_fetch_is_three_queries_per_group_mapped_back_by_labels():
             end = float(form["end"])
             vals = [[end - 900 + 60 * k, "10"] for k in range(16)]
             res = [{"metric": {"namespace": "a", "deployment": "x"}, "values": vals}]
+        elif form["query"].startswith("timestamp("):
+            res = [series("x", form["time"])]  # a rate() is as fresh as the query
         elif "http_request_duration" in form["query"]:
             res = [series("x", "NaN"), series("y", "0.2")]
         else:
@@ -96,9 +98,9 @@ async def test_fetch_is_three_queries_per_group_mapped_back_by_labels():
     ]
     out = await client.fetch(groups, 1_800_000_000.5)
     await client.close()
-    assert len(seen) == 6
+    assert len(seen) == 8
     assert (
-        all("x|y" in q for p, q in seen[:3])
+        all("x|y" in q for p, q in seen[:4])
         and sum(p.endswith("query_range") for p, _ in seen) == 2
     )
     x = out[groups[0]][("a", "x")]
@@ -109,7 +111,7 @@ async def test_fetch_is_three_queries_per_group_mapped_back_by_labels():
     y = out[groups[0]][("a", "y")]
     assert not y.present and y.has_latency and not y.has_rate and not y.has_cpu
     down = out[groups[1]][("a", "x")]
-    assert not down.present and len(down.errors) == 3 and "ConnectError" in down.errors[0]
+    assert not down.present and len(down.errors) == 4 and "ConnectError" in down.errors[0]
 
 
 def test_models_are_verified_pinned_and_shared(tmp_path):
@@ -285,4 +287,30 @@ async def test_results_are_keyed_by_the_query_that_produced_them():
     await client.close()
     assert out[default][("a", "web")].present
     broken = out[own][("a", "web")]
-    assert not broken.has_rate and broken.errors == ["request_rate: HTTP 422 (execution)"]
+    assert not broken.has_rate and "request_rate: HTTP 422 (execution)" in broken.errors
+
+
+@pytest.mark.asyncio
+async def test_a_rate_sampled_long_ago_is_stale():
+    """A recording rule that lags: the range has points now (lookback), timestamp() says the
+    sample is 200 s old."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        form = {k: v[0] for k, v in parse_qs(request.content.decode()).items()}
+        metric = {"namespace": "a", "deployment": "x"}
+        if request.url.path.endswith("query_range"):
+            end = float(form["end"])
+            res = [{"metric": metric, "values": [[end - 60 * k, "10"] for k in range(16)]}]
+        elif form["query"].startswith("timestamp("):
+            res = [{"metric": metric, "value": [1, str(float(form["time"]) - 200)]}]
+        else:
+            res = [{"metric": metric, "value": [1, "0.2"]}]
+        return httpx.Response(200, json={"status": "success", "data": {"result": res}})
+
+    qs = [features.PROMQL[k] for k in ("request_rate", "latency_p95", "cpu_utilization")]
+    group = QueryGroup("http://prom", *qs, (("a", "x"),))
+    client = PromClient(transport=httpx.MockTransport(handler))
+    out = await client.fetch([group], 1_800_000_000.0)
+    await client.close()
+    x = out[group][("a", "x")]
+    assert x.present and x.age_s == pytest.approx(200.0)

@@ -1,11 +1,11 @@
 """Observations from Prometheus, batched: one query per metric template per tick.
 
 Every policy due in a tick that uses the same Prometheus and the same three query templates is
-served by the same three queries: :func:`qscale.features.fill_template` fills ``$namespace`` and
+served by the same four queries: :func:`qscale.features.fill_template` fills ``$namespace`` and
 ``$deployment`` with an alternation of every name, and the results (series labelled
 ``namespace`` and ``deployment``) are handed back per target. With the default queries that is
-exactly 3 queries per tick however many policies are due (a policy with its own queries or its
-own Prometheus adds a group of 3).
+exactly 4 queries per tick however many policies are due (a policy with its own queries or its
+own Prometheus adds a group of 4): the three templates and ``timestamp()`` of the rate's.
 
 * ``request_rate`` is a range query over the last 15 minutes at a 1 m step: the rate now and 1,
   5 and 15 minutes ago (:data:`qscale.features.RATE_LAGS_S`) and the highest of its 16 points
@@ -56,7 +56,11 @@ class Observation:
     p95_s: float = math.nan
     cpu_utilization: float = math.nan
     age_s: float = 0.0
-    """Age of the newest request-rate point at the time of the query, seconds."""
+    """Age of the request rate at the time of the query, seconds: the later of its newest
+    range point's and its sample time's (``timestamp()`` of the rate query, which tells for a
+    recording rule or federated series; for a ``rate()`` it is the evaluation time)."""
+    sampled_at: float = math.nan
+    """``timestamp()`` of the request-rate query's series (epoch seconds; NaN: none)."""
     has_rate: bool = False
     has_latency: bool = False
     has_cpu: bool = False
@@ -214,7 +218,7 @@ class PromClient:
         self, groups: Iterable[QueryGroup], now: float
     ) -> dict[QueryGroup, dict[tuple[str, str], Observation]]:
         """Per group, Observations keyed by ``(namespace, deployment)`` for each of its targets
-        (3 queries per group, all in flight at once). A result counts only for the group whose
+        (4 queries per group, all in flight at once). A result counts only for the group whose
         query produced it: two policies on one Deployment with different queries never read
         each other's data."""
         out: dict[QueryGroup, dict[tuple[str, str], Observation]] = {}
@@ -223,49 +227,26 @@ class PromClient:
             namespaces = sorted({ns for ns, _ in g.targets})
             names = sorted({d for _, d in g.targets})
             out[g] = {(ns, d): Observation() for ns, d in g.targets}
+            rate = features.fill_template(g.request_rate, namespaces, names)
             # Align the range to the step so that the lags fall on points of the result.
             end = math.floor(now)
+            start = end - _LOOKBACK_S
+            instant = (
+                ("latency_p95", features.fill_template(g.latency_p95, namespaces, names)),
+                ("cpu_utilization", features.fill_template(g.cpu_utilization, namespaces, names)),
+                # The rate's own sample times (a recording rule or federation that lags).
+                ("sample_time", f"timestamp({rate})"),
+            )
             jobs.append(
                 (
                     g,
                     "request_rate",
-                    self.range(
-                        "request_rate",
-                        g.address,
-                        features.fill_template(g.request_rate, namespaces, names),
-                        end - _LOOKBACK_S,
-                        end,
-                        _STEP_S,
-                    ),
+                    self.range("request_rate", g.address, rate, start, end, _STEP_S),
                     end,
                 )
             )
-            jobs.append(
-                (
-                    g,
-                    "latency_p95",
-                    self.instant(
-                        "latency_p95",
-                        g.address,
-                        features.fill_template(g.latency_p95, namespaces, names),
-                        now,
-                    ),
-                    now,
-                )
-            )
-            jobs.append(
-                (
-                    g,
-                    "cpu_utilization",
-                    self.instant(
-                        "cpu_utilization",
-                        g.address,
-                        features.fill_template(g.cpu_utilization, namespaces, names),
-                        now,
-                    ),
-                    now,
-                )
-            )
+            for name, query in instant:
+                jobs.append((g, name, self.instant(name, g.address, query, now), now))
         results = await asyncio.gather(*(j[2] for j in jobs), return_exceptions=True)
         for (g, template, _, end), res in zip(jobs, results, strict=True):
             if isinstance(res, BaseException):
@@ -284,13 +265,17 @@ class PromClient:
                     continue
                 if template == "request_rate":
                     _read_rate(obs, series, end)
-                else:
-                    v = _value(_pair(series.get("value"))[1])
-                    if template == "latency_p95":
-                        obs.p95_s, obs.has_latency = v, True
-                    elif math.isfinite(v):
-                        obs.cpu_utilization, obs.has_cpu = v, True
+                    continue
+                v = _value(_pair(series.get("value"))[1])
+                if template == "latency_p95":
+                    obs.p95_s, obs.has_latency = v, True
+                elif template == "sample_time":
+                    obs.sampled_at = v
+                elif math.isfinite(v):
+                    obs.cpu_utilization, obs.has_cpu = v, True
         for obs in (o for per_target in out.values() for o in per_target.values()):
+            if obs.has_rate and math.isfinite(obs.sampled_at):
+                obs.age_s = max(obs.age_s, now - obs.sampled_at)
             if obs.has_latency and math.isnan(obs.p95_s) and obs.has_rate and obs.rate_now > 0:
                 obs.has_latency = False
                 obs.gaps.append("latency_p95: no value while requests flow")

@@ -1,7 +1,7 @@
 """The batched tick: every policy due at once, one path from metrics to writes.
 
     prepare: due policies, their models and targets (a problem: its status, no row)
-    query:   3 Prometheus queries per distinct (Prometheus, templates) -> Observations
+    query:   4 Prometheus queries per distinct (Prometheus, templates) -> Observations
     decide:  Signals -> one forward pass per model -> one decide() per shield behaviour
              (features, argmax, shield) -> the HPA rule where the model could not decide
     write:   per policy, scale writes first: deployments/scale, then its status if it changed
@@ -251,9 +251,9 @@ class Engine:
     # --- query ----------------------------------------------------------------------------
 
     async def _observe(self, rows: list[Row], now: float, rep: TickReport) -> None:
-        """Each row's Observation: 3 queries per distinct (Prometheus, templates)."""
+        """Each row's Observation: 4 queries per distinct (Prometheus, templates)."""
         groups = query_groups(rows, self.settings.prometheus_address)
-        rep.queries = 3 * len(groups)
+        rep.queries = 4 * len(groups)
         if not groups:
             return
         got = await self.prom.fetch(list(groups), now)
