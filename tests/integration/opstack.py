@@ -20,6 +20,17 @@ from qscale.emulator import Emulator, Load, Workload
 
 INTERVAL = "2s"
 CAPACITY = 50.0
+LAGGING_RATE = "qscale_test:requests:rate_lagging"
+"""A recording rule evaluated only every 40 s: its samples are up to 40 s old, as with a rule
+group or a federation that lags (the stack's operator holds past 30 s)."""
+RULES = f"""groups:
+- name: lagging
+  interval: 40s
+  rules:
+  - record: {LAGGING_RATE}
+    expr: sum by (namespace, deployment) (label_replace(rate(http_requests_total[10s]),
+      "deployment", "$1", "pod", "(.+)-[a-z0-9]+-[a-z0-9]{{5}}"))
+"""
 
 
 def policy_manifest(name: str, namespace: str, target: str, **spec: Any) -> str:
@@ -180,6 +191,7 @@ def start_stack(cluster: LocalCluster, workdir: Path) -> Stack:
     prom = LocalPrometheus(
         {"emulator": [f"127.0.0.1:{emulator.port}"], "operator": [f"127.0.0.1:{op_port}"]},
         scrape_interval_s=1.0,
+        rules=RULES,
     ).start()
     operator = OperatorProcess(
         kubeconfig,

@@ -11,15 +11,17 @@ the operator restarted, the API server restarted) come last.
 
 from __future__ import annotations
 
+import http.server
 import itertools
 import json
 import subprocess
 import sys
+import threading
 import time
 
 import httpx
 import pytest
-from opstack import ReplicaLog, Stack, start_stack, stop_stack
+from opstack import LAGGING_RATE, ReplicaLog, Stack, start_stack, stop_stack
 
 from qscale import features
 from qscale.dev.cluster import deployment_manifest, wait_for
@@ -308,6 +310,101 @@ def test_rbac_the_operator_cannot_read_secrets_or_touch_other_namespaces(st: Sta
     out = as_operator("get", "secrets", "-n", st.ns)
     assert out.returncode != 0 and "forbidden" in out.stderr.lower()
     assert "forbidden" not in st.operator.log_tail(10**7).lower()  # the operator never hit a wall
+
+
+def test_a_second_enforce_policy_is_refused_and_shadow_beside_it_still_decides(st: Stack):
+    """Two writers on one Deployment would flap it; the newer Enforce policy is refused."""
+    st.deployment("dup", replicas=2, load=180)
+    st.policy("dup-first", "dup", slo=SLO)
+    st.wait_status("dup-first", lambda s: s.get("desiredReplicas"), 30, "the first decision")
+    log = ReplicaLog(st, "dup")
+    try:
+        st.policy("dup-second", "dup", slo=SLO)
+        st.policy("dup-trial", "dup", mode="Shadow", slo=SLO)
+        s = st.wait_status(
+            "dup-second", lambda s: s.get("reason") == "TARGET_CONFLICT", 30, "the refusal"
+        )
+        assert "AutoscalePolicy dup-first" in st.condition("dup-second", "Ready")["message"]
+        assert "desiredReplicas" not in s
+        st.wait_status("dup-trial", lambda s: s.get("wouldScaleTo"), 30, "the shadow's verdict")
+        time.sleep(6)
+    finally:
+        changes = log.stop()
+    assert scale_events(st, "dup-second") == [] and scale_events(st, "dup-trial") == []
+    # every change of the Deployment while all three ran is one of the first policy's scales
+    assert len(changes) - 1 <= len(scale_events(st, "dup-first")), changes
+    assert [e["reason"] for e in st.events("dup-second")].count("TARGET_CONFLICT") == 1
+
+
+def test_a_hostile_tenant_reaches_no_url_and_reads_no_other_namespace(st: Stack):
+    """An address outside the allow-list is never fetched (nor echoed); a query that would
+    escape its namespace is refused; a policy's own failing query stays its own even next to
+    a policy with the default queries on the same Deployment."""
+    hits: list[str] = []
+
+    class Echo(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            hits.append(self.path)
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b'{"status":"error","error":"SECRET-REPLY"}')
+
+        def log_message(self, *_):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Echo)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        st.deployment("tenant", replicas=2, load=40)
+        address = f"http://127.0.0.1:{server.server_address[1]}"
+        st.policy("tenant-url", "tenant", mode="Shadow", slo=SLO,
+                  metrics={"prometheus": {"address": address}})  # fmt: skip
+        escape = features.PROMQL["request_rate"] + " or sum(rate(http_requests_total[1m]))"
+        st.policy("tenant-escape", "tenant", mode="Shadow", slo=SLO,
+                  metrics={"requestRate": escape})  # fmt: skip
+        broken = FAST["requestRate"].replace("http_requests_total", "no_such_metric_total")
+        st.policy(
+            "tenant-own", "tenant", mode="Shadow", slo=SLO, metrics={**FAST, "requestRate": broken}
+        )
+        st.policy("tenant-default", "tenant", slo=SLO, metrics=FAST)
+        st.wait_status(
+            "tenant-url", lambda s: s.get("conditions"), 30, "the refused address's status"
+        )
+        c = st.condition("tenant-url", "MetricsAvailable")
+        assert c["reason"] == "PROMETHEUS_NOT_ALLOWED" and "SECRET" not in json.dumps(
+            st.status("tenant-url")
+        )
+        st.wait_status("tenant-escape", lambda s: s.get("reason") == "INVALID_SPEC", 30, "refusal")
+        assert "namespace" in st.condition("tenant-escape", "Ready")["message"]
+        st.wait_status("tenant-default", lambda s: s.get("desiredReplicas"), 30, "a decision")
+        own = st.wait_status(
+            "tenant-own",
+            lambda s: any(c["type"] == "MetricsAvailable" for c in s.get("conditions") or []),
+            30,
+            "the own query's condition",
+        )
+        assert st.condition("tenant-own", "MetricsAvailable")["status"] == "False", own
+        assert st.condition("tenant-default", "MetricsAvailable")["reason"] == "METRICS_OK"
+        assert hits == []  # the operator never connected to the tenant's address
+    finally:
+        server.shutdown()
+
+
+def test_a_rate_from_a_lagging_rule_is_stale_and_holds(st: Stack):
+    """A recording rule evaluated every 40 s: its sample is up to 40 s old; past the stack's
+    30 s the policy holds with METRICS_STALE, and decides again when a fresh sample lands."""
+    st.deployment("lagging", replicas=2, load=180)
+    # The recorded series as it is stored (the rule did the aggregation): timestamp() of it is
+    # its sample time.
+    rate = f'{LAGGING_RATE}{{namespace=~"$namespace", deployment=~"$deployment"}}'
+    st.policy("lagging", "lagging", slo=SLO, metrics={**FAST, "requestRate": rate})
+    st.prometheus.wait_for_series(LAGGING_RATE, 90)
+    s = st.wait_status("lagging", lambda s: s.get("reason") == "METRICS_STALE", 90, "a stale hold")
+    assert st.condition("lagging", "MetricsAvailable")["reason"] == "METRICS_STALE"
+    assert s["desiredReplicas"] == s["replicas"]  # held
+    st.wait_status(
+        "lagging", lambda s: s.get("reason") != "METRICS_STALE", 60, "a fresh sample again"
+    )
 
 
 def test_prometheus_stopped_holds_falls_back_and_recovers(st: Stack):

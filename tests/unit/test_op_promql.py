@@ -50,6 +50,8 @@ def test_scoped_templates_pass(query):
         (f"x{{{NS}, {POD}}} ; drop", "unexpected"),
         ('x{"} or vector(1) #"}', "matcher"),
         ("vector(1)", "reads no series"),
+        (f"sum(x{{{NS}, {POD}}}}})", "unbalanced"),
+        (f"sum(x{{{NS}, {POD}}}", "unclosed"),
     ],
 )
 def test_hostile_templates_are_refused(query, why):

@@ -65,12 +65,13 @@ def _duration(seconds: float) -> str:
     return f"{max(1, round(seconds * 1000))}ms"
 
 
-def _config(jobs: Mapping[str, Sequence[str]], interval_s: float) -> str:
+def _config(jobs: Mapping[str, Sequence[str]], interval_s: float, rules: bool = False) -> str:
     lines = [
         "global:",
         f"  scrape_interval: {_duration(interval_s)}",
         f"  scrape_timeout: {_duration(max(0.5, interval_s * 0.8))}",
         f"  evaluation_interval: {_duration(interval_s)}",
+        *(["rule_files: [rules.yml]"] if rules else []),
         "scrape_configs:",
     ]
     for job, targets in jobs.items():
@@ -92,6 +93,8 @@ class LocalPrometheus:
 
     jobs: Mapping[str, Sequence[str]]
     scrape_interval_s: float = 1.0
+    rules: str = ""
+    """Recording/alerting rule groups (a rules file's YAML text); empty: none."""
     port: int = field(default_factory=free_port)
     binary: Path | None = None
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="qscale-prom-")))
@@ -108,7 +111,9 @@ class LocalPrometheus:
     def start(self, wait_s: float = 30.0) -> LocalPrometheus:
         binary = self.binary or find_prometheus()
         cfg = self.workdir / "prometheus.yml"
-        cfg.write_text(_config(self.jobs, self.scrape_interval_s))
+        if self.rules:
+            (self.workdir / "rules.yml").write_text(self.rules)
+        cfg.write_text(_config(self.jobs, self.scrape_interval_s, bool(self.rules)))
         log = (self.workdir / "prometheus.log").open("ab")
         self._proc = subprocess.Popen(
             [

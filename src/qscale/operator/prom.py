@@ -56,9 +56,11 @@ class Observation:
     p95_s: float = math.nan
     cpu_utilization: float = math.nan
     age_s: float = 0.0
-    """Age of the request rate at the time of the query, seconds: the later of its newest
-    range point's and its sample time's (``timestamp()`` of the rate query, which tells for a
-    recording rule or federated series; for a ``rate()`` it is the evaluation time)."""
+    """Age of the request rate at the time of the query, seconds: the older of its newest
+    range point and its sample time. ``timestamp()`` of the rate query is the sample time of a
+    series read as it is stored (a recording rule's, a federated one: the case where data lags
+    while still being returned); of an expression (``rate()``, ``sum()``) it is the evaluation
+    time, and then the range tells (a stopped scrape empties a ``rate()`` within its window)."""
     sampled_at: float = math.nan
     """``timestamp()`` of the request-rate query's series (epoch seconds; NaN: none)."""
     has_rate: bool = False

@@ -121,10 +121,23 @@ def _check_selector(matchers: list[tuple[str, str, str]]) -> int:
     return deployments
 
 
+def _balanced(toks: list[_Tok]) -> None:
+    pairs = {")": "(", "]": "[", "}": "{"}
+    stack: list[str] = []
+    for t in toks:
+        if t.kind == "open":
+            stack.append(t.text)
+        elif t.kind == "close" and (not stack or stack.pop() != pairs[t.text]):
+            raise TemplateError(f"unbalanced {t.text!r}")
+    if stack:
+        raise TemplateError(f"unclosed {stack[-1]!r}")
+
+
 def check_template(query: str) -> None:
     """Raise :class:`TemplateError` unless every series ``query`` reads is scoped to
     ``$namespace`` (see the module docstring)."""
     toks = _tokens(query)
+    _balanced(toks)
     deployments = 0
     selectors = 0
     i = 0
