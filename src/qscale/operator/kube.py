@@ -12,8 +12,10 @@ with everything that loader supports -- tokens and token files, client certifica
 exec credential plugins (EKS, GKE, AKS and the like: the plugin is run and its ExecCredential
 read) and the OIDC and GCP auth providers. Only the loaders are used: the requests themselves are
 httpx, and none of the generated API or model classes of ``kubernetes.client`` is imported
-(``kubernetes.client`` loads them lazily; kopf imports the ``kubernetes`` package anyway when it
-is installed, so the loaders cost the operator nothing extra: BENCHMARKS.md, "Login").
+(it loads them lazily), which keeps 25 MB out of the operator's memory; kopf imports the
+``kubernetes`` package anyway when it is installed, so the loaders cost the operator nothing
+extra (BENCHMARKS.md, "Login"). Refreshed OIDC tokens are kept in memory, never written back to
+the kubeconfig; a cluster's ``proxy-url`` and ``tls-server-name`` are not supported.
 
 A credential that expires (an exec plugin's ``expirationTimestamp``, an OIDC id-token's ``exp``)
 is fetched anew shortly before it does; one the API server refuses with 401 is fetched anew and
