@@ -66,9 +66,9 @@ def policy(name: str) -> dict:
 
 async def _kube(kubeconfig: Path):
     os.environ["KUBECONFIG"] = str(kubeconfig)
-    from qscale.operator.kube import Kube, connection_info
+    from qscale.operator.kube import Kube, load_connection
 
-    return Kube(connection_info()[0], timeout_s=30, max_connections=32)
+    return Kube(load_connection(), timeout_s=30, max_connections=32)
 
 
 async def create_all(

@@ -25,7 +25,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from qscale.operator.deployments import DeploymentCache
 from qscale.operator.events import EventPoster
-from qscale.operator.kube import ApiError, Kube, connection_info
+from qscale.operator.kube import ApiError, Kube, connection
 from qscale.operator.lease import LeaderElector
 from qscale.operator.metrics import Metrics
 from qscale.operator.models import Model, ModelRegistry
@@ -81,7 +81,7 @@ class App:
     async def start(self) -> None:
         s = self.settings
         torch.set_num_threads(s.torch_threads)
-        conn, _ = connection_info()
+        conn = await asyncio.to_thread(connection)  # may run an exec credential plugin
         self.kube = Kube(
             conn, timeout_s=s.api_timeout_s, max_connections=max(8, s.write_concurrency * 2)
         )
@@ -236,6 +236,3 @@ class App:
             await self._runner.cleanup()
         if self.kube is not None:
             await self.kube.close()
-        from qscale.operator.kube import cleanup_files
-
-        cleanup_files()

@@ -88,15 +88,14 @@ def model_main(argv: Sequence[str]) -> int:
 
 
 async def _publish(path: Path, name: str, namespace: str) -> str:
-    from qscale.operator.kube import ApiError, Kube, cleanup_files, connection_info
+    from qscale.operator.kube import ApiError, Kube, load_connection
     from qscale.operator.models import ModelError, artifact_configmap, load_dir
 
     load_dir(path, name)  # refuse what the operator would refuse (spec hash, file hashes)
     if not path.is_dir():
         raise ModelError(f"{path}: no such directory")
     cm, digest = artifact_configmap(path, name, namespace)
-    conn, _ = connection_info()
-    kube = Kube(conn)
+    kube = Kube(load_connection())
     base = f"/api/v1/namespaces/{namespace}/configmaps"
     try:
         try:
@@ -110,5 +109,4 @@ async def _publish(path: Path, name: str, namespace: str) -> str:
             await kube.put(f"{base}/{name}", cm)
     finally:
         await kube.close()
-        cleanup_files()
     return digest

@@ -8,7 +8,8 @@
   worker limit (which memory needs, below) the first ``worker_limit`` workers wait on objects
   that can never get a worker: indexing 100 policies with 16 workers stalled at 16 for good
   (measured; BENCHMARKS.md). An event handler has no such barrier;
-* ``@kopf.on.login`` gives kopf the same credentials the operator's own client uses;
+* ``@kopf.on.login`` gives kopf the same credentials the operator's own client uses (one
+  :func:`~qscale.operator.kube.connection`: exec plugins, OIDC, refreshed when they expire);
 * ``@kopf.on.probe`` reports the model (and leadership) on the liveness endpoint.
 
 Why these kopf settings, measured with 1,000 AutoscalePolicies (BENCHMARKS.md):
@@ -32,7 +33,7 @@ from typing import Any
 import kopf
 
 from qscale.operator.app import App
-from qscale.operator.kube import connection_info
+from qscale.operator.kube import connection, kopf_connection_info
 from qscale.operator.settings import Settings
 from qscale.operator.tick import GROUP, PLURAL, VERSION, IndexedPolicy
 
@@ -70,7 +71,8 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
 
 @kopf.on.login()
 def login(**_: Any) -> kopf.ConnectionInfo:
-    return connection_info()[1]
+    # A fresh credential each time: kopf asks again only at start-up, on expiry and after a 401.
+    return kopf_connection_info(connection(), refresh=True)
 
 
 POLICIES: dict[str, IndexedPolicy] = {}
