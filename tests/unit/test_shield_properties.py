@@ -78,8 +78,9 @@ def test_shield_bounds_steps_and_cooldowns(
         # A non-finite proposal never moves a count that is within its bounds.
         bad = ~torch.isfinite(desired[known])
         assert (o[bad & inside] == c[bad & inside]).all()
-        last_up = torch.where(known & (out > cur), now, last_up)
-        last_down = torch.where(known & (out < cur), now, last_down)
+        whole = torch.round(cur)  # what the shield counts as the current pods
+        last_up = torch.where(known & (out > whole), now, last_up)
+        last_down = torch.where(known & (out < whole), now, last_down)
         state = res.state
         cur = torch.where(known, out, _wild(gen, BATCH, 0, 2e6))
 
