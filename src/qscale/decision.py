@@ -12,6 +12,8 @@ The rules around the network, each with its own reason code:
   (``METRICS_STALE``). Never scale on data we do not have: in particular a missing CPU metric
   must never read as "idle". The bounds still apply (a count outside [min, max] moves to the
   bound, as the HPA does without metrics);
+* Q-values that are not all finite (a broken or tampered network) are not followed: hold
+  (``MODEL_OUTPUT_INVALID``);
 * otherwise the greedy action of the Q-values (from ``model``, or given as ``q_values``) --
   or, in training, what ``explore`` makes of it, or a scripted ``action`` -- is turned into a
   proposal by :mod:`qscale.actions` and bounded by :mod:`qscale.guardrails`.
@@ -71,7 +73,8 @@ class Decision:
     observation: torch.Tensor | None
     """``[B, N_FEATURES]`` the network's input (``None`` unless ``model`` was given)."""
     usable: torch.Tensor
-    """bool ``[B]``: the metrics were there and fresh, so the action had its say."""
+    """bool ``[B]``: the metrics were there and fresh and the Q-values finite, so the action
+    had its say."""
     shield_state: ShieldState
 
 
@@ -133,22 +136,26 @@ def decide(
         obs = observe(signals, shield_state, now_s)
         with torch.no_grad():
             q_values = model(obs.to(next(_params(model), obs).device)).to(cur.device).float()
+    sane = torch.ones_like(signals.present)
     if q_values is not None:
         action = greedy(q_values)
         if explore is not None:
             action = explore(action)
+        else:  # a network that answers NaN/inf is not followed (exploration plays anyway)
+            sane = torch.isfinite(q_values).all(dim=-1)
     else:
         q_values = torch.full((cur.shape[0], actions.N_ACTIONS), math.nan, device=cur.device)
     busy = features.busy_pods(x.cpu_utilization, x.cpu_limit_ratio, cur)
     proposal = actions.apply(cur, action, busy, features.peak_busy_pods(x))
     stale = signals.present & (signals.age_s > stale_after_s)
-    usable = signals.present & ~stale
+    usable = signals.present & ~stale & sane
     desired = torch.where(usable, proposal, cur)
     res: ShieldResult = shield(
         cur, desired, shield_state, now_s, config, x.min_replicas, signals.max_replicas, commit
     )
     reason = res.reason
     held = (reason == int(Reason.OK)) | (reason == int(Reason.INVALID_INPUT))
+    reason = torch.where(held & ~sane, int(Reason.MODEL_OUTPUT_INVALID), reason)
     reason = torch.where(held & ~signals.present, int(Reason.METRICS_MISSING), reason)
     reason = torch.where(held & stale, int(Reason.METRICS_STALE), reason)
     return Decision(

@@ -64,6 +64,8 @@ class Reason(IntEnum):
     """The newest sample is older than the staleness limit: hold."""
     REPLICAS_UNKNOWN = 11
     """No trustworthy current replica count: no decision, nothing may be written."""
+    MODEL_OUTPUT_INVALID = 12
+    """The network answered NaN/inf Q-values: its action is not taken; hold."""
 
 
 @dataclass(frozen=True)

@@ -173,3 +173,21 @@ def test_peak_actions_size_for_the_recent_peak():
     d = decide(sig, ShieldState.init(1), 0.0, CFG, model=Fixed(A["peak_at_80"]))
     # busy 5 pods now, 10 at the peak rate; at 80 %: 13 pods.
     assert float(d.replicas[0]) == 13.0
+
+
+def test_a_network_that_answers_nan_is_not_followed():
+    """A broken or tampered model: its argmax would still pick an action; decide() holds."""
+
+    class Broken(torch.nn.Module):
+        def forward(self, obs):
+            q = torch.zeros(obs.shape[0], actions.N_ACTIONS)
+            q[:, A["times_2"]] = math.nan
+            q[1:, A["plus_1"]] = math.inf
+            return q
+
+    d = decide(signals(b=2, replicas=10.0), ShieldState.init(2), 0.0, CFG, model=Broken())
+    assert d.replicas.tolist() == [10.0, 10.0] and not d.usable.any()
+    assert [Reason(int(r)) for r in d.reason] == [Reason.MODEL_OUTPUT_INVALID] * 2
+    # exploration (training) plays whatever it plays: the check is for serving
+    sane = decide(signals(), ShieldState.init(1), 0.0, CFG, model=Fixed(A["plus_1"]))
+    assert Reason(int(sane.reason[0])) == Reason.OK

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 from opfakes import busy_model, world
@@ -304,3 +305,31 @@ async def test_a_second_enforce_policy_on_one_deployment_is_refused(tmp_path):
     w.policies = [p for p in w.policies if p.uid != "p-old"]
     await w.tick(T0 + 15)
     assert w.kube.status[("a", "a-web")]["reason"] != "TARGET_CONFLICT"
+
+
+@pytest.mark.asyncio
+async def test_a_model_that_answers_nan_is_contained_and_the_fallback_acts(tmp_path):
+    import torch
+    from opfakes import QNetwork, export
+
+    net = QNetwork()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.fill_(math.nan)
+    w = world(export(net, tmp_path / "nan"))
+    w.deployment("a", "web", 4)
+    w.prom.set("a", "web", cpu=0.9)
+    w.policy("a", "web", {**SPEC, "fallback": {"afterFailedTicks": 2}})
+    await w.tick(T0)
+    st = w.kube.status[("a", "web")]
+    assert (
+        st["reason"] == "MODEL_OUTPUT_INVALID"
+        and w.kube.scales[("a", "web")]["spec"]["replicas"] == 4
+    )
+    assert cond(st, "ModelReady")["status"] == "False"
+    await w.tick(T0 + 15)
+    st = w.kube.status[("a", "web")]
+    assert (
+        st["fallback"]["active"] is True
+        and cond(st, "ModelReady")["reason"] == "MODEL_OUTPUT_INVALID"
+    )

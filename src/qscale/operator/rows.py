@@ -42,7 +42,12 @@ __all__ = [
     "take_fallback",
 ]
 
-_FAILED = (int(Reason.METRICS_MISSING), int(Reason.METRICS_STALE), int(Reason.REPLICAS_UNKNOWN))
+_FAILED = (
+    int(Reason.METRICS_MISSING),
+    int(Reason.METRICS_STALE),
+    int(Reason.REPLICAS_UNKNOWN),
+    int(Reason.MODEL_OUTPUT_INVALID),
+)
 
 
 @dataclass(frozen=True)
@@ -312,6 +317,7 @@ def decide_rows(
             # The model's say counts only with usable metrics (a bound applied without them,
             # AT_MIN/AT_MAX, is still a tick without a model decision).
             v.model_decided = usable[j] and reasons[j] not in _FAILED
+            v.model_output_invalid = reasons[j] == int(Reason.MODEL_OUTPUT_INVALID)
             v.action = actions.ACTION_NAMES[acts[j]] if v.model_decided else "hold"
             if v.model_decided:
                 v.q_values = [round(x, 4) for x in q_shown[j]]

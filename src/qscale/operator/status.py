@@ -220,6 +220,8 @@ class Verdict:
     """The model's decision stands (metrics were usable)."""
     hpa_reason: str = ""
     """The HPA rule's reason (the fallback's decisions)."""
+    model_output_invalid: bool = False
+    """The model answered NaN/inf Q-values this tick (its action was not followed)."""
 
 
 def base_status(status: Mapping[str, Any], generation: int) -> dict[str, Any]:
@@ -269,8 +271,10 @@ def model_conditions(
     model_error: str,
     now: float,
     generation: int,
+    output_invalid: bool = False,
 ) -> list[dict[str, Any]]:
-    """``Ready``, ``ModelReady`` and (with a model) ``MatchesTraining``."""
+    """``Ready``, ``ModelReady`` and (with a model) ``MatchesTraining``; ``output_invalid``:
+    the model answered NaN/inf this tick (``ModelReady=False``, the fallback takes over)."""
     g = generation
     ready = model is not None or spec.mode == "Off"
     ready_reason = "OK" if ready else OpReason.MODEL_REFUSED.value
@@ -279,7 +283,14 @@ def model_conditions(
         refused = OpReason.MODEL_REFUSED.value
         return set_condition(conds, "ModelReady", False, refused, model_error, now, g)
     loaded = f"{model.name} sha256 {model.digest[:12]} spec {model.spec_hash}"
-    conds = set_condition(conds, "ModelReady", True, OpReason.MODEL_LOADED.value, loaded, now, g)
+    if output_invalid:
+        code = Reason.MODEL_OUTPUT_INVALID.name
+        why = f"{loaded} answered NaN/inf Q-values: its action is not followed"
+        conds = set_condition(conds, "ModelReady", False, code, why, now, g)
+    else:
+        conds = set_condition(
+            conds, "ModelReady", True, OpReason.MODEL_LOADED.value, loaded, now, g
+        )
     if model.serving is None:
         unknown = "the model's manifest does not record its serving settings"
         code = OpReason.TRAINING_UNKNOWN.value
@@ -408,7 +419,7 @@ def decided_status(
     if outside is not None:
         st["lastOutsideScale"] = {"from": outside[0], "to": outside[1], "time": iso(now)}
     st["model"] = model_status(spec, model)
-    conds = model_conditions(conds, spec, model, model_error, now, g)
+    conds = model_conditions(conds, spec, model, model_error, now, g, verdict.model_output_invalid)
     conds = metrics_condition(conds, obs, now, g, stale_after_s)
     if spec.mode == "Off":
         conds = _off_conditions(conds, now, g)
