@@ -314,3 +314,48 @@ async def test_a_rate_sampled_long_ago_is_stale():
     await client.close()
     x = out[group][("a", "x")]
     assert x.present and x.age_s == pytest.approx(200.0)
+
+
+class FlakyScale:
+    """A scale subresource behind an API server that answers 429/5xx or loses a response
+    (``lost``: the write lands, the reply never comes)."""
+
+    def __init__(self, script: list[str]) -> None:
+        self.script, self.replicas, self.rv, self.landed = list(script), 2, 1, 0
+
+    async def patch_merge(self, path, body):
+        from qscale.operator.kube import ApiError
+
+        step = self.script.pop(0) if self.script else "ok"
+        if step in ("429", "503"):
+            raise ApiError(int(step), "try later")
+        if body.get("metadata", {}).get("resourceVersion") != str(self.rv):
+            raise ApiError(409, "conflict")
+        self.replicas, self.rv, self.landed = body["spec"]["replicas"], self.rv + 1, self.landed + 1
+        if step == "lost":
+            raise ApiError(0, "connection reset")
+        return {"spec": {"replicas": self.replicas}, "metadata": {"resourceVersion": str(self.rv)}}
+
+    async def get(self, path):
+        return {"spec": {"replicas": self.replicas}, "metadata": {"resourceVersion": str(self.rv)}}
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("script", "outcome", "final", "landed"),
+    [
+        (["429", "ok"], Outcome.APPLIED, 4, 1),
+        (["503", "429", "ok"], Outcome.APPLIED, 4, 1),
+        (["lost"], Outcome.ALREADY, 4, 1),  # the retry meets a 409: never applied twice
+        (["503", "503", "503"], Outcome.FAILED, 2, 0),  # the budget is spent: next tick
+    ],
+)
+async def test_writer_backs_off_on_429_and_5xx_and_never_double_applies(
+    monkeypatch, script, outcome, final, landed
+):
+    import qscale.operator.writer as writer
+
+    monkeypatch.setattr(writer, "BACKOFF_S", 0.001)
+    k = FlakyScale(script)
+    res = await scale_one(k, ScaleRequest("a", "web", 2, 4, "1"))
+    assert (res.outcome, k.replicas, k.landed) == (outcome, final, landed)

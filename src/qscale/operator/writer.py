@@ -7,11 +7,16 @@ at ``from`` -> the write is retried on the new version; already at ``to`` -> don
 attempt landed, e.g. one whose response was lost); anything else -> somebody else scaled, and
 the step is dropped (the next tick sees the new count). So a step is never applied twice, and
 never on top of a count it was not decided for.
+
+A 429 or a 5xx (or no answer) is retried after a short jittered backoff, within the same
+budget: the write is conditional, so a retry of an attempt that did land meets a 409 and reads
+``ALREADY``. Beyond the budget the step fails and the next tick decides anew.
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -21,6 +26,15 @@ from qscale.operator.kube import ApiError, Kube
 __all__ = ["Outcome", "ScaleRequest", "ScaleResult", "scale_one", "updated_target"]
 
 _RETRIES = 3
+_TRANSIENT = frozenset({0, 429, 500, 502, 503, 504})
+"""Statuses worth another try (0: the server could not be reached)."""
+BACKOFF_S = 0.2
+"""First backoff; doubled per retry, with full jitter (a thundering herd of 1,000 policies
+retrying in step is what a 429 asks us to avoid)."""
+
+
+async def _backoff(attempt: int) -> None:
+    await asyncio.sleep(random.uniform(0.0, BACKOFF_S * 2**attempt))
 
 
 class Outcome(StrEnum):
@@ -72,7 +86,8 @@ async def scale_one(
     rv = req.resource_version
     path = _path(req.namespace, req.name)
     conflicts = 0
-    for _ in range(_RETRIES):
+    error = "conflicts on every retry"
+    for attempt in range(_RETRIES):
         body = {"spec": {"replicas": req.desired}}
         if rv:
             body["metadata"] = {"resourceVersion": rv}
@@ -86,6 +101,12 @@ async def scale_one(
                 conflicts=conflicts,
             )
         except ApiError as e:
+            if e.status in _TRANSIENT and attempt + 1 < _RETRIES:
+                error = str(e)
+                # Retried with the same resourceVersion: if the lost attempt did land, this one
+                # meets a 409 and the re-read says ALREADY. The count is absolute anyway.
+                await _backoff(attempt)
+                continue
             if e.status != 409:
                 return ScaleResult(req, Outcome.FAILED, error=str(e), conflicts=conflicts)
             conflicts += 1
@@ -99,7 +120,7 @@ async def scale_one(
             return ScaleResult(req, Outcome.ALREADY, replicas, rv, conflicts=conflicts)
         if replicas != req.current:
             return ScaleResult(req, Outcome.SUPERSEDED, replicas, rv, conflicts=conflicts)
-    return ScaleResult(req, Outcome.FAILED, error="conflicts on every retry", conflicts=conflicts)
+    return ScaleResult(req, Outcome.FAILED, error=error, conflicts=conflicts)
 
 
 def updated_target(t: Target, res: ScaleResult) -> Target:
