@@ -695,7 +695,7 @@ def compare(
     profile = plan.profile
     names = list(plan.controllers)
     controllers: dict[str, Callable[[], Controller] | fr.Rule] = {}
-    tuned_info = None
+    tuned, tuned_info = None, None
     if "hpa-tuned" in names:
         if log is not None:
             log("tuning the HPA on the training split (cached after the first run) ...")
@@ -707,7 +707,7 @@ def compare(
             controllers[name] = dqn
         elif name == "oracle":
             controllers[name] = OracleController
-        elif name == "hpa-tuned":
+        elif name == "hpa-tuned" and tuned is not None:
             controllers[name] = tuned
         elif name in fr.DEFAULT_RULES:
             controllers[name] = fr.DEFAULT_RULES[name]
@@ -733,9 +733,12 @@ def compare(
             "(cached after the first run) ..."
         )
     params, win = build(bank, profile, plan.seeds, window or 1, horizon)
+    # Without the frontier the grid is the rows' own rules, default ones first (as always).
+    rows_first = [r for n, r in fr.DEFAULT_RULES.items() if n in names]
+    rows_first += [tuned] if tuned is not None else []
     ev = evaluate(
-        controllers, params, win, rules=grid, cache_parts=cache_parts, progress=progress,
-        log=log, bootstrap=plan.bootstrap,
+        controllers, params, win, rules=grid or rows_first, cache_parts=cache_parts,
+        progress=progress, log=log, bootstrap=plan.bootstrap,
     )  # fmt: skip
     rows = ev.summary()
     lines = [format_table(rows)]
