@@ -2,9 +2,11 @@
 
 Read it top to bottom: ``TrainConfig`` holds every knob, a few small pure helpers follow, then
 :func:`train` runs straight through -- seeding, simulator, networks, replay, the loop, the
-periodic evaluation on the validation split, checkpoints, and the export of the best model as a
+periodic evaluation on the validation split (:func:`qscale.simulator.evaluate.evaluate`, like
+every evaluation), checkpoints, and the export of the best model as a
 :mod:`qscale.policy.artifact`. ``# ALGO LOGIC:`` marks the algorithm, ``# TRY NOT TO MODIFY:``
-the plumbing around it.
+the plumbing around it; the plumbing itself (output files, resume and checkpoints, the
+baseline, the CSV/TensorBoard log, the export) is the small named functions after the loop.
 
 The algorithm is DQN with a target network, Double-DQN targets, a dueling head, n-step returns,
 epsilon-greedy exploration, a Huber loss, gradient clipping and Adam, optionally with
