@@ -35,8 +35,8 @@ import torch
 from qscale.policy.controller import DQNController
 from qscale.policy.train import TrainConfig, make_baseline, sim_config, train, validation_windows
 from qscale.simulator import env as sim
-from qscale.simulator.gym_env import QScaleEnv
 from qscale.simulator.evaluate import Windows, evaluate
+from qscale.simulator.gym_env import QScaleEnv
 from qscale.simulator.splits import packaged_trace, shared_trace_files
 from qscale.simulator.tracebank import TraceBank
 
