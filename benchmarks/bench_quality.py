@@ -83,9 +83,9 @@ def night_floor(args) -> str:
     model = load_policy(default_model_path() if args.model == "default" else args.model)
     ctrls = {
         "dqn": DQNController(model.module),
-        "hpa": fr.make_controller(cli.DEFAULT_RULES["hpa"]),
+        "hpa": fr.make_controller(fr.DEFAULT_RULES["hpa"]),
         "hpa 70% w1800": fr.make_controller(fr.Rule("hpa", 0.7, 1800.0, "legacy")),
-        "keda": fr.make_controller(cli.DEFAULT_RULES["keda"]),
+        "keda": fr.make_controller(fr.DEFAULT_RULES["keda"]),
     }
     title = "### Night floor: pods / need in the quietest quarter of each window (smooth families)"
     lines = [title, "", "| family | " + " | ".join(ctrls) + " |", "|---|" + "---|" * len(ctrls)]

@@ -35,8 +35,8 @@ import torch
 from qscale.policy.controller import DQNController
 from qscale.policy.train import TrainConfig, make_baseline, sim_config, train, validation_windows
 from qscale.simulator import env as sim
+from qscale.simulator.evaluate import Windows, evaluate
 from qscale.simulator.gym_env import QScaleEnv
-from qscale.simulator.rollout import rollout
 from qscale.simulator.splits import packaged_trace, shared_trace_files
 from qscale.simulator.tracebank import TraceBank
 
@@ -47,25 +47,20 @@ def make_scorer(paths: list[str], n_windows: int):
     cfg = TrainConfig(traces=paths)
     bank = TraceBank.from_files(paths, split="val")
     params = sim.make_params(bank, n_windows, seed=cfg.eval_seed, config=sim_config(cfg))
-    windows = validation_windows(bank, n_windows, cfg.eval_steps)
-
-    def state():
-        return sim.reset_fixed(params, *windows)
+    windows = Windows.fixed(*validation_windows(bank, n_windows, cfg.eval_steps), cfg.eval_seed)
 
     def score(module) -> float:
-        s, obs = state()
         ctrl = module if hasattr(module, "act") else DQNController(module)
-        return float(rollout(ctrl, params, s, obs).episode_return.mean())
+        return evaluate({"c": lambda: ctrl}, params, windows, timelines=False).means("c")["score"]
 
-    return score, params, state
+    return score, params, windows
 
 
-def hpa_bar(paths: list[str], n_windows: int, params, state) -> float:
+def hpa_bar(paths: list[str], n_windows: int, params, windows) -> float:
     """The tuned HPA's validation return: the trainer's own baseline hook, same windows."""
     cfg = TrainConfig(traces=paths, eval_envs=n_windows)
     hook = make_baseline(cfg)
-    s, obs = state()
-    return float(hook(params, s, obs)["hpa_tuned_score"])
+    return float(hook(params, windows)["hpa_tuned_score"])
 
 
 def run_ours(paths, seed: int, budget_s: float, snap_every: int, score, bar: float):
@@ -160,8 +155,8 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(THREADS)
     paths = [str(p) for p in (shared_trace_files() or [packaged_trace()])]
-    score, params, state = make_scorer(paths, args.val_windows)
-    bar = hpa_bar(paths, args.val_windows, params, state)
+    score, params, windows = make_scorer(paths, args.val_windows)
+    bar = hpa_bar(paths, args.val_windows, params, windows)
     print(f"bar: the tuned HPA's validation return {bar:.1f}", flush=True)
     results = []
     for seed in range(args.seeds):

@@ -8,7 +8,6 @@ before any simulation runs, so nothing is lost.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import os
@@ -20,25 +19,25 @@ from pathlib import Path
 import torch
 
 from qscale.policy.artifact import ArtifactError
-from qscale.simulator import evaluate as evaluate_module
+from qscale.policy.controller import policy_row
 from qscale.simulator import frontier as fr
 from qscale.simulator.baselines import OracleController
 from qscale.simulator.device import resolve_device
-from qscale.simulator.evaluate import EvalProfile, Evaluation, build, evaluate, format_table, run
+from qscale.simulator.evaluate import (
+    BASELINES,
+    EvalPlan,
+    EvalProfile,
+    build,
+    compare,
+    run,
+    tune_hpa,
+)
 from qscale.simulator.rollout import Controller
 from qscale.simulator.splits import SPLIT_NAMES, packaged_trace, shared_trace_files
 from qscale.simulator.tracebank import TraceBank
 from qscale.simulator.traces import TraceError
 
-BASELINES = ("hpa", "hpa-tuned", "keda", "predictive", "oracle")
 CONTROLLERS = ("dqn", *BASELINES)
-
-#: The rows that show a setting of the rule grid (so they cost no extra rollout).
-DEFAULT_RULES = {
-    "hpa": fr.Rule("hpa", 0.7, 300.0, "legacy"),
-    "keda": fr.Rule("rate", 0.7, 300.0),
-    "predictive": fr.Rule("predictive", 0.7, 300.0),
-}
 
 
 class UsageError(Exception):
@@ -184,59 +183,9 @@ def _say(args: argparse.Namespace) -> Callable[[str], None]:
     return say
 
 
-def _tuning(
-    args: argparse.Namespace, profile: EvalProfile, paths: list[Path], device: torch.device
-) -> tuple[fr.Rule, dict]:
-    """The tuned HPA of :data:`qscale.simulator.frontier.TUNED_RULE`: the HPA grid on the
-    training split (the shared catalog's when it is there, else the evaluated traces'), cached."""
-    shared = shared_trace_files()
-    tune_paths = shared or paths
-    bank = TraceBank.from_files(tune_paths, split="train", dt=profile.dt, device=device)
-    day = int(24 * 3600 / profile.dt)
-    window = min(day, int(bank.lengths.min()))
-    params, win = build(bank, profile, [1000, 1001], window)
-    keep = _spread(win, per_trace=4)
-    from qscale.simulator.evaluate import subset
-
-    params, win = subset(params, win, keep)
-    parts = {
-        "purpose": "tuning",
-        "traces": [_fingerprint(p) for p in tune_paths],
-        "profile": dataclasses.asdict(profile),
-        "window": window,
-    }
-    res, hit = fr.cached_rules(
-        fr.hpa_grid(), params, win.triple(), parts, _say(args), not args.no_cache
-    )
-    best = fr.pick_tuned(res)
-    info = {
-        "rule": fr.TUNED_RULE,
-        "chosen": best.label,
-        "tuned_on": f"{'shared traces' if shared else 'the evaluated traces'}, split=train, "
-        f"{len(bank.names)} traces, {int(keep.numel() // 2)} windows x 2 seeds",
-        "from_cache": hit,
-    }
-    return best, info
-
-
-def _spread(win, per_trace: int) -> torch.Tensor:
-    """Up to ``per_trace`` windows of each trace, evenly spaced, all seeds."""
-    keep = []
-    for k in torch.unique(win.unit_trace).tolist():
-        units = torch.nonzero(win.unit_trace == k).squeeze(1)
-        pick = units[torch.linspace(0, len(units) - 1, min(per_trace, len(units))).round().long()]
-        keep += [torch.nonzero(win.unit == u).squeeze(1) for u in pick.tolist()]
-    return torch.cat(keep)
-
-
-def _fingerprint(path: Path) -> list[str]:
-    from qscale.policy.artifact import sha256_file
-
-    return [path.stem, sha256_file(path)]
-
-
 def run_evaluation(args: argparse.Namespace) -> tuple[dict, str]:
-    """What ``qscale evaluate`` does, returning the JSON document and the printed text."""
+    """What ``qscale evaluate`` does: check the flags, :func:`~qscale.simulator.evaluate.compare`,
+    print the table and write the results. Returns the JSON document and the printed text."""
     t0 = time.perf_counter()
     _threads(args.threads)
     if args.seeds < 1:
@@ -249,126 +198,50 @@ def run_evaluation(args: argparse.Namespace) -> tuple[dict, str]:
     paths, is_shared = _resolve_traces(args.traces)
     split = args.split or ("test" if is_shared else "all")
     profile = _profile(args)
-    window = _steps("--window-hours", args.window_hours, profile.dt)
-    horizon = _steps("--horizon-hours", args.horizon_hours, profile.dt)
+    _steps("--window-hours", args.window_hours, profile.dt)
+    _steps("--horizon-hours", args.horizon_hours, profile.dt)
     _controller_names(args.controllers, True)  # refuse a typo before any work
-    say = _say(args)
     bank = TraceBank.from_files(paths, split=split, dt=profile.dt, device=device)
     policy = _load_model(args.model, device)
     names = _controller_names(args.controllers, policy is not None)
     if "dqn" in names and policy is None:
         raise UsageError("--controllers dqn needs a model (--model PATH or default)")
-
-    rule_rows = {n: r for n, r in DEFAULT_RULES.items() if n in names}
-    tuned_info = None
-    if "hpa-tuned" in names:
-        say("tuning the HPA on the training split (cached after the first run) ...")
-        tuned, tuned_info = _tuning(args, profile, paths, device)
-        rule_rows["hpa-tuned"] = tuned
-    makers: dict[str, Callable[[], Controller]] = {}
-    for name in names:
-        if name == "dqn":
-            from qscale.policy.controller import DQNController
-
-            makers[name] = lambda: DQNController(policy.module, name="dqn")
-        elif name == "oracle":
-            makers[name] = OracleController
-        else:
-            rule = rule_rows[name]
-            makers[name] = lambda rule=rule, name=name: _named(fr.make_controller(rule), name)
-    grid = [] if args.no_frontier else fr.rule_grid()
-    cache_parts = None
-    if not args.no_cache:
-        cache_parts = {
-            "purpose": "frontier",
-            "traces": [_fingerprint(p) for p in paths],
-            "split": split,
-            "profile": dataclasses.asdict(profile),
-            "seeds": args.seeds,
-            "window": window,
-            "horizon": horizon,
-        }
-    if grid:
-        say(
-            f"the rule frontier: {len(grid)} settings on every window "
-            "(cached after the first run) ..."
-        )
-    seeds = list(range(args.seeds))
-    ev = evaluate(
-        makers,
-        bank,
-        profile,
-        seeds,
-        window_steps=window or 1,
-        horizon_steps=horizon,
-        rules=grid,
-        rule_rows=rule_rows,
-        cache_parts=cache_parts,
-        progress=not args.no_progress,
-        log=say,
+    plan = EvalPlan(
+        traces=tuple(paths),
+        split=split,
+        seeds=tuple(range(args.seeds)),
+        controllers=tuple(names),
+        window_hours=args.window_hours,
+        horizon_hours=args.horizon_hours,
+        profile=profile,
+        frontier=not args.no_frontier,
         bootstrap=args.bootstrap,
+        cache=not args.no_cache,
     )
-    rows = ev.summary()
-    text = format_table(rows)
-    lines = [text]
-    if tuned_info is not None:
-        lines.append(
-            f"hpa-tuned = {tuned_info['chosen']} ({tuned_info['rule']}; {tuned_info['tuned_on']})"
-        )
-    lines.append(
-        f"{split} split, {ev.n_units} windows of {args.window_hours:g} h x {args.seeds} seeds; "
-        f"CPU targets are fractions of the CPU limit; cost and SLO minutes are means over seeds "
-        f"of the totals over the windows; ±: half 95 % intervals across windows / seeds"
+    dqn, model = policy_row(policy) if policy is not None else (None, None)
+    report = compare(
+        plan,
+        bank,
+        device,
+        dqn,
+        model,
+        command="qscale " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["evaluate"] else None,
+        progress=not args.no_progress,
+        log=_say(args),
+        started=t0,
     )
-    text = "\n".join(lines)
-    print(text, flush=True)  # the table first: a failure writing files must not lose it
-    meta = {
-        "command": "qscale " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["evaluate"] else None,
-        "traces": [str(p) for p in paths],
-        "split": split,
-        "seeds": seeds,
-        "window_hours": args.window_hours,
-        "horizon_hours": args.horizon_hours,
-        "windows": ev.n_units,
-        "profile": dataclasses.asdict(profile),
-        "device": str(device),
-        "threads": args.threads,
-        "frontier_rule_settings": len(grid),
-        "figures": evaluate_module.__doc__,
-    }
-    if policy is not None:
-        meta["model"] = {
-            "path": str(policy.path),
-            "kind": policy.kind,
-            "model_sha256": policy.manifest.get("model_sha256"),
-            "spec_hash": policy.manifest.get("spec_hash"),
-        }
-    if tuned_info is not None:
-        meta["hpa_tuned"] = tuned_info
-    meta["wall_seconds"] = round(time.perf_counter() - t0, 1)
-    written = write_results(ev, rows, out, bank, meta, profile.dt)
-    print(f"table and rows: {written['json']}  {written['csv']}")
-    plots = [str(p) for k, p in written.items() if ":" in k]
-    if plots:
-        print(f"plots: {len(plots)} PNGs in {out} (frontier_*.png, timeline_*.png)")
-    doc = {"meta": meta, "summary": rows, "table": text}
-    return doc, text
-
-
-def write_results(ev: Evaluation, rows, out: Path, bank, meta, dt):
-    from qscale.simulator.evaluate import write_outputs
-
+    print(report.text, flush=True)  # the table first: a failure writing files must not lose it
     try:
-        return write_outputs(ev, rows, out, bank, meta, dt)
+        written = report.write(out)
     except OSError as e:
         raise UsageError(
             f"--out {out}: cannot write the results ({e}); the table is above"
         ) from None
-
-
-def _named(ctrl: Controller, name: str) -> Controller:
-    ctrl.name = name
-    return ctrl
+    print(f"table and rows: {written['json']}  {written['csv']}")
+    plots = [str(p) for k, p in written.items() if ":" in k]
+    if plots:
+        print(f"plots: {len(plots)} PNGs in {out} (frontier_*.png, timeline_*.png)")
+    return report.doc, report.text
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -387,19 +260,17 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     horizon = _steps("--horizon-hours", args.horizon_hours, profile.dt)
     bank = TraceBank.from_files(paths, split=args.split, dt=profile.dt, device=device)
     if args.controller == "dqn":
-        from qscale.policy.controller import DQNController
-
         policy = _load_model(args.model or "default", device)
         if policy is None:
             raise UsageError("--controller dqn needs a model (--model PATH or default)")
-        ctrl: Controller = DQNController(policy.module, name="dqn")
+        ctrl: Controller = policy_row(policy)[0]()
     elif args.controller == "oracle":
         ctrl = OracleController()
     elif args.controller == "hpa-tuned":
-        rule, _ = _tuning(args, profile, paths, device)
+        rule, _ = tune_hpa(paths, profile, device, not args.no_cache, _say(args))
         ctrl = fr.make_controller(rule)
     else:
-        ctrl = fr.make_controller(DEFAULT_RULES[args.controller])
+        ctrl = fr.make_controller(fr.DEFAULT_RULES[args.controller])
     length = int(bank.lengths[0]) if horizon is None else min(horizon, int(bank.lengths[0]))
     params, win = build(bank, profile, [args.seed], window_steps=length, horizon_steps=length)
     m = run(ctrl, params, win, record=True, progress=not args.no_progress)

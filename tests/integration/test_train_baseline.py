@@ -2,20 +2,15 @@
 
 import pytest
 
-from qscale.policy.train import TrainConfig, make_baseline, validation_windows
-from qscale.simulator import env as sim
+from qscale.policy.train import TrainConfig, make_baseline, validation_set
 from qscale.simulator import frontier as fr
 from qscale.simulator.splits import packaged_trace
-from qscale.simulator.tracebank import TraceBank
 
 
 def test_tuned_hpa_reference_on_validation_windows():
     cfg = TrainConfig(traces=[str(packaged_trace())], eval_envs=4, eval_steps=120)
     hook = make_baseline(cfg)
-    bank = TraceBank.from_files(cfg.traces, "val")
-    params = sim.make_params(bank, 4, seed=cfg.eval_seed)
-    state, obs = sim.reset_fixed(params, *validation_windows(bank, 4, 120))
-    out = hook(params, state, obs)
+    out = hook(*validation_set(cfg))
     for prefix in ("hpa", "hpa_tuned"):
         assert out[f"{prefix}_cost_replica_hours"] > 0
         assert out[f"{prefix}_slo_violation_minutes"] >= 0

@@ -21,12 +21,12 @@ from qscale.policy.controller import DQNController
 from qscale.policy.train import (
     CSV_COLUMNS,
     TrainConfig,
-    evaluate,
     sim_config,
     train,
     validation_windows,
 )
 from qscale.simulator import env as sim
+from qscale.simulator.evaluate import Windows, evaluate
 from qscale.simulator.rollout import rollout
 from qscale.simulator.splits import packaged_trace
 from qscale.simulator.tracebank import TraceBank
@@ -111,13 +111,16 @@ def test_trained_policy_beats_random_and_hold(tmp_path: Path) -> None:
     # is the exported TorchScript artifact, i.e. what would ship.
     bank = TraceBank.from_files(cfg.traces, "val", cfg.dt)
     params = sim.make_params(bank, 64, 99, sim_config(cfg))
-    state, obs = sim.reset_fixed(params, *validation_windows(bank, 64, 480))
+    windows = Windows.fixed(*validation_windows(bank, 64, 480), seed=99)
     policy = load_policy(result.best_model)
     assert policy.kind == "torchscript"
-    scores = {
-        c.name: evaluate(c, params, state, obs)
-        for c in (DQNController(policy.module), HoldController(), RandomController())
+    controllers = {
+        "dqn": lambda: DQNController(policy.module),
+        "hold": HoldController,
+        "random": RandomController,
     }
+    ev = evaluate(controllers, params, windows, timelines=False)
+    scores = {name: ev.means(name) for name in controllers}
     dqn, hold, rand = scores["dqn"], scores["hold"], scores["random"]
     assert dqn["score"] > hold["score"] + 50, scores
     assert dqn["score"] > rand["score"] + 50, scores
@@ -170,8 +173,9 @@ def test_users_own_trace_csv_and_baseline_hook(tmp_path: Path) -> None:
     trace.write_text("\n".join(rows) + "\n")
     seen: dict[str, int] = {}
 
-    def baseline(params: sim.EnvParams, state: sim.EnvState, obs: torch.Tensor) -> dict:
+    def baseline(params: sim.EnvParams, windows: Windows) -> dict:
         seen["n_envs"] = params.n_envs
+        state, obs = sim.reset_fixed(params, *windows.triple())
         m = rollout(HoldController(), params, state, obs)
         return {
             "cost_replica_hours": float(m.cost_replica_hours.mean()),

@@ -8,12 +8,14 @@ reports come from exactly the module that ships.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import torch
 
+from qscale.policy.artifact import LoadedPolicy
 from qscale.simulator import env as sim
 
-__all__ = ["DQNController"]
+__all__ = ["DQNController", "policy_row"]
 
 
 class DQNController:
@@ -39,3 +41,15 @@ class DQNController:
         x = obs if self.device is None else obs.to(self.device)
         with torch.no_grad():
             return self.module(x).to(device=obs.device, dtype=torch.float32)
+
+
+def policy_row(policy: LoadedPolicy) -> tuple[Callable[[], DQNController], dict]:
+    """A loaded artifact as the ``dqn`` row of :func:`qscale.simulator.evaluate.compare`: the
+    controller factory and the model's record in the evaluation's settings."""
+    model = {
+        "path": str(policy.path),
+        "kind": policy.kind,
+        "model_sha256": policy.manifest.get("model_sha256"),
+        "spec_hash": policy.manifest.get("spec_hash"),
+    }
+    return partial(DQNController, policy.module, name="dqn"), model

@@ -2,8 +2,9 @@
 
 One reproducible command: a fixed seed and the :class:`~qscale.policy.train.TrainConfig`
 defaults on the shared traces' training split, the best validation model copied to
-``src/qscale/data/default_model``, then ``qscale evaluate`` of that model beside the baselines;
-the table it prints is stored in the manifest's ``evaluation`` (model hashes unchanged).
+``src/qscale/data/default_model``, then the evaluation ``qscale evaluate --traces shared`` makes
+(:func:`qscale.simulator.evaluate.compare`) of that model beside the baselines; the table is
+stored in the manifest's ``evaluation`` (model hashes unchanged).
 """
 
 from __future__ import annotations
@@ -14,10 +15,15 @@ import sys
 import time
 from pathlib import Path
 
-from qscale.policy.artifact import read_manifest, update_evaluation
+import torch
+
+from qscale.policy.artifact import load_policy, read_manifest, update_evaluation
+from qscale.policy.controller import policy_row
 from qscale.policy.default import default_model_path
 from qscale.policy.train import TrainConfig, make_baseline, train
+from qscale.simulator.evaluate import BASELINES, EvalPlan, compare
 from qscale.simulator.splits import shared_trace_files
+from qscale.simulator.tracebank import TraceBank
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,29 +75,43 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _evaluate(dest: Path, args: argparse.Namespace, training: dict | None, t0: float) -> int:
-    """Run ``qscale evaluate`` on the shipped model and store its table in the manifest."""
-    from qscale import cli
-
-    eval_argv = [
-        "evaluate",
-        "--model",
-        str(dest),
-        "--traces",
-        "shared",
-        "--seeds",
-        str(args.eval_seeds),
-        "--out",
-        args.eval_out,
-    ]
-    if args.no_progress:
-        eval_argv.append("--no-progress")
-    doc, _ = cli.run_evaluation(cli.parser().parse_args(eval_argv))
-    doc["command"] = "qscale " + " ".join(a for a in eval_argv if a != "--no-progress")
+    """Evaluate the shipped model as ``qscale evaluate --model DEST --traces shared`` does (one
+    thread, the CPU) and store its table in the manifest."""
+    started = time.perf_counter()
+    torch.set_num_threads(1)
+    device = torch.device("cpu")
+    traces = tuple(shared_trace_files())
+    plan = EvalPlan(
+        traces=traces,
+        split="test",
+        seeds=tuple(range(args.eval_seeds)),
+        controllers=("dqn", *BASELINES),
+    )
+    bank = TraceBank.from_files(traces, split=plan.split, dt=plan.profile.dt, device=device)
+    dqn, model = policy_row(load_policy(dest, device=device))
+    report = compare(
+        plan, bank, device, dqn, model, progress=not args.no_progress, log=_say, started=started
+    )
+    print(report.text, flush=True)
+    written = report.write(Path(args.eval_out))
+    print(f"table and rows: {written['json']}  {written['csv']}")
+    plots = [str(p) for k, p in written.items() if ":" in k]
+    if plots:
+        print(f"plots: {len(plots)} PNGs in {args.eval_out} (frontier_*.png, timeline_*.png)")
+    doc = report.doc
+    doc["command"] = (
+        f"qscale evaluate --model {dest} --traces shared --seeds {args.eval_seeds} "
+        f"--out {args.eval_out}"
+    )
     doc["training"] = training
     update_evaluation(dest, doc)
     total = time.perf_counter() - t0
     print(f"default model: {dest} (this command took {total / 60:.1f} min)")
     return 0
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

@@ -2,9 +2,11 @@
 
 Read it top to bottom: ``TrainConfig`` holds every knob, a few small pure helpers follow, then
 :func:`train` runs straight through -- seeding, simulator, networks, replay, the loop, the
-periodic evaluation on the validation split, checkpoints, and the export of the best model as a
+periodic evaluation on the validation split (:func:`qscale.simulator.evaluate.evaluate`, like
+every evaluation), checkpoints, and the export of the best model as a
 :mod:`qscale.policy.artifact`. ``# ALGO LOGIC:`` marks the algorithm, ``# TRY NOT TO MODIFY:``
-the plumbing around it.
+the plumbing around it; the plumbing itself (output files, resume and checkpoints, the
+baseline, the CSV/TensorBoard log, the export) is the small named functions after the loop.
 
 The algorithm is DQN with a target network, Double-DQN targets, a dueling head, n-step returns,
 epsilon-greedy exploration, a Huber loss, gradient clipping and Adam, optionally with
@@ -43,13 +45,14 @@ from tqdm import tqdm
 from qscale import actions, decision, features
 from qscale.guardrails import ShieldState
 from qscale.policy import artifact
+from qscale.policy.baseline import BaselineEval, hpa_baseline
 from qscale.policy.cli_args import add_dataclass_args, dataclass_from_args
 from qscale.policy.controller import DQNController
 from qscale.policy.network import QNetwork
 from qscale.policy.replay import NStepWindow, ReplayBuffer, Transitions
 from qscale.simulator import env as sim
 from qscale.simulator.device import resolve_device
-from qscale.simulator.rollout import Controller, rollout
+from qscale.simulator.evaluate import Windows, evaluate
 from qscale.simulator.splits import SPLIT_NAMES, packaged_trace, shared_trace_files
 from qscale.simulator.tracebank import TraceBank
 
@@ -57,15 +60,18 @@ __all__ = [
     "CSV_COLUMNS",
     "BaselineEval",
     "TrainConfig",
+    "TrainLogger",
     "TrainResult",
     "build_parser",
     "double_dqn_target",
-    "evaluate",
     "linear_schedule",
     "main",
     "parse_config",
     "sim_config",
+    "soft_update",
     "train",
+    "validate",
+    "validation_set",
     "validation_windows",
 ]
 
@@ -86,10 +92,6 @@ CSV_COLUMNS: tuple[str, ...] = (
 them). Baseline metrics, when a baseline is given, follow as ``baseline_<key>``."""
 
 CHECKPOINT_FORMAT = 1
-
-BaselineEval = Callable[[sim.EnvParams, sim.EnvState, torch.Tensor], dict]
-"""``(val params, val state, val obs) -> {metric: value}``: scores a reference controller once on
-the same validation windows the policy is evaluated on."""
 
 
 def _default_traces() -> list[str]:
@@ -338,6 +340,13 @@ def double_dqn_target(
     return data.ret + data.discount * data.bootstrap * next_q
 
 
+def soft_update(target: nn.Module, online: nn.Module, tau: float) -> None:
+    """Move the target network's weights ``tau`` of the way to the online network's (1: copy)."""
+    with torch.no_grad():
+        for tp, p in zip(target.parameters(), online.parameters(), strict=True):
+            tp.lerp_(p, tau)
+
+
 def sim_config(cfg: TrainConfig) -> sim.SimConfig:
     """The simulator settings of a run (everything not exposed here keeps its default)."""
     reward = sim.RewardWeights(
@@ -376,18 +385,26 @@ def validation_windows(
     return torch.tensor(idx), torch.tensor(start), torch.tensor(size)
 
 
-def evaluate(
-    controller: Controller, params: sim.EnvParams, state: sim.EnvState, obs: torch.Tensor
+def validation_set(
+    cfg: TrainConfig, device: torch.device | str = "cpu"
+) -> tuple[sim.EnvParams, Windows]:
+    """The validation clusters and windows of a run: fixed (``eval_seed``), so that every
+    evaluation -- the policy's and the baseline's -- is scored on the same traffic."""
+    bank = TraceBank.from_files(cfg.traces, cfg.val_split, cfg.dt, device)
+    params = sim.make_params(bank, cfg.eval_envs, cfg.eval_seed, sim_config(cfg), device)
+    windows = validation_windows(bank, cfg.eval_envs, cfg.eval_steps)
+    return params, Windows.fixed(*windows, seed=cfg.eval_seed)
+
+
+def validate(
+    q_network: Callable[[torch.Tensor], torch.Tensor], params: sim.EnvParams, windows: Windows
 ) -> dict[str, float]:
-    """Validation numbers of a controller: rollout's cost and SLO minutes (means over windows)
-    and ``score``, the mean episode return -- the quantity training optimizes, used to keep the
-    best model because it weighs cost and SLO exactly as the reward does, per cluster size."""
-    m = rollout(controller, params, state, obs)
-    return {
-        "cost_replica_hours": float(m.cost_replica_hours.mean()),
-        "slo_violation_minutes": float(m.slo_violation_minutes.mean()),
-        "score": float(m.episode_return.mean()),
-    }
+    """The greedy policy's validation numbers (:meth:`Evaluation.means`): cost and SLO minutes
+    (means over windows) and ``score``, the mean episode return -- the quantity training
+    optimizes, used to keep the best model because it weighs cost and SLO exactly as the reward
+    does, per cluster size."""
+    ev = evaluate({"dqn": partial(DQNController, q_network)}, params, windows, timelines=False)
+    return ev.means("dqn")
 
 
 def _state_dict_of(env_state: Any) -> dict[str, Any]:
@@ -477,25 +494,14 @@ def _train(
     np.random.seed(cfg.seed % 2**32)
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
-    out_dir = Path(cfg.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_path = Path(cfg.checkpoint) if cfg.checkpoint else out_dir / "checkpoint.pt"
-    ckpt_path.parent.mkdir(parents=True, exist_ok=True)
-    csv_path = Path(cfg.csv_log) if cfg.csv_log else out_dir / "train.csv"
-    csv_path.parent.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+    out_dir, ckpt_path, csv_path = _output_paths(cfg)
 
     # TRY NOT TO MODIFY: simulator -- random clusters and windows on the train split, fixed
     # windows and clusters on the validation split
-    sim_cfg = sim_config(cfg)
     train_bank = TraceBank.from_files(cfg.traces, cfg.train_split, cfg.dt, device)
-    params = sim.make_params(train_bank, cfg.n_envs, cfg.seed, sim_cfg, device)
+    params = sim.make_params(train_bank, cfg.n_envs, cfg.seed, sim_config(cfg), device)
     state, obs = sim.reset(params)
-    val_bank = TraceBank.from_files(cfg.traces, cfg.val_split, cfg.dt, device)
-    val_params = sim.make_params(val_bank, cfg.eval_envs, cfg.eval_seed, sim_cfg, device)
-    val_state, val_obs = sim.reset_fixed(
-        val_params, *validation_windows(val_bank, cfg.eval_envs, cfg.eval_steps)
-    )
+    val_params, val_windows = validation_set(cfg, device)
 
     # ALGO LOGIC: networks, optimizer, replay
     q_network = QNetwork(features.N_FEATURES, actions.N_ACTIONS, cfg.hidden_sizes).to(device)
@@ -504,110 +510,27 @@ def _train(
     rb = ReplayBuffer(cfg.buffer_size, features.N_FEATURES, device, cfg.prioritized, cfg.per_alpha)
     window = NStepWindow(cfg.n_step, cfg.n_envs, features.N_FEATURES, device)
     loss_fn = nn.SmoothL1Loss(reduction="none") if cfg.huber else nn.MSELoss(reduction="none")
+    learner = _Learner(q_network, target_network, optimizer, rb, window)
 
     n_iterations = math.ceil(cfg.total_env_steps / cfg.n_envs)
     eval_iters = _iterations(cfg.eval_every, cfg.n_envs)
     ckpt_iters = _iterations(cfg.checkpoint_every, cfg.n_envs)
     log_iters = _iterations(cfg.log_every, cfg.n_envs)
-    start_iteration, n_updates = 0, 0
-    best_score, best_step, best_eval = -math.inf, 0, {}
-    best_state: dict[str, torch.Tensor] | None = None
+    start_iteration, n_updates, best = 0, 0, _Best()
     ep_return = torch.zeros(cfg.n_envs, device=device)
-
-    # TRY NOT TO MODIFY: resume everything a checkpoint holds
-    if cfg.resume:
-        try:
-            ckpt = torch.load(cfg.resume, map_location=device, weights_only=True)
-        except FileNotFoundError:
-            raise
-        except Exception as e:
-            raise ValueError(f"{cfg.resume}: unreadable checkpoint ({e})") from None
-        if not isinstance(ckpt, dict) or (ckpt.get("format"), ckpt.get("spec_hash")) != (
-            CHECKPOINT_FORMAT,
-            features.SPEC_HASH,
-        ):
-            raise ValueError(f"{cfg.resume}: checkpoint from another format or feature spec")
-        saved = ckpt["config"]
-        diff = [k for k in _RESUME_MUST_MATCH if _norm(saved.get(k)) != _norm(getattr(cfg, k))]
-        if diff:
-            raise ValueError(f"{cfg.resume}: cannot resume with a different {', '.join(diff)}")
-        q_network.load_state_dict(ckpt["q_network"])
-        target_network.load_state_dict(ckpt["target_network"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        start_iteration, n_updates = int(ckpt["iteration"]), int(ckpt["n_updates"])
-        state = _env_state_from(ckpt["env_state"], device)
-        obs, ep_return = ckpt["obs"].to(device), ckpt["ep_return"].to(device)
-        window.load_state_dict(ckpt["window"])
-        if ckpt["replay"] is not None:
-            rb.load_state_dict(ckpt["replay"])
-        best_score, best_step = float(ckpt["best_score"]), int(ckpt["best_step"])
-        best_eval, best_state = dict(ckpt["best_eval"]), ckpt["best_state"]
-        torch.set_rng_state(ckpt["rng_cpu"])
-        if device.type == "cuda" and ckpt.get("rng_cuda") is not None:
-            torch.cuda.set_rng_state(ckpt["rng_cuda"], device)
-
-    def save_checkpoint(iteration: int) -> None:
-        payload = {
-            "format": CHECKPOINT_FORMAT,
-            "spec_hash": features.SPEC_HASH,
-            "config": asdict(cfg),
-            "iteration": iteration,
-            "global_step": iteration * cfg.n_envs,
-            "n_updates": n_updates,
-            "q_network": q_network.state_dict(),
-            "target_network": target_network.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "env_state": _state_dict_of(state),
-            "obs": obs,
-            "ep_return": ep_return,
-            "window": window.state_dict(),
-            "replay": rb.state_dict() if cfg.checkpoint_replay else None,
-            "best_score": best_score,
-            "best_step": best_step,
-            "best_eval": best_eval,
-            "best_state": best_state,
-            "rng_cpu": torch.get_rng_state(),
-            "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-        }
-        _atomic_save(payload, ckpt_path)
-        if cfg.keep_checkpoints:
-            step = iteration * cfg.n_envs
-            _atomic_save(payload, ckpt_path.with_name(f"{ckpt_path.stem}-{step}{ckpt_path.suffix}"))
+    if cfg.resume:  # TRY NOT TO MODIFY: everything a checkpoint holds
+        start_iteration, n_updates, state, obs, ep_return = _resume(cfg, device, learner, best)
 
     # TRY NOT TO MODIFY: logging
-    baseline = None
-    if baseline_eval is not None:
-        raw = baseline_eval(val_params, val_state, val_obs)
-        baseline = {str(k): float(v) for k, v in raw.items() if isinstance(v, int | float)}
-        (out_dir / "baseline.json").write_text(json.dumps(baseline, indent=2) + "\n")
-    columns = list(CSV_COLUMNS) + [f"baseline_{k}" for k in (baseline or {})]
-    baseline_cells = {f"baseline_{k}": v for k, v in (baseline or {}).items()}
-    append = bool(cfg.resume) and csv_path.is_file()
-    csv_file = open(csv_path, "a" if append else "w", newline="")  # noqa: SIM115 (closed below)
-    csv_writer = csv.DictWriter(csv_file, fieldnames=columns)
-    if not append:
-        csv_writer.writeheader()
-    writer = _open_tensorboard(out_dir / "tb") if cfg.tensorboard else None
-    if writer is not None:
-        writer.add_text("config", "\n".join(f"|{k}|{v}|" for k, v in asdict(cfg).items()))
-        for k, v in (baseline or {}).items():
-            writer.add_scalar(f"baseline/{k}", v, 0)
-    bar = tqdm(
-        total=n_iterations * cfg.n_envs,
-        initial=start_iteration * cfg.n_envs,
-        unit="step",
-        unit_scale=True,
-        disable=not (cfg.progress and sys.stderr.isatty()),
-        dynamic_ncols=True,
-    )
-    zero = torch.zeros((), device=device)
-    loss_sum, q_sum, n_loss, ret_sum, n_ret = zero, zero, 0, zero, zero
+    baseline = _score_baseline(baseline_eval, val_params, val_windows, out_dir)
+    logger = TrainLogger(cfg, csv_path, out_dir / "tb", baseline, n_iterations, start_iteration)
+    stats = _Stats(device)
     last_eval: dict[str, float] = {}
     start_time = time.perf_counter()
     updates_at_start = n_updates
     stop_requested = False
 
-    try:
+    with logger:
         for iteration in range(start_iteration, n_iterations):
             global_step = iteration * cfg.n_envs
             # ALGO LOGIC: epsilon-greedy actions for every env at once
@@ -637,8 +560,7 @@ def _train(
 
             # TRY NOT TO MODIFY: episode statistics, kept on the device (no sync per step)
             ep_return = ep_return + reward
-            ret_sum = ret_sum + (ep_return * done).sum()
-            n_ret = n_ret + done.sum()
+            stats.episodes(ep_return, done)
             ep_return = torch.where(done, 0.0, ep_return)
             global_step += cfg.n_envs
 
@@ -662,109 +584,361 @@ def _train(
                     rb.update_priorities(batch.index, td_error)
                     n_updates += 1
                     if n_updates % cfg.target_update_period == 0:
-                        with torch.no_grad():
-                            for tp, p in zip(
-                                target_network.parameters(), q_network.parameters(), strict=True
-                            ):
-                                tp.lerp_(p, cfg.tau)
-                    loss_sum = loss_sum + loss.detach()
-                    q_sum = q_sum + q_pred.detach().mean()
-                    n_loss += 1
+                        soft_update(target_network, q_network, cfg.tau)
+                    stats.update(loss, q_pred)
 
             # TRY NOT TO MODIFY: evaluation, logging, checkpoints
-            bar.update(cfg.n_envs)
+            logger.step(cfg.n_envs)
             out_of_time = cfg.max_wall_s > 0 and time.perf_counter() - start_time > cfg.max_wall_s
             last = iteration == n_iterations - 1 or out_of_time or stop_requested
             done_iters = iteration + 1
             do_eval = last or (eval_iters > 0 and done_iters % eval_iters == 0)
-            do_log = do_eval or done_iters % log_iters == 0
             if do_eval:
-                last_eval = evaluate(DQNController(q_network), val_params, val_state, val_obs)
-                if last_eval["score"] > best_score:
-                    best_score, best_step, best_eval = last_eval["score"], global_step, last_eval
-                    best_state = _clone_state(q_network)
-            if do_log:
+                last_eval = validate(q_network, val_params, val_windows)
+                best.offer(last_eval, global_step, q_network)
+            if do_eval or done_iters % log_iters == 0:
                 wall = time.perf_counter() - start_time
                 sps = (global_step - start_iteration * cfg.n_envs) / max(wall, 1e-9)
-                row: dict[str, Any] = {
-                    "global_step": global_step,
-                    "sps": round(sps, 1),
-                    "td_loss": float(loss_sum) / n_loss if n_loss else "",
-                    "q_mean": float(q_sum) / n_loss / cfg.reward_scale if n_loss else "",
-                    "epsilon": round(epsilon, 5),
-                    "episode_return": float(ret_sum / n_ret) if int(n_ret) else "",
-                    "eval_cost_replica_hours": last_eval.get("cost_replica_hours", "")
-                    if do_eval
-                    else "",
-                    "eval_slo_violation_minutes": last_eval.get("slo_violation_minutes", "")
-                    if do_eval
-                    else "",
-                    "eval_score": last_eval.get("score", "") if do_eval else "",
-                    "gradient_updates": n_updates,
-                    "wall_s": round(wall, 2),
-                    **baseline_cells,
-                }
-                csv_writer.writerow(row)
-                csv_file.flush()
-                if writer is not None:
-                    for key, tag in (
-                        ("sps", "charts/SPS"),
-                        ("td_loss", "losses/td_loss"),
-                        ("q_mean", "losses/q_values"),
-                        ("epsilon", "charts/epsilon"),
-                        ("episode_return", "charts/episodic_return"),
-                        ("eval_cost_replica_hours", "eval/cost_replica_hours"),
-                        ("eval_slo_violation_minutes", "eval/slo_violation_minutes"),
-                        ("eval_score", "eval/score"),
-                    ):
-                        if row[key] != "":
-                            writer.add_scalar(tag, row[key], global_step)
-                postfix = {"sps": f"{sps:.0f}"}
-                if row["episode_return"] != "":
-                    postfix["ret"] = f"{row['episode_return']:.1f}"
-                if last_eval:
-                    postfix["val_cost"] = f"{last_eval['cost_replica_hours']:.2f}"
-                    postfix["val_slo_min"] = f"{last_eval['slo_violation_minutes']:.1f}"
-                bar.set_postfix(postfix, refresh=False)
-                loss_sum, q_sum, n_loss, ret_sum, n_ret = zero, zero, 0, zero, zero
+                shown = last_eval if do_eval else {}
+                row = _log_row(global_step, sps, wall, epsilon, n_updates, stats, cfg, shown)
+                logger.write(row, sps, last_eval)
+                stats.reset()
             if last or (ckpt_iters > 0 and done_iters % ckpt_iters == 0):
-                save_checkpoint(done_iters)
+                env = (state, obs, ep_return)
+                _save_checkpoint(ckpt_path, cfg, device, done_iters, n_updates, learner, best, env)
                 if on_checkpoint is not None and not last:
-                    paused = time.perf_counter()
-                    q_network.eval()
-                    stop_requested = bool(
-                        on_checkpoint(done_iters * cfg.n_envs, paused - start_time, q_network)
+                    stop_requested, paused_s = _call_on_checkpoint(
+                        on_checkpoint, done_iters * cfg.n_envs, start_time, q_network
                     )
-                    q_network.train()
-                    start_time += time.perf_counter() - paused  # scoring is not training
+                    start_time += paused_s  # scoring is not training
             if last:
                 n_iterations = done_iters
                 break
-    finally:
-        bar.close()
-        csv_file.close()
-        if writer is not None:
-            writer.close()
 
     wall = time.perf_counter() - start_time
-    steps_run = (n_iterations - start_iteration) * cfg.n_envs
     if not last_eval:  # resumed from a finished run: nothing trained, still report numbers
-        last_eval = evaluate(DQNController(q_network), val_params, val_state, val_obs)
-    if best_state is None:
-        best_state, best_eval, best_step = _clone_state(q_network), last_eval, n_iterations
+        last_eval = validate(q_network, val_params, val_windows)
+    if best.state is None:
+        best.state, best.eval, best.step = _clone_state(q_network), last_eval, n_iterations
     # TRY NOT TO MODIFY: export the best and the final network as artifacts
-    summary = {
-        "global_step": n_iterations * cfg.n_envs,
+    global_step = n_iterations * cfg.n_envs
+    final_dir, best_dir = _export(
+        cfg, out_dir, q_network, best, last_eval, baseline, global_step, n_updates
+    )
+    return TrainResult(
+        best_model=best_dir, final_model=final_dir, checkpoint=ckpt_path, csv_log=csv_path,
+        global_step=global_step, gradient_updates=n_updates, best_global_step=best.step,
+        best_eval=best.eval, final_eval=last_eval, baseline=baseline,
+        env_steps_per_s=(n_iterations - start_iteration) * cfg.n_envs / max(wall, 1e-9),
+        updates_per_s=(n_updates - updates_at_start) / max(wall, 1e-9),
+        wall_s=wall,
+    )  # fmt: skip
+
+
+# --- the run's plumbing: output files, checkpoints, the baseline, the log, the export -------------
+
+
+def _output_paths(cfg: TrainConfig) -> tuple[Path, Path, Path]:
+    """The output directory, the checkpoint and the CSV log (directories made, config.json
+    written)."""
+    out_dir = Path(cfg.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = Path(cfg.checkpoint) if cfg.checkpoint else out_dir / "checkpoint.pt"
+    ckpt_path.parent.mkdir(parents=True, exist_ok=True)
+    csv_path = Path(cfg.csv_log) if cfg.csv_log else out_dir / "train.csv"
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+    return out_dir, ckpt_path, csv_path
+
+
+@dataclass
+class _Learner:
+    """What the algorithm updates (besides the update count), as checkpoints save it."""
+
+    q_network: QNetwork
+    target_network: QNetwork
+    optimizer: optim.Optimizer
+    rb: ReplayBuffer
+    window: NStepWindow
+
+
+@dataclass
+class _Best:
+    """The best validation score so far, where it was reached and the network that reached it."""
+
+    score: float = -math.inf
+    step: int = 0
+    eval: dict[str, float] = field(default_factory=dict)
+    state: dict[str, torch.Tensor] | None = None
+
+    def offer(self, scores: dict[str, float], global_step: int, network: nn.Module) -> None:
+        if scores["score"] > self.score:
+            self.score, self.step, self.eval = scores["score"], global_step, scores
+            self.state = _clone_state(network)
+
+
+def _save_checkpoint(
+    path: Path,
+    cfg: TrainConfig,
+    device: torch.device,
+    iteration: int,
+    n_updates: int,
+    learner: _Learner,
+    best: _Best,
+    env: tuple[sim.EnvState, torch.Tensor, torch.Tensor],
+) -> None:
+    """Everything :func:`_resume` needs to continue the run bit for bit after ``iteration``
+    iterations (``env``: the simulator state, the observation and the running returns)."""
+    state, obs, ep_return = env
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "spec_hash": features.SPEC_HASH,
+        "config": asdict(cfg),
+        "iteration": iteration,
+        "global_step": iteration * cfg.n_envs,
+        "n_updates": n_updates,
+        "q_network": learner.q_network.state_dict(),
+        "target_network": learner.target_network.state_dict(),
+        "optimizer": learner.optimizer.state_dict(),
+        "env_state": _state_dict_of(state),
+        "obs": obs,
+        "ep_return": ep_return,
+        "window": learner.window.state_dict(),
+        "replay": learner.rb.state_dict() if cfg.checkpoint_replay else None,
+        "best_score": best.score,
+        "best_step": best.step,
+        "best_eval": best.eval,
+        "best_state": best.state,
+        "rng_cpu": torch.get_rng_state(),
+        "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+    }
+    _atomic_save(payload, path)
+    if cfg.keep_checkpoints:
+        step = iteration * cfg.n_envs
+        _atomic_save(payload, path.with_name(f"{path.stem}-{step}{path.suffix}"))
+
+
+def _resume(
+    cfg: TrainConfig, device: torch.device, learner: _Learner, best: _Best
+) -> tuple[int, int, sim.EnvState, torch.Tensor, torch.Tensor]:
+    """Load ``cfg.resume`` into ``learner`` and ``best`` and the RNG; returns the iteration and
+    update count to continue from, the simulator state, the observation and the returns."""
+    try:
+        ckpt = torch.load(cfg.resume, map_location=device, weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as e:
+        raise ValueError(f"{cfg.resume}: unreadable checkpoint ({e})") from None
+    if not isinstance(ckpt, dict) or (ckpt.get("format"), ckpt.get("spec_hash")) != (
+        CHECKPOINT_FORMAT,
+        features.SPEC_HASH,
+    ):
+        raise ValueError(f"{cfg.resume}: checkpoint from another format or feature spec")
+    saved = ckpt["config"]
+    diff = [k for k in _RESUME_MUST_MATCH if _norm(saved.get(k)) != _norm(getattr(cfg, k))]
+    if diff:
+        raise ValueError(f"{cfg.resume}: cannot resume with a different {', '.join(diff)}")
+    learner.q_network.load_state_dict(ckpt["q_network"])
+    learner.target_network.load_state_dict(ckpt["target_network"])
+    learner.optimizer.load_state_dict(ckpt["optimizer"])
+    state = _env_state_from(ckpt["env_state"], device)
+    obs, ep_return = ckpt["obs"].to(device), ckpt["ep_return"].to(device)
+    learner.window.load_state_dict(ckpt["window"])
+    if ckpt["replay"] is not None:
+        learner.rb.load_state_dict(ckpt["replay"])
+    best.score, best.step = float(ckpt["best_score"]), int(ckpt["best_step"])
+    best.eval, best.state = dict(ckpt["best_eval"]), ckpt["best_state"]
+    torch.set_rng_state(ckpt["rng_cpu"])
+    if device.type == "cuda" and ckpt.get("rng_cuda") is not None:
+        torch.cuda.set_rng_state(ckpt["rng_cuda"], device)
+    return int(ckpt["iteration"]), int(ckpt["n_updates"]), state, obs, ep_return
+
+
+def _score_baseline(
+    baseline_eval: BaselineEval | None,
+    params: sim.EnvParams,
+    windows: Windows,
+    out_dir: Path,
+) -> dict[str, float] | None:
+    """The baseline's numbers on the validation set (its numbers only), kept in baseline.json."""
+    if baseline_eval is None:
+        return None
+    raw = baseline_eval(params, windows)
+    baseline = {str(k): float(v) for k, v in raw.items() if isinstance(v, int | float)}
+    (out_dir / "baseline.json").write_text(json.dumps(baseline, indent=2) + "\n")
+    return baseline
+
+
+class _Stats:
+    """TD loss, Q-values and finished episodes' returns summed between two log rows, on the
+    device (no sync per step)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.zero = torch.zeros((), device=device)
+        self.reset()
+
+    def reset(self) -> None:
+        self.loss_sum, self.q_sum, self.n_loss = self.zero, self.zero, 0
+        self.ret_sum, self.n_ret = self.zero, self.zero
+
+    def episodes(self, ep_return: torch.Tensor, done: torch.Tensor) -> None:
+        self.ret_sum = self.ret_sum + (ep_return * done).sum()
+        self.n_ret = self.n_ret + done.sum()
+
+    def update(self, loss: torch.Tensor, q_pred: torch.Tensor) -> None:
+        self.loss_sum = self.loss_sum + loss.detach()
+        self.q_sum = self.q_sum + q_pred.detach().mean()
+        self.n_loss += 1
+
+    def means(self, reward_scale: float) -> dict[str, Any]:
+        """The log row's ``td_loss``, ``q_mean`` (in reward units) and ``episode_return``."""
+        n = self.n_loss
+        return {
+            "td_loss": float(self.loss_sum) / n if n else "",
+            "q_mean": float(self.q_sum) / n / reward_scale if n else "",
+            "episode_return": float(self.ret_sum / self.n_ret) if int(self.n_ret) else "",
+        }
+
+
+def _log_row(
+    global_step: int,
+    sps: float,
+    wall: float,
+    epsilon: float,
+    n_updates: int,
+    stats: _Stats,
+    cfg: TrainConfig,
+    shown: dict[str, float],
+) -> dict[str, Any]:
+    """One row of :data:`CSV_COLUMNS` (``""`` where there is no value; ``shown``: the
+    evaluation made at this step, if any)."""
+    return {
+        "global_step": global_step,
+        "sps": round(sps, 1),
+        **stats.means(cfg.reward_scale),
+        "epsilon": round(epsilon, 5),
+        "eval_cost_replica_hours": shown.get("cost_replica_hours", ""),
+        "eval_slo_violation_minutes": shown.get("slo_violation_minutes", ""),
+        "eval_score": shown.get("score", ""),
         "gradient_updates": n_updates,
-        "best_global_step": best_step,
+        "wall_s": round(wall, 2),
+    }
+
+
+def _call_on_checkpoint(
+    on_checkpoint: OnCheckpoint, global_step: int, start_time: float, q_network: nn.Module
+) -> tuple[bool, float]:
+    """Run the hook on the network in eval mode; returns (stop?, seconds it took)."""
+    paused = time.perf_counter()
+    q_network.eval()
+    stop = bool(on_checkpoint(global_step, paused - start_time, q_network))
+    q_network.train()
+    return stop, time.perf_counter() - paused
+
+
+_TENSORBOARD_TAGS = (
+    ("sps", "charts/SPS"),
+    ("td_loss", "losses/td_loss"),
+    ("q_mean", "losses/q_values"),
+    ("epsilon", "charts/epsilon"),
+    ("episode_return", "charts/episodic_return"),
+    ("eval_cost_replica_hours", "eval/cost_replica_hours"),
+    ("eval_slo_violation_minutes", "eval/slo_violation_minutes"),
+    ("eval_score", "eval/score"),
+)
+
+
+class TrainLogger:
+    """The run's log: the CSV (:data:`CSV_COLUMNS`, then the baseline's numbers; appended to
+    when resuming), TensorBoard (``cfg.tensorboard``) and the progress bar. A context manager:
+    leaving it closes all three."""
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        csv_path: Path,
+        tb_dir: Path,
+        baseline: dict[str, float] | None,
+        n_iterations: int,
+        start_iteration: int,
+    ) -> None:
+        self.baseline_cells = {f"baseline_{k}": v for k, v in (baseline or {}).items()}
+        append = bool(cfg.resume) and csv_path.is_file()
+        self.file = open(csv_path, "a" if append else "w", newline="")  # noqa: SIM115 (close())
+        self.csv = csv.DictWriter(self.file, fieldnames=[*CSV_COLUMNS, *self.baseline_cells])
+        if not append:
+            self.csv.writeheader()
+        self.tb = _open_tensorboard(tb_dir) if cfg.tensorboard else None
+        if self.tb is not None:
+            self.tb.add_text("config", "\n".join(f"|{k}|{v}|" for k, v in asdict(cfg).items()))
+            for k, v in (baseline or {}).items():
+                self.tb.add_scalar(f"baseline/{k}", v, 0)
+        self.bar = tqdm(
+            total=n_iterations * cfg.n_envs,
+            initial=start_iteration * cfg.n_envs,
+            unit="step",
+            unit_scale=True,
+            disable=not (cfg.progress and sys.stderr.isatty()),
+            dynamic_ncols=True,
+        )
+
+    def step(self, env_steps: int) -> None:
+        self.bar.update(env_steps)
+
+    def write(self, row: dict[str, Any], sps: float, last_eval: dict[str, float]) -> None:
+        """One log row (``""`` where there is no value); ``last_eval`` stays on the bar."""
+        self.csv.writerow({**row, **self.baseline_cells})
+        self.file.flush()
+        if self.tb is not None:
+            for key, tag in _TENSORBOARD_TAGS:
+                if row[key] != "":
+                    self.tb.add_scalar(tag, row[key], row["global_step"])
+        postfix = {"sps": f"{sps:.0f}"}
+        if row["episode_return"] != "":
+            postfix["ret"] = f"{row['episode_return']:.1f}"
+        if last_eval:
+            postfix["val_cost"] = f"{last_eval['cost_replica_hours']:.2f}"
+            postfix["val_slo_min"] = f"{last_eval['slo_violation_minutes']:.1f}"
+        self.bar.set_postfix(postfix, refresh=False)
+
+    def close(self) -> None:
+        self.bar.close()
+        self.file.close()
+        if self.tb is not None:
+            self.tb.close()
+
+    def __enter__(self) -> TrainLogger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _export(
+    cfg: TrainConfig,
+    out_dir: Path,
+    q_network: QNetwork,
+    best: _Best,
+    final_eval: dict[str, float],
+    baseline: dict[str, float] | None,
+    global_step: int,
+    n_updates: int,
+) -> tuple[Path, Path]:
+    """The final network and the best one as artifacts (``final``, ``best``), each with the
+    run's training summary."""
+    summary = {
+        "global_step": global_step,
+        "gradient_updates": n_updates,
+        "best_global_step": best.step,
         "val_windows": cfg.eval_envs,
         "val_split": cfg.val_split,
-        "best_val": best_eval,
-        "final_val": last_eval,
+        "best_val": best.eval,
+        "final_val": final_eval,
         "baseline_val": baseline,
     }
+    assert best.state is not None
     best_network = copy.deepcopy(q_network)
-    best_network.load_state_dict(best_state)
+    best_network.load_state_dict(best.state)
     final_dir, best_dir = (
         artifact.export(
             net,
@@ -776,21 +950,7 @@ def _train(
         )
         for net, name in ((q_network, "final"), (best_network, "best"))
     )
-    return TrainResult(
-        best_model=best_dir,
-        final_model=final_dir,
-        checkpoint=ckpt_path,
-        csv_log=csv_path,
-        global_step=n_iterations * cfg.n_envs,
-        gradient_updates=n_updates,
-        best_global_step=best_step,
-        best_eval=best_eval,
-        final_eval=last_eval,
-        baseline=baseline,
-        env_steps_per_s=steps_run / max(wall, 1e-9),
-        updates_per_s=(n_updates - updates_at_start) / max(wall, 1e-9),
-        wall_s=wall,
-    )
+    return final_dir, best_dir
 
 
 def _iterations(env_steps: int, n_envs: int) -> int:
@@ -842,8 +1002,6 @@ def make_baseline(cfg: TrainConfig) -> BaselineEval | None:
     """The ``baseline_eval`` hook ``cfg.baseline`` asks for (tuning happens here, once)."""
     if cfg.baseline == "none":
         return None
-    from qscale.policy.baseline import hpa_baseline
-
     return hpa_baseline(
         cfg.traces,
         cfg.train_split,

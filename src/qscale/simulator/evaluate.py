@@ -23,10 +23,13 @@ How figures are computed (fixed before any test number was looked at):
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, is_dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -36,8 +39,10 @@ from qscale import batching
 from qscale.actions import DECISION_INTERVAL_S
 from qscale.simulator import env as sim
 from qscale.simulator import frontier as fr
+from qscale.simulator.baselines import OracleController
 from qscale.simulator.rollout import Controller, Metrics, rollout
 from qscale.simulator.service import histogram_quantile
+from qscale.simulator.splits import shared_trace_files
 from qscale.simulator.tracebank import TraceBank
 
 
@@ -107,6 +112,17 @@ class Windows:
 
     def triple(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.trace, self.start, self.length
+
+    @classmethod
+    def fixed(
+        cls, trace: torch.Tensor, start: torch.Tensor, length: torch.Tensor, seed: int
+    ) -> Windows:
+        """Given windows (one env each, its own unit) of services drawn with one ``seed``."""
+        n = int(trace.shape[0])
+        return cls(
+            trace=trace, start=start, length=length, seed=torch.full((n,), seed),
+            unit=torch.arange(n), unit_trace=trace,
+        )  # fmt: skip
 
 
 def eval_windows(
@@ -223,6 +239,16 @@ class Evaluation:
     def add(self, name: str, m: Metrics, description: dict) -> None:
         self.per_env[name] = fr._metrics_of(m)
         self.controllers[name] = description
+
+    def means(self, name: str) -> dict[str, float]:
+        """Means over envs of ``name``'s cost and SLO minutes, and ``score``, its mean episode
+        return (the trainer's validation numbers)."""
+        m = self.per_env[name]
+        return {
+            "cost_replica_hours": float(torch.from_numpy(m["cost_replica_hours"]).mean()),
+            "slo_violation_minutes": float(torch.from_numpy(m["slo_violation_minutes"]).mean()),
+            "score": float(torch.from_numpy(m["episode_return"]).mean()),
+        }
 
     def units(self, metrics: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return fr.unit_totals(metrics, self.env_unit, self.n_units, len(self.seeds))
@@ -460,66 +486,289 @@ def _jsonable(x: object) -> object:
 
 
 def evaluate(
-    controllers: dict[str, Callable[[], Controller]],
-    bank: TraceBank,
-    profile: EvalProfile,
-    seeds: Sequence[int],
-    window_steps: int,
-    horizon_steps: int | None = None,
+    controllers: Mapping[str, Callable[[], Controller] | fr.Rule],
+    params: sim.EnvParams,
+    windows: Windows,
+    *,
     rules: Sequence[fr.Rule] = (),
-    rule_rows: dict[str, fr.Rule] | None = None,
     cache_parts: dict | None = None,
-    progress: bool = True,
+    timelines: bool = True,
+    progress: bool = False,
     log: Callable[[str], None] | None = None,
     bootstrap: int = 200,
 ) -> Evaluation:
-    """Run every controller (and the rule grid) over every (window, seed).
+    """Run every controller (and the rule grid) over every (window, seed): the one evaluation.
 
-    ``rule_rows`` maps a row name (``hpa``, ``hpa-tuned``, ...) to a grid rule whose numbers it
-    shows, so a baseline in the grid is not run twice. Timelines are recorded for the first
-    window of each trace at the first seed.
+    ``params`` and ``windows`` are the services and the (window, seed) pairs -- :func:`build`
+    makes them from a profile, seeds and a window length; the trainer's validation set is
+    :meth:`Windows.fixed`. A controller is a factory, or a grid :class:`~frontier.Rule` whose
+    numbers its row shows (so a baseline in the grid is not run twice). ``rules`` is the rule
+    frontier; ``cache_parts`` keys its cache (``None``: no cache). Timelines are recorded for
+    the first window of each trace at the first seed.
     """
-    params, win = build(bank, profile, seeds, window_steps, horizon_steps)
+    seeds = list(dict.fromkeys(windows.seed.tolist()))
     ev = Evaluation(
-        families=list(bank.names),
-        unit_family=win.unit_trace.numpy(),
-        seeds=list(seeds),
-        env_unit=win.unit.numpy(),
-        env_seed=win.seed.numpy(),
+        families=list(params.bank.names),
+        unit_family=windows.unit_trace.numpy(),
+        seeds=seeds,
+        env_unit=windows.unit.numpy(),
+        env_seed=windows.seed.numpy(),
         bootstrap=bootstrap,
     )
-    rule_rows = dict(rule_rows or {})
+    rule_rows = {n: c for n, c in controllers.items() if isinstance(c, fr.Rule)}
     grid = list(dict.fromkeys([*rules, *rule_rows.values()]))
+    res: dict[fr.Rule, dict[str, np.ndarray]] = {}
     if grid:
         res, hit = fr.cached_rules(
-            grid, params, win.triple(), cache_parts or {}, log, cache_parts is not None
+            grid, params, windows.triple(), cache_parts or {}, log, cache_parts is not None
         )
         if log is not None:
             log(f"rule grid: {len(grid)} settings ({'from the cache' if hit else 'run now'})")
         # Every rule setting run counts on the frontier, the rows' own settings included.
         ev.rules = {r.label: res[r] for r in grid}
         ev.predictive_labels = {r.label for r in grid if r.kind == "predictive"}
-    first = [
-        int(torch.nonzero((win.trace == k) & (win.seed == seeds[0]))[0])
-        for k in range(bank.n_traces)
-    ]
-    tl_params, tl_win = subset(params, win, torch.tensor(first))
-    for name, make in controllers.items():
+    if timelines:
+        first = [
+            int(torch.nonzero((windows.trace == k) & (windows.seed == seeds[0]))[0])
+            for k in range(params.bank.n_traces)
+        ]
+        tl_params, tl_win = subset(params, windows, torch.tensor(first))
+    for name, entry in controllers.items():
+        make = partial(_rule_controller, entry, name) if isinstance(entry, fr.Rule) else entry
         ctrl = make()
-        if name in rule_rows:
-            ev.per_env[name] = res[rule_rows[name]]
-            ev.controllers[name] = {"rule": rule_rows[name].label, **describe(ctrl)}
+        if isinstance(entry, fr.Rule):
+            ev.per_env[name] = res[entry]
+            ev.controllers[name] = {"rule": entry.label, **describe(ctrl)}
         else:
-            m = run(ctrl, params, win, progress=progress)
+            m = run(ctrl, params, windows, progress=progress)
             ev.add(name, m, describe(ctrl))
-        tl = run(make(), tl_params, tl_win, record=True)
-        assert tl.timeline is not None
-        ev.timelines[name] = {k: v.cpu() for k, v in tl.timeline.items()}
-    ev.timeline_meta = {
-        "length": tl_win.length,
-        "slo_s": tl_params.slo_s,
-        "capacity": tl_params.capacity,
-        "max_replicas": tl_params.max_replicas,
-        "min_replicas": tl_params.min_replicas,
-    }
+        if timelines:
+            tl = run(make(), tl_params, tl_win, record=True)
+            assert tl.timeline is not None
+            ev.timelines[name] = {k: v.cpu() for k, v in tl.timeline.items()}
+    if timelines:
+        ev.timeline_meta = {
+            "length": tl_win.length,
+            "slo_s": tl_params.slo_s,
+            "capacity": tl_params.capacity,
+            "max_replicas": tl_params.max_replicas,
+            "min_replicas": tl_params.min_replicas,
+        }
     return ev
+
+
+def _rule_controller(rule: fr.Rule, name: str) -> Controller:
+    ctrl = fr.make_controller(rule)
+    ctrl.name = name
+    return ctrl
+
+
+# --- `qscale evaluate` (and the release's evaluation): the named controllers on trace files ---
+
+BASELINES = ("hpa", "hpa-tuned", "keda", "predictive", "oracle")
+"""The baseline rows: the default rules of :data:`frontier.DEFAULT_RULES`, the tuned HPA of
+:data:`frontier.TUNED_RULE` and the oracle; ``dqn`` is the policy's row."""
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fingerprint(path: Path) -> list[str]:
+    return [path.stem, sha256_file(path)]
+
+
+def _spread(win: Windows, per_trace: int) -> torch.Tensor:
+    """Up to ``per_trace`` windows of each trace, evenly spaced, all seeds."""
+    keep = []
+    for k in torch.unique(win.unit_trace).tolist():
+        units = torch.nonzero(win.unit_trace == k).squeeze(1)
+        pick = units[torch.linspace(0, len(units) - 1, min(per_trace, len(units))).round().long()]
+        keep += [torch.nonzero(win.unit == u).squeeze(1) for u in pick.tolist()]
+    return torch.cat(keep)
+
+
+def tune_hpa(
+    paths: Sequence[Path],
+    profile: EvalProfile,
+    device: torch.device | str = "cpu",
+    use_cache: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> tuple[fr.Rule, dict]:
+    """The tuned HPA of :data:`qscale.simulator.frontier.TUNED_RULE`: the HPA grid on the
+    training split (the shared catalog's when it is there, else ``paths``'), cached. Returns the
+    rule and a record of how it was chosen."""
+    shared = shared_trace_files()
+    tune_paths = shared or list(paths)
+    bank = TraceBank.from_files(tune_paths, split="train", dt=profile.dt, device=device)
+    day = int(24 * 3600 / profile.dt)
+    window = min(day, int(bank.lengths.min()))
+    params, win = build(bank, profile, [1000, 1001], window)
+    keep = _spread(win, per_trace=4)
+    params, win = subset(params, win, keep)
+    parts = {
+        "purpose": "tuning",
+        "traces": [_fingerprint(p) for p in tune_paths],
+        "profile": asdict(profile),
+        "window": window,
+    }
+    res, hit = fr.cached_rules(fr.hpa_grid(), params, win.triple(), parts, log, use_cache)
+    best = fr.pick_tuned(res)
+    info = {
+        "rule": fr.TUNED_RULE,
+        "chosen": best.label,
+        "tuned_on": f"{'shared traces' if shared else 'the evaluated traces'}, split=train, "
+        f"{len(bank.names)} traces, {int(keep.numel() // 2)} windows x 2 seeds",
+        "from_cache": hit,
+    }
+    return best, info
+
+
+@dataclass(frozen=True)
+class EvalPlan:
+    """What ``qscale evaluate`` compares, on what: everything but the model and the machine."""
+
+    traces: tuple[Path, ...]
+    split: str
+    seeds: tuple[int, ...]
+    controllers: tuple[str, ...]
+    """Row names: ``dqn`` (the model) and any of :data:`BASELINES`."""
+    window_hours: float = 24.0
+    horizon_hours: float | None = None
+    """Only the first this-many hours of each trace (``None``: all of it)."""
+    profile: EvalProfile = field(default_factory=EvalProfile)
+    frontier: bool = True
+    """Run the rule frontier."""
+    bootstrap: int = 200
+    cache: bool = True
+    """Cache the rule grids (tuning and frontier)."""
+
+    def steps(self, hours: float | None) -> int | None:
+        return None if hours is None else int(hours * 3600 / self.profile.dt)
+
+
+@dataclass
+class Report:
+    """An evaluation with its table and settings, as ``qscale evaluate`` prints and writes it."""
+
+    evaluation: Evaluation
+    rows: list[dict]
+    """:meth:`Evaluation.summary`."""
+    text: str
+    """The table and its notes."""
+    meta: dict
+    bank: TraceBank
+    dt: float
+
+    @property
+    def doc(self) -> dict:
+        """The record a model's manifest keeps of its evaluation."""
+        return {"meta": self.meta, "summary": self.rows, "table": self.text}
+
+    def write(self, out_dir: Path) -> dict[str, Path]:
+        """evaluation.json, evaluation.csv and the plots (see :func:`write_outputs`)."""
+        return write_outputs(self.evaluation, self.rows, out_dir, self.bank, self.meta, self.dt)
+
+
+def compare(
+    plan: EvalPlan,
+    bank: TraceBank,
+    device: torch.device,
+    dqn: Callable[[], Controller] | None = None,
+    model: dict | None = None,
+    *,
+    command: str | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+    started: float | None = None,
+) -> Report:
+    """:func:`evaluate` of the plan's named controllers on ``bank`` (the plan's traces and
+    split, loaded on ``device``) with the rule frontier: ``qscale evaluate``'s table, frontier
+    and plots and the release's evaluation all come from here. ``dqn`` makes the policy's
+    controller and ``model`` is its record in the settings; ``started`` (a ``perf_counter``)
+    dates the wall time from the caller's start."""
+    t0 = time.perf_counter() if started is None else started
+    profile = plan.profile
+    names = list(plan.controllers)
+    controllers: dict[str, Callable[[], Controller] | fr.Rule] = {}
+    tuned, tuned_info = None, None
+    if "hpa-tuned" in names:
+        if log is not None:
+            log("tuning the HPA on the training split (cached after the first run) ...")
+        tuned, tuned_info = tune_hpa(plan.traces, profile, device, plan.cache, log)
+    for name in names:
+        if name == "dqn":
+            if dqn is None:
+                raise ValueError("the dqn row needs a model")
+            controllers[name] = dqn
+        elif name == "oracle":
+            controllers[name] = OracleController
+        elif name == "hpa-tuned" and tuned is not None:
+            controllers[name] = tuned
+        elif name in fr.DEFAULT_RULES:
+            controllers[name] = fr.DEFAULT_RULES[name]
+        else:
+            raise ValueError(f"unknown controller {name!r}")
+    window = plan.steps(plan.window_hours)
+    horizon = plan.steps(plan.horizon_hours)
+    grid = fr.rule_grid() if plan.frontier else []
+    cache_parts = None
+    if plan.cache:
+        cache_parts = {
+            "purpose": "frontier",
+            "traces": [_fingerprint(p) for p in plan.traces],
+            "split": plan.split,
+            "profile": asdict(profile),
+            "seeds": len(plan.seeds),
+            "window": window,
+            "horizon": horizon,
+        }
+    if grid and log is not None:
+        log(
+            f"the rule frontier: {len(grid)} settings on every window "
+            "(cached after the first run) ..."
+        )
+    params, win = build(bank, profile, plan.seeds, window or 1, horizon)
+    # Without the frontier the grid is the rows' own rules, default ones first (as always).
+    rows_first = [r for n, r in fr.DEFAULT_RULES.items() if n in names]
+    rows_first += [tuned] if tuned is not None else []
+    ev = evaluate(
+        controllers, params, win, rules=grid or rows_first, cache_parts=cache_parts,
+        progress=progress, log=log, bootstrap=plan.bootstrap,
+    )  # fmt: skip
+    rows = ev.summary()
+    lines = [format_table(rows)]
+    if tuned_info is not None:
+        lines.append(
+            f"hpa-tuned = {tuned_info['chosen']} ({tuned_info['rule']}; {tuned_info['tuned_on']})"
+        )
+    lines.append(
+        f"{plan.split} split, {ev.n_units} windows of {plan.window_hours:g} h x "
+        f"{len(plan.seeds)} seeds; CPU targets are fractions of the CPU limit; cost and SLO "
+        "minutes are means over seeds of the totals over the windows; ±: half 95 % intervals "
+        "across windows / seeds"
+    )
+    meta = {
+        "command": command,
+        "traces": [str(p) for p in plan.traces],
+        "split": plan.split,
+        "seeds": list(plan.seeds),
+        "window_hours": plan.window_hours,
+        "horizon_hours": plan.horizon_hours,
+        "windows": ev.n_units,
+        "profile": asdict(profile),
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "frontier_rule_settings": len(grid),
+        "figures": __doc__,
+    }
+    if model is not None:
+        meta["model"] = model
+    if tuned_info is not None:
+        meta["hpa_tuned"] = tuned_info
+    meta["wall_seconds"] = round(time.perf_counter() - t0, 1)
+    return Report(ev, rows, "\n".join(lines), meta, bank, profile.dt)

@@ -91,6 +91,16 @@ class Rule:
         return f"{self.kind}{v} {round(self.target * 100)}% w{int(self.window_s)}"
 
 
+DEFAULT_RULES = {
+    "hpa": Rule("hpa", 0.7, 300.0, "legacy"),
+    "keda": Rule("rate", 0.7, 300.0),
+    "predictive": Rule("predictive", 0.7, 300.0),
+}
+"""The baselines' default settings, each a setting of the rule grid (so its row costs no extra
+rollout): the HPA as ``kubectl autoscale`` makes it, a KEDA-style rate rule, the predictive peer."""
+DEFAULT_HPA = DEFAULT_RULES["hpa"]
+
+
 def rule_grid(predictive: bool = True) -> list[Rule]:
     rules = [Rule("hpa", t, w, v) for v in HPA_SCALE_UP for w in HPA_WINDOWS_S for t in HPA_TARGETS]
     rules += [Rule("rate", t, w) for w in RATE_COOLDOWNS_S for t in RATE_TARGETS]
