@@ -429,35 +429,37 @@ def _steady(params: EnvParams, rate0: torch.Tensor) -> dict[str, torch.Tensor]:
     }
 
 
-def _fresh(
-    params: EnvParams,
-    pos0: torch.Tensor,
-    length: torch.Tensor,
-    scale: torch.Tensor,
-    episode: torch.Tensor,
-) -> EnvState:
-    """Every env (re)started at ``pos0``, as a service that has run at that rate for a while
-    (``seen`` not measured yet). Per env: an auto-reset takes the rows it needs with
-    :func:`_where_state`."""
-    cfg = params.config
-    b, dev = params.n_envs, params.device
+def _fresh_values(
+    params: EnvParams, pos0: torch.Tensor, length: torch.Tensor, scale: torch.Tensor
+) -> tuple[torch.Tensor, ...]:
+    """Per env, what a (re)start at ``pos0`` sets: ``(ep_len, pos, scale, ready pods, rate,
+    utilization, p95, latency counts [B, K + 1])``; :func:`_fresh` makes a state of them."""
     s0 = _steady(params, params.bank.rates[pos0] * scale)
+    return length, pos0, scale, s0["ready"], s0["rate"], s0["util"], s0["p95"], s0["counts"]
+
+
+def _fresh(params: EnvParams, values: tuple[torch.Tensor, ...], episode: torch.Tensor) -> EnvState:
+    """Every env (re)started (``values`` of :func:`_fresh_values`), as a service that has run
+    at that rate for a while (``seen`` not measured yet). An auto-reset takes the rows it needs
+    (:func:`_where_state`, :func:`_put_rows`)."""
+    cfg = params.config
+    length, pos0, scale, ready, rate, util, p95, counts = values
+    b, dev = ready.shape[0], ready.device
     slots = torch.arange(cfg.ages + 1, device=dev)
-    z = torch.zeros(b, device=dev)
     return EnvState(
         t=torch.zeros(b, dtype=torch.int64, device=dev),
         ep_len=length,
         pos=pos0,
         scale=scale,
         episode=episode,
-        pods=torch.where(slots == cfg.ages, s0["ready"][:, None], 0.0),
-        backlog=z,
-        rate_hist=s0["rate"][:, None].expand(b, cfg.rate_history).contiguous(),
-        cpu_all_hist=s0["util"][:, None].expand(b, cfg.cpu_history).contiguous(),
-        cpu_ready_hist=s0["util"][:, None].expand(b, cfg.cpu_history).contiguous(),
-        lat_hist=s0["counts"][:, None, :].expand(-1, cfg.latency_history, -1).contiguous(),
-        utilization=s0["util"],
-        p95_s=s0["p95"],
+        pods=torch.where(slots == cfg.ages, ready[:, None], 0.0),
+        backlog=torch.zeros(b, device=dev),
+        rate_hist=rate[:, None].expand(b, cfg.rate_history).contiguous(),
+        cpu_all_hist=util[:, None].expand(b, cfg.cpu_history).contiguous(),
+        cpu_ready_hist=util[:, None].expand(b, cfg.cpu_history).contiguous(),
+        lat_hist=counts[:, None, :].expand(-1, cfg.latency_history, -1).contiguous(),
+        utilization=util,
+        p95_s=p95,
         shield=ShieldState.init(b, dev),
     )
 
@@ -504,9 +506,11 @@ _STATE_TENSORS: tuple[str, ...] = (
 )
 
 
-def _random_episodes(params: EnvParams, episode: torch.Tensor) -> EnvState:
-    """Every env in a random trace window with a random amplitude (hash of key, episode):
-    a pure function of (env, episode), so an auto-reset draws what a fresh env would."""
+def _episode_window(
+    params: EnvParams, episode: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(pos0, length, scale)``: a random trace window and amplitude per env, a pure function
+    of (env key, episode), so an auto-reset draws what a fresh env would."""
     bank = params.bank
     key = params.key
     k = torch.clamp((hash_u01(key, episode, 1) * bank.n_traces).long(), max=bank.n_traces - 1)
@@ -516,30 +520,95 @@ def _random_episodes(params: EnvParams, episode: torch.Tensor) -> EnvState:
     pos0 = bank.starts[k] + torch.minimum(start, tlen - length)
     jitter = params.config.domain.amplitude_jitter
     amp = torch.exp((2.0 * hash_u01(key, episode, 3) - 1.0) * jitter)
-    scale = _scale_for(params, k) * amp
-    return _fresh(params, pos0, length, scale, episode)
+    return pos0, length, _scale_for(params, k) * amp
+
+
+def _random_episodes(params: EnvParams, episode: torch.Tensor) -> EnvState:
+    """Every env in a random trace window with a random amplitude (:func:`_episode_window`)."""
+    return _fresh(params, _fresh_values(params, *_episode_window(params, episode)), episode)
 
 
 def _auto_reset(
     nxt: EnvState, done: torch.Tensor, params: EnvParams, observe_next: bool
 ) -> tuple[EnvState, torch.Tensor | None]:
-    """Envs in ``done`` begin their next episode.
-
-    Compiled, branch-free (gymnax style): the next episode is drawn for every env and taken
-    where ``done``, so the step is one graph. Eager, it is drawn for the ``done`` envs only
-    (the step skips this when there are none): the same numbers, except that transcendental
-    functions (``exp``) may round differently by batch position on CPU, so the eager path
-    keeps the batches the simulator always used and gives exactly its figures."""
-    if torch.compiler.is_compiling():
-        state = _where_state(done, _random_episodes(params, nxt.episode + 1), nxt)
-    else:
-        ids = done.nonzero().squeeze(1)
-        rows = _random_episodes(_rows(params, ids), nxt.episode[ids] + 1)
-        state = _put_rows(nxt, ids, rows, done)
+    """Envs in ``done`` begin their next episode (eager; see :func:`_auto_reset_graph` for the
+    compiled step). The next episode is drawn for the ``done`` envs only: transcendental
+    functions (``exp``) may round differently by batch position on CPU, so this keeps the
+    batches the simulator always used and gives exactly its figures."""
+    ids = done.nonzero().squeeze(1)
+    rows = _random_episodes(_rows(params, ids), nxt.episode[ids] + 1)
+    state = _put_rows(nxt, ids, rows, done)
     if not observe_next:
         return state, None
     state = _measured(state, params)
     return state, observe(state, params)
+
+
+def _auto_reset_graph(
+    nxt: EnvState, obs: torch.Tensor | None, done: torch.Tensor, params: EnvParams
+) -> tuple[EnvState, torch.Tensor | None]:
+    """:func:`_auto_reset` as one graph (gymnax style, no Python branch): the next episode's
+    values for every env and the new measurement are computed under ``torch.cond`` (only
+    when some env is done) and taken per env with ``torch.where``. Same numbers as eager up to
+    the float rounding of a compiled step."""
+    any_done = done.any()
+    episode = nxt.episode + 1
+
+    def draw(ep: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return _fresh_values(params, *_episode_window(params, ep))
+
+    def skip(ep: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        z = torch.zeros_like(nxt.backlog)
+        k = nxt.lat_hist.shape[2]
+        zi = torch.zeros_like(ep)
+        return (
+            zi,
+            zi.clone(),
+            z,
+            z.clone(),
+            z.clone(),
+            z.clone(),
+            z.clone(),
+            z[:, None].expand(-1, k).contiguous(),
+        )
+
+    values = torch.cond(any_done, draw, skip, (episode,))
+    state = _where_state(done, _fresh(params, values, episode), nxt)
+    if obs is None or nxt.seen is None:
+        return state, None
+    pre = nxt.seen
+
+    def again(*xs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        st = replace(state, **dict(zip(_STATE_TENSORS, xs, strict=True)))
+        seen = measure(st, params)
+        rates = torch.stack([seen.rate_now, seen.rate_1m, seen.rate_5m, seen.rate_15m], 1)
+        fields = (seen.cpu_utilization, seen.p95_s, rates, seen.rate_peak_15m)
+        fields += (seen.replicas, seen.ready_replicas)
+        return (*fields, observe(replace(st, seen=seen), params))
+
+    # (The four rates are views of one tensor: a branch may not close over aliases.)
+    kept = (pre.cpu_utilization, pre.p95_s)
+    kept += (torch.stack([pre.rate_now, pre.rate_1m, pre.rate_5m, pre.rate_15m], 1),)
+    kept += (pre.rate_peak_15m, pre.replicas, pre.ready_replicas, obs)
+
+    def keep(*xs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(f.clone() for f in kept)
+
+    xs = tuple(getattr(state, k) for k in _STATE_TENSORS)
+    cpu, p95, rates, peak, replicas, ready, new_obs = torch.cond(any_done, again, keep, xs)
+    seen = replace(
+        pre,
+        cpu_utilization=cpu,
+        p95_s=p95,
+        rate_now=rates[:, 0],
+        rate_1m=rates[:, 1],
+        rate_5m=rates[:, 2],
+        rate_15m=rates[:, 3],
+        rate_peak_15m=peak,
+        replicas=replicas,
+        ready_replicas=ready,
+    )
+    return replace(state, seen=seen), new_obs
 
 
 def reset(params: EnvParams) -> tuple[EnvState, torch.Tensor]:
@@ -561,7 +630,7 @@ def reset_fixed(
     pos0 = bank.starts[trace_index] + start
     scale = _scale_for(params, trace_index)
     zero = torch.zeros_like(pos0)
-    state = _measured(_fresh(params, pos0, length, scale, zero), params)
+    state = _measured(_fresh(params, _fresh_values(params, pos0, length, scale), zero), params)
     return state, observe(state, params)
 
 
@@ -882,9 +951,11 @@ def _transition(
         # bootstraps a truncated episode from.
         "final_obs": obs,
     }
-    # Eager, the reset is skipped when no env needs it; compiled, it is always computed and
-    # selected per env (one graph, no break). Either way each env gets exactly the same state.
-    if torch.compiler.is_compiling() or bool(truncated.any()):
+    # Compiled, the auto-reset is part of the graph (no break); eager, it is skipped when no
+    # env needs it.
+    if torch.compiler.is_compiling():
+        nxt, obs = _auto_reset_graph(nxt, obs, truncated, params)
+    elif bool(truncated.any()):
         nxt, obs = _auto_reset(nxt, truncated, params, observe_next)
     return nxt, obs, reward, torch.zeros_like(truncated), truncated, info
 
