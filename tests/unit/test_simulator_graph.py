@@ -65,3 +65,19 @@ def test_an_auto_reset_starts_the_next_episode_as_a_fresh_env_would():
     for k in ("pos", "ep_len", "scale", "pods", "rate_hist", "lat_hist", "cpu_all_hist"):
         assert torch.equal(getattr(state, k), getattr(fresh, k)), k
     assert torch.equal(obs, sim.observe(fresh, params))
+
+
+@pytest.mark.parametrize("w", [1, 2, 3, 4])
+def test_torch_sums_up_to_four_values_in_order(w):
+    """What ``env._window_sums`` relies on to give the numbers a ``torch.sum`` gave."""
+    assert w <= sim._SEQUENTIAL_SUM_MAX
+    gen = torch.Generator().manual_seed(w)
+    inner = torch.rand(4096, 9, generator=gen) * 1000.0
+    outer = torch.rand(4096, 9, 15, generator=gen) * 1000.0
+    s_in, s_out = inner[:, 2], outer[:, 2]
+    for i in range(1, w):
+        s_in, s_out = s_in + inner[:, 2 + i], s_out + outer[:, 2 + i]
+    assert torch.equal(inner[:, 2 : 2 + w].contiguous().mean(dim=1), s_in / w)
+    assert torch.equal(inner[:, 2 : 2 + w].mean(dim=1), s_in / w)
+    assert torch.equal(outer[:, 2 : 2 + w].contiguous().sum(dim=1), s_out)
+    assert torch.equal(outer[:, 2 : 2 + w].sum(dim=1), s_out)

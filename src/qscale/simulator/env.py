@@ -693,22 +693,57 @@ def _measured(state: EnvState, params: EnvParams) -> EnvState:
     return replace(state, seen=measure(state, params))
 
 
+#: Windows up to this many steps are summed column by column on CPU (a few ``[B]`` ops instead
+#: of a reduction over a copied ``[B, K, w]`` block): torch's CPU sum adds up to 4 values in
+#: order, along either dim, so the numbers are the same (``test_simulator_graph`` checks it).
+_SEQUENTIAL_SUM_MAX = 4
+
+
+def _sequential(hist: torch.Tensor, w: int) -> bool:
+    return hist.device.type == "cpu" and w <= _SEQUENTIAL_SUM_MAX
+
+
+def _window_sums(
+    hist: torch.Tensor, lag: torch.Tensor, lmax: int, backs: tuple[int, ...], w: int
+) -> list[torch.Tensor]:
+    """Per env and per ``k`` in ``backs``: the sum over dim 1 of ``hist[:, n-lag-k-w : n-lag-k]``
+    (``lag`` in ``0..lmax``), in the order ``torch.sum`` adds them (see :func:`_sequential`)."""
+    n = hist.shape[1]
+    out = []
+    for k in backs:
+        total = None
+        for lo in range(lmax + 1):
+            s = hist[:, n - lo - k - w]
+            for i in range(1, w):
+                s = s + hist[:, n - lo - k - w + i]
+            cond = (lag == lo).view(-1, *([1] * (s.dim() - 1)))
+            total = s if total is None else torch.where(cond, s, total)
+        assert total is not None
+        out.append(total)
+    return out
+
+
 def _rate_queries(
     hist: torch.Tensor, lag: torch.Tensor, cfg: SimConfig
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``[B, 4]`` the 1 m rate now, 1, 5 and 15 minutes back, and ``[B]`` the range query's
-    highest point over 15 minutes, all ``lag`` steps late. The peak's windows are differences of the
-    history's cumulative sum (as a range query's points are differences of a counter)."""
+    highest point over 15 minutes, all ``lag`` steps late. The peak's windows are differences of
+    the history's cumulative sum (as a range query's points are differences of a counter)."""
     n = hist.shape[1]
     w = cfg.rate_window
     lmax = cfg.max_scrape_lag
     backs = (0, *cfg.rate_lags)
     if n - lmax - backs[-1] - w < 0:
         raise ValueError("rate history too short for the queries' windows")
-    wins = _by_lag(
-        lag, lmax, lambda lo: torch.stack([hist[:, n - lo - k - w : n - lo - k] for k in backs], 1)
-    )
-    rates = wins.mean(dim=2)
+    if _sequential(hist, w):
+        rates = torch.stack(_window_sums(hist, lag, lmax, backs, w), 1) / w
+    else:
+        wins = _by_lag(
+            lag,
+            lmax,
+            lambda lo: torch.stack([hist[:, n - lo - k - w : n - lo - k] for k in backs], 1),
+        )
+        rates = wins.mean(dim=2)
     cs = torch.cat([torch.zeros_like(hist[:, :1]), hist.cumsum(dim=1)], dim=1)
     offsets = cfg.peak_offsets[::-1]
 
@@ -726,9 +761,13 @@ def measure(state: EnvState, params: EnvParams) -> features.FeatureInputs:
     w = cfg.rate_window
     lag = params.scrape_lag
     rates, peak = _rate_queries(state.rate_hist, lag, cfg)
-    n = state.lat_hist.shape[1]
-    lat = _by_lag(lag, cfg.max_scrape_lag, lambda lo: state.lat_hist[:, n - lo - w : n - lo])
-    cum = torch.cumsum(lat.sum(dim=1), dim=1)
+    hist, lmax = state.lat_hist, cfg.max_scrape_lag
+    if _sequential(hist, w):
+        (lat,) = _window_sums(hist, lag, lmax, (0,), w)
+    else:
+        n = hist.shape[1]
+        lat = _by_lag(lag, lmax, lambda lo: hist[:, n - lo - w : n - lo]).sum(dim=1)
+    cum = torch.cumsum(lat, dim=1)
     p95 = service.histogram_quantile(0.95, cum, params.bank.buckets)
     z = torch.zeros_like(state.backlog)
     return features.FeatureInputs(
