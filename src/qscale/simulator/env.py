@@ -725,8 +725,8 @@ def _window_sums(
 
 def _rate_queries(
     hist: torch.Tensor, lag: torch.Tensor, cfg: SimConfig
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``[B, 4]`` the 1 m rate now, 1, 5 and 15 minutes back, and ``[B]`` the range query's
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """``4 x [B]`` the 1 m rate now, 1, 5 and 15 minutes back, and ``[B]`` the range query's
     highest point over 15 minutes, all ``lag`` steps late. The peak's windows are differences of
     the history's cumulative sum (as a range query's points are differences of a counter)."""
     n = hist.shape[1]
@@ -736,14 +736,14 @@ def _rate_queries(
     if n - lmax - backs[-1] - w < 0:
         raise ValueError("rate history too short for the queries' windows")
     if _sequential(hist, w):
-        rates = torch.stack(_window_sums(hist, lag, lmax, backs, w), 1) / w
+        rates = [s / w for s in _window_sums(hist, lag, lmax, backs, w)]
     else:
         wins = _by_lag(
             lag,
             lmax,
             lambda lo: torch.stack([hist[:, n - lo - k - w : n - lo - k] for k in backs], 1),
         )
-        rates = wins.mean(dim=2)
+        rates = list(wins.mean(dim=2).unbind(1))
     cs = torch.cat([torch.zeros_like(hist[:, :1]), hist.cumsum(dim=1)], dim=1)
     offsets = cfg.peak_offsets[::-1]
 
@@ -775,10 +775,10 @@ def measure(state: EnvState, params: EnvParams) -> features.FeatureInputs:
         cpu_limit_ratio=params.cpu_limit_ratio,
         p95_s=p95,
         slo_s=params.slo_s,
-        rate_now=rates[:, 0],
-        rate_1m=rates[:, 1],
-        rate_5m=rates[:, 2],
-        rate_15m=rates[:, 3],
+        rate_now=rates[0],
+        rate_1m=rates[1],
+        rate_5m=rates[2],
+        rate_15m=rates[3],
         rate_peak_15m=peak,
         replicas=state.replicas,
         ready_replicas=ready_pods(state, params),
