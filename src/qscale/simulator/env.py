@@ -44,6 +44,7 @@ arrivals need, at least 1 (``"need"``).
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -51,13 +52,13 @@ from typing import ClassVar
 
 import torch
 
-from qscale import decision, features
+from qscale import batching, decision, features
 from qscale.actions import DECISION_INTERVAL_S
 from qscale.decision import Signals
 from qscale.guardrails import ShieldConfig, ShieldState, bound, record_scale
 from qscale.hpa import CPU_INITIALIZATION_PERIOD_S
 from qscale.simulator import service
-from qscale.simulator.service import flow, latency_cdf, latency_model, latency_p95
+from qscale.simulator.service import latency_cdf, latency_model, latency_p95, serve
 from qscale.simulator.tracebank import TraceBank
 
 _MASK32 = 0xFFFFFFFF
@@ -172,9 +173,14 @@ class SimConfig:
     @property
     def rate_peak_offsets(self) -> torch.Tensor:
         """Steps back of the points ``rate_peak_15m`` takes the highest of."""
+        return torch.tensor(self.peak_offsets)
+
+    @property
+    def peak_offsets(self) -> tuple[int, ...]:
+        """:attr:`rate_peak_offsets` as Python ints."""
         step = max(1, self.steps(features.RATE_PEAK_STEP_S))
         n = round(features.RATE_PEAK_SPAN_S / features.RATE_PEAK_STEP_S)
-        return torch.arange(n + 1) * step
+        return tuple(j * step for j in range(n + 1))
 
     @property
     def max_delay_steps(self) -> int:
@@ -380,26 +386,23 @@ def _noise(params: EnvParams, pos: torch.Tensor, salt: int) -> torch.Tensor:
     return bank.noise[idx]
 
 
-def _scale_for(params: EnvParams, ids: torch.Tensor, trace: torch.Tensor) -> torch.Tensor:
+def _scale_for(params: EnvParams, trace: torch.Tensor) -> torch.Tensor:
     """Amplitude that makes the trace's reference rate need ``peak_replicas`` pods."""
     ref = params.bank.ref_rate[trace]
-    need = params.peak_replicas[ids] * params.capacity[ids]
+    need = params.peak_replicas * params.capacity
     return torch.where(ref > 0, need / torch.where(ref > 0, ref, 1.0), 1.0)
 
 
-def _steady(params: EnvParams, ids: torch.Tensor, rate0: torch.Tensor) -> dict[str, torch.Tensor]:
+def _steady(params: EnvParams, rate0: torch.Tensor) -> dict[str, torch.Tensor]:
     """A service that has run at ``rate0`` for a while: its pods and its metrics' history."""
     cfg = params.config
-    cap = params.capacity[ids]
-    lo, hi = params.min_replicas[ids], params.max_replicas[ids]
+    cap = params.capacity
+    lo, hi = params.min_replicas, params.max_replicas
     ready = torch.clamp(torch.ceil(rate0 / (cap * cfg.init_utilization) - 1e-6), lo, hi)
     served = torch.minimum(rate0, ready * cap) * cfg.dt
     util = torch.where(ready > 0, served / torch.clamp(ready * cap * cfg.dt, min=1e-9), 0.0)
-    m = latency_model(
-        served, torch.zeros_like(served), ready, cap, params.service_time_s[ids], cfg.dt
-    )
-    bounds = params.bank.buckets
-    cdf = latency_cdf(m, bounds, cfg.timeout_s)
+    m = latency_model(served, torch.zeros_like(served), ready, cap, params.service_time_s, cfg.dt)
+    cdf = latency_cdf(m, params.bank.buckets, cfg.timeout_s)
     counts = torch.diff(cdf * served[:, None], dim=1, prepend=torch.zeros_like(served[:, None]))
     counts = torch.cat([counts, (served - cdf[:, -1] * served)[:, None]], dim=1)
     return {
@@ -411,77 +414,90 @@ def _steady(params: EnvParams, ids: torch.Tensor, rate0: torch.Tensor) -> dict[s
     }
 
 
-def _fresh(
-    state: EnvState | None,
-    params: EnvParams,
-    ids: torch.Tensor,
-    pos0: torch.Tensor,
-    length: torch.Tensor,
-    scale: torch.Tensor,
-    episode: torch.Tensor,
-) -> EnvState:
-    """State with envs ``ids`` (re)started at ``pos0`` (others copied from ``state``)."""
+def _fresh_values(
+    params: EnvParams, pos0: torch.Tensor, length: torch.Tensor, scale: torch.Tensor
+) -> tuple[torch.Tensor, ...]:
+    """Per env, what a (re)start at ``pos0`` sets: ``(ep_len, pos, scale, ready pods, rate,
+    utilization, p95, latency counts [B, K + 1])``; :func:`_fresh` makes a state of them."""
+    s0 = _steady(params, params.bank.rates[pos0] * scale)
+    return length, pos0, scale, s0["ready"], s0["rate"], s0["util"], s0["p95"], s0["counts"]
+
+
+def _fresh(params: EnvParams, values: tuple[torch.Tensor, ...], episode: torch.Tensor) -> EnvState:
+    """Every env (re)started (``values`` of :func:`_fresh_values`), as a service that has run
+    at that rate for a while (``seen`` not measured yet). An auto-reset takes the rows it needs
+    (:func:`_where_state`, :func:`_put_rows`)."""
     cfg = params.config
-    rate0 = params.bank.rates[pos0] * scale
-    s0 = _steady(params, ids, rate0)
-    if state is None:
-        b, dev = params.n_envs, params.device
-        z = torch.zeros(b, device=dev)
-        k = params.bank.buckets.shape[0] + 1
-        state = EnvState(
-            t=torch.zeros(b, dtype=torch.int64, device=dev),
-            ep_len=torch.ones(b, dtype=torch.int64, device=dev),
-            pos=torch.zeros(b, dtype=torch.int64, device=dev),
-            scale=z,
-            episode=torch.zeros(b, dtype=torch.int64, device=dev),
-            pods=torch.zeros(b, cfg.ages + 1, device=dev),
-            backlog=z,
-            rate_hist=torch.zeros(b, cfg.rate_history, device=dev),
-            cpu_all_hist=torch.zeros(b, cfg.cpu_history, device=dev),
-            cpu_ready_hist=torch.zeros(b, cfg.cpu_history, device=dev),
-            lat_hist=torch.zeros(b, cfg.latency_history, k, device=dev),
-            utilization=z,
-            p95_s=z,
-            shield=ShieldState.init(b, dev),
-        )
-
-    def put(x: torch.Tensor, v: torch.Tensor | float) -> torch.Tensor:
-        v = torch.as_tensor(v, dtype=x.dtype, device=x.device)
-        if v.dim() == 1 and x.dim() > 1:
-            v = v.view(-1, *([1] * (x.dim() - 1)))
-        return x.index_copy(0, ids, v.expand((len(ids), *x.shape[1:])).contiguous())
-
-    pods = torch.zeros(len(ids), state.pods.shape[1], device=params.device)
-    pods[:, -1] = s0["ready"]
-    mask = torch.zeros(params.n_envs, dtype=torch.bool, device=params.device)
-    mask[ids] = True
+    length, pos0, scale, ready, rate, util, p95, counts = values
+    b, dev = ready.shape[0], ready.device
+    slots = torch.arange(cfg.ages + 1, device=dev)
     return EnvState(
-        t=put(state.t, 0),
-        ep_len=put(state.ep_len, length),
-        pos=put(state.pos, pos0),
-        scale=put(state.scale, scale),
-        episode=put(state.episode, episode),
-        pods=state.pods.index_copy(0, ids, pods),
-        backlog=put(state.backlog, 0.0),
-        rate_hist=put(state.rate_hist, s0["rate"]),
-        cpu_all_hist=put(state.cpu_all_hist, s0["util"]),
-        cpu_ready_hist=put(state.cpu_ready_hist, s0["util"]),
-        lat_hist=state.lat_hist.index_copy(
-            0, ids, s0["counts"][:, None, :].expand(-1, state.lat_hist.shape[1], -1).contiguous()
-        ),
-        utilization=put(state.utilization, s0["util"]),
-        p95_s=put(state.p95_s, s0["p95"]),
+        t=torch.zeros(b, dtype=torch.int64, device=dev),
+        ep_len=length,
+        pos=pos0,
+        scale=scale,
+        episode=episode,
+        pods=torch.where(slots == cfg.ages, ready[:, None], 0.0),
+        backlog=torch.zeros(b, device=dev),
+        rate_hist=rate[:, None].expand(b, cfg.rate_history).contiguous(),
+        cpu_all_hist=util[:, None].expand(b, cfg.cpu_history).contiguous(),
+        cpu_ready_hist=util[:, None].expand(b, cfg.cpu_history).contiguous(),
+        lat_hist=counts[:, None, :].expand(-1, cfg.latency_history, -1).contiguous(),
+        utilization=util,
+        p95_s=p95,
+        shield=ShieldState.init(b, dev),
+    )
+
+
+def _where_state(mask: torch.Tensor, new: EnvState, old: EnvState) -> EnvState:
+    """``new`` for the envs in ``mask``, else ``old`` (``seen`` is dropped: measure again)."""
+
+    def pick(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return torch.where(mask.view(-1, *([1] * (a.dim() - 1))), a, b)
+
+    return EnvState(
+        **{k: pick(getattr(new, k), getattr(old, k)) for k in _STATE_TENSORS},
+        shield=old.shield.reset_where(mask),
+    )
+
+
+def _put_rows(state: EnvState, ids: torch.Tensor, rows: EnvState, mask: torch.Tensor) -> EnvState:
+    """``state`` with the envs ``ids`` (``mask``) replaced by ``rows`` (``[len(ids), ...]``)."""
+    return EnvState(
+        **{k: getattr(state, k).index_copy(0, ids, getattr(rows, k)) for k in _STATE_TENSORS},
         shield=state.shield.reset_where(mask),
     )
 
 
-@torch.compiler.disable
-def _random_episodes(
-    state: EnvState | None, params: EnvParams, ids: torch.Tensor, episode: torch.Tensor
-) -> EnvState:
-    """Restart ``ids`` in a random trace window with a random amplitude (hash of key, episode)."""
+def _rows(params: EnvParams, ids: torch.Tensor) -> EnvParams:
+    """The params of envs ``ids`` only."""
+    return batching.select(params, ids)
+
+
+_STATE_TENSORS: tuple[str, ...] = (
+    "t",
+    "ep_len",
+    "pos",
+    "scale",
+    "episode",
+    "pods",
+    "backlog",
+    "rate_hist",
+    "cpu_all_hist",
+    "cpu_ready_hist",
+    "lat_hist",
+    "utilization",
+    "p95_s",
+)
+
+
+def _episode_window(
+    params: EnvParams, episode: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(pos0, length, scale)``: a random trace window and amplitude per env, a pure function
+    of (env key, episode), so an auto-reset draws what a fresh env would."""
     bank = params.bank
-    key = params.key[ids]
+    key = params.key
     k = torch.clamp((hash_u01(key, episode, 1) * bank.n_traces).long(), max=bank.n_traces - 1)
     tlen = bank.lengths[k]
     length = torch.clamp(tlen, max=params.config.episode_steps)
@@ -489,14 +505,101 @@ def _random_episodes(
     pos0 = bank.starts[k] + torch.minimum(start, tlen - length)
     jitter = params.config.domain.amplitude_jitter
     amp = torch.exp((2.0 * hash_u01(key, episode, 3) - 1.0) * jitter)
-    scale = _scale_for(params, ids, k) * amp
-    return _measured(_fresh(state, params, ids, pos0, length, scale, episode), params)
+    return pos0, length, _scale_for(params, k) * amp
+
+
+def _random_episodes(params: EnvParams, episode: torch.Tensor) -> EnvState:
+    """Every env in a random trace window with a random amplitude (:func:`_episode_window`)."""
+    return _fresh(params, _fresh_values(params, *_episode_window(params, episode)), episode)
+
+
+def _auto_reset(
+    nxt: EnvState, done: torch.Tensor, params: EnvParams, observe_next: bool
+) -> tuple[EnvState, torch.Tensor | None]:
+    """Envs in ``done`` begin their next episode (eager; see :func:`_auto_reset_graph` for the
+    compiled step). The next episode is drawn for the ``done`` envs only: transcendental
+    functions (``exp``) may round differently by batch position on CPU, so this keeps the
+    batches the simulator always used and gives exactly its figures."""
+    ids = done.nonzero().squeeze(1)
+    rows = _random_episodes(_rows(params, ids), nxt.episode[ids] + 1)
+    state = _put_rows(nxt, ids, rows, done)
+    if not observe_next:
+        return state, None
+    state = _measured(state, params)
+    return state, observe(state, params)
+
+
+def _auto_reset_graph(
+    nxt: EnvState, obs: torch.Tensor | None, done: torch.Tensor, params: EnvParams
+) -> tuple[EnvState, torch.Tensor | None]:
+    """:func:`_auto_reset` as one graph (gymnax style, no Python branch): the next episode's
+    values for every env and the new measurement are computed under ``torch.cond`` (only
+    when some env is done) and taken per env with ``torch.where``. Same numbers as eager up to
+    the float rounding of a compiled step."""
+    any_done = done.any()
+    episode = nxt.episode + 1
+
+    def draw(ep: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return _fresh_values(params, *_episode_window(params, ep))
+
+    def skip(ep: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        z = torch.zeros_like(nxt.backlog)
+        k = nxt.lat_hist.shape[2]
+        zi = torch.zeros_like(ep)
+        return (
+            zi,
+            zi.clone(),
+            z,
+            z.clone(),
+            z.clone(),
+            z.clone(),
+            z.clone(),
+            z[:, None].expand(-1, k).contiguous(),
+        )
+
+    values = torch.cond(any_done, draw, skip, (episode,))
+    state = _where_state(done, _fresh(params, values, episode), nxt)
+    if obs is None or nxt.seen is None:
+        return state, None
+    pre = nxt.seen
+
+    def again(*xs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        st = replace(state, **dict(zip(_STATE_TENSORS, xs, strict=True)))
+        seen = measure(st, params)
+        rates = torch.stack([seen.rate_now, seen.rate_1m, seen.rate_5m, seen.rate_15m], 1)
+        fields = (seen.cpu_utilization, seen.p95_s, rates, seen.rate_peak_15m)
+        fields += (seen.replicas, seen.ready_replicas)
+        return (*fields, observe(replace(st, seen=seen), params))
+
+    # (The four rates are views of one tensor: a branch may not close over aliases.)
+    kept = (pre.cpu_utilization, pre.p95_s)
+    kept += (torch.stack([pre.rate_now, pre.rate_1m, pre.rate_5m, pre.rate_15m], 1),)
+    kept += (pre.rate_peak_15m, pre.replicas, pre.ready_replicas, obs)
+
+    def keep(*xs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(f.clone() for f in kept)
+
+    xs = tuple(getattr(state, k) for k in _STATE_TENSORS)
+    cpu, p95, rates, peak, replicas, ready, new_obs = torch.cond(any_done, again, keep, xs)
+    seen = replace(
+        pre,
+        cpu_utilization=cpu,
+        p95_s=p95,
+        rate_now=rates[:, 0],
+        rate_1m=rates[:, 1],
+        rate_5m=rates[:, 2],
+        rate_15m=rates[:, 3],
+        rate_peak_15m=peak,
+        replicas=replicas,
+        ready_replicas=ready,
+    )
+    return replace(state, seen=seen), new_obs
 
 
 def reset(params: EnvParams) -> tuple[EnvState, torch.Tensor]:
     """Start every env in a random window of the trace bank; returns (state, observation)."""
-    ids = torch.arange(params.n_envs, device=params.device)
-    state = _random_episodes(None, params, ids, torch.zeros_like(ids))
+    zero = torch.zeros(params.n_envs, dtype=torch.int64, device=params.device)
+    state = _measured(_random_episodes(params, zero), params)
     return state, observe(state, params)
 
 
@@ -505,51 +608,57 @@ def reset_fixed(
 ) -> tuple[EnvState, torch.Tensor]:
     """Start env i at step ``start[i]`` of trace ``trace_index[i]`` for ``length[i]`` steps, with
     no amplitude jitter (evaluation: every controller meets exactly the same traffic)."""
-    ids = torch.arange(params.n_envs, device=params.device)
     bank = params.bank
     trace_index, start, length = (x.to(params.device).long() for x in (trace_index, start, length))
     if bool(((start < 0) | (length < 1) | (start + length > bank.lengths[trace_index])).any()):
         raise ValueError("window outside its trace (start < 0, length < 1, or past the end)")
     pos0 = bank.starts[trace_index] + start
-    scale = _scale_for(params, ids, trace_index)
-    state = _measured(_fresh(None, params, ids, pos0, length, scale, torch.zeros_like(ids)), params)
+    scale = _scale_for(params, trace_index)
+    zero = torch.zeros_like(pos0)
+    state = _measured(_fresh(params, _fresh_values(params, pos0, length, scale), zero), params)
     return state, observe(state, params)
 
 
 # --- what a controller sees ------------------------------------------------------------------
+#
+# Every window a query reads ends ``lag`` steps back, with ``lag`` per env among a few values
+# known from the config; each window is a slice of the history for each possible lag, and
+# each env takes its own with ``torch.where``: a handful of whole-batch ops per step instead of
+# a gather per window. The sums reduce exactly the values (and shapes) they always did, so
+# every number is the same as a gather's.
 
 
-def _window_mean(
-    hist: torch.Tensor, lag: torch.Tensor, window: torch.Tensor | int, widest: int | None = None
-) -> torch.Tensor:
-    """Mean of ``hist[:, n-lag-window : n-lag]`` per env (``hist`` oldest first): a gather of
-    the ``widest`` possible window's columns, the ones outside each env's own window masked."""
-    n = hist.shape[-1]
-    w = torch.as_tensor(window, device=hist.device).expand_as(lag)
-    k = int(widest if widest is not None else (window if isinstance(window, int) else w.max()))
-    offs = torch.arange(k, device=hist.device)
-    idx = torch.clamp((n - lag)[:, None] - k + offs[None, :], min=0)
-    vals = hist.gather(1, idx)
-    if isinstance(window, int) and window == k:
-        return vals.mean(dim=1)
-    m = offs[None, :] >= (k - w)[:, None]
-    return (vals * m).sum(dim=1) / torch.clamp(m.sum(dim=1), min=1)
+def _cols(x: torch.Tensor, idx: list[int]) -> torch.Tensor:
+    """``x[:, idx]`` for static ``idx``: a view when the columns are evenly spaced."""
+    step = idx[1] - idx[0] if len(idx) > 1 else 1
+    if step > 0 and all(b - a == step for a, b in itertools.pairwise(idx)):
+        return x[:, idx[0] : idx[-1] + 1 : step]
+    return x[:, torch.tensor(idx, device=x.device)]
 
 
-def _window_means(
-    hist: torch.Tensor, lag: torch.Tensor, window: int, offsets: torch.Tensor
-) -> torch.Tensor:
-    """``[B, len(offsets)]`` means over ``window`` steps ending ``lag + offset`` steps back."""
-    cs = torch.cat([torch.zeros_like(hist[:, :1]), hist.cumsum(dim=1)], dim=1)
-    end = torch.clamp(hist.shape[1] - lag[:, None] - offsets.to(hist.device)[None, :], min=window)
-    return (cs.gather(1, end) - cs.gather(1, end - window)) / window
+def _by_lag(lag: torch.Tensor, lags: int, cols: Callable[[int], torch.Tensor]) -> torch.Tensor:
+    """Per env ``cols(lag)`` for ``lag`` in ``0..lags``: ``cols(l)`` is a ``[B, ...]`` slice."""
+    out = cols(0)
+    for lo in range(1, lags + 1):
+        out = torch.where(lag.view(-1, *([1] * (out.dim() - 1))) == lo, cols(lo), out)
+    return out
+
+
+def _cpu_window(hist: torch.Tensor, params: EnvParams) -> torch.Tensor:
+    """Mean of ``hist[:, n-lag-window : n-lag]`` per env (oldest first; the env's CPU lag and
+    window), summed over the widest window with the columns outside the env's own masked."""
+    n = hist.shape[1]
+    k = max(1, params.config.steps(params.config.domain.cpu_window_s[1]))
+    vals = _by_lag(params.cpu_lag, n - k, lambda lo: hist[:, n - lo - k : n - lo])
+    w = params.cpu_window
+    m = torch.arange(k, device=hist.device)[None, :] >= (k - w)[:, None]
+    return (vals * m).sum(dim=1) / torch.clamp(w, 1, k)
 
 
 def observed_cpu(state: EnvState, params: EnvParams, ready_only: bool) -> torch.Tensor:
     """CPU utilization relative to the request, as cAdvisor/metrics-server report it."""
     hist = state.cpu_ready_hist if ready_only else state.cpu_all_hist
-    widest = max(1, params.config.steps(params.config.domain.cpu_window_s[1]))
-    busy = _window_mean(hist, params.cpu_lag, params.cpu_window, widest)
+    busy = _cpu_window(hist, params)
     z = _noise(params, state.pos, salt=1)
     return torch.clamp(busy * (1.0 + params.cpu_noise * z), min=0.0) * params.cpu_limit_ratio
 
@@ -569,18 +678,84 @@ def _measured(state: EnvState, params: EnvParams) -> EnvState:
     return replace(state, seen=measure(state, params))
 
 
+#: Windows up to this many steps are summed column by column on CPU (a few ``[B]`` ops instead
+#: of a reduction over a copied ``[B, K, w]`` block): torch's CPU sum adds up to 4 values in
+#: order, along either dim, so the numbers are the same (``test_simulator_graph`` checks it).
+_SEQUENTIAL_SUM_MAX = 4
+
+
+def _sequential(hist: torch.Tensor, w: int) -> bool:
+    return hist.device.type == "cpu" and w <= _SEQUENTIAL_SUM_MAX
+
+
+def _window_sums(
+    hist: torch.Tensor, lag: torch.Tensor, lmax: int, backs: tuple[int, ...], w: int
+) -> list[torch.Tensor]:
+    """Per env and per ``k`` in ``backs``: the sum over dim 1 of ``hist[:, n-lag-k-w : n-lag-k]``
+    (``lag`` in ``0..lmax``), in the order ``torch.sum`` adds them (see :func:`_sequential`)."""
+    n = hist.shape[1]
+    out = []
+    for k in backs:
+        total = None
+        for lo in range(lmax + 1):
+            s = hist[:, n - lo - k - w]
+            for i in range(1, w):
+                s = s + hist[:, n - lo - k - w + i]
+            cond = (lag == lo).view(-1, *([1] * (s.dim() - 1)))
+            total = s if total is None else torch.where(cond, s, total)
+        assert total is not None
+        out.append(total)
+    return out
+
+
+def _rate_queries(
+    hist: torch.Tensor, lag: torch.Tensor, cfg: SimConfig
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """``4 x [B]`` the 1 m rate now, 1, 5 and 15 minutes back, and ``[B]`` the range query's
+    highest point over 15 minutes, all ``lag`` steps late. The peak's windows are differences of
+    the history's cumulative sum (as a range query's points are differences of a counter)."""
+    n = hist.shape[1]
+    w = cfg.rate_window
+    lmax = cfg.max_scrape_lag
+    backs = (0, *cfg.rate_lags)
+    if n - lmax - backs[-1] - w < 0:
+        raise ValueError("rate history too short for the queries' windows")
+    if _sequential(hist, w):
+        rates = [s / w for s in _window_sums(hist, lag, lmax, backs, w)]
+    else:
+        wins = _by_lag(
+            lag,
+            lmax,
+            lambda lo: torch.stack([hist[:, n - lo - k - w : n - lo - k] for k in backs], 1),
+        )
+        rates = list(wins.mean(dim=2).unbind(1))
+    cs = torch.cat([torch.zeros_like(hist[:, :1]), hist.cumsum(dim=1)], dim=1)
+    offsets = cfg.peak_offsets[::-1]
+
+    def ends(lo: int) -> list[int]:
+        return [max(n - lo - o, w) for o in offsets]
+
+    hi = _by_lag(lag, lmax, lambda lo: _cols(cs, ends(lo)))
+    low = _by_lag(lag, lmax, lambda lo: _cols(cs, [e - w for e in ends(lo)]))
+    return rates, ((hi - low) / w).amax(dim=1)
+
+
 def measure(state: EnvState, params: EnvParams) -> features.FeatureInputs:
     """The feature inputs the metric pipelines deliver for this state (see :func:`signals`)."""
     cfg = params.config
     w = cfg.rate_window
     lag = params.scrape_lag
-    rates = [_window_mean(state.rate_hist, lag, w)]
-    rates += [_window_mean(state.rate_hist, lag + k, w) for k in cfg.rate_lags]
-    peak = _window_means(state.rate_hist, lag, w, cfg.rate_peak_offsets).amax(dim=1)
-    cum = torch.cumsum(_lat_window(state.lat_hist, lag, w), dim=1)
+    rates, peak = _rate_queries(state.rate_hist, lag, cfg)
+    hist, lmax = state.lat_hist, cfg.max_scrape_lag
+    if _sequential(hist, w):
+        (lat,) = _window_sums(hist, lag, lmax, (0,), w)
+    else:
+        n = hist.shape[1]
+        lat = _by_lag(lag, lmax, lambda lo: hist[:, n - lo - w : n - lo]).sum(dim=1)
+    cum = torch.cumsum(lat, dim=1)
     p95 = service.histogram_quantile(0.95, cum, params.bank.buckets)
     z = torch.zeros_like(state.backlog)
-    inputs = features.FeatureInputs(
+    return features.FeatureInputs(
         cpu_utilization=observed_cpu(state, params, ready_only=False),
         cpu_limit_ratio=params.cpu_limit_ratio,
         p95_s=p95,
@@ -596,16 +771,6 @@ def measure(state: EnvState, params: EnvParams) -> features.FeatureInputs:
         since_scale_up_s=z,
         since_scale_down_s=z,
     )
-    return inputs
-
-
-def _lat_window(hist: torch.Tensor, lag: torch.Tensor, window: int) -> torch.Tensor:
-    """Sum of the per-step bucket counts over the rate window, ``lag`` steps back."""
-    n = hist.shape[1]
-    offs = torch.arange(window, device=hist.device)
-    idx = torch.clamp((n - lag)[:, None] - window + offs[None, :], min=0)
-    idx = idx[:, :, None].expand(-1, -1, hist.shape[2])
-    return hist.gather(1, idx).sum(dim=1)
 
 
 @dataclass(frozen=True)
@@ -745,26 +910,15 @@ def _transition(
     pods[:, 0] += torch.clamp(target - cur, min=0.0)
 
     # 2. Pods that reached their start-up delay serve.
-    ready_mask = _ready_mask(params, pods.shape[1])
-    ready = (pods * ready_mask).sum(dim=1)
+    ready = (pods * _ready_mask(params, pods.shape[1])).sum(dim=1)
     total = pods.sum(dim=1)
 
     # 3-4. Arrivals and service.
     rate = arrival_rate(params, state.pos, state.scale)
     arrivals = rate * dt
-    f = flow(
+    f, m = serve(
         arrivals, state.backlog, ready, params.capacity, params.service_time_s, dt, cfg.timeout_s
     )
-    m = latency_model(
-        f.served,
-        f.backlog,
-        ready,
-        params.capacity,
-        params.service_time_s,
-        dt,
-        state.backlog + arrivals,
-    )
-    p95 = latency_p95(m, cfg.timeout_s)
     cdf = latency_cdf(m, params.bank.buckets, cfg.timeout_s)
     served_in = torch.diff(cdf * f.served[:, None], dim=1, prepend=torch.zeros_like(cdf[:, :1]))
     slow = torch.clamp(f.served - cdf[:, -1] * f.served, min=0.0) + f.dropped
@@ -776,7 +930,7 @@ def _transition(
     counter = torch.where(params.ingress, rate, f.served / dt)
 
     # 5. Cost, SLO and reward.
-    violation = p95 > params.slo_s
+    violation = f.p95_s > params.slo_s
     changed = target != cur
     drop_frac = f.dropped / torch.clamp(arrivals + state.backlog, min=1e-9)
     if w.cost_norm == "need":
@@ -795,7 +949,6 @@ def _transition(
     aged[:, -1] += pods[:, -1]
     t = state.t + 1
     truncated = t >= state.ep_len
-    terminated = torch.zeros_like(truncated)
     nxt = EnvState(
         t=t,
         ep_len=state.ep_len,
@@ -804,12 +957,12 @@ def _transition(
         episode=state.episode,
         pods=aged,
         backlog=f.backlog,
-        rate_hist=torch.cat([state.rate_hist[:, 1:], counter[:, None]], dim=1),
-        cpu_all_hist=torch.cat([state.cpu_all_hist[:, 1:], cpu_all[:, None]], dim=1),
-        cpu_ready_hist=torch.cat([state.cpu_ready_hist[:, 1:], f.utilization[:, None]], dim=1),
-        lat_hist=torch.cat([state.lat_hist[:, 1:], counts[:, None, :]], dim=1),
+        rate_hist=_push(state.rate_hist, counter),
+        cpu_all_hist=_push(state.cpu_all_hist, cpu_all),
+        cpu_ready_hist=_push(state.cpu_ready_hist, f.utilization),
+        lat_hist=_push(state.lat_hist, counts),
         utilization=f.utilization,
-        p95_s=p95,
+        p95_s=f.p95_s,
         shield=shield_state,
     )
     obs = None
@@ -824,27 +977,33 @@ def _transition(
         "dropped": f.dropped,
         "backlog": f.backlog,
         "utilization": f.utilization,
-        "p95_s": p95,
+        "p95_s": f.p95_s,
         "violation": violation,
         "changed": changed,
         "reason": reason,
         "cost_pod_s": target * dt,
         "arrivals": arrivals,
         "latency_counts": counts,
+        # The observation the step ended on (before any auto-reset): what a learner
+        # bootstraps a truncated episode from.
+        "final_obs": obs,
     }
-    if bool(truncated.any()):
-        ids = truncated.nonzero().squeeze(1)
-        info["final_obs"] = obs
-        nxt = _random_episodes(nxt, params, ids, nxt.episode[ids] + 1)
-        if observe_next:
-            obs = observe(nxt, params)
-        else:
-            nxt = replace(nxt, seen=None)
-    return nxt, obs, reward, terminated, truncated, info
+    # Compiled, the auto-reset is part of the graph (no break); eager, it is skipped when no
+    # env needs it.
+    if torch.compiler.is_compiling():
+        nxt, obs = _auto_reset_graph(nxt, obs, truncated, params)
+    elif bool(truncated.any()):
+        nxt, obs = _auto_reset(nxt, truncated, params, observe_next)
+    return nxt, obs, reward, torch.zeros_like(truncated), truncated, info
+
+
+def _push(hist: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """``hist`` (``[B, T, ...]``, oldest first) shifted by one step, ``value`` appended."""
+    return torch.cat([hist[:, 1:], value[:, None]], dim=1)
 
 
 def compiled_step() -> Callable[..., tuple]:
     """:func:`step` through ``torch.compile``: same results, faster on CPU at thousands of envs
-    (kernels fused), at the price of compiling on first use. The auto-reset branch stays eager
-    (its batch size varies)."""
+    (the whole step, auto-reset included, is one graph, its kernels fused), at the price of
+    compiling on first use."""
     return torch.compile(step, dynamic=False)

@@ -48,6 +48,27 @@ class StepFlow:
     p95_s: torch.Tensor
 
 
+def _flow_core(
+    arrivals: torch.Tensor,
+    backlog: torch.Tensor,
+    ready: torch.Tensor,
+    capacity: torch.Tensor,
+    dt: float,
+    timeout_s: float,
+) -> tuple[torch.Tensor, ...]:
+    """``(cap_rate, work, served, backlog', dropped, has_cap, utilization)`` of one step."""
+    cap_rate = ready * capacity
+    cap = cap_rate * dt
+    work = backlog + arrivals
+    served = torch.minimum(work, cap)
+    left = work - served
+    new_backlog = torch.minimum(left, cap_rate * timeout_s)
+    dropped = left - new_backlog
+    has_cap = cap > 0
+    util = torch.where(has_cap, served / torch.where(has_cap, cap, 1.0), 0.0)
+    return cap_rate, work, served, new_backlog, dropped, has_cap, util
+
+
 def flow(
     arrivals: torch.Tensor,
     backlog: torch.Tensor,
@@ -58,18 +79,10 @@ def flow(
     timeout_s: float,
 ) -> StepFlow:
     """One step of the service for a batch; ``arrivals`` and ``backlog`` are request counts."""
+    _, work, served, new_backlog, dropped, has_cap, util = _flow_core(
+        arrivals, backlog, ready, capacity, dt, timeout_s
+    )
     cap_rate = ready * capacity
-    cap = cap_rate * dt
-    work = backlog + arrivals
-    served = torch.minimum(work, cap)
-    left = work - served
-    new_backlog = torch.minimum(left, cap_rate * timeout_s)
-    dropped = left - new_backlog
-
-    has_cap = cap > 0
-    safe_cap = torch.where(has_cap, cap, 1.0)
-    util = torch.where(has_cap, served / safe_cap, 0.0)
-
     rho = torch.clamp(util, max=_RHO_MAX)
     servers = torch.clamp(ready * capacity * service_time_s, min=1e-6)
     p_wait = torch.pow(rho, torch.sqrt(2.0 * (servers + 1.0)) - 1.0)
@@ -80,6 +93,26 @@ def flow(
     starved = (~has_cap) & (work > 0)
     p95 = torch.where(starved, torch.full_like(p95, timeout_s), torch.clamp(p95, max=timeout_s))
     return StepFlow(served, new_backlog, dropped, util, p95)
+
+
+def serve(
+    arrivals: torch.Tensor,
+    backlog: torch.Tensor,
+    ready: torch.Tensor,
+    capacity: torch.Tensor,
+    service_time_s: torch.Tensor,
+    dt: float,
+    timeout_s: float,
+) -> tuple[StepFlow, LatencyModel]:
+    """One step as the simulator plays it: :func:`flow`'s counts, the step's latency
+    distribution (:func:`latency_model` with the step's demand) and its exact p95
+    (:func:`latency_p95`, in ``p95_s``), sharing what they have in common."""
+    cap_rate, work, served, new_backlog, dropped, has_cap, util = _flow_core(
+        arrivals, backlog, ready, capacity, dt, timeout_s
+    )
+    rho = torch.clamp(util, max=_RHO_MAX)
+    m = _model(rho, cap_rate, has_cap, service_time_s, new_backlog, work)
+    return StepFlow(served, new_backlog, dropped, util, latency_p95(m, timeout_s)), m
 
 
 def p95_no_backlog(
@@ -123,6 +156,7 @@ DEFAULT_BUCKETS: tuple[float, ...] = (
 (the ``+Inf`` bucket is implicit)."""
 
 _NEWTON_STEPS = 3
+_EXP_FLOOR = -87.0
 
 
 @dataclass(frozen=True)
@@ -153,29 +187,81 @@ def latency_model(
     rho = torch.clamp(
         torch.where(has_cap, served / torch.where(has_cap, cap_rate * dt, 1.0), 0.0), max=_RHO_MAX
     )
+    work = served + backlog if demand is None else demand
+    return _model(rho, cap_rate, has_cap, service_time_s, backlog, work)
+
+
+def _model(
+    rho: torch.Tensor,
+    cap_rate: torch.Tensor,
+    has_cap: torch.Tensor,
+    service_time_s: torch.Tensor,
+    backlog: torch.Tensor,
+    work: torch.Tensor,
+) -> LatencyModel:
     servers = torch.clamp(cap_rate * service_time_s, min=1e-6)
     p_wait = torch.pow(rho, torch.sqrt(2.0 * (servers + 1.0)) - 1.0)
     wait_rate = servers * (1.0 - rho) / service_time_s
     drain = backlog / torch.where(has_cap, cap_rate, 1.0)
-    work = served + backlog if demand is None else demand
     return LatencyModel(service_time_s, p_wait, wait_rate, drain, (~has_cap) & (work > 0))
 
 
-def _survival(y: torch.Tensor, m: LatencyModel) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(G(y), g(y))``: survival and density of S + W at ``y >= 0`` (broadcasts over bounds)."""
+@dataclass(frozen=True)
+class _Terms:
+    """What :func:`_survival` needs that does not depend on ``y`` (computed once per model)."""
+
+    a: torch.Tensor
+    neg_a: torch.Tensor
+    neg_b: torch.Tensor
+    b: torch.Tensor
+    pw: torch.Tensor
+    not_pw: torch.Tensor
+    """``1 - P_wait``."""
+    not_pw_a: torch.Tensor
+    aa: torch.Tensor
+    ab: torch.Tensor
+    close: torch.Tensor
+    safe: torch.Tensor
+
+
+def _terms(m: LatencyModel) -> _Terms:
     a = 1.0 / m.service_time_s
     b = m.wait_rate
-    pw = m.p_wait
-    ea = torch.exp(-a * y)
-    eb = torch.exp(-b * y)
     diff = b - a
     close = diff.abs() < 1e-4 * a
-    safe = torch.where(close, torch.ones_like(diff), diff)
-    hypo_g = torch.where(close, ea * (1.0 + a * y), (b * ea - a * eb) / safe)
-    hypo_f = torch.where(close, a * a * y * ea, a * b * (ea - eb) / safe)
-    g = (1.0 - pw) * ea + pw * hypo_g
-    f = (1.0 - pw) * a * ea + pw * hypo_f
-    return torch.clamp(g, min=0.0, max=1.0), torch.clamp(f, min=0.0)
+    not_pw = 1.0 - m.p_wait
+    return _Terms(
+        a=a,
+        neg_a=-a,
+        neg_b=-b,
+        b=b,
+        pw=m.p_wait,
+        not_pw=not_pw,
+        not_pw_a=not_pw * a,
+        aa=a * a,
+        ab=a * b,
+        close=close,
+        safe=torch.where(close, torch.ones_like(diff), diff),
+    )
+
+
+def _survival(
+    y: torch.Tensor, k: _Terms, density: bool = True
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(G(y), g(y))``: survival and density of S + W at ``y >= 0`` (broadcasts over bounds);
+    G is clamped to [0, 1], g (when ``density``) is not clamped (callers clamp its ratio)."""
+    # Exponents floored at -87: e^-87 (1.6e-38) is still a normal float, and the CPU's exp is
+    # over ten times slower on arguments whose result underflows. What it changes is below
+    # 1e-33 in G and g, which no result can see: the CDF is 1 - G and the p95's Newton steps
+    # run where G is near 0.05.
+    ea = torch.exp(torch.clamp(k.neg_a * y, min=_EXP_FLOOR))
+    eb = torch.exp(torch.clamp(k.neg_b * y, min=_EXP_FLOOR))
+    hypo_g = torch.where(k.close, ea * (1.0 + k.a * y), (k.b * ea - k.a * eb) / k.safe)
+    g = torch.clamp(k.not_pw * ea + k.pw * hypo_g, min=0.0, max=1.0)
+    if not density:
+        return g, None
+    hypo_f = torch.where(k.close, k.aa * y * ea, k.ab * (ea - eb) / k.safe)
+    return g, k.not_pw_a * ea + k.pw * hypo_f
 
 
 def latency_p95(m: LatencyModel, timeout_s: float) -> torch.Tensor:
@@ -186,8 +272,11 @@ def latency_p95(m: LatencyModel, timeout_s: float) -> torch.Tensor:
         + torch.clamp(torch.log(torch.clamp(m.p_wait, min=1e-30) * 20.0), min=0.0) / m.wait_rate
     )
     target = math.log(0.05)
+    k = _terms(m)
     for _ in range(_NEWTON_STEPS):
-        g, f = _survival(y, m)
+        g, f = _survival(y, k)
+        assert f is not None
+        # G in [1e-30, 1]; a negative density reads as the smallest hazard either way.
         g = torch.clamp(g, min=1e-30)
         hazard = torch.clamp(f / g, min=1e-9)
         y = torch.clamp(y + (torch.log(g) - target) / hazard, min=0.0)
@@ -199,21 +288,16 @@ def latency_cdf(m: LatencyModel, bounds: torch.Tensor, timeout_s: float) -> torc
     """``[B, K]`` fraction of served requests with latency <= each bound (``bounds`` ``[K]``).
 
     Requests beyond the timeout never complete inside a bound (they time out), so the CDF is 0
-    at bounds under the drain time and reaches at most P(L <= timeout) below ``+Inf``.
+    at bounds under the drain time and reaches at most P(L <= timeout) below ``+Inf``; with
+    demand and no ready pod (starved) it is 0 everywhere.
     """
     x = bounds[None, :] - m.drain_s[:, None]
     y = torch.clamp(x, min=0.0)
     mm = LatencyModel(
         *(t[:, None] for t in (m.service_time_s, m.p_wait, m.wait_rate, m.drain_s, m.starved))
     )
-    g, _ = _survival(y, mm)
-    cdf = torch.where(x > 0, 1.0 - g, 0.0)
-    cdf = torch.where(
-        (bounds[None, :] > timeout_s) | m.starved[:, None],
-        torch.where(m.starved[:, None], 0.0, cdf),
-        cdf,
-    )
-    return cdf
+    g, _ = _survival(y, _terms(mm), density=False)
+    return torch.where((x > 0) & ~mm.starved, 1.0 - g, 0.0)
 
 
 def histogram_quantile(q: float, cumulative: torch.Tensor, bounds: torch.Tensor) -> torch.Tensor:
