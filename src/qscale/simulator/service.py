@@ -79,12 +79,11 @@ def flow(
     timeout_s: float,
 ) -> StepFlow:
     """One step of the service for a batch; ``arrivals`` and ``backlog`` are request counts."""
-    _, work, served, new_backlog, dropped, has_cap, util = _flow_core(
+    cap_rate, work, served, new_backlog, dropped, has_cap, util = _flow_core(
         arrivals, backlog, ready, capacity, dt, timeout_s
     )
-    cap_rate = ready * capacity
     rho = torch.clamp(util, max=_RHO_MAX)
-    servers = torch.clamp(ready * capacity * service_time_s, min=1e-6)
+    servers = torch.clamp(cap_rate * service_time_s, min=1e-6)
     p_wait = torch.pow(rho, torch.sqrt(2.0 * (servers + 1.0)) - 1.0)
     tail = torch.clamp(torch.log(torch.clamp(p_wait, min=1e-30) * 20.0), min=0.0)
     wait = service_time_s * tail / (servers * (1.0 - rho))
