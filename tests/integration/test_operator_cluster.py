@@ -154,7 +154,8 @@ def test_shadow_and_off_never_write_and_an_outside_scale_is_noticed(st: Stack):
     )
     assert s["lastAction"]["applied"] is False and s["replicas"] == 2
     assert st.condition("shadowed", "ScalingActive")["reason"] == "MODE_SHADOW"
-    off = st.status("off")
+    # "off" is indexed on its own watch event: it may tick after "shadowed" already decided
+    off = st.wait_status("off", lambda s: "reason" in s, 20, "Off's first status")
     assert off["reason"] == "MODE_OFF" and "desiredReplicas" not in off
     time.sleep(4)
     assert st.replicas("shadowed") == 2 and st.replicas("off") == 2
