@@ -51,7 +51,7 @@ chart: $(STAMP) system-deps
 
 test: $(STAMP) system-deps
 	$(VENV)/bin/lint-imports
-	$(PY) -m pytest -q tests; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+	$(PY) -m pytest -q --durations=30 tests; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_simulator.py
