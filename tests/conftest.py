@@ -16,6 +16,10 @@ import torch
 
 REQUIRE_CLUSTER = os.environ.get("QSCALE_REQUIRE_CLUSTER") == "1"
 
+# The suite never downloads anything (qscale.dev.fetch refuses while this is set, also in the
+# subprocesses tests start); the fetch tests serve their files on loopback and lift it.
+os.environ["QSCALE_NO_FETCH"] = "1"
+
 
 @pytest.fixture(autouse=True, scope="session")
 def _threads():

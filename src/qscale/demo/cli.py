@@ -1,8 +1,12 @@
 """``qscale demo``: the live demo on a local control plane, or the offline one.
 
-Where no control plane can be had (no binaries: :class:`qscale.dev.cluster.ClusterUnavailable`)
-or no Prometheus, it says so in one line and runs the offline demo, ``qscale evaluate`` on the
-shipped excerpt, instead (``--offline`` asks for it; ``--no-fallback`` makes it an error).
+Binaries not found here (see :mod:`qscale.dev.cluster` and :mod:`qscale.dev.prom`) are
+downloaded, pinned by sha256, into a cache (:mod:`qscale.dev.fetch`; ``--no-fetch`` or
+``QSCALE_NO_FETCH=1`` forbids it). Where no control plane can be had even so (offline:
+:class:`qscale.dev.cluster.ClusterUnavailable`) or no Prometheus, it says so in one line and
+runs the offline demo, ``qscale evaluate`` on the shipped excerpt, instead (``--offline`` asks
+for it; ``--no-fallback`` makes it an error). A download that fails its sha256 check is always
+an error (exit 1), never a quiet fallback.
 """
 
 from __future__ import annotations
@@ -93,6 +97,12 @@ def _parser() -> argparse.ArgumentParser:
         f"{d.hpa_stabilization_s}: the shield's; Kubernetes' default is 300)",
     )
     ap.add_argument("--quiet", action="store_true", help="no live view")
+    ap.add_argument(
+        "--no-fetch",
+        action="store_true",
+        help="never download the pinned control plane or Prometheus (also QSCALE_NO_FETCH=1); "
+        "cached copies are still used",
+    )
     mode = ap.add_mutually_exclusive_group()
     mode.add_argument(
         "--offline",
@@ -125,16 +135,23 @@ def demo_main(argv: Sequence[str]) -> int:
     if args.offline:
         return _offline(args.out, None)
     from qscale.dev.cluster import ClusterUnavailable, find_k8s_bin
+    from qscale.dev.fetch import FetchError
     from qscale.dev.prom import PrometheusUnavailable, find_prometheus
 
+    def say(msg: str) -> None:
+        print(f"qscale demo: {msg}", flush=True)
+
     try:
-        find_k8s_bin()
-        find_prometheus()
+        find_k8s_bin(fetch=not args.no_fetch, say=say)
+        find_prometheus(fetch=not args.no_fetch, say=say)
     except (ClusterUnavailable, PrometheusUnavailable) as e:
         if args.no_fallback:
             print(f"qscale demo: error: {e}", file=sys.stderr)
             return 2
         return _offline(args.out, str(e))
+    except (FetchError, OSError) as e:  # a wrong download, or no room for it: never fall back
+        print(f"qscale demo: error: {e}", file=sys.stderr)
+        return 1
 
     from qscale.demo.report import summary_table
     from qscale.demo.run import DemoConfig, DemoError, run_demo

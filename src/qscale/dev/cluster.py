@@ -5,9 +5,11 @@ HorizontalPodAutoscaler controller), kube-scheduler and, optionally, metrics-ser
 loopback; kwok plays the fake nodes' kubelets. No containers. Everything above the kubelet is
 real: OpenAPI schema and CEL validation, RBAC, the scale subresource, watches, TokenRequest.
 
-Binaries are found, in order, in ``$QSCALE_K8S_BIN``, next to ``kwokctl`` on ``PATH``, or by
+Binaries are found, in order, in ``$QSCALE_K8S_BIN``, next to ``kwokctl`` on ``PATH``, by
 running ``shared/k8s/install.sh`` of a checkout next to this one (it unpacks a pinned archive
-once). :class:`ClusterUnavailable` says in one line how to get them when none can be had.
+once), where that archive was unpacked before, or, only when asked (``fetch=True``: ``qscale
+demo``), by downloading the same archive, pinned by sha256 (:mod:`qscale.dev.fetch`).
+:class:`ClusterUnavailable` says in one line how to get them when none can be had.
 
 **Loopback only.** Fake nodes get 127.0.1.x addresses and pods 127.64.x.y (kwok's defaults,
 192.0.2.x, are not this machine's and metrics-server would dial them); nothing here ever
@@ -30,10 +32,12 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
+
+from qscale.dev import fetch as _fetch
 
 __all__ = [
     "BIN_ENV",
@@ -64,8 +68,8 @@ _BINARIES = (
 )
 _HOW_TO_GET = (
     f"set {BIN_ENV} to a directory with kwokctl, kwok, etcd, kube-apiserver, "
-    "kube-controller-manager, kube-scheduler and kubectl, put them on PATH, or run "
-    "shared/k8s/install.sh"
+    "kube-controller-manager, kube-scheduler and kubectl, put them on PATH, run "
+    "shared/k8s/install.sh, or let `qscale demo` download them (online, without --no-fetch)"
 )
 
 
@@ -98,8 +102,17 @@ def _install_scripts() -> Iterator[Path]:
             yield script
 
 
-def find_k8s_bin(environ: Mapping[str, str] | None = None) -> Path:
-    """The directory of the control plane's binaries (see the module docstring for the order)."""
+def find_k8s_bin(
+    environ: Mapping[str, str] | None = None,
+    *,
+    fetch: bool = False,
+    say: Callable[[str], None] | None = None,
+) -> Path:
+    """The directory of the control plane's binaries (see the module docstring for the order).
+
+    With ``fetch``, a download that cannot be had is :class:`ClusterUnavailable`, but one that
+    fails its check raises :class:`qscale.dev.fetch.FetchError`: that must stop the caller.
+    """
     env = os.environ if environ is None else environ
     explicit = env.get(BIN_ENV)
     if explicit:
@@ -123,6 +136,17 @@ def find_k8s_bin(environ: Mapping[str, str] | None = None) -> Path:
         if _has_all(d):
             return d.resolve()
         raise ClusterUnavailable(f"{script} printed {d}, which lacks the binaries")
+    cached = _fetch.cached_k8s_bin(env)
+    if cached is not None and _has_all(cached):
+        return cached.resolve()
+    if fetch:
+        try:
+            d = _fetch.fetch_k8s_bin(env, say=say)
+        except _fetch.FetchUnavailable as e:
+            raise ClusterUnavailable(f"could not download the pinned control plane: {e}") from None
+        if _has_all(d):
+            return d.resolve()
+        raise ClusterUnavailable(f"the downloaded control plane in {d} lacks the binaries")
     raise ClusterUnavailable(f"no local Kubernetes control plane binaries: {_HOW_TO_GET}")
 
 

@@ -1,9 +1,10 @@
 """A real Prometheus on loopback for tests, benchmarks and ``make demo``.
 
-Starts the ``prometheus`` binary (``$QSCALE_PROMETHEUS_BIN``, else ``PATH``; the Debian package
-``prometheus`` installs one) on 127.0.0.1 with a generated config and its own temporary data
-directory, scraping the given loopback targets at a short interval. It can be stopped and
-started again on the same port and data (to play a Prometheus outage).
+Starts the ``prometheus`` binary (``$QSCALE_PROMETHEUS_BIN``, else ``PATH``, where the Debian
+package ``prometheus`` installs one, else the pinned upstream release in the cache, downloaded
+when asked: ``fetch=True``, :mod:`qscale.dev.fetch`) on 127.0.0.1 with a generated config and
+its own temporary data directory, scraping the given loopback targets at a short interval. It
+can be stopped and started again on the same port and data (to play a Prometheus outage).
 """
 
 from __future__ import annotations
@@ -15,11 +16,13 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+
+from qscale.dev import fetch as _fetch
 
 __all__ = [
     "PROMETHEUS_ENV",
@@ -36,7 +39,15 @@ class PrometheusUnavailable(RuntimeError):
     """No Prometheus binary here, or it did not start; the message says what to do."""
 
 
-def find_prometheus(environ: Mapping[str, str] | None = None) -> Path:
+def find_prometheus(
+    environ: Mapping[str, str] | None = None,
+    *,
+    fetch: bool = False,
+    say: Callable[[str], None] | None = None,
+) -> Path:
+    """The prometheus binary (see the module docstring for the order). With ``fetch``, a
+    download that cannot be had is :class:`PrometheusUnavailable`, but one that fails its check
+    raises :class:`qscale.dev.fetch.FetchError`: that must stop the caller."""
     env = os.environ if environ is None else environ
     explicit = env.get(PROMETHEUS_ENV)
     if explicit:
@@ -47,9 +58,17 @@ def find_prometheus(environ: Mapping[str, str] | None = None) -> Path:
     found = shutil.which("prometheus", path=env.get("PATH"))
     if found:
         return Path(found)
+    cached = _fetch.cached_prometheus(env)
+    if cached is not None:
+        return cached
+    if fetch:
+        try:
+            return _fetch.fetch_prometheus(env, say=say)
+        except _fetch.FetchUnavailable as e:
+            raise PrometheusUnavailable(f"could not download the pinned Prometheus: {e}") from None
     raise PrometheusUnavailable(
         "no prometheus binary: install it (Debian: apt-get install -y --no-install-recommends "
-        f"prometheus) or set {PROMETHEUS_ENV}"
+        f"prometheus), set {PROMETHEUS_ENV}, or let `qscale demo` download it (online)"
     )
 
 
