@@ -27,8 +27,9 @@ system-deps:
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
 	  else echo "prometheus not found and cannot apt-get it: cluster tests will skip (or fail under CI)"; fi; }
 
-# qscale against the real HPA on a local control plane (qscale.demo); where none can be had it
-# says so and runs the offline demo (qscale evaluate on the shipped excerpt) instead.
+# qscale against the real HPA on a local control plane (qscale.demo); binaries missing here are
+# downloaded once, pinned by sha256 (qscale.dev.fetch; QSCALE_NO_FETCH=1 forbids it); where none
+# can be had it says so and runs the offline demo (qscale evaluate on the shipped excerpt) instead.
 demo: $(STAMP) system-deps
 	$(VENV)/bin/qscale demo --out $(OUT)/demo
 

@@ -4,7 +4,7 @@ without the network, a checksum mismatch that stops everything, refused URLs and
 
 The artifacts served here are small tarballs the tests build themselves, with their own
 sha256s (the pins are replaced with ``monkeypatch``); the real pins are only checked for form.
-The real control-plane archive is fetched in ``tests/integration/test_fetch.py``.
+The real control-plane archive is fetched in ``tests/integration/test_fetch_k8s_archive.py``.
 """
 
 from __future__ import annotations
@@ -178,6 +178,21 @@ def test_a_download_over_its_size_cap_is_refused(tmp_path):
     with serve(served) as srv, pytest.raises(f.FetchError, match="cap"):
         f.fetch(small, env, base_url=srv.url)
     assert _leftovers(env) == []
+
+
+def test_an_archive_without_the_binary_leaves_nothing_unpacked(tmp_path, monkeypatch):
+    served = tmp_path / "served"
+    served.mkdir()
+    sha = _tarball(served / "p.tar.gz", {"README": b"no binary here"})
+    monkeypatch.setattr(
+        f,
+        "PROMETHEUS",
+        f.Artifact("https://example.invalid/p.tar.gz", sha, 1 << 20, ("prometheus",)),
+    )
+    env = _env(tmp_path)
+    with serve(served) as srv, pytest.raises(f.FetchError, match=r"p\.tar\.gz lacks prometheus"):
+        f.fetch_prometheus(env, base_url=srv.url)
+    assert os.listdir(tmp_path / "cache") == ["downloads"]  # no half-unpacked directory
 
 
 def test_prometheus_is_fetched_unpacked_and_found_from_the_cache(tmp_path, monkeypatch):

@@ -39,8 +39,9 @@ def _parser() -> argparse.ArgumentParser:
         "Deployments on a local control plane take the same traffic (a stretch of a shipped "
         "trace, compressed; the controllers run in real time), one scaled by the qscale "
         "operator, the other by the HPA controller of kube-controller-manager. Prints a live "
-        "view and a summary, writes summary.json, timeline.csv and demo.png. Without a local "
-        "control plane it runs the offline demo (qscale evaluate) instead.",
+        "view and a summary, writes summary.json, timeline.csv and demo.png. Binaries missing "
+        "here are downloaded once, pinned by sha256, into ~/.cache; without a local control "
+        "plane (offline) it runs the offline demo (qscale evaluate) instead.",
     )
     ap.add_argument("--out", type=Path, default=d.out, help=f"output directory (default {d.out})")
     ap.add_argument(

@@ -3,6 +3,7 @@
 * :mod:`qscale.dev.cluster` - a local control plane (kwokctl binary runtime: real
   kube-apiserver, kube-controller-manager, scheduler; kwok plays the kubelets);
 * :mod:`qscale.dev.prom` - a real Prometheus on loopback;
+* :mod:`qscale.dev.fetch` - both of those downloaded for ``make demo``, pinned by sha256;
 * :mod:`qscale.dev.operator` - the CRD/RBAC install, ServiceAccount kubeconfigs, the operator
   as a subprocess;
 * :mod:`qscale.dev.hpa_conformance` - :mod:`qscale.hpa` against the real HPA controller.

@@ -33,6 +33,7 @@ import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import httpx
 
@@ -92,10 +93,12 @@ K8S_LOCAL = Artifact(
     max_bytes=256 * _MIB,
 )
 PROMETHEUS = Artifact(
-    # Upstream's release (an LTS line; the flags and config qscale.dev.prom uses are unchanged
-    # since Debian's 2.42). The sha256 is the one upstream's sha256sums.txt lists, as pinned in
-    # github.com/boxcutter/oci prometheus/prometheus/2.x/docker-bake.hcl
-    # (PROMETHEUS_SHA256_AMD64, commit 74e34c4e283bd88f9a6b2fb24b92356a7c5a47c1).
+    # Upstream's release (the 2.53 LTS line; the flags and config qscale.dev.prom uses are the
+    # same as in Debian's 2.42). The sha256 is as pinned in github.com/boxcutter/oci,
+    # prometheus/prometheus/2.x/docker-bake.hcl (PROMETHEUS_SHA256_AMD64, commit
+    # 74e34c4e283bd88f9a6b2fb24b92356a7c5a47c1); another project's install script pins the same
+    # value and says it checked it against upstream's sha256sums.txt. Not re-checked here
+    # against the tarball itself (this was written offline): a wrong pin stops the demo.
     url="https://github.com/prometheus/prometheus/releases/download/v2.53.4/"
     "prometheus-2.53.4.linux-amd64.tar.gz",
     sha256="b8b497c4610d1b93208252b60c8f20f6b2e78596ae8df43397a2e805aa53d475",
@@ -176,7 +179,7 @@ def _source(artifact: Artifact, env: Mapping[str, str], base_url: str | None) ->
 
 
 def _stream_to(
-    url: httpx.URL, out, artifact: Artifact, timeout_s: float, say: Callable[[str], None]
+    url: httpx.URL, out: BinaryIO, artifact: Artifact, timeout_s: float, say: Callable[[str], None]
 ) -> str:
     """GET ``url`` into ``out`` following only allowed redirects; returns the data's sha256."""
     digest, size = hashlib.sha256(), 0
@@ -226,9 +229,9 @@ def fetch(
         if _sha256(path) == artifact.sha256:
             return path
         path.unlink()  # a stale or damaged copy: download it again
-    url = _source(artifact, env, base_url)
     if env.get(NO_FETCH_ENV) == "1":
         raise FetchUnavailable(f"downloads are off ({NO_FETCH_ENV}=1)")
+    url = _source(artifact, env, base_url)
     downloads.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{artifact.filename}.", suffix=".part", dir=downloads)
     tmp = Path(tmp_name)
@@ -267,6 +270,8 @@ def _unpack(archive: Path, dest: Path, artifact: Artifact) -> None:
         tmp.chmod(0o755)
         shutil.rmtree(dest, ignore_errors=True)
         os.replace(tmp, dest)
+    except tarfile.TarError as e:
+        raise FetchError(f"{archive}: cannot be unpacked: {e}") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
