@@ -38,12 +38,23 @@ def rows_by(doc: dict) -> dict[tuple[str, str], dict]:
     return {(r["family"], r["controller"]): r for r in doc["summary"]}
 
 
+def _ratio(r: dict, key: str = "ratio") -> str:
+    v = r.get(key)
+    if v is None:
+        return f"outside ({r.get('frontier_position', '?')})" if key == "ratio" else "outside"
+    return f"{v:.3f}"
+
+
 def frontier_table(doc: dict, title: str) -> str:
+    """Per family: the model against the frontier (convex hull, settings chosen on validation)
+    with its intervals and how sure "dominated" is, the ex-post and HPA-only frontiers beside
+    it, and the default HPA and the tuned rule as plain rows."""
     rows = rows_by(doc)
     fams = list(dict.fromkeys(r["family"] for r in doc["summary"]))
-    head = ("| family | dqn cost | dqn SLO min | frontier ratio [95 % CI] | dominated | "
-            "hpa cost / SLO | hpa-tuned cost / SLO | predictive ratio |")  # fmt: skip
-    out = [f"### {title}", "", head, "|---|---|---|---|---|---|---|---|"]
+    head = ("| family | dqn cost | dqn SLO min | frontier ratio [95 % CI] | dominated beyond "
+            "the CI | some setting dominates (resamples, seeds) | ex post | HPA only | "
+            "hpa cost / SLO | rule-tuned cost / SLO | predictive ratio |")  # fmt: skip
+    out = [f"### {title}", "", head, "|---|---|---|---|---|---|---|---|---|---|---|"]
     for fam in fams:
         d = rows.get((fam, "dqn"))
         if d is None:
@@ -51,15 +62,39 @@ def frontier_table(doc: dict, title: str) -> str:
         ci = d.get("ratio_ci")
         ci_txt = f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else ""
         h = rows.get((fam, "hpa"), {})
-        t = rows.get((fam, "hpa-tuned"), {})
+        t = rows.get((fam, "rule-tuned"), {})
         p = rows.get((fam, "predictive"), {})
+        seeds = d.get("dominated_seeds") or [0, 0]
         out.append(
-            f"| {fam} | {d['cost']:.1f} | {d['slo']:.1f} | {d['ratio']:.3f}{ci_txt} | "
-            f"{'yes' if d.get('frontier_dominated') else 'no'} | "
+            f"| {fam} | {d['cost']:.1f} | {d['slo']:.1f} | {_ratio(d)}{ci_txt} | "
+            f"{d.get('dominated_by') or 'no'} | "
+            f"{100 * d.get('dominated_share', float('nan')):.0f} %, {seeds[0]}/{seeds[1]} | "
+            f"{_ratio(d, 'ratio_ex_post')} | {_ratio(d, 'ratio_cpu_only')} | "
             f"{h.get('cost', float('nan')):.1f} / {h.get('slo', float('nan')):.1f} | "
             f"{t.get('cost', float('nan')):.1f} / {t.get('slo', float('nan')):.1f} | "
-            f"{p.get('ratio', float('nan')):.3f} |"
+            f"{_ratio(p)} |"
         )
+    return "\n".join(out)
+
+
+def headline(doc: dict) -> str:
+    """The three headline rows of issue #15 §1, overall: the model against the default HPA,
+    against the deployable tuned rule (reward-best on validation), and the frontier ratio."""
+    rows = rows_by(doc)
+    d = rows[("ALL", "dqn")]
+    out = ["| row | cost | SLO min | return (the DQN's reward) | dqn cost / row | dqn SLO / row |",
+           "|---|---|---|---|---|---|"]  # fmt: skip
+    tuned = doc["meta"].get("rule_tuned", {}).get("chosen", "")
+    for name, what in (("dqn", "dqn"), ("hpa", "default HPA"), ("rule-tuned", f"tuned: {tuned}")):
+        r = rows.get(("ALL", name))
+        if r is not None:
+            out.append(
+                f"| {what} | {r['cost']:.1f} | {r['slo']:.1f} | {r['return']:.0f} | "
+                f"{d['cost'] / r['cost']:.3f} | {d['slo'] / max(r['slo'], 1e-9):.3f} |"
+            )
+    ci = d.get("ratio_ci")
+    ci_txt = f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else ""
+    out += ["", f"Frontier ratio (convex hull, settings chosen on validation): {_ratio(d)}{ci_txt}"]
     return "\n".join(out)
 
 
@@ -127,6 +162,7 @@ def main() -> int:
     if "frontier" in parts:
         doc = evaluate([*common, "--seeds", str(args.seeds), "--out", str(out / "default")])
         report["default"] = doc["summary"]
+        md.append(headline(doc))
         md.append(frontier_table(doc, f"{args.split} split, default profile, {args.seeds} seeds"))
     if "robust" in parts:
         n = args.robust_seeds or args.seeds

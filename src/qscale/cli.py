@@ -28,6 +28,7 @@ from qscale.simulator.evaluate import (
     EvalPlan,
     EvalProfile,
     build,
+    choose_on_validation,
     compare,
     run,
     tune_hpa,
@@ -268,6 +269,12 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         ctrl = OracleController()
     elif args.controller == "hpa-tuned":
         rule, _ = tune_hpa(paths, profile, device, not args.no_cache, _say(args))
+        ctrl = fr.make_controller(rule)
+    elif args.controller == "rule-tuned":  # as qscale evaluate chooses it: 24 h windows, 5 seeds
+        day = int(24 * 3600 / profile.dt)
+        _, rule, _ = choose_on_validation(
+            paths, profile, range(5), day, None, device, not args.no_cache, _say(args)
+        )
         ctrl = fr.make_controller(rule)
     else:
         ctrl = fr.make_controller(fr.DEFAULT_RULES[args.controller])

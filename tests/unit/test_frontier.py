@@ -7,6 +7,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from qscale.simulator import env as sim
 from qscale.simulator import frontier as fr
@@ -21,65 +23,155 @@ def test_pareto_keeps_only_undominated_points_by_rising_slo():
     assert [i for *_, i in front] == [0, 1, 4]
 
 
+def test_the_hull_drops_a_pareto_point_that_mixing_two_others_beats():
+    # (5, 80) lies below the segment (0, 100) -> (20, 50) (87.5 at 5 minutes): a vertex
+    assert [i for *_, i in fr.lower_hull(PTS)] == [0, 1, 4]
+    pts = [(0.0, 100.0), (10.0, 80.0), (20.0, 50.0)]  # (10, 80) is above the segment's 75
+    assert [i for *_, i in fr.lower_hull(pts)] == [0, 2]
+    assert fr.frontier_cost(fr.lower_hull(pts), 10.0) == pytest.approx(75.0)
+    assert fr.frontier_cost(fr.pareto(pts), 10.0) == pytest.approx(80.0)  # the staircase's
+
+
 @pytest.mark.parametrize(
     ("slo", "expected"),
-    [
-        (-1.0, 100.0),
-        (0.0, 100.0),
-        (2.5, 90.0),
-        (5.0, 80.0),
-        (12.5, 65.0),
-        (20.0, 50.0),
-        (99.0, 50.0),
-    ],
-)
-def test_frontier_cost_interpolates_linearly_and_is_flat_beyond(slo, expected):
-    assert fr.frontier_cost(fr.pareto(PTS), slo) == pytest.approx(expected)
+    [(-1.0, math.nan), (0.0, 100.0), (2.5, 90.0), (5.0, 80.0), (12.5, 65.0), (20.0, 50.0),
+     (20.5, 50.0), (99.0, 50.0)],
+)  # fmt: skip
+def test_frontier_cost_is_linear_on_the_hull_flat_after_and_undefined_before(slo, expected):
+    got = fr.frontier_cost(fr.lower_hull(PTS), slo)
+    assert (math.isnan(got) and math.isnan(expected)) or got == pytest.approx(expected)
 
 
 @pytest.mark.parametrize(
-    ("slo", "cost", "expected"),
+    ("controller", "expected"),
     [
-        (5.0, 80.0, False),
-        (5.0, 81.0, True),
-        (6.0, 80.0, True),
-        (4.0, 85.0, False),
-        (-1, 1e9, False),
+        ((5.0, 80.0), False),
+        ((5.0, 81.0), True),
+        ((6.0, 80.0), True),
+        ((4.0, 85.0), False),
+        ((-1, 1e9), False),
+        ((5.0, 80.0, 0.0), False),  # the same point with no more drops
+        ((25.0, 55.0, 0.0), False),  # (20, 50) drops 10: not no-worse on drops
+        ((25.0, 55.0, 10.0), True),
     ],
 )
-def test_dominated(slo, cost, expected):
-    assert fr.dominated(PTS, slo, cost) is expected
+def test_dominated_counts_slo_cost_and_dropped_requests(controller, expected):
+    pts = [(*p, 10.0 if p == (20.0, 50.0) else 0.0) for p in PTS]
+    assert fr.dominated(pts, *controller) is expected
 
 
-def test_ratio_and_left_of_frontier():
+def test_a_ratio_only_inside_the_hull_and_a_position_outside():
     pts = [fr.FrontierPoint(s, c, str(i)) for i, (s, c) in enumerate(PTS)]
-    ff = fr.FamilyFrontier("x", pts, [])
-    r = ff.ratio(12.5, 52.0)
-    assert r["ratio"] == pytest.approx(0.8) and not r["dominated"] and not r["left_of_frontier"]
-    assert ff.ratio(0.0, 120.0)["dominated"]  # the (0, 100) setting is cheaper at 0 minutes
-    assert ff.ratio(25.0, 55.0)["dominated"]
-    right = fr.FamilyFrontier("y", [p for p in pts if p.slo >= 5.0], [])
-    r = right.ratio(1.0, 120.0)  # fewer SLO minutes than any rule: never dominated
-    assert r["left_of_frontier"] and not r["dominated"] and r["ratio"] == pytest.approx(1.5)
+    ff = fr.family_frontiers(
+        {p.label: _cell_units(p.slo, p.cost) for p in pts}, np.array([0]), ["x"]
+    )["x"]
+    r = ff.place(12.5, 52.0)
+    assert r["ratio"] == pytest.approx(52.0 / 65.0) and r["position"] == "inside"
+    assert not r["dominated"]
+    assert ff.place(0.0, 120.0)["dominated"]  # the (0, 100) setting is cheaper at 0 minutes
+    # Always one pod: more SLO minutes than every setting and far cheaper -- no number at all.
+    one_pod = ff.place(500.0, 5.0)
+    assert one_pod["ratio"] is None and one_pod["position"] == "right"
+    assert not one_pod["dominated"]
+    # Right of the hull and dearer than the cheapest setting: a ratio, never a passing one.
+    late = ff.place(25.0, 55.0)
+    assert late["ratio"] == pytest.approx(1.1) and late["position"] == "right"
+    left = ff.place(-1.0, 120.0)
+    assert left["ratio"] is None and left["position"] == "left"
 
 
-def _units(n, cost, slo):
+def _cell_units(slo, cost, dropped=0.0, n=1):
     return {
         "cost_replica_hours": np.full(n, cost, float),
         "slo_violation_minutes": np.full(n, slo, float),
+        "dropped_requests": np.full(n, dropped, float),
     }
 
 
-def test_frontiers_per_family_and_overall_and_bootstrap():
-    fam = np.array([0, 0, 1, 1, 1])
-    rules = {"cheap": _units(5, 1.0, 4.0), "safe": _units(5, 3.0, 0.0)}
-    fronts = fr.family_frontiers(rules, fam, ["a", "b"])
-    assert fronts["a"].front[0].cost == 6.0 and fronts["ALL"].front[-1].cost == 5.0
-    policy = _units(5, 1.5, 1.0)  # on the line between the two? cost 1.5*n vs 2.5*n: better
-    ci = fr.bootstrap_ratio(rules, policy, fam, ["a", "b"], n=50)
-    point = fronts["ALL"].ratio(5.0, 7.5)["ratio"]
-    assert ci["ALL"][0] <= point <= ci["ALL"][1]
-    assert point == pytest.approx(7.5 / 12.5)
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.tuples(st.floats(0, 1e4), st.floats(1, 1e4)), min_size=1, max_size=12),
+    st.tuples(st.floats(0, 1e4), st.floats(1, 1e4)),
+    st.tuples(st.floats(0, 1e4), st.floats(1, 1e4)),
+)
+def test_adding_a_setting_never_lowers_a_ratio(points, extra, controller):
+    def ratio(pts):
+        return fr._ratio(fr.lower_hull(pts), *controller)[0]
+
+    before, after = ratio(points), ratio([*points, extra])
+    if before is not None:  # a ratio can rise, or stop passing; it never falls
+        assert after is None or after >= before * (1 - 1e-9)
+        assert after is not None or before < 1.0
+    # and the hull is never above the Pareto staircase's linear interpolation
+    stair = fr.pareto(points)
+    s = controller[0]
+    if stair[0][0] <= s <= stair[-1][0]:
+        lin = np.interp(s, [p[0] for p in stair], [p[1] for p in stair])
+        assert fr.frontier_cost(fr.lower_hull(points), s) <= lin * (1 + 1e-9) + 1e-9
+
+
+def _cells(values: np.ndarray) -> np.ndarray:
+    """[3, U, S] from [U, S, 3]."""
+    return np.moveaxis(values, 2, 0)
+
+
+def test_verdicts_resample_seeds_so_one_window_gets_an_interval():
+    rng = np.random.default_rng(0)
+    seeds = 5
+    fam = np.array([0])  # one family of one window
+    rules = {
+        "safe": _cells(np.stack([np.full((1, seeds), 0.0), np.full((1, seeds), 30.0),
+                                 np.zeros((1, seeds))], axis=2)),
+        "cheap": _cells(np.stack([np.full((1, seeds), 40.0), np.full((1, seeds), 10.0),
+                                  np.zeros((1, seeds))], axis=2)),
+    }  # fmt: skip
+    noisy = np.stack(
+        [rng.uniform(10, 30, (1, seeds)), rng.uniform(12, 28, (1, seeds)), np.zeros((1, seeds))],
+        axis=2,
+    )
+    v = fr.verdicts(rules, _cells(noisy), fam, ["x"], n=300)["x"]
+    assert v.ratio_ci is not None and v.ratio_ci[1] - v.ratio_ci[0] > 0.05
+    assert v.dominated_by is None
+
+
+def test_verdicts_name_a_setting_that_dominates_beyond_the_intervals():
+    fam = np.array([0, 0, 0, 1, 1])
+    seeds = 3
+    rng = np.random.default_rng(1)
+
+    def cell(slo, cost):
+        base = np.stack([np.full((5, seeds), slo), np.full((5, seeds), cost),
+                         np.zeros((5, seeds))], axis=2)  # fmt: skip
+        return _cells(base * rng.uniform(0.97, 1.03, base.shape))
+
+    rules = {"better": cell(10.0, 20.0), "worse": cell(30.0, 40.0)}
+    v = fr.verdicts(rules, cell(15.0, 25.0), fam, ["a", "b"], n=200)
+    assert all(v[f].dominated_by == "better" for f in ("a", "b", "ALL"))
+    assert v["ALL"].dominated_share == 1.0 and v["ALL"].dominated_seeds == (3, 3)
+    # A close call (the setting is better by about the noise) is not "beyond the intervals".
+    close = fr.verdicts({"close": cell(14.9, 24.9)}, cell(15.0, 25.0), fam, ["a", "b"], n=200)
+    assert close["ALL"].dominated_by is None and 0.0 < close["ALL"].dominated_share < 1.0
+
+
+def test_validation_choice_restricts_the_settings_on_the_frontier():
+    fam = np.array([0])
+    per_rule = {"a": _cell_units(0.0, 100.0), "b": _cell_units(10.0, 10.0)}
+    every = fr.family_frontiers(per_rule, fam, ["x"])["x"].place(5.0, 60.0)
+    only_a = fr.family_frontiers(per_rule, fam, ["x"], chosen={"x": ["a"]})["x"].place(0.0, 60.0)
+    assert every["ratio"] == pytest.approx(60.0 / 55.0)
+    assert only_a["ratio"] == pytest.approx(60.0 / 100.0)
+    assert fr.pareto_labels(fr.family_frontiers(per_rule, fam, ["x"])) == {
+        "x": ["a", "b"], "ALL": ["a", "b"],
+    }  # fmt: skip
+
+
+def test_the_reward_best_rule_is_any_hpa_or_rate_setting():
+    res = {
+        fr.Rule("hpa", 0.6, 0.0, "legacy"): {"episode_return": np.array([-10.0, -12.0])},
+        fr.Rule("rate", 0.9, 0.0): {"episode_return": np.array([-5.0, -5.0])},
+        fr.Rule("predictive", 0.7, 300.0): {"episode_return": np.array([0.0, 0.0])},
+    }
+    assert fr.pick_reward_best(res) == fr.Rule("rate", 0.9, 0.0)
 
 
 def test_the_cache_round_trips_and_depends_on_the_code(tmp_path, monkeypatch):

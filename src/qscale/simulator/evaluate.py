@@ -15,9 +15,17 @@ How figures are computed (fixed before any test number was looked at):
   t-interval across the per-seed totals;
 * **dropped** = requests dropped by timeout / requests that arrived; **p99** = the 99th
   percentile of the run's latency histogram (the app's buckets, as Grafana would show it);
-* the **frontier ratio** (:mod:`qscale.simulator.frontier`) of each controller against the HPA
-  and request-rate grids run on the same windows and seeds, with a bootstrap interval for the
-  learned policy.
+* the **frontier ratio** (:mod:`qscale.simulator.frontier`) of each controller against the
+  lower convex hull of the HPA and request-rate settings run on the same windows and seeds,
+  the settings chosen on the validation split (ex post on a split that contains it), and
+  beside it the ex-post hull, the HPA-only hull and the hull with the predictive peer. For the
+  learned policy: a two-stage bootstrap (windows, then seeds within each window) gives its
+  interval and the share of resamples (and of seeds) in which some setting dominates it on SLO
+  minutes, cost and dropped requests; "dominated beyond the intervals" names a setting that
+  does so in at least 97.5 % of resamples;
+* **rule-tuned** is the HPA or rate setting with the best mean episode return on the validation
+  split, the rule a team would deploy after tuning it; a row tuned on windows it is evaluated
+  on is marked IN SAMPLE.
 """
 
 from __future__ import annotations
@@ -231,6 +239,9 @@ class Evaluation:
     timelines: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
     timeline_meta: dict[str, torch.Tensor] = field(default_factory=dict)
     bootstrap: int = 200
+    chosen: dict[str, dict[str, list[str]]] = field(default_factory=dict)
+    """Per frontier of :data:`FRONTIERS` that is chosen on validation: per family the settings
+    that may be on it (:func:`frontier.pareto_labels` of the validation split)."""
 
     @property
     def n_units(self) -> int:
@@ -253,31 +264,49 @@ class Evaluation:
     def units(self, metrics: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return fr.unit_totals(metrics, self.env_unit, self.n_units, len(self.seeds))
 
-    def frontier_rules(self, with_predictive: bool = False) -> dict[str, dict[str, np.ndarray]]:
-        return {
-            label: self.units(v)
-            for label, v in self.rules.items()
-            if with_predictive or label not in self.predictive_labels
+    def frontier_rules(
+        self, with_predictive: bool = False, kinds: Sequence[str] = ("hpa", "rate")
+    ) -> dict[str, dict[str, np.ndarray]]:
+        """Per-unit totals of the grid's settings of ``kinds`` (and the predictive peer's)."""
+        keep = {*kinds, *(("predictive",) if with_predictive else ())}
+        return {label: self.units(v) for label, v in self.rules.items() if label.split()[0] in keep}
+
+    def fronts(self, name: str) -> dict[str, fr.FamilyFrontier]:
+        """The frontiers of :data:`FRONTIERS` ``name``, per family and ``ALL``."""
+        kinds, predictive, use_chosen = FRONTIERS[name]
+        chosen = self.chosen.get(name) if use_chosen else None
+        return fr.family_frontiers(
+            self.frontier_rules(predictive, kinds), self.unit_family, self.families, chosen
+        )
+
+    @property
+    def main_frontier(self) -> str:
+        """``frontier`` (settings chosen on validation) when there is a choice, else ``ex_post``."""
+        return "frontier" if "frontier" in self.chosen else "ex_post"
+
+    def verdicts(self, name: str) -> dict[str, fr.Verdict]:
+        """How sure controller ``name``'s place against the main frontier is (bootstrap of
+        windows and seeds, and per seed)."""
+        kinds, _, _ = FRONTIERS[self.main_frontier]
+        rules = {
+            k: fr.cells(v, self.env_unit, self.env_seed, self.n_units)
+            for k, v in self.rules.items()
+            if k.split()[0] in kinds
         }
+        policy = fr.cells(self.per_env[name], self.env_unit, self.env_seed, self.n_units)
+        return fr.verdicts(
+            rules, policy, self.unit_family, self.families, self.chosen.get("frontier"),
+            n=self.bootstrap,
+        )  # fmt: skip
 
     def summary(self) -> list[dict]:
         """One row per (family or ALL, controller); see the module docstring for the figures."""
-        fronts = (
-            fr.family_frontiers(self.frontier_rules(), self.unit_family, self.families)
-            if self.rules
-            else {}
-        )
-        fronts_p = (
-            fr.family_frontiers(self.frontier_rules(True), self.unit_family, self.families)
-            if self.predictive_labels
-            else {}
-        )
-        boot = {}
-        if self.rules and "dqn" in self.per_env and self.bootstrap > 0:
-            boot = fr.bootstrap_ratio(
-                self.frontier_rules(), self.units(self.per_env["dqn"]), self.unit_family,
-                self.families, n=self.bootstrap,
-            )  # fmt: skip
+        fronts = {}
+        if self.rules:
+            fronts = {k: self.fronts(k) for k in FRONTIERS if self._has_frontier(k)}
+        judged = {}
+        if self.rules and self.bootstrap > 0:
+            judged = {n: self.verdicts(n) for n in self.per_env if n in JUDGED}
         rows = []
         for fam in [*self.families, "ALL"]:
             rng = np.random.default_rng(0)
@@ -288,56 +317,81 @@ class Evaluation:
             )
             env_in = in_fam[self.env_unit]
             for name, metrics in self.per_env.items():
-                u = self.units(metrics)
-                cost = float(u["cost_replica_hours"][in_fam].sum())
-                slo = float(u["slo_violation_minutes"][in_fam].sum())
-                row = {
-                    "family": fam,
-                    "controller": name,
-                    "windows": int(in_fam.sum()),
-                    "seeds": len(self.seeds),
-                    "cost": cost,
-                    "cost_ci_windows": _boot_half(
-                        u["cost_replica_hours"][in_fam], rng, self.bootstrap
-                    ),
-                    "cost_ci_seeds": _seed_half(
-                        metrics["cost_replica_hours"], env_in, self.env_seed
-                    ),
-                    "slo": slo,
-                    "slo_ci_windows": _boot_half(
-                        u["slo_violation_minutes"][in_fam], rng, self.bootstrap
-                    ),
-                    "slo_ci_seeds": _seed_half(
-                        metrics["slo_violation_minutes"], env_in, self.env_seed
-                    ),
-                    "actions": float(u["scaling_actions"][in_fam].sum()),
-                    "dropped_pct": 100.0
-                    * float(metrics["dropped_requests"][env_in].sum())
-                    / max(float(metrics["arrivals"][env_in].sum()), 1e-9),
-                    "p99_s": _p99(metrics["latency_counts"][env_in]),
-                }
-                if fam in fronts:
-                    row.update(
-                        {f"frontier_{k}": v for k, v in fronts[fam].ratio(slo, cost).items()}
-                    )
-                    row["ratio"] = row["frontier_ratio"]
-                if fam in fronts_p:
-                    row["ratio_with_predictive"] = fronts_p[fam].ratio(slo, cost)["ratio"]
-                if name == "dqn" and fam in boot:
-                    row["ratio_ci"] = list(boot[fam])
+                row = self._row(fam, name, metrics, in_fam, env_in, rng)
+                for kind, ff in fronts.items():
+                    place = ff[fam].place(row["slo"], row["cost"], row["dropped"])
+                    if kind == self.main_frontier:
+                        row.update({f"frontier_{k}": v for k, v in place.items()})
+                        row["ratio"] = place["ratio"]
+                    else:
+                        row[f"ratio_{kind}"] = place["ratio"]
+                if name in judged:
+                    row.update(_verdict_fields(judged[name][fam]))
                 rows.append(row)
         return rows
 
-    def frontier_points(self, fam: str) -> dict:
-        """Rule points and the frontier of one family, for plots and JSON."""
-        all_rules = fr.family_frontiers(self.frontier_rules(True), self.unit_family, self.families)[
-            fam
-        ]
-        rules = fr.family_frontiers(self.frontier_rules(), self.unit_family, self.families)[fam]
+    def _has_frontier(self, kind: str) -> bool:
+        if kind == "frontier" and kind not in self.chosen:
+            return False  # no validation choice: the yardstick is ex_post
+        return not FRONTIERS[kind][1] or bool(self.predictive_labels)
+
+    def _row(self, fam, name, metrics, in_fam, env_in, rng) -> dict:
+        u = self.units(metrics)
+        b = self.bootstrap
         return {
-            "points": [asdict(p) for p in all_rules.points],
-            "frontier": [asdict(p) for p in rules.front],
+            "family": fam,
+            "controller": name,
+            "windows": int(in_fam.sum()),
+            "seeds": len(self.seeds),
+            "cost": float(u["cost_replica_hours"][in_fam].sum()),
+            "cost_ci_windows": _boot_half(u["cost_replica_hours"][in_fam], rng, b),
+            "cost_ci_seeds": _seed_half(metrics["cost_replica_hours"], env_in, self.env_seed),
+            "slo": float(u["slo_violation_minutes"][in_fam].sum()),
+            "slo_ci_windows": _boot_half(u["slo_violation_minutes"][in_fam], rng, b),
+            "slo_ci_seeds": _seed_half(metrics["slo_violation_minutes"], env_in, self.env_seed),
+            "actions": float(u["scaling_actions"][in_fam].sum()),
+            "return": float(u["episode_return"][in_fam].sum()),
+            "dropped": float(u["dropped_requests"][in_fam].sum()),
+            "dropped_pct": 100.0
+            * float(metrics["dropped_requests"][env_in].sum())
+            / max(float(metrics["arrivals"][env_in].sum()), 1e-9),
+            "p99_s": _p99(metrics["latency_counts"][env_in]),
         }
+
+    def frontier_points(self, fam: str) -> dict:
+        """Rule points and the main frontier's hull of one family, for plots and JSON."""
+        every = fr.family_frontiers(self.frontier_rules(True), self.unit_family, self.families)
+        main = self.fronts(self.main_frontier)[fam]
+        return {
+            "points": [asdict(p) for p in every[fam].points],
+            "frontier": [asdict(p) for p in main.front],
+            "frontier_kind": self.main_frontier,
+        }
+
+
+FRONTIERS: dict[str, tuple[tuple[str, ...], bool, bool]] = {
+    "frontier": (("hpa", "rate"), False, True),
+    "ex_post": (("hpa", "rate"), False, False),
+    "cpu_only": (("hpa",), False, True),
+    "with_predictive": (("hpa", "rate"), True, False),
+}
+"""The frontiers a row is placed against: (rule kinds, with the predictive peer, settings
+chosen on validation when a choice was made). ``frontier`` is the yardstick (``ex_post`` when
+no validation choice was made); ``ex_post`` takes every setting on the evaluated windows
+themselves; ``cpu_only`` is the HPA alone (no rule handed the pods' true capacity)."""
+
+JUDGED = ("dqn",)
+"""Rows whose frontier verdict gets the bootstrap (it costs a few seconds per row)."""
+
+
+def _verdict_fields(v: fr.Verdict) -> dict:
+    return {
+        "ratio_ci": list(v.ratio_ci) if v.ratio_ci is not None else None,
+        "outside_share": v.outside_share,
+        "dominated_share": v.dominated_share,
+        "dominated_seeds": list(v.dominated_seeds),
+        "dominated_by": v.dominated_by,
+    }
 
 
 def _boot_half(values: np.ndarray, rng: np.random.Generator, n: int) -> float:
@@ -375,6 +429,30 @@ def _p99(counts: np.ndarray) -> float:
     return float(q[0])
 
 
+def _frontier_notes(ev: Evaluation, rows: list[dict], grid: Sequence[fr.Rule]) -> list[str]:
+    """How the frontier was chosen, and the oracle at the model's SLO minutes."""
+    if not grid:
+        return []
+    out = [
+        "frontier: the lower convex hull of the HPA and request-rate settings' points; "
+        + (
+            "settings chosen on the validation split (each family's validation Pareto front), "
+            "their points on these windows"
+            if ev.main_frontier == "frontier"
+            else "every setting, chosen on these windows themselves (ex post)"
+        )
+    ]
+    by = {(r["family"], r["controller"]): r for r in rows}
+    d, o = by.get(("ALL", "dqn")), by.get(("ALL", "oracle"))
+    if d is not None and o is not None and d.get("frontier_frontier_cost"):
+        out.append(
+            f"oracle (perfect foresight) at the model's SLO minutes: "
+            f"{o['cost'] / d['frontier_frontier_cost']:.2f}x the frontier's cost there "
+            f"(with {o['slo']:.0f} instead of {d['slo']:.0f} SLO minutes)"
+        )
+    return out
+
+
 def format_table(rows: list[dict], families: Sequence[str] | None = None) -> str:
     """One block per family (and ALL), one row per controller."""
     fams = list(dict.fromkeys(r["family"] for r in rows))
@@ -394,38 +472,67 @@ def format_table(rows: list[dict], families: Sequence[str] | None = None) -> str
         out.append(head)
         out.append("-" * len(head))
         for r in rs:
-            ratio = r.get("ratio")
-            cell = f"{ratio:9.2f}" if ratio is not None and math.isfinite(ratio) else f"{'-':>9}"
             out.append(
                 f"{r['controller'][:12]:<12} {r['cost']:16.1f} {_f(r['cost_ci_windows'])} "
                 f"{_f(r['cost_ci_seeds'])} {r['slo']:10.1f} {_f(r['slo_ci_windows'])} "
                 f"{_f(r['slo_ci_seeds'])} {r['actions']:8.0f} {r['dropped_pct']:9.3f} "
-                f"{_p99_text(r['p99_s'])} {cell}"
+                f"{_p99_text(r['p99_s'])} {_ratio_cell(r):>9}"
             )
-        dqn = next((r for r in rs if r["controller"] == "dqn" and "ratio" in r), None)
+        dqn = next((r for r in rs if r["controller"] == "dqn" and "frontier_position" in r), None)
         if dqn is not None:
-            ci = dqn.get("ratio_ci")
-            ci_txt = f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else ""
-            where = (
-                "left of the frontier (fewer SLO minutes than any rule setting)"
-                if dqn.get("frontier_left_of_frontier")
-                else "frontier cost at its SLO minutes: "
-                f"{dqn['frontier_frontier_cost']:.1f} replica-h"
-            )
-            verdict = (
-                "DOMINATED by a rule setting" if dqn.get("frontier_dominated") else "not dominated"
-            )
-            extra = ""
-            if "ratio_with_predictive" in dqn:
-                extra = (
-                    "; with the predictive peer in the frontier: "
-                    f"{dqn['ratio_with_predictive']:.2f}"
-                )
-            out.append(
-                f"  dqn frontier ratio {dqn['ratio']:.2f}{ci_txt}, {verdict}; {where}{extra}"
-            )
+            out.append("  " + frontier_verdict(dqn))
         out.append("")
     return "\n".join(out)
+
+
+def _ratio_cell(r: dict) -> str:
+    if "frontier_position" not in r:
+        return "-"
+    if r["ratio"] is None:
+        return {"left": "out-left", "right": "out-right"}.get(r["frontier_position"], "-")
+    return f"{r['ratio']:.2f}"
+
+
+def frontier_verdict(row: dict) -> str:
+    """One line on a row's place against the frontier (see :mod:`qscale.simulator.frontier`)."""
+    name = row["controller"]
+    pos = row["frontier_position"]
+    if row["ratio"] is None:
+        side = "fewer" if pos == "left" else "more"
+        head = (
+            f"{name}: outside the frontier ({side} SLO minutes than every setting on it), no ratio"
+        )
+    else:
+        ci = row.get("ratio_ci")
+        ci_txt = f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else ""
+        head = (
+            f"{name} frontier ratio {row['ratio']:.2f}{ci_txt} "
+            f"(hull cost {row['frontier_frontier_cost']:.1f} replica-h at its SLO minutes)"
+        )
+    parts = [head]
+    if row.get("dominated_by"):
+        parts.append(f"DOMINATED beyond the intervals by {row['dominated_by']}")
+    elif "dominated_share" in row:
+        parts.append("not dominated beyond the intervals")
+    else:
+        parts.append("dominated (point estimate)" if row["frontier_dominated"] else "not dominated")
+    if "dominated_share" in row:
+        hits, seeds = row["dominated_seeds"]
+        parts.append(
+            f"some setting dominates in {100 * row['dominated_share']:.0f} % of resamples and "
+            f"{hits}/{seeds} seeds"
+        )
+        if row.get("outside_share"):
+            parts.append(f"outside the hull in {100 * row['outside_share']:.0f} % of resamples")
+    for key, what in (
+        ("ratio_ex_post", "ex post (every setting, chosen on these windows)"),
+        ("ratio_cpu_only", "HPA only (no rule given the pods' capacity)"),
+        ("ratio_with_predictive", "with the predictive peer"),
+    ):
+        if key in row:
+            v = row[key]
+            parts.append(f"{what}: {'outside' if v is None else format(v, '.2f')}")
+    return "; ".join(parts)
 
 
 def _p99_text(x: float) -> str:
@@ -565,9 +672,14 @@ def _rule_controller(rule: fr.Rule, name: str) -> Controller:
 
 # --- `qscale evaluate` (and the release's evaluation): the named controllers on trace files ---
 
-BASELINES = ("hpa", "hpa-tuned", "keda", "predictive", "oracle")
+BASELINES = ("hpa", "hpa-tuned", "rule-tuned", "keda", "predictive", "oracle")
 """The baseline rows: the default rules of :data:`frontier.DEFAULT_RULES`, the tuned HPA of
-:data:`frontier.TUNED_RULE` and the oracle; ``dqn`` is the policy's row."""
+:data:`frontier.TUNED_RULE`, the deployable tuned rule of :data:`frontier.REWARD_BEST_RULE`
+and the oracle; ``dqn`` is the policy's row."""
+
+IN_SAMPLE_SPLITS = ("val", "all")
+"""Evaluated splits that contain the validation split: there the frontier is taken ex post and
+the ``rule-tuned`` row is marked as tuned on windows it is evaluated on."""
 
 
 def sha256_file(path: Path) -> str:
@@ -626,6 +738,63 @@ def tune_hpa(
         "from_cache": hit,
     }
     return best, info
+
+
+def choose_on_validation(
+    traces: Sequence[Path],
+    profile: EvalProfile,
+    seeds: Sequence[int],
+    window: int,
+    horizon: int | None,
+    device: torch.device | str = "cpu",
+    use_cache: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> tuple[dict[str, dict[str, list[str]]], fr.Rule, dict]:
+    """The rule grid on the validation split of ``traces`` (same profile, seeds and windows as
+    the evaluation; cached): per frontier of :data:`FRONTIERS` the settings each family's
+    frontier may use (its validation Pareto front; a family with no validation data, e.g. a
+    held-out series, may use every setting chosen for any family), the deployable tuned rule
+    of :data:`frontier.REWARD_BEST_RULE`, and a record of the choice."""
+    from qscale.simulator.splits import HELDOUT_SERIES
+
+    paths = [p for p in traces if Path(p).stem not in HELDOUT_SERIES]
+    if not paths:
+        raise ValueError("no trace has a validation split to choose the frontier on")
+    bank = TraceBank.from_files(paths, split="val", dt=profile.dt, device=device)
+    params, win = build(bank, profile, seeds, window, horizon)
+    grid = [r for r in fr.rule_grid(predictive=False)]
+    parts = {
+        "purpose": "validation choice",
+        "traces": [_fingerprint(Path(p)) for p in paths],
+        "profile": asdict(profile),
+        "seeds": len(seeds),
+        "window": window,
+        "horizon": horizon,
+    }
+    res, hit = fr.cached_rules(grid, params, win.triple(), parts, log, use_cache)
+    units = {
+        r.label: fr.unit_totals(v, win.unit.numpy(), win.n_units, len(seeds))
+        for r, v in res.items()
+    }
+    fams = list(bank.names)
+    chosen: dict[str, dict[str, list[str]]] = {}
+    for name in ("frontier", "cpu_only"):
+        kinds = FRONTIERS[name][0]
+        sub = {k: v for k, v in units.items() if k.split()[0] in kinds}
+        picked = fr.pareto_labels(fr.family_frontiers(sub, win.unit_trace.numpy(), fams))
+        union = sorted({lab for labels in picked.values() for lab in labels})
+        for t in traces:  # a family the validation split lacks
+            picked.setdefault(Path(t).stem, union)
+        chosen[name] = picked
+    best = fr.pick_reward_best(res)
+    info = {
+        "rule": fr.REWARD_BEST_RULE,
+        "chosen": best.label,
+        "frontier_settings": {f: len(v) for f, v in chosen["frontier"].items()},
+        "validation": f"{len(paths)} traces, {win.n_units} windows x {len(seeds)} seeds",
+        "from_cache": hit,
+    }
+    return chosen, best, info
 
 
 @dataclass(frozen=True)
@@ -694,12 +863,26 @@ def compare(
     t0 = time.perf_counter() if started is None else started
     profile = plan.profile
     names = list(plan.controllers)
+    window = plan.steps(plan.window_hours)
+    horizon = plan.steps(plan.horizon_hours)
     controllers: dict[str, Callable[[], Controller] | fr.Rule] = {}
-    tuned, tuned_info = None, None
+    tuned, tuned_info, choice, best, best_info = None, None, None, None, None
+    in_sample: dict[str, str] = {}
     if "hpa-tuned" in names:
         if log is not None:
             log("tuning the HPA on the training split (cached after the first run) ...")
         tuned, tuned_info = tune_hpa(plan.traces, profile, device, plan.cache, log)
+        if not shared_trace_files() and plan.split in ("train", "all"):
+            in_sample["hpa-tuned"] = "tuned on the training split of these traces"
+    out_of_sample = plan.split not in IN_SAMPLE_SPLITS
+    if "rule-tuned" in names or (plan.frontier and out_of_sample):
+        if log is not None:
+            log("choosing the frontier's settings and the tuned rule on the validation split ...")
+        choice, best, best_info = choose_on_validation(
+            plan.traces, profile, plan.seeds, window or 1, horizon, device, plan.cache, log
+        )
+        if not out_of_sample:
+            in_sample["rule-tuned"] = "tuned on the validation split, part of these windows"
     for name in names:
         if name == "dqn":
             if dqn is None:
@@ -709,12 +892,12 @@ def compare(
             controllers[name] = OracleController
         elif name == "hpa-tuned" and tuned is not None:
             controllers[name] = tuned
+        elif name == "rule-tuned" and best is not None:
+            controllers[name] = best
         elif name in fr.DEFAULT_RULES:
             controllers[name] = fr.DEFAULT_RULES[name]
         else:
             raise ValueError(f"unknown controller {name!r}")
-    window = plan.steps(plan.window_hours)
-    horizon = plan.steps(plan.horizon_hours)
     grid = fr.rule_grid() if plan.frontier else []
     cache_parts = None
     if plan.cache:
@@ -735,17 +918,28 @@ def compare(
     params, win = build(bank, profile, plan.seeds, window or 1, horizon)
     # Without the frontier the grid is the rows' own rules, default ones first (as always).
     rows_first = [r for n, r in fr.DEFAULT_RULES.items() if n in names]
-    rows_first += [tuned] if tuned is not None else []
+    rows_first += [r for r in (tuned, best) if r is not None]
     ev = evaluate(
         controllers, params, win, rules=grid or rows_first, cache_parts=cache_parts,
         progress=progress, log=log, bootstrap=plan.bootstrap,
     )  # fmt: skip
+    if choice is not None and plan.frontier and out_of_sample:
+        ev.chosen = choice
     rows = ev.summary()
+    for r in rows:
+        if r["controller"] in in_sample:
+            r["in_sample"] = in_sample[r["controller"]]
     lines = [format_table(rows)]
     if tuned_info is not None:
         lines.append(
             f"hpa-tuned = {tuned_info['chosen']} ({tuned_info['rule']}; {tuned_info['tuned_on']})"
         )
+    if best_info is not None:
+        lines.append(
+            f"rule-tuned = {best_info['chosen']} ({best_info['rule']}; {best_info['validation']})"
+        )
+    lines += [f"{name}: IN SAMPLE, {why}" for name, why in in_sample.items()]
+    lines += _frontier_notes(ev, rows, grid)
     lines.append(
         f"{plan.split} split, {ev.n_units} windows of {plan.window_hours:g} h x "
         f"{len(plan.seeds)} seeds; CPU targets are fractions of the CPU limit; cost and SLO "
@@ -770,5 +964,12 @@ def compare(
         meta["model"] = model
     if tuned_info is not None:
         meta["hpa_tuned"] = tuned_info
+    if best_info is not None:
+        meta["rule_tuned"] = best_info
+    if ev.rules:
+        meta["frontier"] = {
+            "kind": ev.main_frontier,
+            "chosen_on_validation": {k: v for k, v in ev.chosen.items()},
+        }
     meta["wall_seconds"] = round(time.perf_counter() - t0, 1)
     return Report(ev, rows, "\n".join(lines), meta, bank, profile.dt)

@@ -3,23 +3,30 @@
 A controller's result on a set of windows is a point (SLO-violation minutes, cost). For the
 rules a platform team could deploy instead of qscale -- the HPA (target, scale-down window,
 scale-up policies) and a KEDA-style request-rate rule (threshold, cooldown) -- we run a whole
-grid (:func:`rule_grid`) on the very windows and seeds the policy is evaluated on and keep the
-points no other point beats on both axes: the **Pareto frontier**. Tuning the rules on the test
-windows themselves is generous to them, on purpose: the yardstick is the best any setting
-could have done.
+grid (:func:`rule_grid`) on the same windows and seeds as the controller.
 
-**Frontier ratio** of a policy at (slo, cost): ``cost / frontier_cost(slo)``, where
-``frontier_cost`` interpolates linearly between neighbouring frontier points (mixing two
-settings in time reaches any point between them) and is flat beyond the frontier's ends (no
-rule setting does better than its lowest-SLO point or cheaper than its cheapest). Ratio < 1:
-cheaper than any rule at the same SLO minutes. A policy is **dominated** when some rule setting
-is no worse on both axes and better on one; to the left of the frontier (fewer SLO minutes
-than any rule) a policy is never dominated, whatever its ratio.
+**The frontier** is the lower convex hull of the settings' points (:func:`lower_hull`): mixing
+two settings in time reaches any point on the segment between them, so the hull, not the
+Pareto staircase, is what the rules can do. Which settings may be on it is chosen on the
+**validation** split (every setting on a family's validation Pareto front,
+:func:`pareto_labels`) and the hull of those settings' test points is the yardstick; the hull of
+every setting on the evaluated windows themselves (ex post) is reported beside it.
+
+**Frontier ratio** of a controller at (slo, cost): ``cost / hull_cost(slo)``, linear between
+the hull's vertices. **Outside the hull's range** no ratio passes: with fewer SLO minutes than
+every setting there is none (nothing was run there to compare with); with more, only a ratio
+>= 1 against the cheapest setting (which does as well with fewer SLO minutes), so a controller
+that saves cost by dropping requests earns no passing number. Adding a setting can only
+lower the hull, so it never lowers a ratio. A controller is **dominated** when some setting is
+no worse on SLO minutes, cost and dropped requests and better on one; "dominated beyond the
+intervals" when one setting does so in at least 97.5 % of the bootstrap resamples
+(:func:`verdicts`), which also give the share of resamples and of seeds in which some setting
+dominates.
 
 Figures are per **family** (one trace file) and overall (each setting's totals over every
-family: one setting for all services, as one model serves all). The unit of resampling is a
-window (all its seeds together): :func:`bootstrap_ratio` gives a confidence interval across
-windows.
+family: one setting for all services, as one model serves all). Intervals resample windows
+within each family and then seeds within each window, so a family of one window still gets an
+interval.
 
 The predictive peer (:class:`~qscale.simulator.baselines.PredictiveController`) is run on its
 own small grid and reported beside the frontier (and in a frontier "with predictive").
@@ -174,6 +181,10 @@ def run_rules(
 
 # --- the frontier ----------------------------------------------------------------------------
 
+AXES = ("slo_violation_minutes", "cost_replica_hours", "dropped_requests")
+"""What dominance compares: a setting dominates a controller when it is no worse on all three
+(SLO minutes, cost, dropped requests) and better on one."""
+
 
 def pareto(points: Sequence[tuple[float, float]]) -> list[tuple[float, float, int]]:
     """The (slo, cost, index) of points no other point beats on both axes, by rising SLO."""
@@ -188,21 +199,43 @@ def pareto(points: Sequence[tuple[float, float]]) -> list[tuple[float, float, in
     return front
 
 
+def lower_hull(points: Sequence[tuple[float, float]]) -> list[tuple[float, float, int]]:
+    """The vertices (slo, cost, index) of the lower convex hull of ``points`` from the
+    lowest-SLO point to the cheapest, by rising SLO: what mixing settings in time can reach."""
+    hull: list[tuple[float, float, int]] = []
+    for p in pareto(points):
+        while len(hull) >= 2:
+            (x0, y0, _), (x1, y1, _) = hull[-2], hull[-1]
+            # hull[-1] goes when it lies on or above the segment hull[-2] -> p
+            if (x1 - x0) * (p[1] - y0) - (y1 - y0) * (p[0] - x0) > 1e-12 * (1 + abs(y0)) * (
+                1 + abs(x0)
+            ):
+                break
+            hull.pop()
+        hull.append(p)
+    return hull
+
+
 def frontier_cost(front: Sequence[tuple[float, float, int]], slo: float) -> float:
-    """The frontier's cost at ``slo`` SLO minutes (linear between points, flat beyond)."""
-    if not front:
+    """The frontier's cost at ``slo`` SLO minutes: linear between its vertices, its cheapest
+    vertex's cost beyond it (that setting does as well with fewer SLO minutes), NaN before its
+    first vertex (no setting was run with that few SLO minutes)."""
+    if not front or slo < front[0][0]:
         return float("nan")
-    if slo <= front[0][0]:
-        return front[0][1]
     for (s0, c0, _), (s1, c1, _) in itertools.pairwise(front):
         if slo <= s1:
             return c0 + (c1 - c0) * (slo - s0) / (s1 - s0) if s1 > s0 else min(c0, c1)
     return front[-1][1]
 
 
-def dominated(points: Sequence[tuple[float, float]], slo: float, cost: float) -> bool:
-    """Whether some point is no worse on both axes and better on one."""
-    return any((s <= slo and c <= cost) and (s < slo - 1e-9 or c < cost - 1e-9) for s, c in points)
+def dominated(points: Sequence[Sequence[float]], *controller: float) -> bool:
+    """Whether some point is no worse than ``controller`` on every axis and better on one
+    (points and controller alike: (slo, cost) or (slo, cost, dropped))."""
+    c = np.asarray(controller, float)
+    if not len(points):
+        return False
+    p = np.asarray(points, float)[:, : c.size]
+    return bool(np.any(np.all(p <= c, axis=1) & np.any(p < c - 1e-9, axis=1)))
 
 
 @dataclass
@@ -210,26 +243,48 @@ class FrontierPoint:
     slo: float
     cost: float
     label: str
+    dropped: float = 0.0
 
 
 @dataclass
 class FamilyFrontier:
-    """One family's (or ``ALL``'s) rule points, its frontier and a policy's place against it."""
+    """One family's (or ``ALL``'s) rule points, the lower convex hull of them and a
+    controller's place against it."""
 
     family: str
     points: list[FrontierPoint]
     front: list[FrontierPoint]
+    """The hull's vertices, by rising SLO minutes."""
 
-    def ratio(self, slo: float, cost: float) -> dict:
-        pts = [(p.slo, p.cost) for p in self.points]
-        raw = pareto(pts)
-        fc = frontier_cost(raw, slo)
+    def place(self, slo: float, cost: float, dropped: float = 0.0) -> dict:
+        """``ratio`` = cost / the hull's cost at ``slo``. Outside the hull's range there is no
+        ratio that passes: with fewer SLO minutes than every setting (``position`` ``left``)
+        none at all; with more (``right``) only one >= 1, against the cheapest setting, which
+        does as well with fewer SLO minutes. ``dominated`` is the point estimate."""
+        hull = [(p.slo, p.cost, i) for i, p in enumerate(self.front)]
+        ratio, position, fc = _ratio(hull, slo, cost)
         return {
             "frontier_cost": fc,
-            "ratio": cost / fc if fc > 0 else float("nan"),
-            "dominated": dominated(pts, slo, cost),
-            "left_of_frontier": bool(raw) and slo < raw[0][0],
-        }
+            "ratio": ratio,
+            "position": position,
+            "dominated": dominated([(p.slo, p.cost, p.dropped) for p in self.points],
+                                   slo, cost, dropped),
+        }  # fmt: skip
+
+
+def _ratio(
+    hull: Sequence[tuple[float, float, int]], slo: float, cost: float
+) -> tuple[float | None, str, float | None]:
+    """(ratio or ``None``, position, the hull's cost there) of :meth:`FamilyFrontier.place`."""
+    if not hull:
+        return None, "none", None
+    if slo < hull[0][0]:
+        return None, "left", None
+    fc = frontier_cost(hull, slo)
+    position = "right" if slo > hull[-1][0] else "inside"
+    if fc <= 0 or (position == "right" and cost < fc):
+        return None, position, fc
+    return cost / fc, position, fc
 
 
 def unit_totals(
@@ -242,59 +297,141 @@ def unit_totals(
     }
 
 
+def _point(label: str, v: dict[str, np.ndarray], sel: np.ndarray) -> FrontierPoint:
+    slo, cost, dropped = (float(v[k] @ sel) for k in AXES)
+    return FrontierPoint(slo, cost, label, dropped)
+
+
 def family_frontiers(
     per_rule: dict[str, dict[str, np.ndarray]],
     family_of_unit: np.ndarray,
     families: Sequence[str],
-    weights: np.ndarray | None = None,
+    chosen: dict[str, Sequence[str]] | None = None,
 ) -> dict[str, FamilyFrontier]:
-    """Frontiers per family and ``ALL`` from per-unit totals (``weights``: unit multiplicities,
-    for a bootstrap resample)."""
-    w = np.ones(len(family_of_unit)) if weights is None else weights
+    """Frontiers per family and ``ALL`` from per-unit totals; ``chosen``: per family the
+    settings that may be on it (those chosen on the validation split), else every setting."""
     out = {}
     for fam in [*families, "ALL"]:
-        sel = w * (1.0 if fam == "ALL" else (family_of_unit == families.index(fam)))
-        pts = [
-            FrontierPoint(
-                float(v["slo_violation_minutes"] @ sel), float(v["cost_replica_hours"] @ sel), label
-            )
-            for label, v in per_rule.items()
-        ]
-        raw = pareto([(p.slo, p.cost) for p in pts])
-        out[fam] = FamilyFrontier(fam, pts, [pts[i] for _, _, i in raw])
+        sel = np.ones(len(family_of_unit)) if fam == "ALL" else (
+            family_of_unit == families.index(fam)).astype(float)  # fmt: skip
+        allowed = None if chosen is None else set(chosen.get(fam, ()))
+        pts = [_point(label, v, sel) for label, v in per_rule.items()]
+        pts = [p for p in pts if allowed is None or p.label in allowed]
+        hull = lower_hull([(p.slo, p.cost) for p in pts])
+        out[fam] = FamilyFrontier(fam, pts, [pts[i] for _, _, i in hull])
     return out
 
 
-def bootstrap_ratio(
-    per_rule: dict[str, dict[str, np.ndarray]],
-    policy: dict[str, np.ndarray],
+def pareto_labels(fronts: dict[str, FamilyFrontier]) -> dict[str, list[str]]:
+    """Per family the settings on the Pareto front (how the validation split chooses the
+    settings the test split's frontier may use: every Pareto point, a superset of the hull)."""
+    out = {}
+    for fam, ff in fronts.items():
+        out[fam] = [ff.points[i].label for *_, i in pareto([(p.slo, p.cost) for p in ff.points])]
+    return out
+
+
+def cells(
+    metrics: dict[str, np.ndarray], env_unit: np.ndarray, env_seed: np.ndarray, n_units: int
+) -> np.ndarray:
+    """``[3, U, S]``: each (window, seed)'s total of the :data:`AXES`."""
+    seeds = np.unique(env_seed)
+    s_idx = np.searchsorted(seeds, env_seed)
+    out = np.zeros((len(AXES), n_units, seeds.size))
+    for a, k in enumerate(AXES):
+        np.add.at(out[a], (env_unit, s_idx), metrics[k])
+    return out
+
+
+@dataclass
+class Verdict:
+    """How sure a controller's place against a family's frontier is (see :func:`verdicts`)."""
+
+    ratio_ci: tuple[float, float] | None
+    """95 % interval of the frontier ratio over the resamples where it is inside the hull."""
+    outside_share: float
+    """Share of resamples where the controller lies outside the hull's range."""
+    dominated_share: float
+    """Share of resamples in which some setting dominates it (SLO minutes, cost, dropped)."""
+    dominated_seeds: tuple[int, int]
+    """(seeds in which some setting dominates it, seeds)."""
+    dominated_by: str | None
+    """A setting that dominates it in at least 97.5 % of the resamples: dominated beyond the
+    intervals (``None``: no such setting)."""
+
+
+def verdicts(
+    rule_cells: dict[str, np.ndarray],
+    policy_cells: np.ndarray,
     family_of_unit: np.ndarray,
     families: Sequence[str],
+    chosen: dict[str, Sequence[str]] | None = None,
     n: int = 200,
     seed: int = 0,
-) -> dict[str, tuple[float, float]]:
-    """95 % interval of the frontier ratio per family and overall, resampling windows (with
-    replacement, within each family) together for the rules and the policy."""
-    rng = np.random.default_rng(seed)
-    ratios: dict[str, list[float]] = {f: [] for f in [*families, "ALL"]}
-    for _ in range(n):
-        w = np.zeros(len(family_of_unit))
-        for fi in range(len(families)):
-            idx = np.flatnonzero(family_of_unit == fi)
-            if idx.size:
-                w += np.bincount(rng.choice(idx, size=idx.size), minlength=len(w))
-        fr = family_frontiers(per_rule, family_of_unit, families, w)
-        for fam, ff in fr.items():
-            sel = w * (1.0 if fam == "ALL" else (family_of_unit == families.index(fam)))
-            r = ff.ratio(
-                float(policy["slo_violation_minutes"] @ sel),
-                float(policy["cost_replica_hours"] @ sel),
-            )
-            ratios[fam].append(r["ratio"])
-    return {
-        f: (float(np.nanpercentile(v, 2.5)), float(np.nanpercentile(v, 97.5)))
-        for f, v in ratios.items()
+) -> dict[str, Verdict]:
+    """A two-stage bootstrap (windows with replacement within each family, then seeds with
+    replacement within each window; rules and controller resampled together) and a per-seed
+    look: per family and ``ALL``, the ratio's interval and how often some setting dominates."""
+    labels = list(rule_cells)
+    x = np.stack([rule_cells[k] for k in labels] + [policy_cells])  # [K+1, 3, U, S]
+    n_units, n_seeds = x.shape[2], x.shape[3]
+    fam_sel = {f: family_of_unit == i for i, f in enumerate(families)}
+    fam_sel["ALL"] = np.ones(n_units, bool)
+    allowed = {
+        f: np.array([chosen is None or lab in set(chosen.get(f, ())) for lab in labels])
+        for f in fam_sel
     }
+    rng = np.random.default_rng(seed)
+    ratios: dict[str, list[float]] = {f: [] for f in fam_sel}
+    outside = dict.fromkeys(fam_sel, 0)
+    dom_any = dict.fromkeys(fam_sel, 0)
+    dom_each = {f: np.zeros(len(labels)) for f in fam_sel}
+    for _ in range(n):
+        w = np.zeros(n_units)
+        for i in range(len(families)):
+            idx = np.flatnonzero(family_of_unit == i)
+            if idx.size:
+                w += np.bincount(rng.choice(idx, size=idx.size), minlength=n_units)
+        v = rng.multinomial(n_seeds, np.full(n_seeds, 1.0 / n_seeds), size=n_units)
+        per_unit = np.einsum("kcus,us->kcu", x, v) / n_seeds * w
+        for f, sel in fam_sel.items():
+            tot = per_unit[:, :, sel].sum(axis=2)  # [K+1, 3]
+            r, doms = _judge(tot[:-1][allowed[f]], tot[-1])
+            if r is None:
+                outside[f] += 1
+            else:
+                ratios[f].append(r)
+            dom_each[f][allowed[f]] += doms
+            dom_any[f] += bool(doms.any())
+    seed_dom = {}
+    for f, sel in fam_sel.items():
+        hits = 0
+        for s in range(n_seeds):
+            tot = x[:, :, sel, s].sum(axis=2)
+            hits += bool(_judge(tot[:-1][allowed[f]], tot[-1])[1].any())
+        seed_dom[f] = (hits, n_seeds)
+    out = {}
+    for f in fam_sel:
+        vals = np.asarray(ratios[f])
+        best = int(np.argmax(dom_each[f])) if labels else 0
+        out[f] = Verdict(
+            ratio_ci=(float(np.percentile(vals, 2.5)), float(np.percentile(vals, 97.5)))
+            if vals.size
+            else None,
+            outside_share=outside[f] / n,
+            dominated_share=dom_any[f] / n,
+            dominated_seeds=seed_dom[f],
+            dominated_by=labels[best] if labels and dom_each[f][best] >= 0.975 * n else None,
+        )
+    return out
+
+
+def _judge(rules: np.ndarray, ctrl: np.ndarray) -> tuple[float | None, np.ndarray]:
+    """(the controller's ratio against the hull of ``rules`` [K, 3], ``None`` where
+    :meth:`FamilyFrontier.place` gives none; which rules dominate it)."""
+    doms = np.all(rules <= ctrl, axis=1) & np.any(rules < ctrl - 1e-9, axis=1)
+    hull = lower_hull([(float(a), float(b)) for a, b in rules[:, :2]])
+    return _ratio(hull, float(ctrl[0]), float(ctrl[1]))[0], doms
 
 
 # --- caching ---------------------------------------------------------------------------------
@@ -394,3 +531,16 @@ def pick_tuned(results: dict[Rule, dict[str, np.ndarray]]) -> Rule:
     """The tuned HPA of :data:`TUNED_RULE` from grid results on the tuning windows."""
     hpa = {r: v for r, v in results.items() if r.kind == "hpa"}
     return max(hpa, key=lambda r: (float(hpa[r]["episode_return"].mean()), -r.target, r.label))
+
+
+REWARD_BEST_RULE = (
+    "the HPA or request-rate setting of the frontier grid with the highest mean episode return "
+    "(the DQN's own training objective) on the validation split of the evaluated traces, same "
+    "profile, windows and seeds: the rule a team would deploy after tuning it"
+)
+
+
+def pick_reward_best(results: dict[Rule, dict[str, np.ndarray]]) -> Rule:
+    """The deployable tuned rule of :data:`REWARD_BEST_RULE` from grid results on validation."""
+    ok = {r: v for r, v in results.items() if r.kind in ("hpa", "rate")}
+    return max(ok, key=lambda r: (float(ok[r]["episode_return"].mean()), -r.target, r.label))

@@ -12,6 +12,7 @@ _COLORS = {
     "dqn": "tab:red",
     "hpa": "tab:blue",
     "hpa-tuned": "tab:cyan",
+    "rule-tuned": "tab:olive",
     "keda": "tab:orange",
     "predictive": "tab:green",
     "oracle": "tab:purple",
@@ -41,7 +42,7 @@ def frontier_plot(ev, rows: list[dict], family: str, path: Path) -> Path:
         )  # fmt: skip
     front = data["frontier"]
     ax.plot([p["slo"] for p in front], [p["cost"] for p in front], "-", color="black", lw=1.2,
-            label="frontier (HPA + rate rule)")  # fmt: skip
+            label="frontier: convex hull (HPA + rate rule)")  # fmt: skip
     for r in rows:
         if r["family"] != family:
             continue
