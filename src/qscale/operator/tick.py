@@ -373,7 +373,7 @@ class Engine:
         v, before, rt = r.verdict, r.target.replicas, r.runtime
         assert v.desired is not None
         ns, name = r.policy.namespace, r.spec.target
-        req = ScaleRequest(ns, name, before, v.desired, r.target.resource_version)
+        req = ScaleRequest(ns, name, before, v.desired, r.target.resource_version, r.target.uid)
         res = await scale_one(self.kube, req, sem)
         self.metrics.writes.labels("scale", res.outcome.value).inc()
         self.metrics.conflicts.inc(res.conflicts)

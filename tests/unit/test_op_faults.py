@@ -1,0 +1,143 @@
+"""The fault matrix (docs/faults.md), fault by fault, on the tick in-process: the Engine over the
+in-memory API server of ``opfakes`` and, for Prometheus, the real client over loopback HTTP to
+:class:`faultprom.FaultProm`. Every row checks what the status and the Events say, what the
+operator's metrics say, that no count leaves ``[min, max]``, that no step lands twice, and that
+the same Engine recovers once the fault is gone (no restart)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from opfakes import busy_model, world
+
+from faultprom import FaultProm, synthetic
+from qscale.operator.prom import PromClient
+
+pytestmark = pytest.mark.asyncio
+
+T0 = 1_800_000_000.0
+TIMEOUT_S = 0.3
+SPEC = {
+    "targetRef": {"kind": "Deployment", "name": "web"},
+    "minReplicas": 1,
+    "maxReplicas": 10,
+    "interval": "15s",
+    "slo": {"latencyP95": "200ms"},
+    "fallback": {"afterFailedTicks": 2},
+}
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return busy_model(tmp_path_factory.mktemp("m") / "busy65")
+
+
+def cond(status, type_):
+    return next(c for c in status["conditions"] if c["type"] == type_)
+
+
+def total(w, name, labels=None):
+    """The sum of a metric's samples (matching ``labels``) in the Engine's registry."""
+    return sum(
+        s.value
+        for fam in w.engine.metrics.registry.collect()
+        for s in fam.samples
+        if s.name == name and all(s.labels.get(k) == v for k, v in (labels or {}).items())
+    )
+
+
+# mode -> the victim's MetricsAvailable reason and message
+PROM_FAULTS = [
+    ("delay", "QUERY_FAILED", f"request_rate: no answer within {TIMEOUT_S:g}s"),
+    ("trickle", "QUERY_FAILED", f"request_rate: no answer within {TIMEOUT_S:g}s"),
+    ("malformed", "QUERY_FAILED", "request_rate: HTTP 200"),
+    ("unavailable", "QUERY_FAILED", "request_rate: HTTP 503"),
+    ("nan", "METRICS_MISSING", "no series for request_rate, cpu_utilization"),
+    ("inf", "METRICS_MISSING", "no series for request_rate, cpu_utilization"),
+    ("empty", "METRICS_MISSING", "no series for request_rate, latency_p95, cpu_utilization"),
+    ("drop", "METRICS_MISSING", "no series for request_rate, latency_p95, cpu_utilization"),
+]
+
+
+@pytest.mark.parametrize(("mode", "reason", "message"), PROM_FAULTS)
+async def test_a_prometheus_fault_holds_its_own_policies_only_and_heals(
+    model_dir, mode, reason, message
+):
+    """``victim`` and ``peer`` ask the faulty Prometheus (one query group), ``bystander`` the
+    default one. In mode ``drop`` only the victim's series are missing: its peer in the same
+    query still decides. The bystander's load rises during the fault: it scales meanwhile."""
+    data = {("a", d): (10.0, 0.05, 0.5) for d in ("web", "api", "other")}
+    with FaultProm(synthetic(data)) as bad, FaultProm(synthetic(data)) as good:
+        client = PromClient(timeout_s=TIMEOUT_S)
+        w = world(
+            model_dir,
+            prom=client,
+            prometheus_url=good.url,
+            prometheus_allowed_urls=(bad.url,),
+        )
+        client._on_query = w.engine.metrics.on_query
+        via_bad = {"prometheus": {"address": bad.url}}
+        specs = {}
+        for name, target, metrics in (
+            ("victim", "web", via_bad),
+            ("peer", "api", via_bad),
+            ("bystander", "other", {}),
+        ):
+            w.deployment("a", target, 2)
+            ref = {"kind": "Deployment", "name": target}
+            specs[name] = {**SPEC, "targetRef": ref, "metrics": metrics}
+
+        async def tick(t):
+            for name, spec in specs.items():  # as kopf hands them over: with their status
+                w.policy("a", name, spec)
+            rep = await asyncio.wait_for(w.tick(t), timeout=10)  # a hung tick fails, not hangs
+            w.sync_from_kube()
+            return rep
+
+        await tick(T0)
+        for name in ("victim", "peer", "bystander"):
+            assert cond(w.kube.status[("a", name)], "MetricsAvailable")["status"] == "True"
+        errors0 = total(w, "qscale_prometheus_query_errors_total")
+
+        bad.set(mode, delay_s=3.0, drop={"web"})
+        data[("a", "other")] = (10.0, 0.05, 1.0)  # 2 busy pods at 65 %: 4
+        for i in (1, 2):
+            rep = await tick(T0 + 15 * i)
+            assert rep.seconds < TIMEOUT_S + 1.5  # a slow group delays the tick by its timeout
+            data[("a", "other")] = (10.0, 0.05, 0.6)  # 4 pods at 60 %: enough
+        st = w.kube.status[("a", "victim")]
+        c = cond(st, "MetricsAvailable")
+        assert (c["status"], c["reason"]) == ("False", reason) and message in c["message"], c
+        assert st["fallback"] == {**st["fallback"], "active": True, "reason": "METRICS_MISSING"}
+        assert st["replicas"] == st["desiredReplicas"] == 2  # held: no data, the HPA rule holds
+        assert "SECRET" not in str(st) and "<html>" not in str(st)
+        fallback = [e for e in w.events.posted if e.name == "victim"]
+        assert [e.reason for e in fallback] == ["FALLBACK_ACTIVE"]
+        assert "METRICS_MISSING" in fallback[0].message
+        peer = cond(w.kube.status[("a", "peer")], "MetricsAvailable")
+        assert (peer["status"] == "True") == (mode == "drop")  # partial: only the victim's
+        assert "fallback" not in w.kube.status[("a", "bystander")]
+        assert w.kube.scales[("a", "other")]["spec"]["replicas"] == 4  # decided meanwhile
+        errors = total(w, "qscale_prometheus_query_errors_total") - errors0
+        assert (errors > 0) == (reason == "QUERY_FAILED")
+        assert total(w, "qscale_fallback_active") == (1 if mode == "drop" else 2)
+        assert total(w, "qscale_decisions_total", {"reason": "METRICS_MISSING"}) >= 1
+
+        bad.set("pass")
+        await tick(T0 + 45)
+        for name in ("victim", "peer"):
+            st = w.kube.status[("a", name)]
+            assert cond(st, "MetricsAvailable")["status"] == "True" and "fallback" not in st
+        assert [e.reason for e in w.events.posted if e.name == "victim"] == [
+            "FALLBACK_ACTIVE",
+            "FALLBACK_ENDED",
+        ]
+        assert total(w, "qscale_fallback_active") == 0
+        # nothing but the bystander's one step was written; every count within [1, 10]
+        assert [c for c in w.kube.calls if c[0] == "PATCH" and c[1].endswith("/scale")] == [
+            ("PATCH", "/apis/apps/v1/namespaces/a/deployments/other/scale")
+        ]
+        assert all(1 <= o["spec"]["replicas"] <= 10 for o in w.kube.scales.values())
+        assert bad.served.get(mode, 0) >= 4
+        await client.close()
