@@ -9,9 +9,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from opfakes import busy_model, world
+from opfakes import FakeKube, FakeProm, busy_model, world
 
 from faultprom import FaultProm, synthetic
+from qscale.operator.kube import ApiError
 from qscale.operator.prom import PromClient
 
 pytestmark = pytest.mark.asyncio
@@ -141,3 +142,134 @@ async def test_a_prometheus_fault_holds_its_own_policies_only_and_heals(
         assert all(1 <= o["spec"]["replicas"] <= 10 for o in w.kube.scales.values())
         assert bad.served.get(mode, 0) >= 4
         await client.close()
+
+
+# --- Kubernetes: the policy, its target ----------------------------------------------------
+
+
+class HookedProm(FakeProm):
+    """A FakeProm that runs ``hook`` once, mid-tick (after the rows are made, before the
+    writes): what changes in the cluster while a tick is in flight."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hook = None
+
+    async def fetch(self, groups, now):
+        out = await super().fetch(groups, now)
+        hook, self.hook = self.hook, None
+        if hook is not None:
+            hook()
+        return out
+
+
+class GoneKube(FakeKube):
+    """Policies deleted on the API server: their status answers 404."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.deleted: set[str] = set()
+
+    async def patch_merge(self, path, body):
+        if path.endswith("/status") and path.split("/")[-2] in self.deleted:
+            self.calls.append(("PATCH", path))
+            raise ApiError(404, "not found")
+        return await super().patch_merge(path, body)
+
+
+async def test_a_policy_deleted_mid_tick_is_dropped_without_a_crash_or_a_trace(model_dir):
+    w = world(model_dir, prom=HookedProm())
+    w.kube = w.engine.kube = GoneKube()
+    for name in ("web", "api"):
+        w.deployment("a", name, 2)
+        w.prom.set("a", name, cpu=1.0)  # both would scale 2 -> 4
+        w.policy("a", name, {**SPEC, "targetRef": {"kind": "Deployment", "name": name}})
+
+    def delete_web():  # kopf's DELETED event and the API server's 404, mid-tick
+        w.policies = [p for p in w.policies if p.name != "web"]
+        w.kube.deleted.add("web")
+
+    w.prom.hook = delete_web
+    rep = await w.tick(T0)
+    # The step decided before the deletion may land (the deletion raced the write); its status
+    # is refused by the API server and nothing of it is kept as written.
+    assert ("a", "web") not in w.kube.status and rep.status_writes == 1
+    assert total(w, "qscale_api_writes_total", {"kind": "status", "result": "error"}) == 1
+    assert w.kube.status[("a", "api")]["replicas"] == 4  # the other policy: decided, written
+    assert "p-web" in w.engine.runtimes and w.engine.runtimes["p-web"].status == {}
+    w.sync_from_kube()
+    calls = len(w.kube.calls)
+    await w.tick(T0 + 15)
+    assert "p-web" not in w.engine.runtimes  # its memory is dropped with it
+    assert not any("/web" in p for _, p in w.kube.calls[calls:])  # nothing more for it
+    assert total(w, "qscale_fallback_active") == 0
+
+
+async def test_a_target_deleted_and_created_again_starts_fresh(model_dir):
+    """Deleted: TARGET_MISSING once, nothing written to it. Created again under the same name
+    (a new uid) at another count: no "scaled by someone else", no inherited cooldown; its
+    memory in the status names the new object."""
+    spec = {**SPEC, "behavior": {"scaleUp": {"cooldown": "300s"}}}
+    w = world(model_dir)
+    w.deployment("a", "web", 2)
+    w.prom.set("a", "web", cpu=1.0)
+    w.policy("a", "web", spec)
+    await w.tick(T0)
+    assert w.kube.scales[("a", "web")]["spec"]["replicas"] == 4
+    w.delete_deployment("a", "web")
+    for i in (1, 2):
+        w.policy("a", "web", spec)
+        await w.tick(T0 + 15 * i)
+    st = w.kube.status[("a", "web")]
+    assert st["reason"] == "TARGET_MISSING" and cond(st, "Ready")["status"] == "False"
+    assert "replicas" not in st and "desiredReplicas" not in st
+    assert w.events.reasons().count("TARGET_MISSING") == 1 and w.kube.writes("scale") == 1
+    w.deployment("a", "web", 2, uid="uid-web-2")
+    w.prom.set("a", "web", cpu=1.0)
+    w.policy("a", "web", spec)
+    await w.tick(T0 + 45)
+    st = w.kube.status[("a", "web")]
+    # the old object's scale-up cooldown (300 s) would hold this: a new object has none
+    assert w.kube.scales[("a", "web")]["spec"]["replicas"] == 4 and st["reason"] == "OK"
+    assert cond(st, "Ready")["status"] == "True" and st["shield"]["targetUID"] == "uid-web-2"
+    assert "OUTSIDE_SCALE" not in w.events.reasons() and "lastOutsideScale" not in st
+
+
+async def test_a_target_replaced_mid_tick_is_not_written_the_old_ones_step(model_dir):
+    w = world(model_dir, prom=HookedProm())
+    w.deployment("a", "web", 2)
+    w.prom.set("a", "web", cpu=1.0)
+    w.policy("a", "web", SPEC)
+    w.prom.hook = lambda: w.kube.add("a", "web", 2, uid="uid-web-2")  # same name, same count
+    rep = await w.tick(T0)
+    assert rep.changed == [] and w.kube.scales[("a", "web")]["spec"]["replicas"] == 2
+    assert total(w, "qscale_api_writes_total", {"kind": "scale", "result": "superseded"}) == 1
+    assert "lastAction" not in w.kube.status[("a", "web")] and "OK" not in w.events.reasons()
+    w.deployment("a", "web", 2, uid="uid-web-2")  # the watch brings the new object
+    w.policy("a", "web", SPEC)
+    await w.tick(T0 + 15)
+    assert w.kube.scales[("a", "web")]["spec"]["replicas"] == 4  # decided for it: written once
+    assert w.kube.writes("scale") == 2
+
+
+async def test_a_policy_pointed_at_another_deployment_takes_nothing_along(model_dir):
+    spec = {**SPEC, "behavior": {"scaleUp": {"cooldown": "300s"}}}
+    w = world(model_dir)
+    w.deployment("a", "web", 2)
+    w.deployment("a", "web2", 6)
+    w.prom.set("a", "web", cpu=1.0)
+    w.prom.set("a", "web2", cpu=1.0)  # 6 busy pods at 65 %: 10
+    w.policy("a", "p", {**spec, "targetRef": {"kind": "Deployment", "name": "web"}})
+    await w.tick(T0)
+    assert w.kube.scales[("a", "web")]["spec"]["replicas"] == 4
+    w.sync_from_kube()
+    renamed = {**spec, "targetRef": {"kind": "Deployment", "name": "web2"}}
+    for i in (1, 2):
+        w.policy("a", "p", renamed)
+        await w.tick(T0 + 15 * i)
+        w.sync_from_kube()
+    st = w.kube.status[("a", "p")]
+    assert w.kube.scales[("a", "web2")]["spec"]["replicas"] == 10  # no inherited cooldown
+    assert w.kube.scales[("a", "web")]["spec"]["replicas"] == 4  # the old target: left alone
+    assert st["replicas"] == 10 and st["shield"]["targetUID"] == "uid-web2"
+    assert "OUTSIDE_SCALE" not in w.events.reasons()
