@@ -7,12 +7,16 @@ the same Engine recovers once the fault is gone (no restart)."""
 from __future__ import annotations
 
 import asyncio
+import copy
+import json
+import shutil
 
 import pytest
 from opfakes import FakeKube, FakeProm, busy_model, world
 
 from faultprom import FaultProm, synthetic
 from qscale.operator.kube import ApiError
+from qscale.operator.models import artifact_configmap
 from qscale.operator.prom import PromClient
 
 pytestmark = pytest.mark.asyncio
@@ -273,3 +277,140 @@ async def test_a_policy_pointed_at_another_deployment_takes_nothing_along(model_
     assert w.kube.scales[("a", "web")]["spec"]["replicas"] == 4  # the old target: left alone
     assert st["replicas"] == 10 and st["shield"]["targetUID"] == "uid-web2"
     assert "OUTSIDE_SCALE" not in w.events.reasons()
+
+
+# --- the operator: killed inside a stabilization window ------------------------------------
+
+
+async def test_killed_inside_a_stabilization_window_no_burst_after_the_restart(model_dir):
+    """An operator killed (nothing kept but the statuses) while a scale-down is held by the
+    stabilization window, with a step-limited proposal above the applied count in memory:
+    the restarted one never goes lower, or sooner, than the one that kept running, and does
+    scale down in the end. The memory goes through the status only
+    (``ShieldState.to_records`` -> status -> ``from_records``)."""
+    spec = {
+        **SPEC,
+        "behavior": {
+            "scaleUp": {"maxPods": 2, "maxPercent": 0, "cooldown": "15s"},
+            "scaleDown": {"cooldown": "0s", "stabilizationWindow": "120s", "maxPods": 10},
+        },
+    }
+
+    def start(status=None, replicas=4):
+        w = world(model_dir)
+        if status is not None:
+            w.kube.status = status
+        w.deployment("a", "web", replicas)
+        w.prom.set("a", "web", cpu=1.0)  # 4 busy pods at 65 %: 7, stepped to 6
+        return w
+
+    async def tick(w, t, cpu):
+        w.prom.set("a", "web", cpu=cpu)
+        w.policy("a", "web", spec)
+        await w.tick(t)
+        w.sync_from_kube()
+        return w.kube.scales[("a", "web")]["spec"]["replicas"]
+
+    kept = start()
+    assert await tick(kept, T0, 1.0) == 6
+    restarted = None
+    counts = []
+    for i in range(1, 21):
+        t = T0 + 15 * i
+        if i == 2:  # SIGKILL: a new process, with only what the statuses say
+            status = copy.deepcopy(kept.kube.status)
+            rec = status[("a", "web")]["shield"]
+            assert rec["lastApplied"] == 6 and [m for _, m in rec["proposals"]] == [7]
+            restarted = start(status, kept.kube.scales[("a", "web")]["spec"]["replicas"])
+        a = await tick(kept, t, 0.1)  # the load is gone: the model proposes 1
+        b = await tick(restarted, t, 0.1) if restarted else a
+        counts.append((i, a, b))
+        assert 1 <= a <= 10 and 1 <= b <= 10
+        assert b >= a, counts  # never lower, never sooner
+    st = restarted.kube.status[("a", "web")]
+    first_down = next(i for i, _, b in counts if b < 6)
+    assert 15 * first_down >= 15 * 2 + 120, counts  # one whole window after the restart
+    assert counts[-1][2] < 6, counts  # and not stuck
+    assert restarted.kube.writes("scale") == 1 and st["lastAction"]["from"] == 6
+    assert "OUTSIDE_SCALE" not in restarted.events.reasons()
+
+
+# --- models ----------------------------------------------------------------------------------
+
+
+def _configmaps(model_dir, tmp_path):
+    """The good ConfigMap and its pin; a tampered one (same pin); one of another feature spec
+    (its own pin)."""
+    good, pin = artifact_configmap(model_dir, "m", "a")
+    tampered = copy.deepcopy(good)
+    tampered["binaryData"]["model.pt"] = tampered["binaryData"]["state_dict.pt"]
+    other = tmp_path / "other-spec"
+    shutil.copytree(model_dir, other)
+    manifest = json.loads((other / "manifest.json").read_text())
+    (other / "manifest.json").write_text(json.dumps({**manifest, "spec_hash": "0123abcd"}))
+    wrong_spec, wrong_pin = artifact_configmap(other, "m", "a")
+    return {
+        "good": (good, pin),
+        "deleted": (None, pin),
+        "tampered": (tampered, pin),
+        "spec_hash": (wrong_spec, wrong_pin),
+    }
+
+
+MODEL_FAULTS = [
+    ("deleted", True, "ConfigMap m not found"),
+    ("deleted", False, "ConfigMap m not found"),  # before it was ever loaded
+    ("tampered", True, "ConfigMap m: model.pt: sha256 does not match the manifest"),
+    ("spec_hash", True, "trained for feature spec 0123abcd"),
+]
+
+
+@pytest.mark.parametrize(("fault", "in_use", "message"), MODEL_FAULTS)
+async def test_a_model_configmap_gone_or_bad_is_refused_the_fallback_acts_and_it_heals(
+    model_dir, tmp_path, fault, in_use, message
+):
+    cms = _configmaps(model_dir, tmp_path)
+    w = world(model_dir)
+    w.engine.models.refresh_s = 0.0  # re-read every tick
+    w.deployment("a", "web", 2)
+    w.prom.set("a", "web", cpu=1.4)  # the HPA rule at 70 %: 2 -> 4
+    rv = iter(range(1, 100))
+
+    async def tick(t, phase):
+        cm, pin = cms[phase]
+        w.kube.configmaps.pop(("a", "m"), None)
+        if cm is not None:
+            w.kube.configmaps[("a", "m")] = {
+                **cm,
+                "metadata": {**cm["metadata"], "resourceVersion": str(next(rv))},
+            }
+        model = {"configMapRef": {"name": "m"}, "sha256": pin}
+        w.policy("a", "web", {**SPEC, "maxReplicas": 4, "model": model})
+        await w.tick(t)
+        w.sync_from_kube()
+        return w.kube.status[("a", "web")]
+
+    if in_use:
+        w.prom.set("a", "web", cpu=0.5)  # the model holds at 2
+        st = await tick(T0, "good")
+        assert (
+            cond(st, "ModelReady")["status"] == "True" and st["model"]["sha256"] == cms["good"][1]
+        )
+        w.prom.set("a", "web", cpu=1.4)
+    st = await tick(T0 + 15, fault)
+    c = cond(st, "ModelReady")
+    assert (c["status"], c["reason"]) == ("False", "MODEL_REFUSED") and message in c["message"]
+    assert cond(st, "Ready")["status"] == "False" and st["replicas"] == 2  # held
+    st = await tick(T0 + 30, fault)
+    assert st["fallback"]["active"] is True and st["fallback"]["reason"] == "MODEL_REFUSED"
+    assert st["lastAction"]["action"] == "hpa" and st["replicas"] == 4  # within max 4
+    assert w.events.reasons().count("MODEL_REFUSED") == 1
+    assert any(e.reason == "FALLBACK_ACTIVE" and message in e.message for e in w.events.posted)
+    assert total(w, "qscale_fallbacks_total") == 1
+    w.prom.set("a", "web", cpu=0.5)
+    st = await tick(T0 + 45, "good")  # a good ConfigMap again: no restart needed
+    c = cond(st, "ModelReady")
+    assert (
+        c["status"] == "True" and "fallback" not in st and st["model"]["sha256"] == cms["good"][1]
+    )
+    assert w.events.reasons()[-1] == "FALLBACK_ENDED" and w.kube.writes("scale") == 1
