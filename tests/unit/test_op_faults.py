@@ -15,9 +15,12 @@ import pytest
 from opfakes import FakeKube, FakeProm, busy_model, world
 
 from faultprom import FaultProm, synthetic
+from qscale.operator.app import App
 from qscale.operator.kube import ApiError
 from qscale.operator.models import artifact_configmap
 from qscale.operator.prom import PromClient
+from qscale.operator.rows import PolicyIndex
+from qscale.operator.settings import Settings
 
 pytestmark = pytest.mark.asyncio
 
@@ -414,3 +417,189 @@ async def test_a_model_configmap_gone_or_bad_is_refused_the_fallback_acts_and_it
         c["status"] == "True" and "fallback" not in st and st["model"]["sha256"] == cms["good"][1]
     )
     assert w.events.reasons()[-1] == "FALLBACK_ENDED" and w.kube.writes("scale") == 1
+
+
+# --- Kubernetes: watches dropped, 410 Gone -------------------------------------------------
+
+
+def _body(name, target, uid, status=None):
+    ref = {"kind": "Deployment", "name": target}
+    return {
+        "metadata": {"namespace": "a", "name": name, "uid": uid, "generation": 1},
+        "spec": {**SPEC, "targetRef": ref},
+        "status": status or {},
+    }
+
+
+async def test_a_policy_deleted_while_kopfs_watch_was_down_is_dropped_on_resync(model_dir):
+    """kopf relists after a 410 but never reports a deletion it missed: the ghost would keep
+    scaling its Deployment. The App's resync drops it (and only it: a policy indexed after the
+    listing started stays), and the Engine forgets it."""
+    w = world(model_dir)
+    index = PolicyIndex()
+    for name in ("web", "api"):
+        w.deployment("a", name, 2)
+        w.prom.set("a", name, cpu=0.5)
+        index.put(_body(name, name, f"p-{name}"))
+    await w.engine.run_once(index.values(), T0)
+    assert set(w.engine.runtimes) == {"p-web", "p-api"}
+    # "web" is deleted while kopf's watch is broken; the relist shows only "api"; meanwhile a
+    # new policy is indexed from a watch event that is newer than the listing
+    listed = {"items": [{"metadata": {"uid": "p-api"}}]}
+
+    class Lister(FakeKube):
+        async def get(self, path, **params):
+            self.calls.append(("GET", path))
+            index.put(_body("late", "api", "p-late"))  # arrives while the list is in flight
+            return listed
+
+    app = App(Settings(namespaces=("a",)), index)
+    app.kube = Lister()
+    assert await app.resync() == ["p-web"]
+    assert app.kube.calls == [("GET", "/apis/qscale.io/v1alpha1/namespaces/a/autoscalepolicies")]
+    assert {p.uid for p in index.values()} == {"p-api", "p-late"}
+    w.prom.set("a", "web", cpu=1.0)  # the ghost would scale 2 -> 4 now
+    await w.engine.run_once(index.values(), T0 + 15)
+    assert "p-web" not in w.engine.runtimes and w.kube.scales[("a", "web")]["spec"]["replicas"] == 2
+
+    class Down(FakeKube):
+        async def get(self, path, **params):
+            raise ApiError(503, "unavailable")
+
+    app.kube = Down()
+    assert await app.resync() == [] and len(index.values()) == 2  # a failed listing drops none
+
+
+class WatchApi:
+    """A Deployments list + watch endpoint on loopback, whose watches break on demand: the
+    test pushes events into the open watch, or ``"410"`` (an ERROR event: resourceVersion too
+    old), ``"drop"`` (the connection is cut), ``"end"`` (the server's timeout closes it
+    cleanly); ``gone_on_next_watch`` answers the next watch request with HTTP 410 itself. A
+    listing waits for ``listing_open``."""
+
+    def __init__(self) -> None:
+        self.items: dict[str, dict] = {}
+        self.rv = 10
+        self.lists = 0
+        self.watches: list[str] = []
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.listing_open = asyncio.Event()
+        self.listing_open.set()
+        self.gone_on_next_watch = False
+
+    def put(self, name: str, replicas: int, uid: str | None = None) -> dict:
+        self.rv += 1
+        obj = {
+            "metadata": {"namespace": "a", "name": name, "uid": uid or f"uid-{name}",
+                         "resourceVersion": str(self.rv)},
+            "spec": {"replicas": replicas},
+            "status": {"readyReplicas": replicas},
+        }  # fmt: skip
+        self.items[name] = obj
+        return obj
+
+    async def handle(self, request):
+        from aiohttp import web
+
+        if "watch" not in request.query:
+            await self.listing_open.wait()
+            self.lists += 1
+            meta = {"resourceVersion": str(self.rv)}
+            return web.json_response({"items": list(self.items.values()), "metadata": meta})
+        self.watches.append(request.query["resourceVersion"])
+        if self.gone_on_next_watch:
+            self.gone_on_next_watch = False
+            return web.json_response({"kind": "Status", "code": 410}, status=410)
+        resp = web.StreamResponse()
+        await resp.prepare(request)
+        while True:
+            ev = await self.queue.get()
+            if ev == "410":
+                status = {"kind": "Status", "code": 410, "message": "too old resource version"}
+                await resp.write(json.dumps({"type": "ERROR", "object": status}).encode() + b"\n")
+                return resp
+            if ev == "drop":
+                request.transport.close()
+                return resp
+            if ev == "end":
+                return resp
+            await resp.write(json.dumps(ev).encode() + b"\n")
+
+
+async def test_the_deployment_cache_relists_after_a_410_or_a_dropped_watch(model_dir):
+    """While the watch is broken the namespace reads as not synced (the tick decides and
+    writes nothing for it); the relist drops what was deleted meanwhile and takes what was
+    created or changed; a watch the server closes cleanly resumes without a relist."""
+    from aiohttp import web
+
+    from qscale.operator.deployments import DeploymentCache
+    from qscale.operator.kube import Connection, Credentials, Kube
+
+    api = WatchApi()
+    api.put("web", 2)
+    api.put("api", 3)
+    app = web.Application()
+    app.router.add_get("/apis/apps/v1/namespaces/a/deployments", api.handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    kube = Kube(Connection(f"http://127.0.0.1:{port}", Credentials.static("t")), timeout_s=2.0)
+    cache = DeploymentCache(kube, ("a",))
+    cache.start()
+
+    async def until(pred, what):
+        for _ in range(200):
+            if pred():
+                return
+            await asyncio.sleep(0.025)
+        raise AssertionError(f"never: {what}")
+
+    def replicas(name):
+        t = cache.get("a", name)
+        return None if t is None else t.replicas
+
+    try:
+        await asyncio.wait_for(cache.ready.wait(), 5)
+        assert (replicas("web"), replicas("api"), api.lists) == (2, 3, 1)
+        await api.queue.put({"type": "MODIFIED", "object": api.put("web", 5)})
+        await until(lambda: replicas("web") == 5, "the watch's event")
+
+        # 410: "web" deleted, "new" created, both while the watch was gone; the relist waits
+        api.listing_open.clear()
+        del api.items["web"]
+        api.put("new", 1)
+        await api.queue.put("410")
+        await until(lambda: not cache.synced("a"), "not synced while broken")
+        w = world(model_dir)
+        w.engine.cache = cache
+        w.prom.set("a", "web", cpu=1.0)
+        w.policy("a", "web", SPEC)
+        rep = await w.tick(T0)
+        assert rep.decided == 0 and w.kube.calls == []  # nothing decided on a stale cache
+        api.listing_open.set()
+        await until(lambda: cache.synced("a") and api.lists == 2, "the relist")
+        assert (replicas("web"), replicas("new"), replicas("api")) == (None, 1, 3)
+        await w.tick(T0 + 15)
+        assert w.kube.status[("a", "web")]["reason"] == "TARGET_MISSING"
+
+        # the connection cut mid-watch, "api" scaled meanwhile; then a 410 on the next watch
+        api.put("api", 7)
+        api.gone_on_next_watch = True
+        await api.queue.put("drop")
+        await until(lambda: api.lists == 4 and replicas("api") == 7, "two relists")
+        assert cache.synced("a")
+
+        # the server's timeout closes a healthy watch: resume from the last resourceVersion
+        last = api.put("api", 8)
+        await api.queue.put({"type": "MODIFIED", "object": last})
+        await until(lambda: replicas("api") == 8, "the event")
+        await api.queue.put("end")
+        await until(lambda: api.watches[-1] == last["metadata"]["resourceVersion"], "resumed")
+        assert api.lists == 4 and cache.synced("a")
+    finally:
+        await cache.stop()
+        await kube.close()
+        api.queue.put_nowait("end")  # the handler of the last watch, still waiting
+        await runner.cleanup()
