@@ -203,7 +203,7 @@ async def test_a_policy_deleted_mid_tick_is_dropped_without_a_crash_or_a_trace(m
     assert ("a", "web") not in w.kube.status and rep.status_writes == 1
     assert total(w, "qscale_api_writes_total", {"kind": "status", "result": "error"}) == 1
     assert w.kube.status[("a", "api")]["replicas"] == 4  # the other policy: decided, written
-    assert "p-web" in w.engine.runtimes and w.engine.runtimes["p-web"].status == {}
+    assert "p-web" in w.engine.runtimes and w.engine.runtimes["p-web"].written == {}
     w.sync_from_kube()
     calls = len(w.kube.calls)
     await w.tick(T0 + 15)
@@ -603,3 +603,37 @@ async def test_the_deployment_cache_relists_after_a_410_or_a_dropped_watch(model
         await kube.close()
         api.queue.put_nowait("end")  # the handler of the last watch, still waiting
         await runner.cleanup()
+
+
+@pytest.mark.parametrize("status", [409, 429, 500, 503])
+async def test_a_status_write_refused_is_written_again_on_the_next_tick(model_dir, status):
+    """A status patch carries no resourceVersion (a merge of the fields the operator alone
+    writes, absolute values): a refusal is not remembered as written, so the next tick sends
+    the difference again; the scale it reports landed once."""
+
+    class Refuses(FakeKube):
+        refuse = 1
+
+        async def patch_merge(self, path, body):
+            if path.endswith("/status") and self.refuse:
+                self.refuse -= 1
+                self.calls.append(("PATCH", path))
+                raise ApiError(status, "try again")
+            return await super().patch_merge(path, body)
+
+    w = world(model_dir)
+    w.kube = w.engine.kube = Refuses()
+    w.deployment("a", "web", 2)
+    w.prom.set("a", "web", cpu=1.0)
+    w.policy("a", "web", SPEC)
+    await w.tick(T0)
+    assert ("a", "web") not in w.kube.status and w.kube.scales[("a", "web")]["spec"][
+        "replicas"
+    ] == 4
+    w.sync_from_kube()
+    w.prom.set("a", "web", cpu=0.6)  # 4 pods at 60 %: hold
+    w.policy("a", "web", SPEC)
+    await w.tick(T0 + 15)
+    st = w.kube.status[("a", "web")]
+    assert st["lastAction"]["from"] == 2 and st["lastAction"]["to"] == 4 and st["replicas"] == 4
+    assert w.kube.writes("scale") == 1 and w.kube.writes("status") == 2

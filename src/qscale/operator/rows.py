@@ -130,7 +130,10 @@ class Runtime:
 
     uid: str
     status: dict[str, Any]
-    """The status as last written (or as found)."""
+    """The status as the operator last made it (or as found): the next tick's starting point,
+    written or not (a refused write must not lose a ``lastAction``)."""
+    written: dict[str, Any] = field(default_factory=dict)
+    """The status as last written (or as found): what a status patch is the difference to."""
     shield: ShieldState | None = None
     shield_config: ShieldConfig | None = None
     target_uid: str = ""
