@@ -127,7 +127,10 @@ class FaultProm:
     def _ask(self, path: str, form: dict[str, str]) -> tuple[int, bytes]:
         if callable(self.upstream):
             return 200, json.dumps(self.upstream(path, form)).encode()
-        r = httpx.post(f"{self.upstream}{path}", data=form, timeout=30.0, trust_env=False)
+        try:
+            r = httpx.post(f"{self.upstream}{path}", data=form, timeout=30.0, trust_env=False)
+        except httpx.HTTPError:
+            return 502, b"<html>Bad Gateway</html>"
         return r.status_code, r.content
 
     def _answer(self, path: str, form: dict[str, str]) -> tuple[int, bytes, float]:
