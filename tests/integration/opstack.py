@@ -211,6 +211,7 @@ def start_stack(cluster: LocalCluster, workdir: Path) -> Stack:
             "QSCALE_TICK_S": "1",
             "QSCALE_STALE_AFTER_S": "30",
             "QSCALE_MODEL_REFRESH_S": "2",
+            "QSCALE_POLICY_RESYNC_S": "5",  # exercised all along (RBAC: the log has no 403)
             "QSCALE_LOG_LEVEL": "DEBUG",
         },
         workdir=workdir / "operator",

@@ -134,7 +134,8 @@ class App:
             try:
                 listing = await self.kube.get(path, limit=0)
             except ApiError as e:
-                log.debug("policy resync skipped: %s", e)
+                transient = e.status in (0, 429, 500, 502, 503, 504)
+                log.log(logging.DEBUG if transient else logging.WARNING, "no policy resync: %s", e)
                 return []
             listed |= {i["metadata"]["uid"] for i in listing.get("items") or []}
         gone = self.index.resync(listed, mark)
