@@ -1,6 +1,8 @@
 """The stack the operator's cluster tests share: one operator (a subprocess with a
 least-privilege ServiceAccount token), one emulator, one real Prometheus, on the session's
-local control plane."""
+local control plane; and a fault-injecting proxy in front of that Prometheus
+(:class:`faultprom.FaultProm`, an address the operator allows), passing through unless a test
+breaks it."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from faultprom import FaultProm
 from qscale.dev.cluster import LocalCluster, deployment_manifest, wait_for
 from qscale.dev.operator import OperatorProcess, install, scripted_policy, token_kubeconfig
 from qscale.dev.prom import LocalPrometheus, free_port
@@ -97,6 +100,8 @@ class Stack:
     emulator: Emulator
     prometheus: LocalPrometheus
     operator: OperatorProcess
+    faulty: FaultProm
+    """The fault-injecting proxy in front of ``prometheus`` (``spec.metrics.prometheus``)."""
     created: list[tuple[str, str]] = field(default_factory=list)
 
     # --- objects --------------------------------------------------------------------------
@@ -193,17 +198,20 @@ def start_stack(cluster: LocalCluster, workdir: Path) -> Stack:
         scrape_interval_s=1.0,
         rules=RULES,
     ).start()
+    faulty = FaultProm(prom.url).start()
     operator = OperatorProcess(
         kubeconfig,
         env={
             "QSCALE_NAMESPACES": ns,
             "QSCALE_PROMETHEUS_URL": prom.url,
+            "QSCALE_PROMETHEUS_ALLOWED_URLS": faulty.url,
             "QSCALE_DEFAULT_MODEL": str(model),
             "QSCALE_LEASE_NAMESPACE": op_ns,
             "QSCALE_LEASE_DURATION_S": "6",
             "QSCALE_TICK_S": "1",
             "QSCALE_STALE_AFTER_S": "30",
             "QSCALE_MODEL_REFRESH_S": "2",
+            "QSCALE_POLICY_RESYNC_S": "5",  # exercised all along (RBAC: the log has no 403)
             "QSCALE_LOG_LEVEL": "DEBUG",
         },
         workdir=workdir / "operator",
@@ -211,7 +219,7 @@ def start_stack(cluster: LocalCluster, workdir: Path) -> Stack:
     )
     operator.workdir.mkdir(parents=True, exist_ok=True)
     stack = Stack(
-        cluster, workdir, ns, op_ns, other_ns, model, kubeconfig, emulator, prom, operator
+        cluster, workdir, ns, op_ns, other_ns, model, kubeconfig, emulator, prom, operator, faulty
     )
     try:
         operator.start()
@@ -222,7 +230,12 @@ def start_stack(cluster: LocalCluster, workdir: Path) -> Stack:
 
 
 def stop_stack(stack: Stack) -> None:
-    for step in (stack.operator.close, stack.prometheus.close, stack.emulator.stop):
+    for step in (
+        stack.operator.close,
+        stack.faulty.close,
+        stack.prometheus.close,
+        stack.emulator.stop,
+    ):
         with contextlib.suppress(Exception):
             step()
     for ns in (stack.ns, stack.op_ns, stack.other_ns):

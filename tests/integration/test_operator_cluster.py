@@ -408,6 +408,73 @@ def test_a_rate_from_a_lagging_rule_is_stale_and_holds(st: Stack):
     )
 
 
+def test_prometheus_faults_hold_only_their_own_policies_and_heal(st: Stack):
+    """The Prometheus rows of docs/faults.md on the real stack, one after the other, through
+    the fault-injecting proxy in front of the real Prometheus: a reply trickled past the
+    operator's query timeout (5 s), malformed JSON, NaN values, a partial result (fp-a's series
+    dropped, fp-b's kept: same query). fp-a holds, falls back, reports each fault and recovers
+    when the proxy passes through again, in the same process; fp-c, on Prometheus directly,
+    decides all along (its load rises during the slowest fault and it reacts)."""
+    for name in ("fp-a", "fp-b", "fp-c"):
+        st.deployment(name, replicas=2, load=40)
+    via = {**FAST, "prometheus": {"address": st.faulty.url}}
+    st.policy("fp-a", "fp-a", slo=SLO, metrics=via, fallback={"afterFailedTicks": 2})
+    st.policy("fp-b", "fp-b", slo=SLO, metrics=via)
+    st.policy("fp-c", "fp-c", mode="Shadow", slo=SLO, metrics=FAST)
+    pid = st.operator.pid
+
+    def metrics(name: str) -> dict:
+        return st.condition(name, "MetricsAvailable")
+
+    def shows(c: dict, reason: str, message: str) -> bool:
+        return c.get("reason") == reason and message in c.get("message", "")
+
+    for name in ("fp-a", "fp-b", "fp-c"):
+        wait_for(lambda n=name: metrics(n).get("status") == "True", 40, what=f"{name} metrics")
+    log = ReplicaLog(st, "fp-a")
+    errors = st.operator.metric("qscale_prometheus_query_errors_total")
+    try:
+        st.faulty.set("trickle", delay_s=60)
+        st.load("fp-c", 180)
+        st.wait_status(
+            "fp-a", lambda s: (s.get("fallback") or {}).get("active"), 40, "fp-a's fallback"
+        )
+        c = metrics("fp-a")
+        assert c["reason"] == "QUERY_FAILED" and "no answer within 5s" in c.get("message", ""), c
+        st.wait_status("fp-c", lambda s: (s.get("wouldScaleTo") or 0) > 2, 40, "fp-c deciding")
+        assert metrics("fp-c")["status"] == "True"
+        assert st.operator.metric("qscale_prometheus_query_errors_total") > errors
+        for mode, reason, says in (
+            ("malformed", "QUERY_FAILED", "request_rate: HTTP 200"),
+            ("nan", "METRICS_MISSING", "no series for request_rate, cpu_utilization"),
+            ("drop", "METRICS_MISSING", "no series for request_rate, latency_p95, cpu_util"),
+        ):
+            st.faulty.set(mode, drop={"fp-a"})
+            wait_for(
+                lambda r=reason, m=says: shows(metrics("fp-a"), r, m),
+                20,
+                what=f"fp-a's condition in mode {mode}",
+            )
+        # partial: fp-b, in the same query, has its data again while fp-a's is missing
+        wait_for(lambda: metrics("fp-b").get("status") == "True", 20, what="fp-b's data")
+        assert metrics("fp-a")["status"] == "False"
+        st.faulty.set("pass")
+        s = st.wait_status(
+            "fp-a",
+            lambda s: "fallback" not in s and s.get("reason") not in ("FALLBACK_ACTIVE", None),
+            30,
+            "fp-a's recovery",
+        )
+        assert metrics("fp-a")["status"] == "True", s
+    finally:
+        st.faulty.set("pass")
+        changes = log.stop()
+    assert [r for _, r in changes] == [2]  # held throughout: nothing written, within bounds
+    assert scale_events(st, "fp-a") == [] and st.operator.pid == pid
+    reasons = [e["reason"] for e in st.events("fp-a")]
+    assert reasons.count("FALLBACK_ACTIVE") == 1 and "FALLBACK_ENDED" in reasons
+
+
 def test_prometheus_stopped_holds_falls_back_and_recovers(st: Stack):
     st.deployment("outage", replicas=3, load=60)
     st.policy("outage", "outage", slo=SLO, fallback={"afterFailedTicks": 2})

@@ -34,10 +34,10 @@ class FakeKube:
         self.outside: dict[tuple[str, str], int] = {}
         """Somebody else scales these to that count just before our write lands."""
 
-    def add(self, ns: str, name: str, replicas: int) -> None:
+    def add(self, ns: str, name: str, replicas: int, uid: str | None = None) -> None:
         self.scales[(ns, name)] = {
             "spec": {"replicas": replicas},
-            "metadata": {"resourceVersion": "1"},
+            "metadata": {"resourceVersion": "1", "uid": uid or f"uid-{name}"},
         }
 
     def _bump(self, obj: dict) -> None:
@@ -71,6 +71,9 @@ class FakeKube:
             rv = (body.get("metadata") or {}).get("resourceVersion")
             if rv is not None and rv != obj["metadata"]["resourceVersion"]:
                 raise ApiError(409, "conflict")
+            uid = (body.get("metadata") or {}).get("uid")
+            if uid is not None and uid != obj["metadata"].get("uid"):
+                raise ApiError(409, "Precondition failed: UID in precondition")
             obj["spec"]["replicas"] = body["spec"]["replicas"]
             self._bump(obj)
             return copy.deepcopy(obj)
@@ -181,19 +184,30 @@ class World:
     policies: list[IndexedPolicy] = field(default_factory=list)
 
     def deployment(
-        self, ns: str, name: str, replicas: int, ready: int | None = None, limit_ratio: float = 1.0
+        self,
+        ns: str,
+        name: str,
+        replicas: int,
+        ready: int | None = None,
+        limit_ratio: float = 1.0,
+        uid: str | None = None,
     ):
-        self.kube.add(ns, name, replicas)
+        uid = uid or f"uid-{name}"
+        self.kube.add(ns, name, replicas, uid)
         self.cache._items[(ns, name)] = Target(
             ns,
             name,
-            f"uid-{name}",
+            uid,
             "1",
             replicas,
             replicas if ready is None else ready,
             limit_ratio,
         )
         self.cache._synced[ns] = True
+
+    def delete_deployment(self, ns: str, name: str) -> None:
+        self.kube.scales.pop((ns, name), None)
+        self.cache._items.pop((ns, name), None)
 
     def sync_from_kube(self):
         for (ns, name), obj in self.kube.scales.items():
@@ -219,9 +233,10 @@ class World:
         return await self.engine.run_once(self.policies, now)
 
 
-def world(model_dir, **settings) -> World:
-    kube, prom, events = FakeKube(), FakeProm(), QueueEvents()
-    s = Settings(namespaces=("a",), prometheus_url="http://prom.invalid", **settings)
+def world(model_dir, prom=None, **settings) -> World:
+    """An Engine over the fakes; ``prom``: another Prometheus client (a real PromClient)."""
+    kube, prom, events = FakeKube(), prom or FakeProm(), QueueEvents()
+    s = Settings(**{"namespaces": ("a",), "prometheus_url": "http://prom.invalid", **settings})
     cache = DeploymentCache(kube, s.namespaces)  # type: ignore[arg-type]
     eng = Engine(s, kube, cache, prom, ModelRegistry(model_dir), Metrics(), events)  # type: ignore[arg-type]
     return World(eng, kube, prom, events, cache)

@@ -14,7 +14,6 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,8 +29,9 @@ from qscale.operator.lease import LeaderElector
 from qscale.operator.metrics import Metrics
 from qscale.operator.models import Model, ModelRegistry
 from qscale.operator.prom import PromClient
+from qscale.operator.rows import PolicyIndex
 from qscale.operator.settings import Settings
-from qscale.operator.tick import GROUP, PLURAL, VERSION, Engine, IndexedPolicy
+from qscale.operator.tick import GROUP, PLURAL, VERSION, Engine
 
 __all__ = ["App", "process_start_time"]
 
@@ -64,7 +64,7 @@ def default_model_dir(settings: Settings) -> Path:
 @dataclass
 class App:
     settings: Settings
-    policies: Callable[[], Iterable[IndexedPolicy]]
+    index: PolicyIndex
     """The policies kopf has seen (:data:`qscale.operator.handlers.POLICIES`)."""
     metrics: Metrics = field(default_factory=Metrics)
     started_at: float = field(default_factory=process_start_time)
@@ -115,14 +115,44 @@ class App:
         self._tasks += [
             asyncio.create_task(self.elector.run(self._stop), name="lease"),
             asyncio.create_task(self._loop(), name="tick loop"),
+            asyncio.create_task(self._resync_loop(), name="policy resync"),
         ]
+
+    def _policy_paths(self) -> list[str]:
+        return [
+            f"/apis/{GROUP}/{VERSION}/namespaces/{ns}/{PLURAL}" for ns in self.settings.namespaces
+        ] or [f"/apis/{GROUP}/{VERSION}/{PLURAL}"]
+
+    async def resync(self) -> list[str]:
+        """Drop the indexed policies a listing no longer holds (deleted while kopf's watch was
+        broken: kopf relists, but reports no deletion it missed); their uids. A listing that
+        fails changes nothing."""
+        assert self.kube is not None
+        mark = self.index.mark()
+        listed: set[str] = set()
+        for path in self._policy_paths():
+            try:
+                listing = await self.kube.get(path, limit=0)
+            except ApiError as e:
+                transient = e.status in (0, 429, 500, 502, 503, 504)
+                log.log(logging.DEBUG if transient else logging.WARNING, "no policy resync: %s", e)
+                return []
+            listed |= {i["metadata"]["uid"] for i in listing.get("items") or []}
+        gone = self.index.resync(listed, mark)
+        if gone:
+            log.warning("dropped %d deleted AutoscalePolicies kopf still held", len(gone))
+        return gone
+
+    async def _resync_loop(self) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), timeout=self.settings.policy_resync_s)
+            if not self._stop.is_set():
+                await self.resync()
 
     async def _expect(self) -> None:
         """The policies there are at start-up, so the first tick waits for kopf to list them."""
-        paths = [
-            f"/apis/{GROUP}/{VERSION}/namespaces/{ns}/{PLURAL}" for ns in self.settings.namespaces
-        ] or [f"/apis/{GROUP}/{VERSION}/{PLURAL}"]
-        for path in paths:
+        for path in self._policy_paths():
             for attempt in range(20):
                 try:
                     listing = await self.kube.get(path, limit=0)
@@ -147,16 +177,14 @@ class App:
             await asyncio.wait_for(cache.ready.wait(), timeout=60)
         deadline = time.monotonic() + 120
         while self._expected and time.monotonic() < deadline and not self._stop.is_set():
-            have = {p.uid for p in self.policies()}
+            have = {p.uid for p in self.index.values()}
             if self._expected <= have:
                 break
             await asyncio.sleep(0.05)
-        log.info(
-            "indexed %d policies; ticking every %gs", sum(1 for _ in self.policies()), s.tick_s
-        )
+        log.info("indexed %d policies; ticking every %gs", len(self.index.values()), s.tick_s)
         while not self._stop.is_set():
             if self.elector.leader:
-                policies = list(self.policies())
+                policies = list(self.index.values())
                 self.metrics.policies.set(len(policies))
                 try:
                     rep = await self.engine.run_once(policies)
@@ -199,7 +227,7 @@ class App:
         return {
             "leader": bool(self.elector and self.elector.leader),
             "deployments_synced": bool(eng and eng.cache.ready.is_set()),
-            "policies": sum(1 for _ in self.policies()),
+            "policies": len(self.index.values()),
             "ticks": self.ticks,
         }
 

@@ -4,7 +4,9 @@ The tick needs every target's ``spec.replicas``, ``status.readyReplicas``, CPU l
 ratio and resourceVersion at once; a GET per policy per tick would cost 1,000 calls, so one
 list + watch per namespace keeps slim records instead (never whole objects). While a watch is
 broken (API server down, a 410) the namespace reads as not synced and its targets as unknown,
-so nothing is decided or written on a cache that may be stale; it relists on reconnect.
+so nothing is decided or written on a cache that may be stale; it relists on reconnect: at once
+after a 410 Gone, else after a backoff (0.5 s doubling to 10 s, jittered, so the watches of
+many namespaces broken by one API server restart do not relist in step).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import random
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -176,8 +179,9 @@ class DeploymentCache:
             except (ApiError, ValueError) as e:
                 self._synced[ns] = False
                 if not (isinstance(e, ApiError) and e.status == 410):
+                    wait = random.uniform(delay / 2, delay)
                     log.warning(
-                        "deployment watch (%s) broke: %s; relisting in %.1fs", ns or "*", e, delay
+                        "deployment watch (%s) broke: %s; relisting in %.1fs", ns or "*", e, wait
                     )
-                    await asyncio.sleep(delay)
+                    await asyncio.sleep(wait)
                     delay = min(delay * 2, 10.0)

@@ -3,7 +3,9 @@
 * ``@kopf.on.startup`` puts every kopf setting in one place, derived from
   :class:`~qscale.operator.settings.Settings`, and starts the :class:`~qscale.operator.app.App`;
 * ``@kopf.on.event`` keeps a slim record of each AutoscalePolicy (:class:`IndexedPolicy`) in
-  :data:`POLICIES` -- an index in all but name: kopf 1.45.2's ``@kopf.index`` makes every
+  :data:`POLICIES` (a :class:`~qscale.operator.rows.PolicyIndex`, which the App checks against
+  a listing every ``QSCALE_POLICY_RESYNC_S``: kopf never reports the deletions it missed while
+  its watch was broken) -- an index in all but name: kopf 1.45.2's ``@kopf.index`` makes every
   per-object worker wait, after indexing its object, until *all* objects are indexed, so with a
   worker limit (which memory needs, below) the first ``worker_limit`` workers wait on objects
   that can never get a worker: indexing 100 policies with 16 workers stalled at 16 for good
@@ -34,8 +36,9 @@ import kopf
 
 from qscale.operator.app import App
 from qscale.operator.kube import connection, kopf_connection_info
+from qscale.operator.rows import PolicyIndex
 from qscale.operator.settings import Settings
-from qscale.operator.tick import GROUP, PLURAL, VERSION, IndexedPolicy
+from qscale.operator.tick import GROUP, PLURAL, VERSION
 
 log = logging.getLogger("qscale.operator")
 
@@ -57,7 +60,7 @@ def configure(settings: kopf.OperatorSettings, s: Settings) -> None:
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     s = Settings.from_env()
     configure(settings, s)
-    app = App(s, lambda: list(POLICIES.values()))
+    app = App(s, POLICIES)
     await app.start()
     memo.app = app
 
@@ -75,16 +78,17 @@ def login(**_: Any) -> kopf.ConnectionInfo:
     return kopf_connection_info(connection(), refresh=True)
 
 
-POLICIES: dict[str, IndexedPolicy] = {}
-"""Every AutoscalePolicy, by uid, as :class:`IndexedPolicy` (the tick's input)."""
+POLICIES = PolicyIndex()
+"""Every AutoscalePolicy, by uid, as :class:`~qscale.operator.rows.IndexedPolicy` (the tick's
+input)."""
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
 async def policy_event(body: kopf.Body, type: str | None, uid: str, **_: Any) -> None:
     if type == "DELETED":
-        POLICIES.pop(uid, None)
+        POLICIES.drop(uid)
     else:
-        POLICIES[uid] = IndexedPolicy.from_body(body)
+        POLICIES.put(body)
 
 
 @kopf.on.probe(id="qscale")

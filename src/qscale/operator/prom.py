@@ -21,7 +21,9 @@ own Prometheus adds a group of 4): the three templates and ``timestamp()`` of th
   flow is missing (a service that answers nothing must not look healthy).
 * A target with no series for a template, or a failed query, has that metric missing:
   :func:`qscale.decision.decide` then holds (``METRICS_MISSING``). An error is recorded as the
-  template, the HTTP status and a fixed reason, never a reply's body.
+  template, the HTTP status and a fixed reason, never a reply's body. Each query has one
+  deadline, whole (``QSCALE_QUERY_TIMEOUT_S``): a Prometheus that answers slowly, or trickles
+  its reply, delays a tick by at most that, and fails only the policies of its group.
 
 Queries are POSTed (form-encoded): an alternation of 1,000 names does not fit in a URL.
 """
@@ -170,6 +172,9 @@ class PromClient:
 
     def __init__(self, timeout_s: float = 5.0, on_query=None, transport=None) -> None:
         self._client = httpx.AsyncClient(timeout=timeout_s, trust_env=False, transport=transport)
+        self.timeout_s = timeout_s
+        """The deadline of one query, whole: httpx's timeouts bound each read, so a reply that
+        trickles in a byte at a time would otherwise hold the tick (every policy) for good."""
         self._on_query = on_query
         """``on_query(template, seconds, ok)`` for the operator's metrics."""
 
@@ -183,7 +188,8 @@ class PromClient:
         t0 = time.perf_counter()
         ok = False
         try:
-            r = await self._client.post(url, data=form)
+            async with asyncio.timeout(self.timeout_s):
+                r = await self._client.post(url, data=form)
             try:
                 payload = r.json()
             except ValueError:
@@ -197,6 +203,8 @@ class PromClient:
                 raise QueryError(f"{template}: bad response")
             ok = True
             return [s for s in result if isinstance(s, dict)]
+        except (TimeoutError, httpx.TimeoutException):
+            raise QueryError(f"{template}: no answer within {self.timeout_s:g}s") from None
         except httpx.HTTPError as e:
             raise QueryError(f"{template}: {type(e).__name__}") from None
         except (AttributeError, TypeError):

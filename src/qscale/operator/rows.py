@@ -28,6 +28,7 @@ from qscale.operator.status import OpReason, Verdict
 
 __all__ = [
     "IndexedPolicy",
+    "PolicyIndex",
     "Row",
     "Runtime",
     "decide_rows",
@@ -83,13 +84,56 @@ class IndexedPolicy:
         )
 
 
+class PolicyIndex:
+    """Every AutoscalePolicy kopf has seen, by uid (the tick's input), fed by kopf's events.
+
+    kopf relists after a broken watch (a 410 Gone, an API server restart) and hands over what
+    the listing holds, but never reports the objects deleted while it was not watching: they
+    would stay here, and be decided (and scale their Deployment) for good. :meth:`resync`
+    drops them against a listing of the policies there are."""
+
+    def __init__(self) -> None:
+        self._by_uid: dict[str, IndexedPolicy] = {}
+        self._seen: dict[str, int] = {}
+        """The event count at each uid's last event."""
+        self._events = 0
+
+    def put(self, body: Mapping[str, Any]) -> None:
+        p = IndexedPolicy.from_body(body)
+        self._events += 1
+        self._by_uid[p.uid], self._seen[p.uid] = p, self._events
+
+    def drop(self, uid: str) -> None:
+        self._events += 1
+        self._by_uid.pop(uid, None)
+        self._seen.pop(uid, None)
+
+    def values(self) -> list[IndexedPolicy]:
+        return list(self._by_uid.values())
+
+    def mark(self) -> int:
+        """Take before the listing that is handed to :meth:`resync`."""
+        return self._events
+
+    def resync(self, listed: set[str], mark: int) -> list[str]:
+        """Drop the policies indexed before ``mark`` that the listing (made after it) lacks:
+        they were deleted. One indexed since may be newer than the listing: it stays."""
+        gone = [u for u, seen in self._seen.items() if seen <= mark and u not in listed]
+        for uid in gone:
+            self.drop(uid)
+        return gone
+
+
 @dataclass
 class Runtime:
     """The operator's memory of one policy between ticks."""
 
     uid: str
     status: dict[str, Any]
-    """The status as last written (or as found)."""
+    """The status as the operator last made it (or as found): the next tick's starting point,
+    written or not (a refused write must not lose a ``lastAction``)."""
+    written: dict[str, Any] = field(default_factory=dict)
+    """The status as last written (or as found): what a status patch is the difference to."""
     shield: ShieldState | None = None
     shield_config: ShieldConfig | None = None
     target_uid: str = ""

@@ -50,6 +50,9 @@ class Settings:
     """Concurrent API writes (scale, status, events) within a tick."""
     model_refresh_s: float = 30.0
     """How often a ConfigMap model is re-read (a changed ConfigMap is verified again)."""
+    policy_resync_s: float = 60.0
+    """How often the policies kopf has indexed are checked against a listing: one deleted while
+    kopf's watch was broken (kopf relists, but reports no deletion it missed) is dropped."""
     metrics_address: str = "0.0.0.0"
     """Address of the /metrics and /readyz endpoint."""
     metrics_port: int = 8080
@@ -110,6 +113,7 @@ class Settings:
             "query_timeout_s",
             "api_timeout_s",
             "lease_duration_s",
+            "policy_resync_s",
         )
         for name in positive:
             if not getattr(self, name) > 0:

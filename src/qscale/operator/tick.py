@@ -186,7 +186,8 @@ class Engine:
         for p in policies:
             rt = self.runtimes.get(p.uid)
             if rt is None:
-                rt = self.runtimes[p.uid] = Runtime(uid=p.uid, status=copy.deepcopy(dict(p.status)))
+                found = copy.deepcopy(dict(p.status))
+                rt = self.runtimes[p.uid] = Runtime(uid=p.uid, status=found, written=found)
             if now + 1e-3 >= rt.next_due:
                 interval = p.spec.interval_s if p.spec else actions.DECISION_INTERVAL_S
                 rt.next_due = (math.floor(now / interval + 1e-6) + 1) * interval
@@ -373,7 +374,7 @@ class Engine:
         v, before, rt = r.verdict, r.target.replicas, r.runtime
         assert v.desired is not None
         ns, name = r.policy.namespace, r.spec.target
-        req = ScaleRequest(ns, name, before, v.desired, r.target.resource_version)
+        req = ScaleRequest(ns, name, before, v.desired, r.target.resource_version, r.target.uid)
         res = await scale_one(self.kube, req, sem)
         self.metrics.writes.labels("scale", res.outcome.value).inc()
         self.metrics.conflicts.inc(res.conflicts)
@@ -424,9 +425,13 @@ class Engine:
         rep: TickReport,
         sem: asyncio.Semaphore,
     ) -> None:
-        patch = merge_patch(rt.status, st)
+        patch = merge_patch(rt.written, st)
         if patch is None:
+            rt.status = rt.written
             return
+        # Kept as made even if the write fails: the next tick starts from it and sends the
+        # difference to what was last written again.
+        rt.status = copy.deepcopy(st)
         path = f"/apis/{GROUP}/{VERSION}/namespaces/{p.namespace}/{PLURAL}/{p.name}/status"
         async with sem:
             try:
@@ -438,7 +443,7 @@ class Engine:
                 return
         self.metrics.writes.labels("status", "ok").inc()
         rep.status_writes += 1
-        rt.status = copy.deepcopy(st)
+        rt.written = rt.status
 
     def _post(self, p: IndexedPolicy, notice: Notice, now: float) -> None:
         n = notice

@@ -2,11 +2,13 @@
 
 A decision is a step ``from -> to`` taken on what the cache showed. It is written as a merge
 patch of the scale subresource carrying the resourceVersion it was decided on, so the API
-server refuses it (409) if the Deployment changed since. On a 409 the scale is re-read: still
-at ``from`` -> the write is retried on the new version; already at ``to`` -> done (an earlier
-attempt landed, e.g. one whose response was lost); anything else -> somebody else scaled, and
-the step is dropped (the next tick sees the new count). So a step is never applied twice, and
-never on top of a count it was not decided for.
+server refuses it (409) if the Deployment changed since, and the uid of the Deployment object
+it was decided for, so that a Deployment deleted and created again under the same name is never
+written a step decided for its predecessor. On a 409 the scale is re-read: another object ->
+the step is dropped; still at ``from`` -> the write is retried on the new version; already at
+``to`` -> done (an earlier attempt landed, e.g. one whose response was lost); anything else ->
+somebody else scaled, and the step is dropped (the next tick sees the new count). So a step is
+never applied twice, and never on top of a count or an object it was not decided for.
 
 A 429 or a 5xx (or no answer) is retried after a short jittered backoff, within the same
 budget: the write is conditional, so a retry of an attempt that did land meets a 409 and reads
@@ -54,6 +56,8 @@ class ScaleRequest:
     """``from``: the count the decision was taken on."""
     desired: int
     resource_version: str
+    uid: str = ""
+    """The Deployment object the step was decided for ("": any)."""
 
 
 @dataclass(frozen=True)
@@ -88,9 +92,10 @@ async def scale_one(
     conflicts = 0
     error = "conflicts on every retry"
     for attempt in range(_RETRIES):
-        body = {"spec": {"replicas": req.desired}}
-        if rv:
-            body["metadata"] = {"resourceVersion": rv}
+        body: dict = {"spec": {"replicas": req.desired}}
+        meta = {k: v for k, v in (("resourceVersion", rv), ("uid", req.uid)) if v}
+        if meta:
+            body["metadata"] = meta
         try:
             out = await kube.patch_merge(path, body)
             return ScaleResult(
@@ -116,6 +121,9 @@ async def scale_one(
             return ScaleResult(req, Outcome.FAILED, error=str(e))
         replicas = int((now.get("spec") or {}).get("replicas", 0))
         rv = (now.get("metadata") or {}).get("resourceVersion", "")
+        uid = (now.get("metadata") or {}).get("uid", "")
+        if req.uid and uid and uid != req.uid:  # deleted and created again: not our step's
+            return ScaleResult(req, Outcome.SUPERSEDED, replicas, rv, conflicts=conflicts)
         if replicas == req.desired:
             return ScaleResult(req, Outcome.ALREADY, replicas, rv, conflicts=conflicts)
         if replicas != req.current:
