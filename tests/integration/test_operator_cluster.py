@@ -172,6 +172,47 @@ def test_shadow_and_off_never_write_and_an_outside_scale_is_noticed(st: Stack):
     assert st.replicas("shadowed") == 4
 
 
+def test_the_kill_switch_takes_over_within_a_tick_and_lets_go(st: Stack):
+    """A namespace's switch to Off, then the operator-wide one to HPA, then none: each within a
+    tick or two of the ConfigMap's change, nothing deleted, the model back at the end."""
+
+    def switch(ns: str, mode: str | None) -> float:
+        if mode is None:
+            st.cluster.kubectl("delete", "configmap", "qscale-kill-switch", "-n", ns)
+        else:
+            st.cluster.apply(
+                f"apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: qscale-kill-switch, "
+                f"namespace: {ns}}}\ndata: {{mode: '{mode}'}}\n"  # YAML reads a bare Off as false
+            )
+        return time.time()
+
+    def active(s: dict) -> dict:
+        return next((c for c in s.get("conditions") or [] if c["type"] == "ScalingActive"), {})
+
+    st.deployment("killed", replicas=2, load=180)  # 2 pods serve 100 req/s: the model scales up
+    switch(st.ns, "Off")
+    st.policy("killed", "killed", slo=SLO, metrics=FAST)
+    s = st.wait_status("killed", lambda s: s.get("reason") == "KILL_SWITCH", 30, "switched off")
+    assert active(s)["status"] == "False" and f"{st.ns}/qscale-kill-switch" in active(s)["message"]
+    time.sleep(4)
+    assert st.replicas("killed") == 2 and scale_events(st, "killed") == []
+    try:
+        switch(st.ns, None)
+        t = switch(st.op_ns, "HPA")
+        s = st.wait_status(
+            "killed", lambda s: "HPA" in active(s).get("message", ""), 15, "the HPA rule in charge"
+        )
+        assert time.time() - t < 8  # within a tick or two (interval 2 s, tick 1 s, kubectl)
+        assert active(s)["reason"] == "KILL_SWITCH" and s["fallback"]["reason"] == "KILL_SWITCH"
+        assert f"{st.op_ns}/qscale-kill-switch" in active(s)["message"]
+        assert st.condition("killed", "ModelReady")["status"] == "True"
+    finally:
+        switch(st.op_ns, None)
+    st.wait_status("killed", lambda s: active(s).get("reason") == "OK", 20, "the model back")
+    assert any(e["reason"] == "KILL_SWITCH_RELEASED" for e in st.events("killed"))
+    assert st.get("asp", "killed")["metadata"]["name"] == "killed"  # nothing was deleted
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [

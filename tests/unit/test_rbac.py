@@ -36,6 +36,15 @@ def test_cluster_role_is_least_privilege():
     assert _rules("ClusterRole", "qscale-operator") == EXPECTED
 
 
+def test_at_home_only_the_lease_and_the_kill_switch_configmap_by_name():
+    docs = [d for d in yaml.safe_load_all((ROOT / "deploy" / "rbac.yaml").read_text()) if d]
+    (role,) = [d for d in docs if d["kind"] == "Role" and d["metadata"]["name"].endswith("lease")]
+    by = {(r["apiGroups"][0], r["resources"][0]): r for r in role["rules"]}
+    assert set(by) == {("coordination.k8s.io", "leases"), ("", "configmaps")}
+    assert by[("", "configmaps")]["verbs"] == ["get"]
+    assert by[("", "configmaps")]["resourceNames"] == ["qscale-kill-switch"]
+
+
 def test_no_write_to_policies_themselves_and_no_configmap_listing():
     rules = _rules("ClusterRole", "qscale-operator")
     assert "patch" not in rules[("qscale.io", "autoscalepolicies")]

@@ -94,6 +94,12 @@ class Metrics:
         self.policies = Gauge(
             "qscale_policies", "AutoscalePolicies known to the operator", registry=r
         )
+        self.kill_switch = Gauge(
+            "qscale_kill_switch",
+            "1 while the operator-wide kill switch is engaged in this mode (HPA or Off)",
+            ["scope", "mode"],
+            registry=r,
+        )
         self.leader = Gauge(
             "qscale_leader", "1 while this replica holds the Lease and acts", registry=r
         )

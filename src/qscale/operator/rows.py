@@ -21,6 +21,7 @@ from qscale import actions, batching, decision, features
 from qscale.guardrails import Reason, ShieldConfig, ShieldState, bound, record_scale
 from qscale.operator import fallback as fb
 from qscale.operator.deployments import Target
+from qscale.operator.killswitch import Engaged
 from qscale.operator.models import Model
 from qscale.operator.prom import Observation, QueryGroup
 from qscale.operator.spec import TEMPLATES, PolicySpec, SpecError, parse_spec, shield_config
@@ -145,6 +146,9 @@ class Runtime:
     problem: str = ""
     """The operator-level problem last reported by an Event (so that each is posted once)."""
     write_failing: bool = False
+    killed: str = ""
+    """The kill switch the policy was last put under (its ``describe``; "": none), so that
+    engaging and releasing it are each posted once."""
 
 
 @dataclass
@@ -169,6 +173,8 @@ class Row:
     """Someone else scaled the target since the last tick: (from, to)."""
     last_action: dict[str, Any] | None = None
     """A new ``lastAction`` for the status."""
+    kill: Engaged | None = None
+    """The kill switch the policy is under this tick (see :mod:`qscale.operator.killswitch`)."""
 
     @property
     def moves(self) -> bool:
@@ -389,7 +395,7 @@ def take_fallback(r: Row, desired: int, why: str, hpa_state: Any, now: float) ->
     the shield's memory too (cooldowns hold when the model takes over again)."""
     v = r.verdict
     v.desired, v.action, v.by_fallback, v.hpa_reason = desired, "hpa", True, why
-    v.reason = OpReason.FALLBACK_ACTIVE.value
+    v.reason = (OpReason.KILL_SWITCH if r.kill is not None else OpReason.FALLBACK_ACTIVE).value
     r.new_hpa = hpa_state
     base = r.new_shield or r.runtime.shield
     if r.spec.mode == "Enforce" and base is not None:

@@ -74,6 +74,12 @@ class Settings:
     limit, kopf's default)."""
     kopf_idle_timeout_s: float = 0.1
     """kopf's ``settings.queueing.idle_timeout``: how long an idle per-object worker lingers."""
+    kill_switch: str = ""
+    """``HPA`` or ``Off``: every policy to the HPA rule, or to reporting only (empty: none).
+    The ConfigMap below does the same without a restart (:mod:`qscale.operator.killswitch`)."""
+    kill_switch_configmap: str = "qscale-kill-switch"
+    """Name of the kill switch ConfigMap (``data.mode``: ``HPA`` or ``Off``), read every tick
+    in the operator's namespace (operator-wide) and in each policy's namespace."""
     log_level: str = "INFO"
     """Log level of the operator (kopf's own logs are one level quieter)."""
 

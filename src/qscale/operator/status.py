@@ -95,6 +95,9 @@ class OpReason(StrEnum):
     """Another AutoscalePolicy in mode Enforce already scales the same Deployment."""
     PROMETHEUS_NOT_ALLOWED = "PROMETHEUS_NOT_ALLOWED"
     """The policy names a Prometheus the operator's allow-list does not hold."""
+    KILL_SWITCH = "KILL_SWITCH"
+    """A kill switch holds the policy: the HPA rule decides, or it only reports."""
+    KILL_SWITCH_RELEASED = "KILL_SWITCH_RELEASED"
 
 
 LIMIT_REASONS = frozenset(
@@ -345,11 +348,15 @@ def scaling_conditions(
     reason: str,
     now: float,
     generation: int,
+    kill: str = "",
 ) -> list[dict[str, Any]]:
     """``ScalingActive`` (who decides, if anyone) and ``ScalingLimited`` (a limit held the
-    proposal); ``reason`` is the status's."""
+    proposal); ``reason`` is the status's, ``kill`` the kill switch's text (if one holds it)."""
     g = generation
-    if spec.mode == "Shadow":
+    if kill:
+        shadow = "; Shadow: recorded, never written" if spec.mode == "Shadow" else ""
+        active = (spec.mode == "Enforce", OpReason.KILL_SWITCH.value, kill + shadow)
+    elif spec.mode == "Shadow":
         shadow = "Shadow: decisions are recorded, never written"
         active = (False, OpReason.MODE_SHADOW.value, shadow)
     elif verdict.by_fallback:
@@ -366,10 +373,11 @@ def scaling_conditions(
 
 
 def _off_conditions(
-    conds: list[dict[str, Any]] | None, now: float, generation: int
+    conds: list[dict[str, Any]] | None, now: float, generation: int, kill: str = ""
 ) -> list[dict[str, Any]]:
-    off = OpReason.MODE_OFF.value
-    conds = set_condition(conds, "ScalingActive", False, off, "mode is Off", now, generation)
+    off = OpReason.KILL_SWITCH.value if kill else OpReason.MODE_OFF.value
+    why = kill or "mode is Off"
+    conds = set_condition(conds, "ScalingActive", False, off, why, now, generation)
     return set_condition(conds, "ScalingLimited", False, off, "", now, generation)
 
 
@@ -405,11 +413,14 @@ def decided_status(
     shield_record: dict[str, Any] | None,
     now: float,
     stale_after_s: float = math.inf,
+    kill: str = "",
 ) -> dict[str, Any]:
     """The status of a policy the tick decided (or, in mode Off, observed): ``replicas`` is
     the target's count after the tick's write, ``last`` a new ``lastAction`` (if any),
-    ``outside`` a scale by someone else (from, to) and ``shield_record`` the shield's memory
-    (:meth:`qscale.guardrails.ShieldState.to_records`)."""
+    ``outside`` a scale by someone else (from, to), ``shield_record`` the shield's memory
+    (:meth:`qscale.guardrails.ShieldState.to_records`) and ``kill`` the text of the kill
+    switch that holds it (:mod:`qscale.operator.killswitch`; a switch to Off arrives as mode
+    Off)."""
     g = generation
     st = dict(status)
     conds = st.get("conditions")
@@ -422,8 +433,8 @@ def decided_status(
     conds = model_conditions(conds, spec, model, model_error, now, g, verdict.model_output_invalid)
     conds = metrics_condition(conds, obs, now, g, stale_after_s)
     if spec.mode == "Off":
-        conds = _off_conditions(conds, now, g)
-        st["reason"] = OpReason.MODE_OFF.value
+        conds = _off_conditions(conds, now, g, kill)
+        st["reason"] = (OpReason.KILL_SWITCH if kill else OpReason.MODE_OFF).value
         for k in (*_DECISION_KEYS, "lastAction"):  # an older mode's last action is no news
             st.pop(k, None)
         st["conditions"] = conds
@@ -436,11 +447,11 @@ def decided_status(
         st.pop("wouldScaleTo", None)
     st["reason"] = verdict.reason or OpReason.MODEL_REFUSED.value
     if fallback_since is not None:
-        code = failure_code(model, obs)
+        code = OpReason.KILL_SWITCH.value if kill else failure_code(model, obs)
         st["fallback"] = {"active": True, "since": iso(fallback_since), "reason": code}
     else:
         st.pop("fallback", None)
-    conds = scaling_conditions(conds, spec, verdict, st["reason"], now, g)
+    conds = scaling_conditions(conds, spec, verdict, st["reason"], now, g, kill)
     if shield_record is not None:
         rec = dict(shield_record)
         if spec.mode == "Shadow":  # it never scales: a would-be proposal is no memory to keep

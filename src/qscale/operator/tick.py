@@ -23,13 +23,14 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from qscale import actions, batching
 from qscale.operator import fallback as fb
 from qscale.operator.deployments import DeploymentCache
 from qscale.operator.events import Event, EventPoster
+from qscale.operator.killswitch import KillSwitch
 from qscale.operator.kube import ApiError, Kube
 from qscale.operator.metrics import Metrics
 from qscale.operator.models import ModelRegistry
@@ -134,6 +135,9 @@ class Engine:
         self.events = events
         self.clock = clock
         self.runtimes: dict[str, Runtime] = {}
+        self.kill = KillSwitch(
+            settings.kill_switch, settings.kill_switch_configmap, settings.lease_ns()
+        )
 
     def forget(self) -> None:
         """Drop every policy's memory (leadership lost: the next leader restores from status)."""
@@ -152,7 +156,11 @@ class Engine:
         if not due:
             return rep
         laps = _Laps(rep)
-        await self._refresh_models([p for p, _ in due])
+        await asyncio.gather(
+            self._refresh_models([p for p, _ in due]),
+            self.kill.refresh(self.kube, {p.namespace for p, _ in due}),
+        )
+        self._report_kill_switch()
         rows, statuses = self._prepare(due, enforcers(policies), now)
         laps.lap("prepare")
         await self._observe(rows, now, rep)
@@ -223,9 +231,31 @@ class Engine:
                 continue
             ref = p.spec.model
             model, err = self.models.lookup(p.namespace, ref.configmap, ref.sha256)
-            rows.append(Row(p, rt, p.spec, target, model, err))
+            row = Row(p, rt, p.spec, target, model, err, kill=self.kill.for_namespace(p.namespace))
+            self._kill_notice(row, now)
+            rows.append(row)
             statuses[p.uid] = base_status(rt.status, p.generation)
         return rows, statuses
+
+    def _kill_notice(self, r: Row, now: float) -> None:
+        """A switch to Off makes the row mode Off; engaging and releasing are posted once."""
+        if r.kill is not None and r.kill.mode == "Off":
+            r.spec = replace(r.spec, mode="Off")
+        text = r.kill.describe if r.kill is not None else ""
+        if text == r.runtime.killed:
+            return
+        if text:
+            self._post(r.policy, Notice("Warning", OpReason.KILL_SWITCH.value, text), now)
+        else:
+            why = f"released: {r.runtime.killed}; the policy runs as its spec says"
+            self._post(r.policy, Notice("Normal", OpReason.KILL_SWITCH_RELEASED.value, why), now)
+        r.runtime.killed = text
+
+    def _report_kill_switch(self) -> None:
+        wide = self.kill.operator_wide()
+        for mode in ("HPA", "Off"):
+            on = wide is not None and wide.mode == mode
+            self.metrics.kill_switch.labels("operator", mode).set(1 if on else 0)
 
     def _problem(
         self, p: IndexedPolicy, rt: Runtime, reason: OpReason, msg: str, now: float
@@ -269,8 +299,8 @@ class Engine:
         active = [r for r in rows if r.spec.mode != "Off"]
         for r in active:
             restore_shield(r, now)
-        hold_within_bounds([r for r in active if r.model is None])
-        deciding = [r for r in active if r.model is not None]
+        hold_within_bounds([r for r in active if r.model is None or r.kill is not None])
+        deciding = [r for r in active if r.model is not None and r.kill is None]
         if not deciding:
             return
         t0 = time.perf_counter()
@@ -296,6 +326,9 @@ class Engine:
                     self._post(r.policy, FALLBACK_ENDED, now)
                 rt.failed, rt.fallback_since = 0, None
                 continue
+            if r.kill is not None:  # the switch's own Event said so; the rule decides at once
+                failing.append(r)
+                continue
             rt.failed += 1
             if rt.failed >= r.spec.fallback_after:
                 failing.append(r)
@@ -316,9 +349,10 @@ class Engine:
             )
             if rt.fallback_since is None:
                 rt.fallback_since = now
-                self.metrics.fallbacks.inc()
-                failure = failure_message(r.model, r.model_error, r.verdict.reason)
-                self._post(r.policy, fallback_notice(r.spec, rt.failed, failure), now)
+                if r.kill is None:  # a kill switch posted its own Event
+                    self.metrics.fallbacks.inc()
+                    failure = failure_message(r.model, r.model_error, r.verdict.reason)
+                    self._post(r.policy, fallback_notice(r.spec, rt.failed, failure), now)
             take_fallback(r, desired, why, state, now)
 
     # --- write ----------------------------------------------------------------------------
@@ -410,6 +444,7 @@ class Engine:
             shield_record=shield_record(r, now),
             now=now,
             stale_after_s=self.settings.stale_after_s,
+            kill=r.kill.describe if r.kill is not None else "",
         )
         problem = model_problem(r.spec, r.model)
         if problem and r.runtime.problem != problem:
