@@ -116,11 +116,14 @@ def test_everything_render_has_every_optional_part(k8s_bin):
     ]
     assert rules == [
         "QScaleFallbackActive",
+        "QScaleKillSwitchEngaged",
         "QScaleShieldInterventionsHigh",
         "QScaleInferenceLatencyHigh",
         "QScaleOperatorDown",
         "QScaleModelRefused",
     ]
+    runbooks = Path(__file__).resolve().parents[2] / "docs" / "runbooks"
+    assert all((runbooks / f"{a}.md").is_file() for a in rules)  # one page per alert
 
 
 def test_operator_pod_is_hardened_with_probes_and_resources(k8s_bin):
@@ -258,7 +261,7 @@ def test_alert_rules_pass_promtool(k8s_bin, tmp_path):
     f.write_text(yaml.safe_dump(rule["spec"]))
     p = subprocess.run([_promtool(), "check", "rules", str(f)], capture_output=True, text=True)
     assert p.returncode == 0, p.stdout + p.stderr
-    assert "SUCCESS: 5 rules found" in p.stdout
+    assert "SUCCESS: 6 rules found" in p.stdout
 
 
 def test_dashboard_queries_pass_promtool(tmp_path):

@@ -100,6 +100,11 @@ class Metrics:
             ["scope", "mode"],
             registry=r,
         )
+        self.killed = Gauge(
+            "qscale_kill_switch_policies",
+            "Policies a kill switch holds (operator-wide or their namespace's)",
+            registry=r,
+        )
         self.leader = Gauge(
             "qscale_leader", "1 while this replica holds the Lease and acts", registry=r
         )

@@ -491,9 +491,14 @@ class Engine:
         self.metrics.tick.observe(rep.seconds)
         self.metrics.ticks.inc()
         self.metrics.tick_policies.set(rep.decided)
-        self.metrics.fallback_active.set(
-            sum(1 for rt in self.runtimes.values() if rt.fallback_since is not None)
+        self.metrics.fallback_active.set(  # a kill switch's HPA rule is not a fallback
+            sum(
+                1
+                for rt in self.runtimes.values()
+                if rt.fallback_since is not None and not rt.killed
+            )
         )
+        self.metrics.killed.set(sum(1 for rt in self.runtimes.values() if rt.killed))
         _log_tick(rep)
 
 
