@@ -111,6 +111,9 @@ def test_everything_render_has_every_optional_part(k8s_bin):
     assert env["QSCALE_NAMESPACES"] == "team-a,team-b"
     assert env["QSCALE_DEFAULT_MODEL"] == "/var/lib/qscale/model"
     assert env["QSCALE_TORCH_THREADS"] == "2"  # limits.cpu 2
+    assert env["QSCALE_DECISION_LOG"] == "/var/lib/qscale-log/decisions.jsonl"
+    (vol,) = [v for v in dep["volumes"] if v["name"] == "decision-log"]
+    assert vol["emptyDir"]["sizeLimit"] == "64Mi"  # (3 + 1) files of 16 MiB
     rules = [
         r["alert"] for g in by_kind(docs, "PrometheusRule")[0]["spec"]["groups"] for r in g["rules"]
     ]

@@ -260,6 +260,8 @@ class App:
             await self.engine.events.stop()
             await self.engine.cache.stop()
             await self.engine.prom.close()
+            if self.engine.decision_log is not None:
+                await asyncio.to_thread(self.engine.decision_log.close)
         if self._runner is not None:
             await self._runner.cleanup()
         if self.kube is not None:

@@ -105,6 +105,25 @@ class Metrics:
             "Policies a kill switch holds (operator-wide or their namespace's)",
             registry=r,
         )
+        self.log_records = Counter(
+            "qscale_decision_log_records_total", "Decisions written to the decision log", registry=r
+        )
+        self.log_dropped = Counter(
+            "qscale_decision_log_dropped_total",
+            "Decisions not logged because the log's queue was full",
+            registry=r,
+        )
+        self.log_errors = Counter(
+            "qscale_decision_log_errors_total",
+            "Decision log batches lost to a write error (e.g. ENOSPC: disk full)",
+            ["error"],
+            registry=r,
+        )
+        self.log_degraded = Gauge(
+            "qscale_decision_log_degraded",
+            "1 while the decision log's last write failed (scaling goes on)",
+            registry=r,
+        )
         self.leader = Gauge(
             "qscale_leader", "1 while this replica holds the Lease and acts", registry=r
         )

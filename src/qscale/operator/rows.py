@@ -146,6 +146,8 @@ class Runtime:
     problem: str = ""
     """The operator-level problem last reported by an Event (so that each is posted once)."""
     write_failing: bool = False
+    logged_ts: float | None = None
+    """When its last decision was logged (the next record links to it)."""
     killed: str = ""
     """The kill switch the policy was last put under (its ``describe``; "": none), so that
     engaging and releasing it are each posted once."""
@@ -175,6 +177,10 @@ class Row:
     """A new ``lastAction`` for the status."""
     kill: Engaged | None = None
     """The kill switch the policy is under this tick (see :mod:`qscale.operator.killswitch`)."""
+    features: list[float] | None = None
+    """The network's input for this row, when the model was asked."""
+    before: int = 0
+    """The target's count when the tick began."""
 
     @property
     def moves(self) -> bool:
@@ -305,7 +311,7 @@ def forward(
     rows: Sequence[Row], sig: decision.Signals, state: ShieldState, now: float
 ) -> tuple[torch.Tensor, list[tuple[str, float]]]:
     """``[B, N_ACTIONS]`` Q-values, one forward pass per model over its rows; and each pass's
-    (model name, seconds)."""
+    (model name, seconds). Each row keeps its input (``Row.features``)."""
     by_model: dict[str, list[int]] = {}
     for i, r in enumerate(rows):
         assert r.model is not None
@@ -322,6 +328,8 @@ def forward(
             q = model.module(obs).float()
         passes.append((model.name, time.perf_counter() - t0))
         q_values[ix] = q
+        for i, x in zip(idx, obs.tolist(), strict=True):
+            rows[i].features = x
     return q_values, passes
 
 
@@ -353,6 +361,7 @@ def decide_rows(
             commit=commit,
         )
         replicas = d.replicas.tolist()
+        proposals = d.proposal.tolist()
         reasons = d.reason.tolist()
         acts = d.action.tolist()
         usable = d.usable.tolist()
@@ -369,6 +378,7 @@ def decide_rows(
             v.model_decided = usable[j] and reasons[j] not in _FAILED
             v.model_output_invalid = reasons[j] == int(Reason.MODEL_OUTPUT_INVALID)
             v.action = actions.ACTION_NAMES[acts[j]] if v.model_decided else "hold"
+            v.proposal = int(proposals[j]) if math.isfinite(proposals[j]) else None
             if v.model_decided:
                 v.q_values = [round(x, 4) for x in q_shown[j]]
 

@@ -80,6 +80,13 @@ class Settings:
     kill_switch_configmap: str = "qscale-kill-switch"
     """Name of the kill switch ConfigMap (``data.mode``: ``HPA`` or ``Off``), read every tick
     in the operator's namespace (operator-wide) and in each policy's namespace."""
+    decision_log: str = ""
+    """A file (on a volume) to append every decision to as JSON lines; empty: no log
+    (:mod:`qscale.operator.decisionlog`)."""
+    decision_log_max_mb: float = 64.0
+    """Size at which the decision log is rotated."""
+    decision_log_files: int = 5
+    """Rotated decision log files kept besides the current one."""
     log_level: str = "INFO"
     """Log level of the operator (kopf's own logs are one level quieter)."""
 
@@ -120,6 +127,7 @@ class Settings:
             "api_timeout_s",
             "lease_duration_s",
             "policy_resync_s",
+            "decision_log_max_mb",
         )
         for name in positive:
             if not getattr(self, name) > 0:
@@ -128,7 +136,7 @@ class Settings:
             raise SettingsError(
                 f"QSCALE_KOPF_WORKER_LIMIT must be >= 0, got {self.kopf_worker_limit}"
             )
-        for name in ("torch_threads", "write_concurrency"):
+        for name in ("torch_threads", "write_concurrency", "decision_log_files"):
             if getattr(self, name) < 1:
                 raise SettingsError(
                     f"QSCALE_{name.upper()} must be >= 1, got {getattr(self, name)}"

@@ -218,6 +218,8 @@ class Verdict:
     """A :class:`~qscale.guardrails.Reason` name or an :class:`OpReason` value."""
     q_values: list[float] | None = None
     """The model's Q-values, when its decision stands."""
+    proposal: int | None = None
+    """What the model's action proposed before the shield."""
     by_fallback: bool = False
     model_decided: bool = False
     """The model's decision stands (metrics were usable)."""

@@ -28,6 +28,8 @@ from typing import Any
 
 from qscale import actions, batching
 from qscale.operator import fallback as fb
+from qscale.operator.decisionlog import DecisionLog
+from qscale.operator.decisionlog import record as decision_record
 from qscale.operator.deployments import DeploymentCache
 from qscale.operator.events import Event, EventPoster
 from qscale.operator.killswitch import KillSwitch
@@ -138,6 +140,16 @@ class Engine:
         self.kill = KillSwitch(
             settings.kill_switch, settings.kill_switch_configmap, settings.lease_ns()
         )
+        self.decision_log = (
+            DecisionLog(
+                settings.decision_log,
+                int(settings.decision_log_max_mb * 2**20),
+                settings.decision_log_files,
+                metrics,
+            )
+            if settings.decision_log
+            else None
+        )
 
     def forget(self) -> None:
         """Drop every policy's memory (leadership lost: the next leader restores from status)."""
@@ -177,6 +189,7 @@ class Engine:
         finally:
             self.events.release()
         laps.lap("writes")
+        self._log_decisions(rows, now)
         self._report(rep, t0)
         return rep
 
@@ -231,7 +244,8 @@ class Engine:
                 continue
             ref = p.spec.model
             model, err = self.models.lookup(p.namespace, ref.configmap, ref.sha256)
-            row = Row(p, rt, p.spec, target, model, err, kill=self.kill.for_namespace(p.namespace))
+            kill = self.kill.for_namespace(p.namespace)
+            row = Row(p, rt, p.spec, target, model, err, kill=kill, before=target.replicas)
             self._kill_notice(row, now)
             rows.append(row)
             statuses[p.uid] = base_status(rt.status, p.generation)
@@ -485,6 +499,19 @@ class Engine:
         self.events.post(Event(p.namespace, p.name, p.uid, n.type, n.reason, n.message, now))
 
     # --- report ---------------------------------------------------------------------------
+
+    def _log_decisions(self, rows: Sequence[Row], now: float) -> None:
+        """Every decided row to the decision log (queued; the log's thread writes it)."""
+        if self.decision_log is None:
+            return
+        out = []
+        for r in rows:
+            if r.spec.mode == "Off":
+                continue
+            applied = bool(r.last_action and r.last_action.get("applied"))
+            out.append(decision_record(r, r.before, applied, r.runtime.logged_ts, now))
+            r.runtime.logged_ts = round(now, 3)
+        self.decision_log.write(out)
 
     def _report(self, rep: TickReport, t0: float) -> None:
         rep.seconds = time.perf_counter() - t0
