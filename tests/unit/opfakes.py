@@ -21,6 +21,22 @@ from qscale.operator.tick import Engine, IndexedPolicy
 from qscale.policy.artifact import export
 from qscale.policy.network import QNetwork
 
+T0 = 1_800_000_000.0
+"""A tick's epoch time in the tests."""
+SPEC = {
+    "targetRef": {"kind": "Deployment", "name": "web"},
+    "minReplicas": 1,
+    "maxReplicas": 10,
+    "interval": "15s",
+    "slo": {"latencyP95": "200ms"},
+}
+"""An Enforce policy on Deployment ``web``, 1-10 pods, every 15 s."""
+
+
+def cond(status: dict, type_: str) -> dict:
+    """The condition ``type_`` of a status."""
+    return next(c for c in status["conditions"] if c["type"] == type_)
+
 
 class FakeKube:
     def __init__(self) -> None:

@@ -9,26 +9,12 @@ import time
 from pathlib import Path
 
 import pytest
-from opfakes import busy_model, world
+from opfakes import SPEC, T0, world
 
 from qscale import features
 from qscale.operator.decisionlog import DecisionLog
 
 pytestmark = pytest.mark.asyncio
-
-T0 = 1_800_000_000.0
-SPEC = {
-    "targetRef": {"kind": "Deployment", "name": "web"},
-    "minReplicas": 1,
-    "maxReplicas": 10,
-    "interval": "15s",
-    "slo": {"latencyP95": "200ms"},
-}
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return busy_model(tmp_path_factory.mktemp("m") / "busy65")
 
 
 def lines(path: Path) -> list[dict]:

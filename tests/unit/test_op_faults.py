@@ -12,7 +12,8 @@ import json
 import shutil
 
 import pytest
-from opfakes import FakeKube, FakeProm, busy_model, world
+from opfakes import SPEC as BASE_SPEC
+from opfakes import T0, FakeKube, FakeProm, cond, world
 
 from faultprom import FaultProm, synthetic
 from qscale.operator.app import App
@@ -24,25 +25,8 @@ from qscale.operator.settings import Settings
 
 pytestmark = pytest.mark.asyncio
 
-T0 = 1_800_000_000.0
 TIMEOUT_S = 0.3
-SPEC = {
-    "targetRef": {"kind": "Deployment", "name": "web"},
-    "minReplicas": 1,
-    "maxReplicas": 10,
-    "interval": "15s",
-    "slo": {"latencyP95": "200ms"},
-    "fallback": {"afterFailedTicks": 2},
-}
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return busy_model(tmp_path_factory.mktemp("m") / "busy65")
-
-
-def cond(status, type_):
-    return next(c for c in status["conditions"] if c["type"] == type_)
+SPEC = {**BASE_SPEC, "fallback": {"afterFailedTicks": 2}}
 
 
 def total(w, name, labels=None):

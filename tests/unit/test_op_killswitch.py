@@ -6,33 +6,16 @@ operator's cluster tests."""
 from __future__ import annotations
 
 import pytest
-from opfakes import busy_model, world
+from opfakes import SPEC, T0, cond, world
 
 from qscale.operator.killswitch import parse
 from qscale.operator.kube import ApiError
 
 pytestmark = pytest.mark.asyncio
 
-T0 = 1_800_000_000.0
 HOME = "qscale-system"
-SPEC = {
-    "targetRef": {"kind": "Deployment", "name": "web"},
-    "minReplicas": 1,
-    "maxReplicas": 10,
-    "interval": "15s",
-    "slo": {"latencyP95": "200ms"},
-}
 MODEL_STEP = 4  # the busy_at_65 model: 2 pods at 100 % CPU -> ceil(2 / 0.65)
 HPA_STEP = 3  # the HPA rule at 70 %: ceil(2 x 1.0 / 0.7)
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return busy_model(tmp_path_factory.mktemp("m") / "busy65")
-
-
-def cond(status, type_):
-    return next(c for c in status["conditions"] if c["type"] == type_)
 
 
 def switch(w, ns: str, mode: str) -> None:

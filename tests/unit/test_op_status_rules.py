@@ -7,6 +7,7 @@ import math
 from dataclasses import replace
 
 import pytest
+from opfakes import SPEC
 
 from qscale import actions
 from qscale.operator.models import Model
@@ -38,13 +39,6 @@ from qscale.operator.status import (
 
 NOW = 1_800_000_000.0
 G = 3
-SPEC = {
-    "targetRef": {"kind": "Deployment", "name": "web"},
-    "minReplicas": 1,
-    "maxReplicas": 10,
-    "interval": "15s",
-    "slo": {"latencyP95": "200ms"},
-}
 DIGEST = "ab" * 32
 MODEL = Model("busy", DIGEST, "spec1", lambda x: x, {})
 TRAINED = Model("busy", DIGEST, "spec1", lambda x: x, {"serving": {"interval_s": 15.0}})

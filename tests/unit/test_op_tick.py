@@ -6,29 +6,11 @@ import dataclasses
 import math
 
 import pytest
-from opfakes import busy_model, world
+from opfakes import SPEC, T0, busy_model, cond, world
 
 from qscale.operator.models import artifact_configmap
 
 pytestmark = pytest.mark.asyncio
-
-T0 = 1_800_000_000.0
-SPEC = {
-    "targetRef": {"kind": "Deployment", "name": "web"},
-    "minReplicas": 1,
-    "maxReplicas": 10,
-    "interval": "15s",
-    "slo": {"latencyP95": "200ms"},
-}
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return busy_model(tmp_path_factory.mktemp("m") / "busy65")
-
-
-def cond(status, type_):
-    return next(c for c in status["conditions"] if c["type"] == type_)
 
 
 async def test_scale_up_then_steady_state_writes_nothing(model_dir):
