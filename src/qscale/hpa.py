@@ -60,11 +60,13 @@ them exactly as ``groupPods`` does, for callers that have the pods (the operator
 conformance suite), and the simulator mirrors it with counts.
 
 Checked against the real controller: :mod:`qscale.dev.hpa_conformance` (``tests/conformance/``,
-``benchmarks/bench_hpa_conformance.py``) plays seven scenarios on a local kube-controller-manager
+``benchmarks/bench_hpa_conformance.py``) plays nine scenarios on a local kube-controller-manager
 1.37 - steps up and down, a burst while pods start, flapping within the tolerance, ``behavior``
-scale-up policies with ``selectPolicy`` Max and Min, the min/max bounds - and drives this module
-with what the controller observed at each sync: the replica counts were identical at every one
-of 238 syncs (BENCHMARKS.md has the table and which paths each scenario covers).
+scale-up policies with ``selectPolicy`` Max and Min, the min/max bounds, pods burning CPU while
+they start (Ready inside and after the initialization period) - and drives this module with what
+the controller observed at each sync: the replica counts were identical at every one of 298
+syncs, and with either start-up parameter at 0 they are not (BENCHMARKS.md has the table and
+which paths each scenario covers).
 
 What is not modelled: metric types other than one ``Resource`` CPU ``Utilization`` target (no
 ``AverageValue``, ``ContainerResource``, Pods/Object/External metrics, or several metrics at

@@ -17,7 +17,10 @@ connects to a node, pod or Service IP.
 
 The kwok stages and metrics configs the cluster needs ship in ``qscale/data/kwok``:
 ``pod-delayed-ready.yaml`` makes a pod turn Ready only after its annotation
-``pod-ready.stage.kwok.x-k8s.io/delay`` (container start-up, played by the control plane);
+``pod-ready.stage.kwok.x-k8s.io/delay`` (container start-up, played by the control plane) -
+``Pending`` with no ``Ready`` condition until then, or, with the annotation
+``pod-running.stage.kwok.x-k8s.io/delay``, Running with ``Ready`` ``False`` from that delay on,
+as a kubelet starts a pod (kwok restarts a delay when the pod changes meanwhile);
 ``metrics-resource.yaml`` and ``usage-from-annotation.yaml`` serve each pod's CPU from its
 ``kwok.x-k8s.io/usage-cpu`` annotation to metrics-server, so the real HPA acts on it.
 """

@@ -25,9 +25,30 @@ current replica count, at the controller's own sync times - and compares its out
 controller's at every sync. A recording is plain JSON (:func:`run_conformance` returns it), so
 the comparison can be replayed offline.
 
-Sync period, downscale window: :data:`CONTROLLER_FLAGS` shortens the sync period to 5 s and
-the downscale stabilization to 60 s to keep the suite to a few minutes; metrics-server runs at
-its 10 s minimum resolution. The port is configured with the same values.
+Races. The controller's informer and the recorder's watch get each pod event milliseconds
+apart, and the poller sees a new metrics snapshot up to 0.5 s late, so at some syncs the
+controller may have observed something else than the recording's best guess: a pod change
+within :data:`RACE_MARGIN_S` of the sync (not one the sync's own rescale caused: those come
+after its decision), or another snapshot that holds the sample timestamp it logged
+(metrics-server changes its answer without changing the first pod's timestamp when another node
+is scraped or a pod goes away). The recording keeps each such other observation; the replay
+runs the port on them too, and a sync is in the race window only where they change its answer.
+A disagreement there is excused only when the port, on one of them, says what the controller
+said.
+
+Sync period, downscale window, start-up rules: :data:`CONTROLLER_FLAGS` shortens the sync
+period to 5 s, the downscale stabilization to 60 s and the CPU initialization period to 60 s
+(the initial readiness delay stays at its 30 s default, set explicitly) to keep the suite to a
+few minutes; metrics-server runs at its 10 s minimum resolution. The port is configured from the
+same flags, read from the recording.
+
+Start-up CPU. Two scenarios start their pods as a kubelet does (Running, ``Ready`` ``False``,
+then ``True``; kwok's ``pod-start`` stages) and have them burn CPU while they start, which is
+what ``groupPods``' start-up rules exist for: ``warm-up`` has pods turn Ready within the
+initialization period and burn on for a moment after (the sample overlapping the Ready
+transition must be set aside), ``slow-start`` has pods still starting after that period (the
+initial readiness delay must set them aside). :func:`startup_discrimination` replays a
+recording with each rule's parameter at 0: the port must then disagree with the controller.
 """
 
 from __future__ import annotations
@@ -49,6 +70,7 @@ from typing import Any
 import httpx
 import torch
 
+from qscale import hpa as _hpa
 from qscale.dev.cluster import (
     USAGE_CPU_ANNOTATION,
     ClusterOptions,
@@ -57,12 +79,11 @@ from qscale.dev.cluster import (
     namespace_manifest,
 )
 from qscale.hpa import (
-    CPU_INITIALIZATION_PERIOD_S,
-    INITIAL_READINESS_DELAY_S,
     HPAConfig,
     HPAReason,
     HPAState,
     Pod,
+    PodGroups,
     PodMetric,
     group_pods,
     hpa_step,
@@ -73,19 +94,36 @@ SYNC_PERIOD_S = 5.0
 """``--horizontal-pod-autoscaler-sync-period`` of the conformance cluster."""
 DOWNSCALE_STABILIZATION_S = 60.0
 """``--horizontal-pod-autoscaler-downscale-stabilization`` of the conformance cluster."""
+CPU_INITIALIZATION_PERIOD_S = 60.0
+"""``--horizontal-pod-autoscaler-cpu-initialization-period`` of the conformance cluster (default
+5 min): long enough for ``warm-up``'s pods (Ready 30 s after their start, their sample a whole
+window past that 10-20 s later) to turn Ready inside it, short enough for ``slow-start``'s
+(Ready after 90 s) to be still starting after it for 30 s."""
+INITIAL_READINESS_DELAY_S = 30.0
+"""``--horizontal-pod-autoscaler-initial-readiness-delay`` of the conformance cluster (its
+default, set explicitly so the recording carries it)."""
 CONTROLLER_FLAGS = {
     "v": "2",
     "vmodule": "horizontal=4",  # the HPA controller's per-sync lines, nothing else at -v=4
     "horizontal-pod-autoscaler-downscale-stabilization": f"{DOWNSCALE_STABILIZATION_S:g}s",
+    "horizontal-pod-autoscaler-cpu-initialization-period": f"{CPU_INITIALIZATION_PERIOD_S:g}s",
+    "horizontal-pod-autoscaler-initial-readiness-delay": f"{INITIAL_READINESS_DELAY_S:g}s",
 }
-"""Extra kube-controller-manager flags; the CPU start-up flags keep their defaults."""
+"""Extra kube-controller-manager flags (the sync period is set through
+:class:`~qscale.dev.cluster.ClusterOptions`)."""
+RUNNING_DELAY_ANNOTATION = "pod-running.stage.kwok.x-k8s.io/delay"
+"""Pod annotation: the pod starts as a kubelet starts it - Running with ``Ready`` ``False``
+this long after scheduling, Ready after its ``pod-ready`` delay (``qscale/data/kwok``)."""
 LABEL = "qscale.io/conformance"
 REQUEST_MILLI = 100
 """Every scenario's pods request 100m CPU."""
 METRICS_POLL_S = 0.5
 RACE_MARGIN_S = 0.05
-"""A sync this close to a pod change or a metrics update may have seen it or not: the
-controller's informer and the recorder's watch receive the same event milliseconds apart."""
+"""A sync this close to a pod change may have seen it or not: the controller's informer and the
+recorder's watch receive the same event milliseconds apart. Not counted: changes to the pods the
+sync's own rescale created or deleted (they follow its decision), and new metrics snapshots
+(the sample timestamp the controller logged says which one it read; a sync is ambiguous there
+only when two snapshots hold that timestamp with different samples for its pods)."""
 
 
 def cluster_options(nodes: int = 2) -> ClusterOptions:
@@ -122,10 +160,39 @@ class Scenario:
     """The HPA's ``spec.behavior`` as the API takes it; ``None``: no ``behavior`` field."""
     manual: tuple[tuple[float, int], ...] = ()
     """``(t, replicas)``: someone scales the Deployment by hand."""
+    running_after_s: float | None = None
+    """``None``: a pod stays ``Pending``, without a ``Ready`` condition, until it turns Running
+    and Ready at once (``ready_delay_s`` after scheduling). A number: it turns Running with
+    ``Ready`` ``False`` this long after scheduling and Ready ``ready_delay_s`` after that, as
+    a kubelet starts a container (its metrics are served meanwhile)."""
+    startup_cpu_milli: int = 0
+    """CPU a pod burns from its start until ``startup_tail_s`` after it turned Ready (on top
+    of its share of the demand once Ready): a JVM's start-up. Set in the pod template, so kwok's
+    Ready timer, which an annotation change restarts, is never touched while a pod starts."""
+    startup_tail_s: float = 0.0
 
     @property
     def namespace(self) -> str:
         return f"hpa-{self.name}"
+
+    @property
+    def start_usage(self) -> str:
+        """The usage annotation a new pod has (the template's)."""
+        return f"{self.startup_cpu_milli}m"
+
+    def pod_annotations(self) -> dict[str, str]:
+        out = {USAGE_CPU_ANNOTATION: self.start_usage}
+        if self.running_after_s is not None:
+            out[RUNNING_DELAY_ANNOTATION] = f"{self.running_after_s:g}s"
+        return out
+
+    def burning(self, pod: Pod, now: float) -> bool:
+        """Whether a Ready pod still burns its start-up CPU at ``now``."""
+        return (
+            self.startup_cpu_milli > 0
+            and pod.ready_transition is not None
+            and now < pod.ready_transition + self.startup_tail_s
+        )
 
     def demand_at(self, t: float | None) -> int:
         """Total demand at ``t`` (``None``: before the HPA exists)."""
@@ -196,9 +263,26 @@ SCENARIOS: tuple[Scenario, ...] = (
         demand=((0, 150), (10, 1200), (45, 30)), duration_s=150, ready_delay_s=10,
         manual=((30, 9), (125, 1)),
     ),
+    Scenario(
+        "warm-up",
+        "pods Running but not Ready for 30 s, burning 150m, and 10 s more once Ready: 4 -> 7 "
+        "-> 12 at 80 %; the sample overlapping the Ready transition is set aside",
+        start_replicas=4, min_replicas=2, max_replicas=20, target_pct=50,
+        demand=((0, 200), (10, 320), (70, 560)), duration_s=140, ready_delay_s=30,
+        running_after_s=0, startup_cpu_milli=150, startup_tail_s=10,
+    ),
+    Scenario(
+        "slow-start",
+        "pods Running but not Ready for 90 s, burning 150m: still starting after the 60 s "
+        "initialization period, set aside by the readiness delay; once Ready, counted at once",
+        start_replicas=4, min_replicas=2, max_replicas=20, target_pct=50,
+        demand=((0, 200), (10, 320)), duration_s=150, ready_delay_s=90,
+        running_after_s=0, startup_cpu_milli=150,
+    ),
 )  # fmt: skip
 """The suite: a step up, a step down through the window, a burst during start-up, flapping
-within the tolerance, behavior policies (Max and Min), and the min/max bounds."""
+within the tolerance, behavior policies (Max and Min), the min/max bounds, and start-up CPU
+inside and past the initialization period."""
 
 
 def hpa_manifest(sc: Scenario) -> str:
@@ -260,6 +344,17 @@ def hpa_config(hpa: Mapping[str, Any], flags: Mapping[str, str] = CONTROLLER_FLA
         scale_down_select=down.get("selectPolicy", "Max"),
         scale_up_tolerance=_quantity(up.get("tolerance")),
         scale_down_tolerance=_quantity(down.get("tolerance")),
+    )
+
+
+def startup_rules(flags: Mapping[str, str] = CONTROLLER_FLAGS) -> tuple[float, float]:
+    """``(cpu_initialization_period_s, initial_readiness_delay_s)`` the controller ran with:
+    its flags, else the Go defaults."""
+    period = flags.get("horizontal-pod-autoscaler-cpu-initialization-period")
+    delay = flags.get("horizontal-pod-autoscaler-initial-readiness-delay")
+    return (
+        _hpa.CPU_INITIALIZATION_PERIOD_S if period is None else _duration(period),
+        _hpa.INITIAL_READINESS_DELAY_S if delay is None else _duration(delay),
     )
 
 
@@ -456,7 +551,10 @@ class Recorder:
 
 
 class Driver:
-    """Spreads each scenario's demand over its Ready pods and scales by hand when told to."""
+    """Spreads each scenario's demand over its Ready pods, adds the start-up CPU of pods that
+    turned Ready moments ago, and scales by hand when told to. A pod that is not Ready keeps the
+    template's usage (its start-up CPU, or none) and is never patched: kwok restarts a pod's
+    Ready timer when the pod changes."""
 
     def __init__(self, api: Api, recorder: Recorder, scenarios: Iterable[Scenario]) -> None:
         self.api, self.rec, self.scenarios = api, recorder, list(scenarios)
@@ -480,10 +578,14 @@ class Driver:
             ready = [p for p in pods if p.phase == "Running" and p.ready == "True"]
             total = sc.demand_at(t)
             share, extra = divmod(total, len(ready)) if ready else (0, 0)
-            values = {p.name: f"{share + (i < extra)}m" for i, p in enumerate(ready)}
+            now = time.time()
+            values = {
+                p.name: f"{share + (i < extra) + sc.startup_cpu_milli * sc.burning(p, now)}m"
+                for i, p in enumerate(ready)
+            }
             for p in pods:
-                value = values.get(p.name, "0m")
-                if self._applied.get((ns, p.name)) != value:
+                value = values.get(p.name, sc.start_usage)
+                if self._applied.get((ns, p.name), sc.start_usage) != value:
                     self.api.patch(
                         f"/api/v1/namespaces/{ns}/pods/{p.name}",
                         {"metadata": {"annotations": {USAGE_CPU_ANNOTATION: value}}},
@@ -575,15 +677,124 @@ def _pods_at(events: list[tuple[float, str, Pod | None]], t: float) -> list[Pod]
     return sorted(state.values(), key=lambda p: p.name)
 
 
-def _pod_changes(events: list[tuple[float, str, Pod | None]]) -> list[float]:
-    """When a pod changed in a way ``groupPods`` reads (not the driver's annotations)."""
+@dataclass(frozen=True)
+class _PodChange:
+    at: float
+    name: str
+    born: float
+    """When the pod first appeared."""
+    doomed: float
+    """When it began being deleted (``inf``: not yet)."""
+
+    def own(self, t: float, up: bool, down: bool) -> bool:
+        """Whether a sync at ``t`` that scaled ``up`` or ``down`` caused this change: a pod its
+        rescale created or deleted, which it cannot have seen before deciding."""
+        return self.at > t and (
+            (up and self.born > t) or (down and self.doomed > t and self.at >= self.doomed)
+        )
+
+
+def _pod_changes(events: list[tuple[float, str, Pod | None]]) -> list[_PodChange]:
+    """Each change of a pod that ``groupPods`` reads (not the driver's annotations)."""
     last: dict[str, Pod | None] = {}
+    born: dict[str, float] = {}
+    doomed: dict[str, float] = {}
+    for at, name, pod in events:
+        born.setdefault(name, at)
+        if pod is None or pod.deleting:
+            doomed.setdefault(name, at)
     out = []
     for at, name, pod in events:
         if name not in last or last[name] != pod:
-            out.append(at)
+            out.append(_PodChange(at, name, born[name], doomed.get(name, math.inf)))
         last[name] = pod
     return out
+
+
+CHANGES_KEPT_S = 1.0
+"""A sync's recording lists the changes this close to it."""
+
+
+def _changes_near(
+    t: float, pod_changes: list[_PodChange], span_starts: list[float], up: bool, down: bool
+) -> list[list]:
+    """``[dt, what]`` for every change within :data:`CHANGES_KEPT_S` of a sync at ``t``
+    (``dt`` > 0: the recorder saw it after the sync). ``what``: ``own`` - a pod this sync's
+    own rescale created (``up``) or deleted (``down``), which the controller cannot have seen
+    before deciding it; ``pod`` - any other pod change; ``metrics`` - the poller first saw a new
+    metrics snapshot (which the logged sample timestamp pins down anyway)."""
+    out: list[list] = []
+    for c in pod_changes:
+        dt = c.at - t
+        if abs(dt) <= CHANGES_KEPT_S:
+            out.append([round(dt, 4), "own" if c.own(t, up, down) else "pod"])
+    out += [[round(f - t, 4), "metrics"] for f in span_starts if abs(f - t) <= CHANGES_KEPT_S]
+    return sorted(out)
+
+
+def _pod_views(
+    events: list[tuple[float, str, Pod | None]],
+    pod_changes: list[_PodChange],
+    t: float,
+    up: bool,
+    down: bool,
+) -> list[list[Pod]]:
+    """The pod lists a sync at ``t`` may have read other than :func:`_pods_at`'s: the state
+    before each pod change within :data:`RACE_MARGIN_S` of it (not its own: see
+    :meth:`_PodChange.own`) and after the last one."""
+    near = [c.at for c in pod_changes if abs(c.at - t) < RACE_MARGIN_S and not c.own(t, up, down)]
+    if not near:
+        return []
+    owns = {(c.at, c.name) for c in pod_changes if c.own(t, up, down)}
+    kept = [e for e in events if (e[0], e[1]) not in owns]
+    main = _pods_at(events, t)
+    out: list[list[Pod]] = []
+    for cut in [near[0] - 1e-6, *near]:
+        view = _pods_at(kept, cut)
+        if view != main and view not in out:
+            out.append(view)
+    return out
+
+
+METRICS_READ_S = 0.25
+"""The controller reads the metrics API at most this long before it logs its proposal (it
+lists the pods and computes in between)."""
+
+
+def _metric_views(
+    spans: list[_Span], t: float, stamp: float | None, chosen: Mapping[str, PodMetric]
+) -> list[dict[str, PodMetric]]:
+    """Other snapshots a sync at ``t`` that logged sample timestamp ``stamp`` may have read:
+    each one holding ``stamp`` that may still have been served within :data:`METRICS_READ_S`
+    before ``t`` (the poller sees a change up to :data:`METRICS_POLL_S` late). metrics-server
+    changes its answer without a new timestamp for the first pod - the one the controller
+    logs - when another node is scraped or a pod goes away."""
+    if stamp is None:
+        return []
+    out: list[dict[str, PodMetric]] = []
+    for k, span in enumerate(spans):
+        begun = k == 0 or spans[k - 1].last < t
+        lasting = k + 1 == len(spans) or spans[k + 1].first > t - METRICS_READ_S
+        holds = any(m.timestamp == stamp for m in span.items.values())
+        if holds and begun and lasting and span.items != chosen and span.items not in out:
+            out.append(span.items)
+    return out
+
+
+def _alternatives(
+    pod_views: list[list[Pod]],
+    metric_views: list[dict[str, PodMetric]],
+    pods: list[Pod],
+    metrics: Mapping[str, PodMetric],
+) -> list[dict]:
+    """Every other observation the sync may have made, as the recording stores it."""
+    combos = [(p, metrics) for p in pod_views] + [(pods, m) for m in metric_views]
+    combos += [(p, m) for p in pod_views for m in metric_views]
+    return [{"pods": [asdict(x) for x in p], "metrics": _samples(m)} for p, m in combos]
+
+
+def _samples(metrics: Mapping[str, PodMetric]) -> dict[str, list]:
+    return {k: [m.timestamp, m.window_s, m.cpu_milli] for k, m in metrics.items()}
 
 
 def _metrics_at(
@@ -611,7 +822,8 @@ def assemble(rec: Recorder, log: dict[str, list[LogSync]], sc: Scenario) -> list
         statuses = list(rec.hpa_events.get(ns, []))
         replicas = list(rec.replicas_events.get(ns, []))
     syncs = log.get(f"{ns}/web", [])
-    changes = _pod_changes(pod_events) + [s.first for s in spans]
+    pod_changes = _pod_changes(pod_events)
+    span_starts = [s.first for s in spans]
     out = []
     for i, s in enumerate(syncs):
         pods = _pods_at(pod_events, s.t)
@@ -619,6 +831,15 @@ def assemble(rec: Recorder, log: dict[str, list[LogSync]], sc: Scenario) -> list
         current = s.current
         if current is None:  # a failed reconcile logs no size: the Deployment's at that time
             current = next((r for at, r in reversed(replicas) if at <= s.t), sc.start_replicas)
+        desired = s.desired if s.desired is not None else current
+        up, down = desired > current, desired < current
+        changes = _changes_near(s.t, pod_changes, span_starts, up, down)
+        alternatives = _alternatives(
+            _pod_views(pod_events, pod_changes, s.t, up, down),
+            _metric_views(spans, s.t, s.metric_timestamp, metrics),
+            pods,
+            metrics,
+        )
         # The status this sync wrote: the last one seen before the next sync.
         until = syncs[i + 1].t if i + 1 < len(syncs) else s.t + SYNC_PERIOD_S
         status = next((st for at, st in reversed(statuses) if s.t <= at < until), None)
@@ -630,14 +851,15 @@ def assemble(rec: Recorder, log: dict[str, list[LogSync]], sc: Scenario) -> list
                 "t": s.t,
                 "kind": s.kind,
                 "current": current,
-                "desired": s.desired if s.desired is not None else current,
+                "desired": desired,
                 "proposal": s.proposal,
                 "metric_timestamp": s.metric_timestamp,
                 "metrics_matched": matched,
-                "margin_s": min((abs(c - s.t) for c in changes), default=None),
+                "changes": changes,
                 "status_utilization": metric_status.get("current", {}).get("averageUtilization"),
                 "pods": [asdict(p) for p in pods],
-                "metrics": {k: [m.timestamp, m.window_s, m.cpu_milli] for k, m in metrics.items()},
+                "metrics": _samples(metrics),
+                "alternatives": alternatives,
             }
         )
     return out
@@ -659,66 +881,170 @@ class SyncResult:
     status_utilization: int | None
     reason: str
     margin_s: float | None
-    """Time from the sync to the nearest pod change or metrics update the recorder saw."""
+    """Time from the sync to the nearest pod change the controller may or may not have seen
+    (not one its own rescale caused); ``None``: none within :data:`CHANGES_KEPT_S`."""
     metrics_matched: bool
+    alternatives: tuple[tuple[int, int | None], ...] = ()
+    """The port's (replicas, proposal) on each other observation the controller may have
+    made (:func:`_pod_views`, :func:`_metric_views`)."""
+    margin_any_s: float | None = None
+    """Time to the nearest change of any kind - the harness's first, coarser rule, kept to
+    measure what the finer one saved."""
+    unready_overlap: int = 0
+    """Pods Ready, inside the initialization period, set aside because their sample began
+    before a whole window had passed since the Ready transition."""
+    unready_late: int = 0
+    """Pods past the initialization period, not Ready, set aside by the readiness delay."""
 
     @property
     def agrees(self) -> bool:
         return self.port == self.controller
 
     @property
+    def ambiguous(self) -> bool:
+        """Whether the controller may have observed something else than the port was given."""
+        return bool(self.alternatives)
+
+    @property
     def raced(self) -> bool:
-        """Whether the observations were ambiguous at this sync (see :data:`RACE_MARGIN_S`)."""
-        return self.margin_s is not None and self.margin_s < RACE_MARGIN_S
+        """Whether the sync is in the race window: what the controller may have observed
+        instead changes the port's answer, so a disagreement here may be the race's."""
+        return any(a != (self.port, self.port_proposal) for a in self.alternatives)
+
+    @property
+    def excused(self) -> bool:
+        """A disagreement the race explains: on one of the other observations the port gives
+        the controller's replicas and proposal."""
+        return (self.controller, self.controller_proposal) in self.alternatives
+
+    @property
+    def raced_any(self) -> bool:
+        """The harness's first rule: any change, the sync's own rescale and new metrics
+        snapshots included, within :data:`RACE_MARGIN_S` of it."""
+        return self.margin_any_s is not None and self.margin_any_s < RACE_MARGIN_S
+
+
+def _margins(s: Mapping[str, Any]) -> tuple[float | None, float | None]:
+    """(independent pod changes, any change): the nearest, in seconds."""
+    if "changes" not in s:  # a recording from before the changes were kept
+        return s["margin_s"], s["margin_s"]
+    pod = [abs(dt) for dt, what in s["changes"] if what == "pod"]
+    every = [abs(dt) for dt, _ in s["changes"]]
+    return min(pod, default=None), min(every, default=None)
+
+
+def _startup_unready(
+    pods: list[Pod], metrics: Mapping[str, PodMetric], unready: Iterable[str], now: float,
+    period_s: float,
+) -> tuple[int, int]:  # fmt: skip
+    """How many of the ``unready`` pods the start-up rules set aside, by rule: (a Ready pod's
+    sample overlaps its start-up, a pod still not Ready after the initialization period)."""
+    by_name = {p.name: p for p in pods}
+    overlap = late = 0
+    for name in unready:
+        p = by_name[name]
+        if p.phase != "Running" or name not in metrics or p.start_time is None:
+            continue
+        if p.start_time + period_s > now:
+            overlap += p.ready == "True"
+        else:
+            late += 1
+    return overlap, late
+
+
+@dataclass(frozen=True)
+class _Observation:
+    """What ``groupPods`` and the ratio make of one sync's pods and samples."""
+
+    pods: list[Pod]
+    metrics: dict[str, PodMetric]
+    groups: PodGroups
+    usage: int
+
+    @classmethod
+    def of(
+        cls, pods: list[dict], metrics: Mapping[str, list], now: float, period: float,
+        delay: float,
+    ) -> _Observation:  # fmt: skip
+        ps = [Pod(**p) for p in pods]
+        ms = {k: PodMetric(*v) for k, v in metrics.items()}
+        groups = group_pods(ps, ms, now, period, delay)
+        return cls(ps, ms, groups, sum(ms[n].cpu_milli for n in groups.ready))
+
+
+def _one(x: float) -> torch.Tensor:
+    return torch.tensor([float(x)], dtype=torch.float64)
+
+
+def _decide(
+    state: HPAState, now: float, current: int, obs: _Observation, config: HPAConfig,
+    request: int,
+) -> tuple[int, int, HPAReason, HPAState]:  # fmt: skip
+    """The port's (replicas, metric proposal, reason, next state) on one observation."""
+    ready, unready, missing = obs.groups.counts
+    util = obs.usage / (ready * request) if ready else math.nan
+    args = (_one(current), _one(ready), _one(unready), _one(util))
+    desired, reason, state = hpa_step(state, now, *args, config, missing_pods=_one(missing))
+    proposal = resource_replicas(*args, config, missing_pods=_one(missing))
+    return int(desired[0]), int(proposal[0]), HPAReason(int(reason[0])), state
 
 
 def replay(
     record: Mapping[str, Any],
-    cpu_initialization_period_s: float = CPU_INITIALIZATION_PERIOD_S,
-    initial_readiness_delay_s: float = INITIAL_READINESS_DELAY_S,
+    cpu_initialization_period_s: float | None = None,
+    initial_readiness_delay_s: float | None = None,
 ) -> list[SyncResult]:
-    """Drive the port with one scenario's recorded observations, sync by sync."""
-    config = hpa_config(record["hpa"], record.get("flags", CONTROLLER_FLAGS))
+    """Drive the port with one scenario's recorded observations, sync by sync, and on each
+    other observation the controller may have made (from the same state; the recorded one
+    carries the state on). The start-up rules' parameters are the controller's flags unless
+    given."""
+    flags = record.get("flags", CONTROLLER_FLAGS)
+    period, delay = startup_rules(flags)
+    if cpu_initialization_period_s is not None:
+        period = cpu_initialization_period_s
+    if initial_readiness_delay_s is not None:
+        delay = initial_readiness_delay_s
+    config = hpa_config(record["hpa"], flags)
     request = record.get("request_milli", REQUEST_MILLI)
     syncs = record["syncs"]
     state = HPAState.init(1, "cpu", config)
     t0 = syncs[0]["t"] if syncs else 0.0
     out = []
-
-    def one(x: float) -> torch.Tensor:
-        return torch.tensor([float(x)], dtype=torch.float64)
-
     for s in syncs:
-        pods = [Pod(**p) for p in s["pods"]]
-        metrics = {k: PodMetric(*v) for k, v in s["metrics"].items()}
-        groups = group_pods(
-            pods, metrics, s["t"], cpu_initialization_period_s, initial_readiness_delay_s
+        metric_path = s["kind"] == "metric"
+        alternatives = []
+        for alt in s.get("alternatives", ()):
+            other = _Observation.of(alt["pods"], alt["metrics"], s["t"], period, delay)
+            d, p, _, _ = _decide(state, s["t"] - t0, s["current"], other, config, request)
+            alternatives.append((d, p if metric_path else None))
+        obs = _Observation.of(s["pods"], s["metrics"], s["t"], period, delay)
+        desired, proposal, reason, state = _decide(
+            state, s["t"] - t0, s["current"], obs, config, request
         )
-        ready, unready, missing = groups.counts
-        usage = sum(metrics[n].cpu_milli for n in groups.ready)
-        util = usage / (ready * request) if ready else math.nan
-        args = (one(s["current"]), one(ready), one(unready), one(util))
-        desired, reason, state = hpa_step(
-            state, s["t"] - t0, *args, config, missing_pods=one(missing)
-        )
-        proposal = resource_replicas(*args, config, missing_pods=one(missing))
+        ready, unready, missing = obs.groups.counts
+        overlap, late = _startup_unready(obs.pods, obs.metrics, obs.groups.unready, s["t"], period)
+        margin, margin_any = _margins(s)
         out.append(
             SyncResult(
                 t=s["t"],
                 kind=s["kind"],
                 current=s["current"],
                 controller=s["desired"],
-                port=int(desired[0]),
+                port=desired,
                 controller_proposal=s["proposal"],
-                port_proposal=int(proposal[0]) if s["kind"] == "metric" else None,
+                port_proposal=proposal if metric_path else None,
                 ready=ready,
                 unready=unready,
                 missing=missing,
-                utilization_pct=(usage * 100) // (ready * request) if ready else None,
+                utilization_pct=(obs.usage * 100) // (ready * request) if ready else None,
                 status_utilization=s["status_utilization"],
-                reason=HPAReason(int(reason[0])).name,
-                margin_s=s["margin_s"],
+                reason=reason.name,
+                margin_s=margin,
                 metrics_matched=s["metrics_matched"],
+                alternatives=tuple(alternatives),
+                margin_any_s=margin_any,
+                unready_overlap=overlap,
+                unready_late=late,
             )
         )
     return out
@@ -732,7 +1058,13 @@ class Agreement:
     proposals_agree: int
     proposals: int
     raced: int
-    """Disagreeing syncs whose observations were ambiguous (a race the harness cannot see)."""
+    """Disagreeing syncs the race explains (:attr:`SyncResult.excused`)."""
+    in_window: int = 0
+    """Syncs in the race window, agreeing or not (:attr:`SyncResult.raced`)."""
+    ambiguous: int = 0
+    """Syncs whose observation was ambiguous, whether it mattered or not."""
+    in_window_any: int = 0
+    """Syncs in the window by the harness's first rule (:attr:`SyncResult.raced_any`)."""
     replicas: list[int] = field(default_factory=list)
     """The controller's replica count after each change."""
     paths: list[str] = field(default_factory=list)
@@ -741,6 +1073,10 @@ class Agreement:
     @property
     def share(self) -> float:
         return self.agree / self.syncs if self.syncs else math.nan
+
+
+OVERLAP_PATH = "Ready pods set aside (sample overlaps start-up)"
+LATE_PATH = "not-Ready pods set aside past the initialization period"
 
 
 def agreement(name: str, results: list[SyncResult]) -> Agreement:
@@ -755,6 +1091,10 @@ def agreement(name: str, results: list[SyncResult]) -> Agreement:
         paths.append("unready pods")
     if any(r.missing for r in results):
         paths.append("missing pods")
+    if any(r.unready_overlap for r in results):
+        paths.append(OVERLAP_PATH)
+    if any(r.unready_late for r in results):
+        paths.append(LATE_PATH)
     metric = [r for r in results if r.kind == "metric"]
     return Agreement(
         scenario=name,
@@ -762,7 +1102,10 @@ def agreement(name: str, results: list[SyncResult]) -> Agreement:
         agree=sum(r.agrees for r in results),
         proposals=len(metric),
         proposals_agree=sum(r.port_proposal == r.controller_proposal for r in metric),
-        raced=sum(r.raced and not r.agrees for r in results),
+        raced=sum(r.excused and not r.agrees for r in results),
+        in_window=sum(r.raced for r in results),
+        ambiguous=sum(r.ambiguous for r in results),
+        in_window_any=sum(r.raced_any for r in results),
         replicas=replicas,
         paths=paths,
     )
@@ -770,21 +1113,88 @@ def agreement(name: str, results: list[SyncResult]) -> Agreement:
 
 def markdown_table(rows: Iterable[Agreement]) -> str:
     lines = [
-        "| scenario | syncs | identical replicas | identical proposals | disagreeing within "
-        f"{RACE_MARGIN_S * 1000:g} ms of a pod/metrics change | controller's sizes "
-        "| paths exercised |",
+        "| scenario | syncs | identical replicas | identical proposals | race window: syncs "
+        "observed ambiguously / where that changes the port's answer / disagreeing "
+        "| controller's sizes | paths exercised |",
         "|---|---|---|---|---|---|---|",
     ]
     for a in rows:
         lines.append(
             f"| {a.scenario} | {a.syncs} | {a.agree}/{a.syncs} ({100 * a.share:.1f} %) "
-            f"| {a.proposals_agree}/{a.proposals} | {a.raced} "
+            f"| {a.proposals_agree}/{a.proposals} | {a.ambiguous} / {a.in_window} / {a.raced} "
             f"| {' -> '.join(map(str, a.replicas))} | {', '.join(a.paths)} |"
         )
     return "\n".join(lines)
 
 
+@dataclass(frozen=True)
+class Discrimination:
+    """What one scenario's recording says about a start-up rule's parameter: syncs where the
+    port, run with the parameter at 0, disagrees with the controller and the race does not
+    explain it (the real value agreeing everywhere is :func:`agreement`'s business)."""
+
+    scenario: str
+    parameter: str
+    replicas: int
+    """Syncs with another replica count."""
+    proposals: int
+    """Syncs with another metric proposal."""
+
+
+STARTUP_PARAMETERS = ("cpu_initialization_period_s", "initial_readiness_delay_s")
+
+
+def startup_discrimination(record: Mapping[str, Any]) -> list[Discrimination]:
+    """Replay ``record`` with each start-up parameter at 0 in turn (the other at the
+    controller's value): a yardstick that checks the rule must see the port disagree."""
+    out = []
+    for parameter in STARTUP_PARAMETERS:
+        res = [r for r in replay(record, **{parameter: 0.0}) if not r.excused]
+        out.append(
+            Discrimination(
+                scenario=record["name"],
+                parameter=parameter,
+                replicas=sum(not r.agrees for r in res),
+                proposals=sum(r.port_proposal != r.controller_proposal for r in res),
+            )
+        )
+    return out
+
+
 # --- running the suite -------------------------------------------------------------------------
+
+
+def _settled(sc: Scenario, pods: list[Pod], metrics: Mapping[str, PodMetric]) -> bool:
+    """Whether ``sc``'s initial pods are all counted by ``groupPods`` (with the cluster's
+    start-up rules) and, where they burnt start-up CPU, sampled after it stopped."""
+    groups = group_pods(pods, metrics, time.time(), *startup_rules())
+    if not len(pods) == sc.start_replicas == len(groups.ready):
+        return False
+    if sc.startup_cpu_milli == 0:
+        return True
+    # kwok reports the usage annotation at the scrape; the driver's patch lands within ~1 s
+    # of the (whole-second) Ready transition plus the tail.
+    return all(
+        p.ready_transition is not None
+        and metrics[p.name].timestamp >= p.ready_transition + sc.startup_tail_s + 2.0
+        for p in pods
+    )
+
+
+def _wait_initial_pods(
+    driver: Driver, rec: Recorder, scenarios: list[Scenario], timeout_s: float
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        driver.tick(None)
+        if all(
+            _settled(sc, rec.live_pods(sc.namespace), rec.latest_metrics(sc.namespace))
+            for sc in scenarios
+        ):
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError("initial pods never all counted by groupPods' rules")
+        time.sleep(0.25)
 
 
 def run_conformance(
@@ -810,24 +1220,12 @@ def run_conformance(
                     cpu_request=f"{REQUEST_MILLI}m",
                     ready_delay_s=sc.ready_delay_s,
                     labels={LABEL: "1"},
-                    annotations={USAGE_CPU_ANNOTATION: "0m"},
+                    annotations=sc.pod_annotations(),
                 )
             )
         driver = Driver(api, rec, scenarios)
         log("waiting for every initial pod to be counted (Ready, with a sample past its start)")
-        deadline = time.monotonic() + warmup_timeout_s
-        while True:
-            driver.tick(None)
-            counted = []
-            for sc in scenarios:
-                pods = rec.live_pods(sc.namespace)
-                groups = group_pods(pods, rec.latest_metrics(sc.namespace), time.time())
-                counted.append(len(pods) == sc.start_replicas == len(groups.ready))
-            if all(counted):
-                break
-            if time.monotonic() > deadline:
-                raise TimeoutError("initial pods never all counted by groupPods' rules")
-            time.sleep(0.25)
+        _wait_initial_pods(driver, rec, scenarios, warmup_timeout_s)
         t0 = time.time()
         for sc in scenarios:
             cluster.apply(hpa_manifest(sc))
