@@ -578,7 +578,11 @@ def test_a_second_replica_waits_and_takes_over(st: Stack):
         assert st.operator.metric("qscale_leader") == 1 and second.metric("qscale_leader") == 0
         assert second.metric("qscale_ticks_total") == 0
         st.operator.kill()  # a crash: the Lease is not given up, it expires (6 s)
-        wait_for(lambda: second.metric("qscale_leader") == 1, 30, what="the second replica leading")
+        killed = time.monotonic()
+        wait_for(lambda: second.metric("qscale_leader") == 1, 30, 0.2, "the second replica leading")
+        # Hand-over within the Lease's duration of its last renewal (at most when it was
+        # killed), plus the candidate's polls (duration / 5, up to two of them) and ours.
+        assert time.monotonic() - killed <= 6.0 + 2 * 6.0 / 5 + 1.0
         wait_for(
             lambda: second.metric("qscale_ticks_total") > 0, 10, what="the second replica ticking"
         )
