@@ -248,7 +248,12 @@ def dashboard() -> dict:
                     'sum by (kind) (rate(qscale_api_writes_total{result!="ok"}[5m])) * 60',
                     "failed {{kind}} writes/min",
                 ),
+                ("max(qscale_kill_switch_policies)", "held by a kill switch"),
+                ("max(qscale_fallback_active)", "on the HPA fallback"),
+                ("max(qscale_decision_log_degraded)", "decision log degraded"),
             ],
+            desc="Leaders, policies, errors; policies a kill switch holds or the fallback "
+            "decides (alerts QScaleKillSwitchEngaged, QScaleFallbackActive); the decision log",
         ),
     ]
     var = lambda name, query, multi=True: {  # noqa: E731
