@@ -77,7 +77,9 @@ def test_race_window_holds_few_syncs(recording) -> None:
     res = [r for s in recording["scenarios"] for r in hc.replay(s)]
     window = sum(r.raced for r in res)
     coarse = sum(r.raced_any for r in res)
-    assert window <= len(res) // 50, (window, len(res))
+    # (The behavior scenarios' rescales are 10.1 s apart with 10 s policy periods, so every
+    # other sync of theirs sits within RESCALE_LAG_S of a period's end: 10 of the 12.)
+    assert window <= len(res) // 20, (window, len(res))
     assert window < coarse
     assert sum(r.ambiguous for r in res) >= window
 

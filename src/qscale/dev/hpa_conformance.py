@@ -62,7 +62,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -119,6 +119,10 @@ REQUEST_MILLI = 100
 """Every scenario's pods request 100m CPU."""
 METRICS_POLL_S = 0.5
 RACE_MARGIN_S = 0.05
+RESCALE_LAG_S = 0.5
+"""How much later than its sync's log line the controller may have stamped a rescale in its
+event history (``storeScaleEvent`` runs after the scale update returns): a sync whose scale-up
+or scale-down policy period ends within this of an earlier rescale is judged both ways."""
 """A sync this close to a pod change may have seen it or not: the controller's informer and the
 recorder's watch receive the same event milliseconds apart. Not counted: changes to the pods the
 sync's own rescale created or deleted (they follow its decision), and new metrics snapshots
@@ -989,6 +993,13 @@ def _decide(
     return int(desired[0]), int(proposal[0]), HPAReason(int(reason[0])), state
 
 
+def _events_later(state: HPAState) -> HPAState:
+    """The history with every scale event stamped :data:`RESCALE_LAG_S` later."""
+    return replace(
+        state, up_time=state.up_time + RESCALE_LAG_S, down_time=state.down_time + RESCALE_LAG_S
+    )
+
+
 def replay(
     record: Mapping[str, Any],
     cpu_initialization_period_s: float | None = None,
@@ -1018,9 +1029,12 @@ def replay(
             d, p, _, _ = _decide(state, s["t"] - t0, s["current"], other, config, request)
             alternatives.append((d, p if metric_path else None))
         obs = _Observation.of(s["pods"], s["metrics"], s["t"], period, delay)
+        lagged = _decide(_events_later(state), s["t"] - t0, s["current"], obs, config, request)
         desired, proposal, reason, state = _decide(
             state, s["t"] - t0, s["current"], obs, config, request
         )
+        if lagged[:2] != (desired, proposal):  # a period boundary within the stamp's lag
+            alternatives.append((lagged[0], lagged[1] if metric_path else None))
         ready, unready, missing = obs.groups.counts
         overlap, late = _startup_unready(obs.pods, obs.metrics, obs.groups.unready, s["t"], period)
         margin, margin_any = _margins(s)
