@@ -25,7 +25,7 @@ from qscale.operator.settings import Settings
 
 pytestmark = pytest.mark.asyncio
 
-TIMEOUT_S = 0.3
+TIMEOUT_S = 1.0  # a healthy loopback answer on a loaded 2-core machine stays well under it
 SPEC = {**BASE_SPEC, "fallback": {"afterFailedTicks": 2}}
 
 
@@ -92,7 +92,7 @@ async def test_a_prometheus_fault_holds_its_own_policies_only_and_heals(
             assert cond(w.kube.status[("a", name)], "MetricsAvailable")["status"] == "True"
         errors0 = total(w, "qscale_prometheus_query_errors_total")
 
-        bad.set(mode, delay_s=3.0, drop={"web"})
+        bad.set(mode, delay_s=4.0, drop={"web"})
         data[("a", "other")] = (10.0, 0.05, 1.0)  # 2 busy pods at 65 %: 4
         for i in (1, 2):
             rep = await tick(T0 + 15 * i)
