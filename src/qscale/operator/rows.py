@@ -89,7 +89,10 @@ class Runtime:
 
     uid: str
     status: dict[str, Any]
-    """The status as last written (or as found)."""
+    """The status as last decided (the next tick's starting point); it reaches the API after
+    the tick, by :class:`~qscale.operator.statuswriter.StatusWriter`."""
+    written: dict[str, Any] = field(default_factory=dict)
+    """The status as last written (or as found): what a patch is taken against."""
     shield: ShieldState | None = None
     shield_config: ShieldConfig | None = None
     target_uid: str = ""
@@ -101,6 +104,10 @@ class Runtime:
     problem: str = ""
     """The operator-level problem last reported by an Event (so that each is posted once)."""
     write_failing: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.written:
+            self.written = copy.deepcopy(self.status)
 
 
 @dataclass
