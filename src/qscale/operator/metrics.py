@@ -60,6 +60,11 @@ class Metrics:
             registry=r,
         )
         self.ticks = Counter("qscale_ticks", "Ticks run (with at least one policy due)", registry=r)
+        self.due = Counter(
+            "qscale_policies_due",
+            "Policies due, summed over ticks: the decisions owed (qscale_decisions: made)",
+            registry=r,
+        )
         self.tick_policies = Gauge(
             "qscale_tick_policies", "Policies decided in the last tick", registry=r
         )

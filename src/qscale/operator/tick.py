@@ -473,6 +473,7 @@ class Engine:
         rep.seconds = time.perf_counter() - t0
         self.metrics.tick.observe(rep.seconds)
         self.metrics.ticks.inc()
+        self.metrics.due.inc(rep.due)
         self.metrics.tick_policies.set(rep.decided)
         self.metrics.fallback_active.set(
             sum(1 for rt in self.runtimes.values() if rt.fallback_since is not None)
@@ -496,10 +497,11 @@ def _ms(seconds: float | None) -> str:
 
 def _log_tick(rep: TickReport) -> None:
     level = logging.INFO if rep.scale_writes or rep.status_writes else logging.DEBUG
+    phases = ", ".join(f"{k} {v * 1e3:.0f}" for k, v in rep.phases.items())
     log.log(
         level,
         "tick: %d due, %d decided, %d queries, %d scaled (last %s), %d status writes "
-        "(last %s), %.0f ms to the writer",
+        "(last %s), %.0f ms to the writer (%s ms)",
         rep.due,
         rep.decided,
         rep.queries,
@@ -508,4 +510,5 @@ def _log_tick(rep: TickReport) -> None:
         rep.status_writes,
         _ms(rep.status_s),
         rep.seconds * 1e3,
+        phases,
     )
