@@ -42,6 +42,7 @@ class TracingKube(FakeKube):
         self.max_inflight_per_policy = 0
         self.max_inflight_status = 0
         self.fail_scale = False
+        self.status_delay_s = 0.0
 
     async def patch_merge(self, path: str, body):
         kind = "scale" if path.endswith("/scale") else "status"
@@ -52,6 +53,7 @@ class TracingKube(FakeKube):
             n = sum(self.inflight.values())
             self.max_inflight_status = max(self.max_inflight_status, n)
             await self.status_gate.wait()
+            await asyncio.sleep(self.status_delay_s)
         try:
             for _ in range(3):
                 await asyncio.sleep(0)
@@ -124,6 +126,29 @@ async def test_a_status_backlog_does_not_delay_the_next_ticks_scale_writes(model
         assert st["replicas"] == 7 and st["lastAction"]["to"] == 7  # the newest status won
     # at most two patches per policy: the one in flight when tick 2 came, and tick 2's
     assert w.kube.writes("status") <= N + 2
+
+
+async def test_a_status_backlog_pauses_while_the_next_tick_writes_its_scales(model_dir):
+    w = traced_world(model_dir, scale_concurrency=8, write_concurrency=1)
+    w.kube.status_delay_s = 0.01  # 24 statuses one at a time: a backlog of about 0.25 s
+    w.engine.statuses.start()
+    try:
+        rep1 = await w.tick(T0, settle=False)
+        await asyncio.sleep(0.03)
+        assert 0 < w.engine.statuses.backlog < N
+        mark = len(w.kube.log)
+        for i in range(N):
+            w.policy("a", f"p{i}", {**SPEC, "targetRef": {"kind": "Deployment", "name": f"d{i}"}})
+        rep2 = await w.tick(T0 + 15, settle=False)
+        assert rep2.scale_writes == N
+        await asyncio.wait_for(rep2.written.wait(), 5)
+        assert rep1.written.is_set()
+    finally:
+        await w.engine.statuses.stop()
+    tick2 = w.kube.log[mark:]
+    last_scale_end = max(i for i, (e, k, _) in enumerate(tick2) if (e, k) == ("end", "scale"))
+    started = [i for i, (e, k, _) in enumerate(tick2) if (e, k) == ("start", "status")]
+    assert started and min(started) > last_scale_end  # the backlog resumed after the scales
 
 
 async def test_a_status_never_claims_a_scale_that_did_not_land(model_dir):

@@ -10,8 +10,9 @@ tick's scale writes. The rules:
 * **the newest wins**: a status not yet sent when a later tick hands over a newer one for the
   same policy is replaced by it (the newer one was computed from it, so nothing is lost), and
   counts as written when the newer one is;
-* **scale writes first**: while a tick writes its scales (:meth:`StatusWriter.hold`), the
-  patches in flight finish and no new one starts until :meth:`StatusWriter.release`;
+* **scale writes first**: from a tick's start to its last scale write
+  (:meth:`StatusWriter.hold`), the patches in flight finish and no new one starts until
+  :meth:`StatusWriter.release`;
 * the merge patch is taken at send time against the status as last written
   (:attr:`Runtime.written`), so a patch that failed is retried, whole, by the policy's next one.
 

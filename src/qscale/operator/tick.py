@@ -5,7 +5,7 @@
     decide:  Signals -> one forward pass per model -> one decide() per shield behaviour
              (features, argmax, shield) -> the HPA rule where the model could not decide
     scale:   every scale write the tick owes (deployments/scale), ``scale_concurrency`` at a
-             time; no status patch or Event starts meanwhile
+             time; from the tick's start to here no status patch or Event starts
     status:  each policy's status, computed after its scale write (it never claims a count that
              did not land), handed to the :class:`StatusWriter`, which patches them behind the
              tick: a status backlog never delays the next tick's scale writes
@@ -181,19 +181,27 @@ class Engine:
             rep.written.set()
             return rep
         laps = _Laps(rep)
-        await self._refresh_models([p for p, _ in due])
-        rows, statuses = self._prepare(due, enforcers(policies), now)
-        laps.lap("prepare")
-        await self._observe(rows, now, rep)
-        laps.lap("prometheus")
-        t1 = time.perf_counter()
-        self._decide(rows, now, rep)
-        self._fallback(rows, now)
-        rep.decide_s = time.perf_counter() - t1
-        laps.lap("decide")
-        rep.decided_at = time.time()
-        await self._scale_all(rows, now, rep, t0)
-        laps.lap("scale writes")
+        # Until the scale writes are done, no status patch or Event starts (those in flight
+        # finish): a backlog of them must not slow the queries, the decisions or the writes.
+        self.events.hold()
+        self.statuses.hold()
+        try:
+            await self._refresh_models([p for p, _ in due])
+            rows, statuses = self._prepare(due, enforcers(policies), now)
+            laps.lap("prepare")
+            await self._observe(rows, now, rep)
+            laps.lap("prometheus")
+            t1 = time.perf_counter()
+            self._decide(rows, now, rep)
+            self._fallback(rows, now)
+            rep.decide_s = time.perf_counter() - t1
+            laps.lap("decide")
+            rep.decided_at = time.time()
+            await self._scale_all(rows, now, rep, t0)
+            laps.lap("scale writes")
+        finally:
+            self.events.release()
+            self.statuses.release()
         self._conclude(rows, statuses, now)
         batch = self._hand_over(due, rows, statuses, rep, t0)
         laps.lap("statuses")
@@ -352,19 +360,13 @@ class Engine:
     # --- write ----------------------------------------------------------------------------
 
     async def _scale_all(self, rows: Sequence[Row], now: float, rep: TickReport, t0: float) -> None:
-        """Every scale write the tick owes, ``scale_concurrency`` at a time; status patches
-        and Events start none of theirs meanwhile (those in flight finish)."""
+        """Every scale write the tick owes, ``scale_concurrency`` at a time (status patches and
+        Events are held meanwhile: :meth:`run_once`)."""
         moving = [r for r in rows if r.spec.mode == "Enforce" and r.moves]
         if not moving:
             return
         sem = asyncio.Semaphore(self.settings.scale_concurrency)
-        self.events.hold()
-        self.statuses.hold()
-        try:
-            await asyncio.gather(*(self._scale(r, now, rep, sem) for r in moving))
-        finally:
-            self.events.release()
-            self.statuses.release()
+        await asyncio.gather(*(self._scale(r, now, rep, sem) for r in moving))
         rep.scale_s = time.perf_counter() - t0
         self.metrics.tick_scale.observe(rep.scale_s)
 
