@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 OUT ?= out
 
-.PHONY: install system-deps demo chart chart-crds chart-dashboard manifests test bench bench-sb3 bench-hpa bench-operator lint format clean model
+.PHONY: install system-deps demo chart chart-crds chart-dashboard manifests test bench bench-sb3 bench-hpa bench-operator bench-soak lint format clean model
 
 $(STAMP): pyproject.toml
 	$(PY_VERSION) -m venv $(VENV)
@@ -68,9 +68,14 @@ bench-sb3: $(STAMP)
 	$(PY) -m pip install -q stable-baselines3 "torch==2.13.0"
 	$(PY) benchmarks/bench_sb3.py --seeds 10
 
-# The operator on a local control plane with real Prometheus, 1/100/1,000 policies (~15 min).
+# The operator on a local control plane with real Prometheus, 1/100/1,000 policies (~45 min).
 bench-operator: $(STAMP) system-deps
 	$(PY) benchmarks/bench_operator.py
+
+# Soak: 1,000 policies for an hour with faults sprinkled in (SOAK_ARGS="--minutes 5 --policies
+# 100" for a quick check); exits 1 on a bound violation or a double-applied step.
+bench-soak: $(STAMP) system-deps
+	$(PY) benchmarks/bench_soak.py $(SOAK_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks

@@ -1,37 +1,56 @@
-"""Operator benchmarks on the local control plane with real Prometheus (BENCHMARKS.md).
+"""Operator benchmarks: ``qscale operator`` as users run it, at 1, 100 and 1,000 policies.
 
-For each size (1, 100, 1,000 policies; one Deployment of 2 fake pods each), on a fresh kwokctl
-cluster: the emulator (``qscale emulate``, a subprocess) plays every service at 50 req/s (the
-policies hold: 2 pods at 50 % CPU), Prometheus scrapes it and the operator every 2 s, and
-``qscale operator`` runs as a subprocess with the least-privilege ServiceAccount token.
+For each size, a fresh stack (``benchstack.py``): a local control plane with one Deployment of
+2 fake pods per policy, ``qscale emulate`` playing every service at 50 req/s (each pod serves
+50), a real Prometheus scraping it and the operator every 2.5 s, and ``qscale operator`` as a
+subprocess -- kopf included, the least-privilege ServiceAccount token. Policies: interval 5 s,
+SLO p95 500 ms, minReplicas 1, maxReplicas 3 (a load step moves a Deployment by one step,
+2 -> 3, and no further).
 
-Measured from the operator's own metrics (/metrics) and the API:
+With the **shipped model** (its digest printed, and checked against the operator's
+``qscale_model_info``), measured from the operator's /metrics, its log and a watch of the
+Deployments:
 
-* start-up: process start to the first tick that decided every policy (policies exist first);
-* RSS with the model loaded, after the first ticks;
-* steady state (the default shield: 60 s down cooldown, 120 s stabilization): Prometheus
-  queries, scale writes and status writes per tick, tick wall time;
-* reaction: a load step on one Deployment (50 -> 300 req/s) to the first scale write;
-* at the largest size, kopf's defaults (no worker limit, 5 s idle timeout) against ours;
-* the tick with 10 % and 100 % of the targets changing: the operator's own ``Engine`` run in
-  this process against the same API server and Prometheus, with a scripted Q-function that
-  picks which targets move (+1/-1 pod) -- the operator's code path, with changes on demand;
-* decide() for 1,000 targets (features + forward pass + shield) with the TorchScript model.
+* start-up: process start to the last status write of the first tick that decided every
+  policy (``qscale_startup_written_seconds``), and to that tick's decisions
+  (``qscale_startup_seconds``);
+* steady state (nothing changing): Prometheus queries and API writes per tick, tick wall time;
+* a 10 % series: a load step (50 -> 300 req/s) on a tenth of the Deployments at the same phase
+  of each of 6 consecutive intervals (Prometheus' scrape divides the interval, so each tenth
+  reaches the operator in the same tick); per tick with scale writes (the operator's tick
+  line): how many, the time from the tick's start to its last scale write and to its last
+  status write -- every tick counted, the first included;
+* reaction: >= 10 load steps (50 -> 300 req/s), each on another Deployment where there are
+  enough, at phases spread over the interval, to the first change of ``spec.replicas``;
+* memory: the operator's RSS (VmRSS) after all that, and the same of a process that only
+  imports torch and ``torch.jit.load``\\ s the shipped model: the difference is the operator's;
+* decide() for 1,000 targets (features + forward pass + shield).
+
+The shipped model takes a step only once p95 *and* CPU have risen (p95 reads the top bucket,
+10 s, 3-4 s after the step; the 1 m CPU rate takes 5-35 s more), so its reaction spreads a
+tenth over several ticks. The controlled 10 %-changing tick is therefore also run with the
+**hand-set test policy** (:func:`qscale.dev.operator.scripted_policy`: a pod more as soon as
+p95 passes the SLO by 20 %), on the same operator subprocess otherwise: the 10 % series, at the
+largest size the same with ``QSCALE_SCALE_CONCURRENCY`` 16, 32, 64 and 128 (the operator
+restarted for each), and every target stepped at once. The write path does not depend on the
+model; which model ran is in every figure's key.
+
+Deployments already stepped are put back when the fresh ones run out: load to 50 req/s, and
+once p95 is under the SLO everywhere again (the step's queue drained, the 1 m windows forgot
+it: 1-2 minutes), scaled back to 2 by hand.
 
 Usage: ``python benchmarks/bench_operator.py [--sizes 1,100,1000] [--json out.json]``
-(about 10 minutes on 2 cores at the default sizes). Every process and temp dir is cleaned up.
+(about 45 minutes on 2 cores at the default sizes; ``--reaction-samples`` and ``--sweep`` make
+a development run shorter). The operator's and the emulator's logs are kept next to the JSON.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import json
 import math
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,81 +58,31 @@ from pathlib import Path
 
 import torch
 
-from qscale.dev.cluster import ClusterOptions, LocalCluster, deployment_manifest, start_cluster
-from qscale.dev.operator import OperatorProcess, install, scripted_policy, token_kubeconfig
-from qscale.dev.prom import LocalPrometheus, free_port
+from benchstack import (
+    NS,
+    SCRAPE_S,
+    Stack,
+    log_offset,
+    log_text,
+    machine,
+    model_info,
+    policy_body,
+    shipped_model,
+    start_stack,
+    tick_lines,
+    torch_baseline_rss,
+)
+from qscale.dev.operator import scripted_policy
 
-NS, OP_NS = "bench", "qscale-system"
 INTERVAL_S = 5
-SCRAPE_S = 2.0
 BASE_RPS, STEP_RPS = 50, 300
+MAX_REPLICAS = 3
+GROUPS = 6
+"""Consecutive 10 %-changing ticks per series."""
 
 
 def policy(name: str) -> dict:
-    return {
-        "apiVersion": "qscale.io/v1alpha1",
-        "kind": "AutoscalePolicy",
-        "metadata": {"name": name, "namespace": NS},
-        "spec": {
-            "targetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
-            "minReplicas": 1,
-            "maxReplicas": 10,
-            "interval": f"{INTERVAL_S}s",
-            "slo": {"latencyP95": "500ms"},
-        },
-    }
-
-
-async def _kube(kubeconfig: Path):
-    os.environ["KUBECONFIG"] = str(kubeconfig)
-    from qscale.operator.kube import Kube, load_connection
-
-    return Kube(load_connection(), timeout_s=30, max_connections=32)
-
-
-async def create_all(
-    kubeconfig: Path, path: str, bodies: list[dict], concurrency: int = 16
-) -> None:
-    kube = await _kube(kubeconfig)
-    sem = asyncio.Semaphore(concurrency)
-
-    async def one(b: dict) -> None:
-        async with sem:
-            await kube.post(path, b)
-
-    try:
-        await asyncio.gather(*(one(b) for b in bodies))
-    finally:
-        await kube.close()
-
-
-def wait_ready(cluster: LocalCluster, n: int, timeout_s: float = 300) -> float:
-    t0 = time.time()
-    while time.time() - t0 < timeout_s:
-        out = cluster.kubectl(
-            "get", "deploy", "-n", NS, "-o", "jsonpath={.items[*].status.readyReplicas}"
-        ).stdout
-        if sum(1 for x in out.split() if x == "2") >= n:
-            return time.time() - t0
-        time.sleep(2)
-    raise TimeoutError(f"{n} Deployments not ready after {timeout_s} s")
-
-
-def metric(op: OperatorProcess, name: str, labels: dict | None = None) -> float:
-    try:
-        return op.metric(name, labels)
-    except Exception:
-        return math.nan
-
-
-def wait_metric(op: OperatorProcess, name: str, pred, timeout_s: float, poll: float = 0.5) -> float:
-    t0 = time.time()
-    while time.time() - t0 < timeout_s:
-        v = metric(op, name)
-        if pred(v):
-            return v
-        time.sleep(poll)
-    return math.nan
+    return policy_body(name, INTERVAL_S, 1, MAX_REPLICAS)
 
 
 def decision_latency(model_dir: Path, n: int = 1000, reps: int = 200) -> dict:
@@ -167,319 +136,276 @@ def decision_latency(model_dir: Path, n: int = 1000, reps: int = 200) -> dict:
     }
 
 
-def emulator_process(
-    kubeconfig: Path, names: list[str], workdir: Path
-) -> tuple[subprocess.Popen, int, Path]:
-    cfg = workdir / "workloads.json"
-    cfg.write_text(
-        json.dumps([{"namespace": NS, "deployment": n, "load": BASE_RPS} for n in names])
-    )
-    control = workdir / "control.json"
-    control.write_text("{}")
-    port = free_port()
-    log = (workdir / "emulator.log").open("wb")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "qscale.entry",
-            "emulate",
-            "--kubeconfig",
-            str(kubeconfig),
-            "-n",
-            NS,
-            "--config",
-            str(cfg),
-            "--control",
-            str(control),
-            "--port",
-            str(port),
-            "--step",
-            "1",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    return proc, port, control
+def at_phase(phase_s: float) -> float:
+    """Sleep until ``phase_s`` into the next interval (ticks fall on multiples of it)."""
+    now = time.time()
+    t = math.floor(now / INTERVAL_S) * INTERVAL_S + phase_s
+    while t <= now + 0.05:
+        t += INTERVAL_S
+    time.sleep(t - now)
+    return t
 
 
-async def engine_ticks(kubeconfig: Path, prom_url: str, fraction: float, ticks: int) -> list[dict]:
-    """The operator's Engine in this process, with a scripted Q-function moving ``fraction`` of
-    the targets by one pod each tick (up from 2, down from 3)."""
-    from qscale import actions, features
-    from qscale.operator.deployments import DeploymentCache
-    from qscale.operator.events import EventPoster
-    from qscale.operator.metrics import Metrics
-    from qscale.operator.models import Model, ModelRegistry
-    from qscale.operator.prom import PromClient
-    from qscale.operator.settings import Settings
-    from qscale.operator.tick import Engine, IndexedPolicy
+class Pool:
+    """Deployments at 2 pods and 50 req/s, never stepped since they were last put back."""
 
-    torch.set_num_threads(1)
-    kube = await _kube(kubeconfig)
-    s = Settings(namespaces=(NS,), prometheus_url=prom_url, write_concurrency=16)
-    cache = DeploymentCache(kube, s.namespaces)
-    cache.start()
-    await asyncio.wait_for(cache.ready.wait(), 60)
-    state = {"tick": 0}
-    plus, minus, hold = (actions.ACTION_NAMES.index(a) for a in ("plus_1", "minus_1", "hold"))
-    log_r = features.FEATURE_NAMES.index("log_replicas")
+    def __init__(self, st: Stack) -> None:
+        self.st = st
+        self.fresh = list(st.names)
+        self.used: list[str] = []
+        self.resets = 0
+        self.not_back = 0
+        """Deployments not at 2 pods after a reset (the model scaled them again)."""
 
-    def scripted(obs: torch.Tensor) -> torch.Tensor:
-        b = obs.shape[0]
-        reps = torch.round(torch.exp(obs[:, log_r] * math.log1p(features.REPLICAS_SCALE)) - 1)
-        k = state["tick"]
-        every = max(1, round(1 / fraction))
-        moving = (torch.arange(b) % every) == (k % every)
-        a = torch.where(reps <= 2, plus, minus)
-        a = torch.where(moving, a, hold)
-        q = torch.zeros(b, actions.N_ACTIONS)
-        q[torch.arange(b), a] = 1.0
-        return q
+    def take(self, k: int) -> list[str]:
+        if len(self.fresh) < k:
+            self.reset()
+        out, self.fresh = self.fresh[:k], self.fresh[k:]
+        self.used += out
+        return out
 
-    models = ModelRegistry(Path("/nonexistent"))
-    models._default = Model("scripted", "scripted", features.SPEC_HASH, scripted, {})
-    events = EventPoster(kube, "bench")
-    events.start()
-    eng = Engine(s, kube, cache, PromClient(timeout_s=10), models, Metrics(), events)
-    listing = await kube.get(f"/apis/qscale.io/v1alpha1/namespaces/{NS}/autoscalepolicies")
-    for item in listing["items"]:  # moves on demand: no cooldown, no stabilization
-        item["spec"]["behavior"] = {"scaleDown": {"cooldown": "0s", "stabilizationWindow": "0s"}}
-    policies = [IndexedPolicy.from_body(i) for i in listing["items"]]
-    out = []
+    def reset(self) -> None:
+        """Loads back to 50 req/s; once p95 is back under the SLO everywhere (the queue of
+        the step drained and the 1 m window forgot it), every stepped Deployment back to 2."""
+        if not self.used:
+            return
+        st = self.st
+        st.set_loads(dict.fromkeys(self.used, BASE_RPS))
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            time.sleep(5)
+            p95 = worst_p95(st)
+            if p95 is not None and p95 < 0.3:
+                break
+        time.sleep(2 * SCRAPE_S)
+        st.api.scale(dict.fromkeys(self.used, 2))
+        time.sleep(3 * INTERVAL_S)  # the outside scales noticed, their statuses written
+        assert st.watch is not None
+        self.not_back += sum(1 for nm in self.used if st.watch.current(nm) != 2)
+        self.fresh, self.used = self.fresh + self.used, []
+        self.resets += 1
+
+
+def worst_p95(st: Stack) -> float | None:
+    """The highest p95 of any Deployment, as the operator's query reads it."""
+    from qscale.features import PROMQL
+
+    q = PROMQL["latency_p95"].replace("$namespace", NS).replace("$deployment", "svc-[0-9]+")
     try:
-        for k in range(ticks + 1):
-            now = time.time()
-            await asyncio.sleep(INTERVAL_S - now % INTERVAL_S + 0.05)
-            state["tick"] = k
-            rep = await eng.run_once(policies)
-            if k == 0:
-                continue  # the first tick restores every policy and rewrites the statuses
-            out.append(
-                {
-                    "seconds": rep.seconds,
-                    "decided": rep.decided,
-                    "queries": rep.queries,
-                    "scale_writes": rep.scale_writes,
-                    "status_writes": rep.status_writes,
-                    "decide_ms": rep.decide_s * 1e3,
-                    "changed": len(rep.changed),
-                    "conflicts": rep.conflicts,
-                    "phases_ms": {k: round(v * 1e3, 1) for k, v in rep.phases.items()},
-                }
-            )
-            await events.drain(INTERVAL_S)
-    finally:
-        await events.stop()
-        await cache.stop()
-        await eng.prom.close()
-        await kube.close()
+        vals = [float(r["value"][1]) for r in st.prom.query(f"max({q})")]
+    except Exception:
+        return None
+    return max(vals) if vals and not math.isnan(max(vals)) else None
+
+
+def wait_started(st: Stack, t_start: float) -> dict:
+    written = st.wait_metric("qscale_startup_written_seconds", lambda v: v > 0, 300)
+    return {
+        "to_first_decision_all_s": st.metric("qscale_startup_seconds"),
+        "to_statuses_written_s": written,
+        "wall_s": time.time() - t_start,
+        "rss_mb": st.op.rss_mb() if st.op else math.nan,
+        "policies_indexed": st.metric("qscale_policies"),
+    }
+
+
+def steady(st: Stack) -> dict:
+    names = ("qscale_ticks_total", "qscale_prometheus_queries_total")
+    hist = ("qscale_tick_seconds_sum", "qscale_tick_seconds_count")
+    kinds = ("scale", "status", "event")
+    m0 = {k: st.metric(k) for k in names + hist}
+    w0 = {k: st.metric("qscale_api_writes_total", {"kind": k}) for k in kinds}
+    time.sleep(6 * INTERVAL_S)
+    m1 = {k: st.metric(k) for k in m0}
+    w1 = {k: st.metric("qscale_api_writes_total", {"kind": k}) for k in kinds}
+    ticks = m1["qscale_ticks_total"] - m0["qscale_ticks_total"]
+    q = m1["qscale_prometheus_queries_total"] - m0["qscale_prometheus_queries_total"]
+    return {
+        "ticks": ticks,
+        "queries_per_tick": q / ticks,
+        "writes_per_tick": {k: (w1[k] - w0[k]) / ticks for k in kinds},
+        "tick_s": (m1[hist[0]] - m0[hist[0]]) / (m1[hist[1]] - m0[hist[1]]),
+    }
+
+
+def changing(st: Stack, pool: Pool, size: int, groups: int) -> dict:
+    """``groups`` consecutive ticks, each with ``size`` targets changing."""
+    assert st.op is not None
+    names = [pool.take(size) for _ in range(groups)]
+    off = log_offset(st.op)
+    t0 = at_phase(0.3)
+    for i, g in enumerate(names):
+        if i:
+            at_phase(0.3)
+        st.set_loads(dict.fromkeys(g, STEP_RPS))
+    ticks = wait_ticks(st, off, t0, groups * size)
+    return summarize_ticks(ticks, size)
+
+
+def wait_ticks(st: Stack, off: int, t0: float, writes: int, timeout_s: float = 90) -> list[dict]:
+    """The operator's ticks with scale writes since ``t0``, once ``writes`` are in (or after
+    ``timeout_s``), and one more interval for their statuses."""
+    assert st.op is not None
+    deadline = time.time() + timeout_s
+    while True:
+        ticks = [t for t in tick_lines(log_text(st.op, off)) if t["scale_writes"] and t["at"] > t0]
+        if sum(t["scale_writes"] for t in ticks) >= writes or time.time() > deadline:
+            break
+        time.sleep(1)
+    time.sleep(INTERVAL_S)
+    return [t for t in tick_lines(log_text(st.op, off)) if t["scale_writes"] and t["at"] > t0]
+
+
+def summarize_ticks(ticks: list[dict], size: int) -> dict:
+    out: dict = {"targets_per_group": size, "ticks": ticks}
+    for k in ("to_last_scale_ms", "to_last_status_ms"):
+        xs = [t[k] for t in ticks if t[k] is not None]
+        if xs:
+            out[k] = {"median": statistics.median(xs), "max": max(xs), "n": len(xs)}
+    out["scale_writes"] = [t["scale_writes"] for t in ticks]
     return out
 
 
-def run_size(n: int, kopf_variants: bool, workdir: Path, engine_only: bool = False) -> dict:
-    res: dict = {"policies": n, "loadavg_start": os.getloadavg()}
-    nodes = max(2, math.ceil(2 * n / 100) + 1)
-    t0 = time.time()
-    cluster = start_cluster(
-        ClusterOptions(nodes=nodes, disable_qps_limits=True, delayed_ready=False)
-    )
-    emu = None
-    prom = None
-    op = None
+def reactions(st: Stack, pool: Pool, samples: int) -> list[float | None]:
+    """Load steps at phases spread over the interval, each to the first scale write."""
+    assert st.watch is not None
+    out: list[float | None] = []
+    for i in range(samples):
+        (name,) = pool.take(1)
+        at_phase((i + 0.5) * INTERVAL_S / samples)
+        t = time.time()
+        st.set_loads({name: STEP_RPS})
+        seen = st.watch.wait_change(name, t, 60)
+        out.append(None if seen is None else seen - t)
+        print(f"    reaction {i + 1}/{samples} ({name}): {out[-1]}", flush=True)
+    return out
+
+
+def run_size(n: int, workdir: Path, args: argparse.Namespace, sweep: list[int]) -> dict:
+    model = shipped_model()
+    res: dict = {"policies": n, "machine_start": machine(), "model": model}
+    st = start_stack(n, workdir, policy, lambda _: BASE_RPS, pods_per_deployment=MAX_REPLICAS + 1)
     try:
-        res["cluster_up_s"] = time.time() - t0
-        install(cluster, OP_NS, [NS])
-        names = [f"svc-{i:04d}" for i in range(n)]
-        deps = [
-            json.loads(deployment_manifest(nm, NS, replicas=2, cpu_request="100m")) for nm in names
-        ]
-        t0 = time.time()
-        asyncio.run(
-            create_all(cluster.kubeconfig, f"/apis/apps/v1/namespaces/{NS}/deployments", deps)
-        )
-        res["deployments_ready_s"] = time.time() - t0 + wait_ready(cluster, n)
-        emu, emu_port, control = emulator_process(cluster.kubeconfig, names, workdir)
-        op_port = free_port()
-        prom = LocalPrometheus(
-            {"emulator": [f"127.0.0.1:{emu_port}"], "operator": [f"127.0.0.1:{op_port}"]},
-            scrape_interval_s=SCRAPE_S,
-        ).start()
-        asyncio.run(
-            create_all(
-                cluster.kubeconfig,
-                f"/apis/qscale.io/v1alpha1/namespaces/{NS}/autoscalepolicies",
-                [policy(nm) for nm in names],
-            )
-        )
+        res.update(st.timings)
         time.sleep(20)  # a few scrapes, so that the rates exist
-        model = scripted_policy(workdir / "model")
-        kubeconfig = token_kubeconfig(cluster, OP_NS, workdir / "operator.kubeconfig")
-        if engine_only:
-            res["engine_10pct"] = asyncio.run(engine_ticks(kubeconfig, prom.url, 0.10, 4))
-            res["engine_100pct"] = asyncio.run(engine_ticks(kubeconfig, prom.url, 1.0, 3))
-            return res
-        env = {
-            "QSCALE_NAMESPACES": NS,
-            "QSCALE_PROMETHEUS_URL": prom.url,
-            "QSCALE_DEFAULT_MODEL": str(model),
-            "QSCALE_LEASE_NAMESPACE": OP_NS,
-            "QSCALE_TICK_S": "1",
-        }
-
-        def start_operator(extra: dict, name: str) -> OperatorProcess:
-            p = OperatorProcess(
-                kubeconfig, env={**env, **extra}, workdir=workdir / name, metrics_port=op_port
-            )
-            p.workdir.mkdir(exist_ok=True)
-            return p.start(wait_ready_s=120)
-
-        variants = [("ours (worker_limit 64, idle 0.1 s)", {})]
-        if kopf_variants:
-            variants += [
-                ("worker_limit 16, idle 0.1 s", {"QSCALE_KOPF_WORKER_LIMIT": "16"}),
-                (
-                    "kopf defaults (no worker limit, idle 5 s)",
-                    {"QSCALE_KOPF_WORKER_LIMIT": "0", "QSCALE_KOPF_IDLE_TIMEOUT_S": "5"},
-                ),
-                (
-                    "worker_limit 16, idle 5 s",
-                    {"QSCALE_KOPF_WORKER_LIMIT": "16", "QSCALE_KOPF_IDLE_TIMEOUT_S": "5"},
-                ),
-            ]
-        res["kopf"] = {}
-        ours = variants[0][0]
-        for i, (label, extra) in enumerate(variants[1:] + variants[:1]):  # ours last: it stays
-            op = start_operator(extra, f"operator{i}")
-            took = wait_metric(op, "qscale_startup_seconds", lambda v: v > 0, 150)
-            peak = op.rss_mb()
-            time.sleep(2 * INTERVAL_S)
-            res["kopf"][label] = {
-                "first_decision_all_s": took,
-                "rss_mb": op.rss_mb(),
-                "rss_at_first_decision_mb": peak,
-                "indexed": metric(op, "qscale_policies"),
-            }
-            if label != ours:
-                op.close()
-                op = None
-        res["startup_to_first_decision_all_s"] = res["kopf"][ours]["first_decision_all_s"]
-        # steady state: nothing changes
-        time.sleep(3 * INTERVAL_S)
-        m0 = {
-            k: metric(op, k)
-            for k in (
-                "qscale_ticks_total",
-                "qscale_prometheus_queries_total",
-                "qscale_tick_seconds_sum",
-                "qscale_tick_seconds_count",
-            )
-        }
-        w0 = {
-            k: metric(op, "qscale_api_writes_total", {"kind": k})
-            for k in ("scale", "status", "event")
-        }
-        time.sleep(6 * INTERVAL_S)
-        m1 = {k: metric(op, k) for k in m0}
-        w1 = {k: metric(op, "qscale_api_writes_total", {"kind": k}) for k in w0}
-        ticks = m1["qscale_ticks_total"] - m0["qscale_ticks_total"]
-        res["steady"] = {
-            "ticks": ticks,
-            "queries_per_tick": (
-                m1["qscale_prometheus_queries_total"] - m0["qscale_prometheus_queries_total"]
-            )
-            / ticks,
-            "writes_per_tick": {k: (w1[k] - w0[k]) / ticks for k in w0},
-            "tick_s": (m1["qscale_tick_seconds_sum"] - m0["qscale_tick_seconds_sum"])
-            / (m1["qscale_tick_seconds_count"] - m0["qscale_tick_seconds_count"]),
-        }
-        res["rss_mb"] = op.rss_mb()
-        kopf_marks = cluster.kubectl("get", "asp", "-n", NS, "-o", "json").stdout
-        res["objects_with_kopf_annotations_or_finalizers"] = sum(
-            1
-            for i in json.loads(kopf_marks)["items"]
-            if any("kopf" in a for a in (i["metadata"].get("annotations") or {}))
-            or i["metadata"].get("finalizers")
-        )
-        # reaction: a load step to the first scale write, on a few Deployments in turn
-        reactions = []
-        for nm in names[: min(3, n)]:
-            time.sleep(INTERVAL_S * 0.37)  # land anywhere in the interval
-            before = int(
-                cluster.kubectl(
-                    "get", "deploy", nm, "-n", NS, "-o", "jsonpath={.spec.replicas}"
-                ).stdout
-            )
-            control.write_text(json.dumps({f"{NS}/{nm}": STEP_RPS}))
-            t_step = time.time()
-            while time.time() - t_step < 60:
-                r = int(
-                    cluster.kubectl(
-                        "get", "deploy", nm, "-n", NS, "-o", "jsonpath={.spec.replicas}"
-                    ).stdout
-                )
-                if r != before:
-                    reactions.append(time.time() - t_step)
-                    break
-                time.sleep(0.2)
-            control.write_text(json.dumps({f"{NS}/{nm}": BASE_RPS}))
-        res["reaction_s"] = reactions
-        op.close()
-        op = None
-        if n >= 100:
-            res["engine_10pct"] = asyncio.run(engine_ticks(kubeconfig, prom.url, 0.10, 5))
-            res["engine_100pct"] = asyncio.run(engine_ticks(kubeconfig, prom.url, 1.0, 3))
+        shipped_part(st, res, args)
+        if n // 10:
+            scripted_part(st, res, args, workdir, sweep)
+        res["resets"] = st_pool(st).resets
+        res["not_back_after_reset"] = st_pool(st).not_back
     finally:
-        res["loadavg_end"] = os.getloadavg()
-        if op is not None:
-            op.close()
-        if emu is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(emu.pid, 15)
-            emu.wait(timeout=20)
-        if prom is not None:
-            prom.close()
-        cluster.delete()
+        res["machine_end"] = machine()
+        st.close(keep=Path(args.json).parent / "bench_operator_logs" / f"n{n}")
     return res
 
 
+_POOLS: dict[int, Pool] = {}
+
+
+def st_pool(st: Stack) -> Pool:
+    return _POOLS.setdefault(id(st), Pool(st))
+
+
+def shipped_part(st: Stack, res: dict, args: argparse.Namespace) -> None:
+    """The operator with the shipped model: start-up, steady state, a 10 % series, reaction,
+    memory."""
+    n, pool = st.n, st_pool(st)
+    t = st.start_operator()
+    res["startup"] = wait_started(st, t)
+    assert st.op is not None
+    res["model_reported"] = model_info(st.op)
+    print(f"  n={n}: start-up {res['startup']}", flush=True)
+    time.sleep(2 * INTERVAL_S)
+    res["steady"] = steady(st)
+    res["rss_steady_mb"] = st.op.rss_mb()
+    if n // 10:
+        res["changing_10pct_shipped"] = changing(st, pool, n // 10, GROUPS)
+        print(f"  10 %, shipped model: {_brief(res['changing_10pct_shipped'])}", flush=True)
+    res["reaction_s"] = reactions(st, pool, args.reaction_samples)
+    res["rss_mb"] = st.op.rss_mb()
+    res["torch_baseline"] = torch_baseline_rss(Path(res["model"]["path"]), n)
+
+
+def scripted_part(
+    st: Stack, res: dict, args: argparse.Namespace, workdir: Path, sweep: list[int]
+) -> None:
+    """The operator with the hand-set test policy (it adds a pod as soon as p95 passes the SLO
+    by 20 %, so each tenth moves in one tick): the 10 % series, the concurrency sweep, every
+    target at once."""
+    n, pool, size = st.n, st_pool(st), st.n // 10
+    scripted = scripted_policy(workdir / "scripted-model")
+    env = {"QSCALE_DEFAULT_MODEL": str(scripted)}
+    res["scripted_model"] = shipped_model_like(scripted)
+    for c in [None, *sweep]:
+        extra = {**env, **({"QSCALE_SCALE_CONCURRENCY": str(c)} if c else {})}
+        t = st.start_operator(extra, name=f"op-scripted-c{c or 'default'}")
+        wait_started(st, t)
+        time.sleep(2 * INTERVAL_S)
+        series = changing(st, pool, size, GROUPS if c is None else args.sweep_groups)
+        if c is None:
+            res["changing_10pct"] = series
+        else:
+            res.setdefault("sweep", {})[c] = series
+        print(f"  10 %, hand-set model, scale concurrency {c}: {_brief(series)}", flush=True)
+    if n >= 100:
+        if sweep:  # back to the default
+            t = st.start_operator(env, name="op-scripted-all")
+            wait_started(st, t)
+        pool.reset()
+        everyone = pool.take(n)
+        assert st.op is not None
+        off = log_offset(st.op)
+        t0 = at_phase(0.3)
+        st.set_loads(dict.fromkeys(everyone, STEP_RPS))
+        res["changing_all"] = summarize_ticks(wait_ticks(st, off, t0, n), n)
+        print(f"  every target, hand-set model: {_brief(res['changing_all'])}", flush=True)
+
+
+def shipped_model_like(path: Path) -> dict:
+    import hashlib
+
+    raw = (path / "manifest.json").read_bytes()
+    return {"path": str(path), "manifest_sha256": hashlib.sha256(raw).hexdigest()}
+
+
+def _brief(c: dict) -> str:
+    s, w = c.get("to_last_scale_ms") or {}, c.get("to_last_status_ms") or {}
+    return (
+        f"writes {c['scale_writes']}, to last scale write median {s.get('median')} "
+        f"max {s.get('max')} ms, to last status write median {w.get('median')} "
+        f"max {w.get('max')} ms"
+    )
+
+
 def summarize(results: list[dict], decide: dict) -> str:
+    m = results[0]["model"] if results else shipped_model()
     lines = [
+        f"model: shipped, manifest sha256 {m['manifest_sha256'][:16]}, model.pt sha256 "
+        f"{m['model_sha256'][:16]} ({m['created_at']})",
         f"decide() for {decide['n']} targets (features + forward + shield, 1 thread): "
-        f"median {decide['median_ms']:.2f} ms, p95 {decide['p95_ms']:.2f} ms"
+        f"median {decide['median_ms']:.2f} ms, p95 {decide['p95_ms']:.2f} ms",
     ]
     for r in results:
-        s = r["steady"]
-        w = s["writes_per_tick"]
-        reaction = ", ".join(f"{x:.1f}" for x in r["reaction_s"])
+        s, w, su = r["steady"], r["steady"]["writes_per_tick"], r["startup"]
+        base = r["torch_baseline"]["import_torch_and_load_mb"]
+        react = [x for x in r["reaction_s"] if x is not None]
         lines.append(
-            f"{r['policies']:>5} policies: start-up to all decided "
-            f"{r['startup_to_first_decision_all_s']:.1f} s, RSS {r['rss_mb']:.0f} MB, "
-            f"queries/tick {s['queries_per_tick']:.1f}, steady writes/tick scale "
-            f"{w['scale']:.2f} status {w['status']:.2f}, tick {s['tick_s'] * 1e3:.0f} ms, "
-            f"reaction {reaction} s (load average {r['loadavg_start'][0]:.1f} -> "
-            f"{r['loadavg_end'][0]:.1f})"
+            f"{r['policies']:>5} policies: start-up to statuses written "
+            f"{su['to_statuses_written_s']:.1f} s (decided {su['to_first_decision_all_s']:.1f}"
+            f" s), RSS {r['rss_mb']:.0f} MB = torch+model {base:.0f} + "
+            f"{r['rss_mb'] - base:.0f} MB, queries/tick {s['queries_per_tick']:.1f}, steady "
+            f"writes/tick {w['scale']:.2f}/{w['status']:.2f}/{w['event']:.2f}, tick "
+            f"{s['tick_s'] * 1e3:.0f} ms, reaction median "
+            f"{statistics.median(react) if react else math.nan:.1f} s max "
+            f"{max(react) if react else math.nan:.1f} s ({len(react)}/{len(r['reaction_s'])})"
+            f", load {r['machine_start']['loadavg'][0]:.1f} -> "
+            f"{r['machine_end']['loadavg'][0]:.1f}"
         )
-        for key in ("engine_10pct", "engine_100pct"):
+        for key in ("changing_10pct_shipped", "changing_10pct", "changing_all"):
             if key in r:
-                e = r[key]
-
-                def med(k, e=e):
-                    return statistics.median(x[k] for x in e)
-
-                worst = max(x["seconds"] for x in e)
-                lines.append(
-                    f"      {key}: tick {med('seconds') * 1e3:.0f} ms median "
-                    f"(max {worst * 1e3:.0f}), changed {med('changed'):.0f}, "
-                    f"scale writes {med('scale_writes'):.0f}, status writes "
-                    f"{med('status_writes'):.0f}, decide {med('decide_ms'):.1f} ms"
-                )
-        for label, k in (r.get("kopf") or {}).items():
-            lines.append(
-                f"      kopf {label}: all decided after {k['first_decision_all_s']:.1f} s, "
-                f"RSS {k['rss_mb']:.0f} MB, indexed {k['indexed']:.0f}"
-            )
+                lines.append(f"      {key}: {_brief(r[key])}")
+        for c, v in (r.get("sweep") or {}).items():
+            lines.append(f"      scale concurrency {c}: {_brief(v)}")
     return "\n".join(lines)
 
 
@@ -487,23 +413,31 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="1,100,1000")
     ap.add_argument("--json", default="out/bench_operator.json")
-    ap.add_argument("--no-kopf-variants", action="store_true")
-    ap.add_argument("--engine-only", action="store_true", help="only the in-process tick (quick)")
+    ap.add_argument("--reaction-samples", type=int, default=10)
+    ap.add_argument(
+        "--sweep",
+        default="16,32,64,128",
+        help="QSCALE_SCALE_CONCURRENCY values tried at the largest size ('' for none)",
+    )
+    ap.add_argument("--sweep-groups", type=int, default=5, help="10 %%-changing ticks per value")
     args = ap.parse_args()
     sizes = [int(x) for x in args.sizes.split(",")]
+    sweep = [int(x) for x in args.sweep.split(",") if x]
+    model = shipped_model()
+    print(
+        f"shipped model {model['path']}: manifest sha256 {model['manifest_sha256']}, "
+        f"model.pt sha256 {model['model_sha256']}",
+        flush=True,
+    )
+    decide = decision_latency(Path(model["path"]))
     results = []
     with tempfile.TemporaryDirectory(prefix="qscale-bench-op-") as tmp:
-        work = Path(tmp)
-        model = scripted_policy(work / "model")
-        decide = decision_latency(model)
         for n in sizes:
-            d = work / f"n{n}"
+            d = Path(tmp) / f"n{n}"
             d.mkdir()
-            r = run_size(
-                n, kopf_variants=(n == max(sizes) and not args.no_kopf_variants), workdir=d
-            )
+            r = run_size(n, d, args, sweep if n == max(sizes) else [])
             results.append(r)
-            print(summarize([r], decide).splitlines()[-1], flush=True)
+            print(summarize([r], decide), flush=True)
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(

@@ -245,8 +245,13 @@ class World:
         self.policies = [x for x in self.policies if x.uid != p.uid] + [p]
         return p
 
-    async def tick(self, now: float):
-        return await self.engine.run_once(self.policies, now)
+    async def tick(self, now: float, settle: bool = True):
+        """One tick; ``settle``: and its statuses written (the status writer's workers are not
+        started here: :meth:`StatusWriter.run_pending` writes them in this task)."""
+        rep = await self.engine.run_once(self.policies, now)
+        if settle:
+            await self.engine.statuses.run_pending()
+        return rep
 
 
 def world(model_dir, prom=None, **settings) -> World:

@@ -170,7 +170,7 @@ class GoneKube(FakeKube):
 
 async def test_a_policy_deleted_mid_tick_is_dropped_without_a_crash_or_a_trace(model_dir):
     w = world(model_dir, prom=HookedProm())
-    w.kube = w.engine.kube = GoneKube()
+    w.kube = w.engine.kube = w.engine.statuses.kube = GoneKube()
     for name in ("web", "api"):
         w.deployment("a", name, 2)
         w.prom.set("a", name, cpu=1.0)  # both would scale 2 -> 4
@@ -607,7 +607,7 @@ async def test_a_status_write_refused_is_written_again_on_the_next_tick(model_di
             return await super().patch_merge(path, body)
 
     w = world(model_dir)
-    w.kube = w.engine.kube = Refuses()
+    w.kube = w.engine.kube = w.engine.statuses.kube = Refuses()
     w.deployment("a", "web", 2)
     w.prom.set("a", "web", cpu=1.0)
     w.policy("a", "web", SPEC)

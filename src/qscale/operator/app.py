@@ -31,7 +31,7 @@ from qscale.operator.models import Model, ModelRegistry
 from qscale.operator.prom import PromClient
 from qscale.operator.rows import PolicyIndex
 from qscale.operator.settings import Settings
-from qscale.operator.tick import GROUP, PLURAL, VERSION, Engine
+from qscale.operator.tick import GROUP, PLURAL, VERSION, Engine, TickReport
 
 __all__ = ["App", "process_start_time"]
 
@@ -43,10 +43,10 @@ def process_start_time() -> float:
     try:
         with open("/proc/self/stat") as f:
             ticks = int(f.read().rsplit(")", 1)[1].split()[19])
-        with open("/proc/stat") as f:
-            btime = next(int(line.split()[1]) for line in f if line.startswith("btime"))
-        return btime + ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, StopIteration, IndexError):
+        with open("/proc/uptime") as f:  # 10 ms resolution (/proc/stat's btime: whole seconds)
+            uptime = float(f.read().split()[0])
+        return time.time() - (uptime - ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
         return _IMPORTED
 
 
@@ -82,9 +82,10 @@ class App:
         s = self.settings
         torch.set_num_threads(s.torch_threads)
         conn = await asyncio.to_thread(connection)  # may run an exec credential plugin
-        self.kube = Kube(
-            conn, timeout_s=s.api_timeout_s, max_connections=max(8, s.write_concurrency * 2)
-        )
+        # Room for every scale write and status patch at once, the Events, the watches and the
+        # Lease: a status backlog must never hold the connections a scale write waits for.
+        pool = s.scale_concurrency + s.write_concurrency + 8 + max(1, len(s.namespaces))
+        self.kube = Kube(conn, timeout_s=s.api_timeout_s, max_connections=pool)
         models = ModelRegistry(default_model_dir(s), refresh_s=s.model_refresh_s)
         default = models.default()
         if isinstance(default, Model):
@@ -111,6 +112,7 @@ class App:
         await self._expect()
         cache.start()
         events.start()
+        self.engine.statuses.start()
         await self._serve()
         self._tasks += [
             asyncio.create_task(self.elector.run(self._stop), name="lease"),
@@ -194,11 +196,12 @@ class App:
                         took = rep.decided_at - self.started_at
                         self.metrics.startup.set(took)
                         log.info(
-                            "first decision for all %d policies %.1f s after start "
-                            "(their statuses written %.1f s later)",
+                            "first decision for all %d policies %.1f s after start",
                             len(policies),
                             took,
-                            time.time() - rep.decided_at,
+                        )
+                        self._tasks.append(
+                            asyncio.create_task(self._startup_written(rep), name="start-up")
                         )
                 except Exception:
                     log.exception("tick failed")
@@ -206,6 +209,17 @@ class App:
             wait = s.tick_s - (now % s.tick_s)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), timeout=wait)
+
+    async def _startup_written(self, rep: TickReport) -> None:
+        """Start-up, to the last status write of the first tick that decided every policy."""
+        await rep.written.wait()
+        took = time.time() - self.started_at
+        self.metrics.startup_written.set(took)
+        log.info(
+            "statuses of the first full tick written %.1f s after start (%d patches)",
+            took,
+            rep.status_writes,
+        )
 
     async def _serve(self) -> None:
         s = self.settings
@@ -253,6 +267,9 @@ class App:
         for t in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
+        if self.engine is not None:  # the statuses decided, written while still the leader
+            await self.engine.statuses.drain(5.0)
+            await self.engine.statuses.stop()
         if self.elector is not None:
             await self.elector.release()
         if self.engine is not None:

@@ -37,9 +37,34 @@ class Metrics:
             registry=r,
         )
         self.tick = Histogram(
-            "qscale_tick_seconds", "Wall time of one tick", buckets=_SLOW, registry=r
+            "qscale_tick_seconds",
+            "Wall time of one tick, to its scale writes done and its statuses handed over",
+            buckets=_SLOW,
+            registry=r,
+        )
+        self.tick_scale = Histogram(
+            "qscale_tick_scale_writes_seconds",
+            "Tick start to its last scale write done (ticks with scale writes)",
+            buckets=_SLOW,
+            registry=r,
+        )
+        self.tick_status = Histogram(
+            "qscale_tick_status_writes_seconds",
+            "Tick start to its last status patch done (ticks with status patches)",
+            buckets=_SLOW,
+            registry=r,
+        )
+        self.status_backlog = Gauge(
+            "qscale_status_backlog",
+            "Policies whose status waits to be written, at the end of the last tick",
+            registry=r,
         )
         self.ticks = Counter("qscale_ticks", "Ticks run (with at least one policy due)", registry=r)
+        self.due = Counter(
+            "qscale_policies_due",
+            "Policies due, summed over ticks: the decisions owed (qscale_decisions: made)",
+            registry=r,
+        )
         self.tick_policies = Gauge(
             "qscale_tick_policies", "Policies decided in the last tick", registry=r
         )
@@ -130,6 +155,12 @@ class Metrics:
         self.startup = Gauge(
             "qscale_startup_seconds",
             "Process start to the first decision for every known policy (before its writes)",
+            registry=r,
+        )
+        self.startup_written = Gauge(
+            "qscale_startup_written_seconds",
+            "Process start to the last status write of the first tick that decided every "
+            "known policy",
             registry=r,
         )
 

@@ -131,10 +131,11 @@ class Runtime:
 
     uid: str
     status: dict[str, Any]
-    """The status as the operator last made it (or as found): the next tick's starting point,
-    written or not (a refused write must not lose a ``lastAction``)."""
+    """The status as last decided (the next tick's starting point, written or not: a refused
+    write must not lose a ``lastAction``); it reaches the API after the tick, by
+    :class:`~qscale.operator.statuswriter.StatusWriter`."""
     written: dict[str, Any] = field(default_factory=dict)
-    """The status as last written (or as found): what a status patch is the difference to."""
+    """The status as last written (or as found): what a patch is taken against."""
     shield: ShieldState | None = None
     shield_config: ShieldConfig | None = None
     target_uid: str = ""
@@ -151,6 +152,10 @@ class Runtime:
     killed: str = ""
     """The kill switch the policy was last put under (its ``describe``; "": none), so that
     engaging and releasing it are each posted once."""
+
+    def __post_init__(self) -> None:
+        if not self.written:
+            self.written = copy.deepcopy(self.status)
 
 
 @dataclass

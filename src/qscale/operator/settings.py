@@ -46,8 +46,11 @@ class Settings:
     """Timeout of one Prometheus query."""
     api_timeout_s: float = 10.0
     """Timeout of one Kubernetes API request."""
+    scale_concurrency: int = 32
+    """Concurrent scale writes: a tick writes every scale it owes first, this many at a time,
+    before any status patch or Event."""
     write_concurrency: int = 16
-    """Concurrent API writes (scale, status, events) within a tick."""
+    """Concurrent status patches, written behind the scale writes (never two for one policy)."""
     model_refresh_s: float = 30.0
     """How often a ConfigMap model is re-read (a changed ConfigMap is verified again)."""
     policy_resync_s: float = 60.0
@@ -136,7 +139,12 @@ class Settings:
             raise SettingsError(
                 f"QSCALE_KOPF_WORKER_LIMIT must be >= 0, got {self.kopf_worker_limit}"
             )
-        for name in ("torch_threads", "write_concurrency", "decision_log_files"):
+        for name in (
+            "torch_threads",
+            "scale_concurrency",
+            "write_concurrency",
+            "decision_log_files",
+        ):
             if getattr(self, name) < 1:
                 raise SettingsError(
                     f"QSCALE_{name.upper()} must be >= 1, got {getattr(self, name)}"

@@ -4,8 +4,13 @@
     query:   4 Prometheus queries per distinct (Prometheus, templates) -> Observations
     decide:  Signals -> one forward pass per model -> one decide() per shield behaviour
              (features, argmax, shield) -> the HPA rule where the model could not decide
-    write:   per policy, scale writes first: deployments/scale, then its status if it changed
-    report:  the tick's metrics and log line; Events are posted after the writes
+    scale:   every scale write the tick owes (deployments/scale), ``scale_concurrency`` at a
+             time; from the tick's start to here no status patch or Event starts
+    status:  each policy's status, computed after its scale write (it never claims a count that
+             did not land), handed to the :class:`StatusWriter`, which patches them behind the
+             tick: a status backlog never delays the next tick's scale writes
+    report:  the tick's metrics; its log line once its statuses are written (Events are posted
+             in the background)
 
 :func:`qscale.decision.decide` is the decision; this module only gathers its inputs, runs the
 fallback where the model could not decide, and hands results to the writer, the status
@@ -33,7 +38,7 @@ from qscale.operator.decisionlog import record as decision_record
 from qscale.operator.deployments import DeploymentCache
 from qscale.operator.events import Event, EventPoster
 from qscale.operator.killswitch import KillSwitch
-from qscale.operator.kube import ApiError, Kube
+from qscale.operator.kube import Kube
 from qscale.operator.metrics import Metrics
 from qscale.operator.models import ModelRegistry
 from qscale.operator.prom import Observation, PromClient
@@ -63,7 +68,6 @@ from qscale.operator.status import (
     failure_message,
     fallback_notice,
     last_action,
-    merge_patch,
     model_problem,
     outside_notice,
     percent,
@@ -73,13 +77,21 @@ from qscale.operator.status import (
     shadow_action,
     target_conflict_message,
 )
+from qscale.operator.statuswriter import GROUP, PLURAL, VERSION, StatusWriter, TickBatch
 from qscale.operator.writer import Outcome, ScaleRequest, scale_one, updated_target
 
-__all__ = ["Engine", "IndexedPolicy", "Runtime", "TickReport"]
+__all__ = [
+    "GROUP",
+    "PLURAL",
+    "VERSION",
+    "Engine",
+    "IndexedPolicy",
+    "Runtime",
+    "StatusWriter",
+    "TickReport",
+]
 
 log = logging.getLogger("qscale.operator")
-
-GROUP, VERSION, PLURAL = "qscale.io", "v1alpha1", "autoscalepolicies"
 
 
 @dataclass
@@ -100,6 +112,14 @@ class TickReport:
     """Epoch time the decisions were taken (before the writes)."""
     phases: dict[str, float] = field(default_factory=dict)
     """Seconds spent in each part of the tick."""
+    scale_s: float | None = None
+    """Tick start to its last scale write done (``None``: no scale write)."""
+    status_s: float | None = None
+    """Tick start to its last status patch done (``None``: none; final once ``written``)."""
+    written_s: float | None = None
+    """Tick start to every status of the tick in the API (final once ``written``)."""
+    written: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set once the tick's statuses are written (``status_writes``, ``status_s`` final)."""
 
 
 class _Laps:
@@ -127,6 +147,7 @@ class Engine:
         metrics: Metrics,
         events: EventPoster,
         clock: Callable[[], float] = time.time,
+        statuses: StatusWriter | None = None,
     ) -> None:
         self.settings = settings
         self.kube = kube
@@ -136,6 +157,11 @@ class Engine:
         self.metrics = metrics
         self.events = events
         self.clock = clock
+        self.statuses = statuses or StatusWriter(
+            kube,
+            settings.write_concurrency,
+            on_write=lambda k, r: metrics.writes.labels(k, r).inc(),
+        )
         self.runtimes: dict[str, Runtime] = {}
         self.kill = KillSwitch(
             settings.kill_switch, settings.kill_switch_configmap, settings.lease_ns()
@@ -152,8 +178,10 @@ class Engine:
         )
 
     def forget(self) -> None:
-        """Drop every policy's memory (leadership lost: the next leader restores from status)."""
+        """Drop every policy's memory and the statuses not yet sent (leadership lost: the next
+        leader restores from status)."""
         self.runtimes.clear()
+        self.statuses.clear()
 
     # --- the tick -------------------------------------------------------------------------
 
@@ -166,31 +194,40 @@ class Engine:
         due = self._due(policies, now)
         rep.due = len(due)
         if not due:
+            rep.written.set()
             return rep
         laps = _Laps(rep)
-        await asyncio.gather(
-            self._refresh_models([p for p, _ in due]),
-            self.kill.refresh(self.kube, {p.namespace for p, _ in due}),
-        )
-        self._report_kill_switch()
-        rows, statuses = self._prepare(due, enforcers(policies), now)
-        laps.lap("prepare")
-        await self._observe(rows, now, rep)
-        laps.lap("prometheus")
-        t1 = time.perf_counter()
-        self._decide(rows, now, rep)
-        self._fallback(rows, now)
-        rep.decide_s = time.perf_counter() - t1
-        laps.lap("decide")
-        rep.decided_at = time.time()
+        # Until the scale writes are done, no status patch or Event starts (those in flight
+        # finish): a backlog of them must not slow the queries, the decisions or the writes.
         self.events.hold()
+        self.statuses.hold()
         try:
-            await self._write_all(due, rows, statuses, now, rep)
+            await asyncio.gather(
+                self._refresh_models([p for p, _ in due]),
+                self.kill.refresh(self.kube, {p.namespace for p, _ in due}),
+            )
+            self._report_kill_switch()
+            rows, statuses = self._prepare(due, enforcers(policies), now)
+            laps.lap("prepare")
+            await self._observe(rows, now, rep)
+            laps.lap("prometheus")
+            t1 = time.perf_counter()
+            self._decide(rows, now, rep)
+            self._fallback(rows, now)
+            rep.decide_s = time.perf_counter() - t1
+            laps.lap("decide")
+            rep.decided_at = time.time()
+            await self._scale_all(rows, now, rep, t0)
+            laps.lap("scale writes")
         finally:
             self.events.release()
-        laps.lap("writes")
+            self.statuses.release()
+        self._conclude(rows, statuses, now)
+        batch = self._hand_over(due, rows, statuses, rep, t0)
+        laps.lap("statuses")
         self._log_decisions(rows, now)
         self._report(rep, t0)
+        batch.seal()
         return rep
 
     # --- prepare --------------------------------------------------------------------------
@@ -371,37 +408,49 @@ class Engine:
 
     # --- write ----------------------------------------------------------------------------
 
-    async def _write_all(
+    async def _scale_all(self, rows: Sequence[Row], now: float, rep: TickReport, t0: float) -> None:
+        """Every scale write the tick owes, ``scale_concurrency`` at a time (status patches and
+        Events are held meanwhile: :meth:`run_once`)."""
+        moving = [r for r in rows if r.spec.mode == "Enforce" and r.moves]
+        if not moving:
+            return
+        sem = asyncio.Semaphore(self.settings.scale_concurrency)
+        await asyncio.gather(*(self._scale(r, now, rep, sem) for r in moving))
+        rep.scale_s = time.perf_counter() - t0
+        self.metrics.tick_scale.observe(rep.scale_s)
+
+    def _conclude(self, rows: Sequence[Row], statuses: dict[str, dict[str, Any]], now: float):
+        """After the scale writes: each row's memory, notices and status."""
+        for r in rows:
+            self._settle(r, now)
+            statuses[r.policy.uid] = self._status(r, statuses[r.policy.uid], now)
+
+    def _hand_over(
         self,
         due: Sequence[tuple[IndexedPolicy, Runtime]],
         rows: Sequence[Row],
         statuses: dict[str, dict[str, Any]],
-        now: float,
         rep: TickReport,
-    ) -> None:
-        """Per policy: its scale write, then its status patch; all policies at once, the API
-        calls ``write_concurrency`` at a time, scale writes first in line."""
-        sem = asyncio.Semaphore(self.settings.write_concurrency)
+        t0: float,
+    ) -> TickBatch:
+        """Each policy's status to the status writer (the scaled ones first), as one batch to
+        seal; the tick does not wait for them (:class:`StatusWriter`)."""
         by_uid = {r.policy.uid: r for r in rows}
 
-        async def one(p: IndexedPolicy, rt: Runtime) -> None:
-            r = by_uid.get(p.uid)
-            if r is not None:
-                await self._write(r, now, rep, sem)
-                statuses[p.uid] = self._status(r, statuses[p.uid], now)
-            if p.uid in statuses:
-                await self._patch_status(p, rt, statuses[p.uid], rep, sem)
-
-        def writes_first(item: tuple[IndexedPolicy, Runtime]) -> int:
+        def scaled_first(item: tuple[IndexedPolicy, Runtime]) -> int:
             r = by_uid.get(item[0].uid)
-            return 0 if r is not None and r.moves else 1
+            return 0 if r is not None and r.last_action is not None else 1
 
-        await asyncio.gather(*(one(p, rt) for p, rt in sorted(due, key=writes_first)))
+        batch = TickBatch(t0, on_done=lambda b: self._written(rep, b))
+        for p, rt in sorted(due, key=scaled_first):
+            st = statuses.get(p.uid)
+            if st is not None:
+                rt.status = st
+                self.statuses.submit(p, rt, st, batch)
+        return batch
 
-    async def _write(self, r: Row, now: float, rep: TickReport, sem: asyncio.Semaphore) -> None:
-        """The row's scale write (Enforce, a changed count), then what follows from it."""
-        if r.spec.mode == "Enforce" and r.moves:
-            await self._scale(r, now, rep, sem)
+    def _settle(self, r: Row, now: float) -> None:
+        """What follows from the row's decision and its scale write (memory, notices, metrics)."""
         if r.outside is not None:
             self._post(r.policy, outside_notice(r.spec, r.outside), now)
         if r.new_shield is not None:
@@ -466,34 +515,6 @@ class Engine:
         r.runtime.problem = problem
         return new
 
-    async def _patch_status(
-        self,
-        p: IndexedPolicy,
-        rt: Runtime,
-        st: dict[str, Any],
-        rep: TickReport,
-        sem: asyncio.Semaphore,
-    ) -> None:
-        patch = merge_patch(rt.written, st)
-        if patch is None:
-            rt.status = rt.written
-            return
-        # Kept as made even if the write fails: the next tick starts from it and sends the
-        # difference to what was last written again.
-        rt.status = copy.deepcopy(st)
-        path = f"/apis/{GROUP}/{VERSION}/namespaces/{p.namespace}/{PLURAL}/{p.name}/status"
-        async with sem:
-            try:
-                await self.kube.patch_merge(path, {"status": patch})
-            except ApiError as e:
-                self.metrics.writes.labels("status", "error").inc()
-                if e.status != 404:
-                    log.warning("status of %s/%s not written: %s", p.namespace, p.name, e)
-                return
-        self.metrics.writes.labels("status", "ok").inc()
-        rep.status_writes += 1
-        rt.written = rt.status
-
     def _post(self, p: IndexedPolicy, notice: Notice, now: float) -> None:
         n = notice
         self.events.post(Event(p.namespace, p.name, p.uid, n.type, n.reason, n.message, now))
@@ -517,6 +538,7 @@ class Engine:
         rep.seconds = time.perf_counter() - t0
         self.metrics.tick.observe(rep.seconds)
         self.metrics.ticks.inc()
+        self.metrics.due.inc(rep.due)
         self.metrics.tick_policies.set(rep.decided)
         self.metrics.fallback_active.set(  # a kill switch's HPA rule is not a fallback
             sum(
@@ -526,18 +548,37 @@ class Engine:
             )
         )
         self.metrics.killed.set(sum(1 for rt in self.runtimes.values() if rt.killed))
+        self.metrics.status_backlog.set(self.statuses.backlog)
+
+    def _written(self, rep: TickReport, batch: TickBatch) -> None:
+        """Every status of the tick is in the API: its last figures, its log line."""
+        rep.status_writes = batch.writes
+        rep.status_s = batch.last_write_s
+        rep.written_s = batch.done_s
+        if rep.status_s is not None:
+            self.metrics.tick_status.observe(rep.status_s)
         _log_tick(rep)
+        rep.written.set()
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1e3:.0f} ms"
 
 
 def _log_tick(rep: TickReport) -> None:
-    level = logging.INFO if rep.scale_writes else logging.DEBUG
+    level = logging.INFO if rep.scale_writes or rep.status_writes else logging.DEBUG
+    phases = ", ".join(f"{k} {v * 1e3:.0f}" for k, v in rep.phases.items())
     log.log(
         level,
-        "tick: %d due, %d decided, %d queries, %d scaled, %d status writes, %.0f ms",
+        "tick: %d due, %d decided, %d queries, %d scaled (last %s), %d status writes "
+        "(last %s), %.0f ms to the writer (%s ms)",
         rep.due,
         rep.decided,
         rep.queries,
         rep.scale_writes,
+        _ms(rep.scale_s),
         rep.status_writes,
+        _ms(rep.status_s),
         rep.seconds * 1e3,
+        phases,
     )
