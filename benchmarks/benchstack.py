@@ -430,6 +430,13 @@ _SCALED = re.compile(
 )
 
 
+_OUTSIDE = re.compile(
+    r"^(?P<at>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) INFO qscale.operator: "
+    r"(?P<ns>[^/ ]+)/(?P<policy>\S+) Normal OUTSIDE_SCALE: (?P<target>\S+) was scaled "
+    r"(?P<a>\d+) -> (?P<b>\d+) by someone else"
+)
+
+
 def _at(s: str) -> float:
     return datetime.strptime(s, "%Y-%m-%d %H:%M:%S,%f").timestamp()
 
@@ -478,11 +485,13 @@ def tick_lines(text: str) -> list[dict]:
     return out
 
 
-def scaled_lines(text: str) -> list[dict]:
-    """Every scale the operator reports as landed (its Event, logged before it is posted)."""
+def scaled_lines(text: str, outside: bool = False) -> list[dict]:
+    """Every scale the operator reports as landed (its Event, logged before it is posted);
+    ``outside``: every scale it noticed as made by someone else."""
+    pattern = _OUTSIDE if outside else _SCALED
     return [
         {"at": _at(m["at"]), "target": m["target"], "from": int(m["a"]), "to": int(m["b"])}
-        for m in map(_SCALED.match, text.splitlines())
+        for m in map(pattern.match, text.splitlines())
         if m
     ]
 
