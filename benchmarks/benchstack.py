@@ -509,13 +509,16 @@ def rss():
 loaded = rss()
 with torch.no_grad():
     m(torch.zeros(rows, 11))
-print(loaded, rss())
+forward = rss()
+import qscale.operator.handlers  # kopf, kubernetes, aiohttp, httpx, prometheus-client, ...
+print(loaded, forward, rss())
 """
 
 
 def torch_baseline_rss(model_dir: Path, rows: int) -> dict[str, float]:
     """RSS (MB, VmRSS as for the operator) of a process that only imports torch and loads the
-    model with ``torch.jit.load`` -- and after one forward pass over ``rows`` rows."""
+    model with ``torch.jit.load``; then after one forward pass over ``rows`` rows, and after
+    importing the operator's modules too (no policy, no connection: its import floor)."""
     out = subprocess.run(
         [sys.executable, "-c", _BASELINE, str(model_dir / "model.pt"), str(rows)],
         capture_output=True,
@@ -523,7 +526,11 @@ def torch_baseline_rss(model_dir: Path, rows: int) -> dict[str, float]:
         check=True,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     ).stdout.split()
-    return {"import_torch_and_load_mb": float(out[0]), "after_forward_mb": float(out[1])}
+    return {
+        "import_torch_and_load_mb": float(out[0]),
+        "after_forward_mb": float(out[1]),
+        "with_operator_imports_mb": float(out[2]),
+    }
 
 
 def machine() -> dict[str, Any]:
