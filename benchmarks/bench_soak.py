@@ -9,7 +9,7 @@ Deployment plays its own load (seeded): 30-120 req/s on average, +-30-70 % over 
 4-20 minutes, and now and then a 2.5x burst of 2-4 minutes; each pod serves 50 req/s, so the
 shipped model takes real steps up and down all along.
 
-Faults, at fractions of the run (each recorded with its time):
+Faults, at fractions of the run, one after the other (each recorded with its time):
 
 * 10 % and 90 %: 5 Deployments scaled by hand, to a count within their bounds;
 * 20 %: Prometheus stopped for 60 s, then started again on the same data;
@@ -37,8 +37,11 @@ server showed, with the time the benchmark saw it) and the operator's log:
   closest in time (within 30 s) not yet matched, else to a hand scale to ``q``. A step is
   double-applied when the API shows it applied twice (a second change ``a -> b`` whose only
   explanation is a step already matched) or applied on top of a count it was not decided for
-  (its change did not start from ``a``). Must be 0. Changes nobody explains, and those right
-  after a gap in the watch (an intermediate value may be unseen), are reported apart.
+  (its change did not start from ``a``). Must be 0. Reported apart: a change that landed as
+  the operator was SIGKILLed, before it could report it (the next operator took the new count
+  as a scale by someone else: its ``OUTSIDE_SCALE`` notice, not a second application); changes
+  right after a gap in the watch (an intermediate value may be unseen); changes nobody
+  explains.
 
 Usage: ``python benchmarks/bench_soak.py [--minutes 60] [--policies 1000] [--interval 15]``
 (``make bench-soak``); ``--minutes 5 --policies 100`` validates it in about 8 minutes.
@@ -146,6 +149,7 @@ class Faults(threading.Thread):
         self.interval = interval
         self.done: list[dict] = []
         self.hand: list[tuple[float, str, int]] = []
+        self.kills: list[float] = []
         self.rng = random.Random(7)
         tamper = max(90.0, 0.1 * seconds)
         self.plan = sorted(
@@ -204,6 +208,7 @@ class Faults(threading.Thread):
         return "stopped, started again"
 
     def kill_operator(self) -> str:
+        self.kills.append(time.time())
         self.st.stop_operator(kill=True)
         time.sleep(5)
         self.st.start_operator()
@@ -212,6 +217,7 @@ class Faults(threading.Thread):
     def kill_mid_tick(self) -> str:
         now, k = time.time(), self.interval
         time.sleep((math.floor(now / k) + 1) * k + 0.3 - now)
+        self.kills.append(time.time())
         self.st.stop_operator(kill=True)
         self.st.start_operator()
         return f"pid {self.st.op.pid if self.st.op else None}"
@@ -260,11 +266,19 @@ def sample(st: Stack, counters: Counters, t0: float) -> dict:
     }
 
 
-def check_steps(st: Stack, steps: list[dict], hand: list[tuple[float, str, int]]) -> dict:
-    """Bound violations and double-applied steps (see the module docstring)."""
+def check_steps(
+    st: Stack,
+    steps: list[dict],
+    hand: list[tuple[float, str, int]],
+    outside: list[dict],
+    kills: list[float],
+) -> dict:
+    """Bound violations and double-applied steps (see the module docstring). ``outside``: the
+    operator's OUTSIDE_SCALE notices, ``kills``: when it was SIGKILLed."""
     assert st.watch is not None
     gaps = st.watch.gaps
     out = {"bound_violations": 0, "double_applied": 0, "on_top": 0, "unexplained": 0}
+    out["landed_at_crash"] = 0
     out.update({"after_watch_gap": 0, "observed_changes": 0, "steps_unseen": 0, "by_hand": 0})
     by_target: dict[str, list[dict]] = {}
     for s in steps:
@@ -298,6 +312,13 @@ def check_steps(st: Stack, steps: list[dict], hand: list[tuple[float, str, int]]
                 examples.append({"target": nm, "observed": [p, q], "again": True})
             elif any(a <= t <= b + 5 for a, b in gaps):
                 out["after_watch_gap"] += 1
+            elif any(-1 <= k - t <= 2 for k in kills) and any(
+                o["target"] == nm and (o["from"], o["to"]) == (p, q) and 0 <= o["at"] - t <= 120
+                for o in outside
+            ):
+                # a step that landed as the operator was killed, before it could report it;
+                # the next operator took the new count as a scale by someone else
+                out["landed_at_crash"] += 1
             else:
                 out["unexplained"] += 1
                 examples.append({"target": nm, "observed": [p, q], "at": t})
@@ -398,6 +419,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
         text = log_text(st.op)
         ticks = [t for t in tick_lines(text) if t["at"] >= t0]
         steps = [s for s in scaled_lines(text) if s["at"] >= t0 - 1]
+        outside = scaled_lines(text, outside=True)
         res.update(
             {
                 "seconds": elapsed,
@@ -408,7 +430,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
                 "tick_lines": ticks,
                 "rss": rss_summary(samples),
                 "torch_baseline": torch_baseline_rss(Path(model["path"]), n),
-                "checks": check_steps(st, steps, faults.hand),
+                "checks": check_steps(st, steps, faults.hand, outside, faults.kills),
             }
         )
     finally:
@@ -460,6 +482,8 @@ def markdown(res: dict) -> str:
          if longest else "-"),
         ("**bound violations** (must be 0)", f"**{c['bound_violations']}**"),
         ("**double-applied steps** (must be 0)", f"**{c['double_applied_total']}**"),
+        ("steps that landed as the operator was SIGKILLed, unreported (the next operator saw "
+         "an outside scale)", f"{c['landed_at_crash']}"),
         ("changes nobody explains / right after a watch gap / steps not seen",
          f"{c['unexplained']} / {c['after_watch_gap']} / {c['steps_unseen']}"),
     ]  # fmt: skip

@@ -430,6 +430,13 @@ _SCALED = re.compile(
 )
 
 
+_OUTSIDE = re.compile(
+    r"^(?P<at>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) INFO qscale.operator: "
+    r"(?P<ns>[^/ ]+)/(?P<policy>\S+) Normal OUTSIDE_SCALE: (?P<target>\S+) was scaled "
+    r"(?P<a>\d+) -> (?P<b>\d+) by someone else"
+)
+
+
 def _at(s: str) -> float:
     return datetime.strptime(s, "%Y-%m-%d %H:%M:%S,%f").timestamp()
 
@@ -478,11 +485,13 @@ def tick_lines(text: str) -> list[dict]:
     return out
 
 
-def scaled_lines(text: str) -> list[dict]:
-    """Every scale the operator reports as landed (its Event, logged before it is posted)."""
+def scaled_lines(text: str, outside: bool = False) -> list[dict]:
+    """Every scale the operator reports as landed (its Event, logged before it is posted);
+    ``outside``: every scale it noticed as made by someone else."""
+    pattern = _OUTSIDE if outside else _SCALED
     return [
         {"at": _at(m["at"]), "target": m["target"], "from": int(m["a"]), "to": int(m["b"])}
-        for m in map(_SCALED.match, text.splitlines())
+        for m in map(pattern.match, text.splitlines())
         if m
     ]
 
@@ -500,13 +509,16 @@ def rss():
 loaded = rss()
 with torch.no_grad():
     m(torch.zeros(rows, 11))
-print(loaded, rss())
+forward = rss()
+import qscale.operator.handlers  # kopf, kubernetes, aiohttp, httpx, prometheus-client, ...
+print(loaded, forward, rss())
 """
 
 
 def torch_baseline_rss(model_dir: Path, rows: int) -> dict[str, float]:
     """RSS (MB, VmRSS as for the operator) of a process that only imports torch and loads the
-    model with ``torch.jit.load`` -- and after one forward pass over ``rows`` rows."""
+    model with ``torch.jit.load``; then after one forward pass over ``rows`` rows, and after
+    importing the operator's modules too (no policy, no connection: its import floor)."""
     out = subprocess.run(
         [sys.executable, "-c", _BASELINE, str(model_dir / "model.pt"), str(rows)],
         capture_output=True,
@@ -514,7 +526,11 @@ def torch_baseline_rss(model_dir: Path, rows: int) -> dict[str, float]:
         check=True,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     ).stdout.split()
-    return {"import_torch_and_load_mb": float(out[0]), "after_forward_mb": float(out[1])}
+    return {
+        "import_torch_and_load_mb": float(out[0]),
+        "after_forward_mb": float(out[1]),
+        "with_operator_imports_mb": float(out[2]),
+    }
 
 
 def machine() -> dict[str, Any]:

@@ -56,7 +56,8 @@ class Metrics:
         )
         self.status_backlog = Gauge(
             "qscale_status_backlog",
-            "Policies whose status waits to be written, at the end of the last tick",
+            "Policies whose status from an earlier tick was not yet written when the last tick "
+            "started",
             registry=r,
         )
         self.ticks = Counter("qscale_ticks", "Ticks run (with at least one policy due)", registry=r)

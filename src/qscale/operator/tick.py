@@ -197,6 +197,7 @@ class Engine:
             rep.written.set()
             return rep
         laps = _Laps(rep)
+        self.metrics.status_backlog.set(self.statuses.backlog)
         # Until the scale writes are done, no status patch or Event starts (those in flight
         # finish): a backlog of them must not slow the queries, the decisions or the writes.
         self.events.hold()
@@ -548,7 +549,6 @@ class Engine:
             )
         )
         self.metrics.killed.set(sum(1 for rt in self.runtimes.values() if rt.killed))
-        self.metrics.status_backlog.set(self.statuses.backlog)
 
     def _written(self, rep: TickReport, batch: TickBatch) -> None:
         """Every status of the tick is in the API: its last figures, its log line."""
