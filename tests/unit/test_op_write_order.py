@@ -7,26 +7,13 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from opfakes import FakeKube, busy_model, world
+from opfakes import SPEC, T0, FakeKube, world
 
 from qscale.operator.kube import ApiError
 
 pytestmark = pytest.mark.asyncio
 
-T0 = 1_800_000_000.0
 N = 24
-SPEC = {
-    "targetRef": {"kind": "Deployment", "name": "web"},
-    "minReplicas": 1,
-    "maxReplicas": 10,
-    "interval": "15s",
-    "slo": {"latencyP95": "200ms"},
-}
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return busy_model(tmp_path_factory.mktemp("m") / "busy65")
 
 
 class TracingKube(FakeKube):
