@@ -24,7 +24,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from qscale.operator.deployments import DeploymentCache
 from qscale.operator.events import EventPoster
-from qscale.operator.kube import ApiError, Kube, connection
+from qscale.operator.kube import ApiError, Kube, cancel_all, connection
 from qscale.operator.lease import LeaderElector
 from qscale.operator.metrics import Metrics
 from qscale.operator.models import Model, ModelRegistry
@@ -262,11 +262,7 @@ class App:
 
     async def stop(self) -> None:
         self._stop.set()
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        await cancel_all(self._tasks)
         if self.engine is not None:  # the statuses decided, written while still the leader
             await self.engine.statuses.drain(5.0)
             await self.engine.statuses.stop()

@@ -12,7 +12,6 @@ many namespaces broken by one API server restart do not relist in step).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import random
@@ -20,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from qscale.operator.kube import ApiError, Kube
+from qscale.operator.kube import ApiError, Kube, cancel_all
 
 __all__ = ["DeploymentCache", "Target", "cpu_quantity", "target_from"]
 
@@ -136,11 +135,7 @@ class DeploymentCache:
             self._tasks.append(asyncio.create_task(self._run(ns), name=f"deployments {ns or '*'}"))
 
     async def stop(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        await cancel_all(self._tasks)
         self._tasks.clear()
 
     async def _run(self, ns: str) -> None:

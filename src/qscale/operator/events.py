@@ -8,7 +8,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from qscale.operator.kube import ApiError, Kube
+from qscale.operator.kube import ApiError, Kube, cancel_all
 from qscale.operator.status import iso
 
 __all__ = ["Event", "EventPoster"]
@@ -92,11 +92,7 @@ class EventPoster:
             await asyncio.wait_for(self.queue.join(), timeout_s)
 
     async def stop(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        await cancel_all(self._tasks)
 
     async def _work(self) -> None:
         while True:

@@ -581,6 +581,15 @@ class Kube:
             await self._client.aclose()
 
 
+async def cancel_all(tasks) -> None:
+    """Cancel ``tasks`` and wait until each has ended (whatever it ended with)."""
+    for t in tasks:
+        t.cancel()
+    for t in tasks:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await t
+
+
 async def sleep_or(event: asyncio.Event, seconds: float) -> bool:
     """Sleep ``seconds`` unless ``event`` is set first; True when it was set."""
     try:

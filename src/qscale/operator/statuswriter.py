@@ -23,7 +23,6 @@ reports the time from the tick's start to that write (``on_done``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import copy
 import logging
 import time
@@ -31,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from qscale.operator.kube import ApiError, Kube
+from qscale.operator.kube import ApiError, Kube, cancel_all
 from qscale.operator.rows import IndexedPolicy, Runtime
 from qscale.operator.status import merge_patch
 
@@ -167,11 +166,7 @@ class StatusWriter:
             return False
 
     async def stop(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        await cancel_all(self._tasks)
         self._tasks = []
 
     async def run_pending(self) -> None:
