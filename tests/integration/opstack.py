@@ -182,6 +182,17 @@ class Stack:
     def restart_operator(self, crash: bool = False) -> None:
         (self.operator.kill if crash else self.operator.stop)()
         self.operator.start()
+        self.wait_leading()
+
+    def wait_leading(self, timeout_s: float = 60.0) -> None:
+        """Until the stack's operator holds the Lease (after a crash, the old one's runs out
+        first): the tests after a restart start from an operator that ticks."""
+        wait_for(
+            lambda: self.operator.metric("qscale_leader") == 1,
+            timeout_s,
+            0.2,
+            "the operator leading",
+        )
 
 
 def start_stack(cluster: LocalCluster, workdir: Path) -> Stack:

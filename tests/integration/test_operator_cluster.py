@@ -14,6 +14,7 @@ from __future__ import annotations
 import http.server
 import itertools
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -50,10 +51,20 @@ def stack(cluster, tmp_path_factory):
 @pytest.fixture
 def st(stack: Stack, request):
     failed = request.session.testsfailed
+    log = stack.operator.log_path
+    start = log.stat().st_size if log.exists() else 0
     yield stack
-    if request.session.testsfailed > failed:
-        lines = [ln for ln in stack.operator.log_tail(10**6).splitlines() if "qscale" in ln]
-        print("--- operator log (qscale lines) ---\n" + "\n".join(lines[-60:]))
+    if request.session.testsfailed > failed or os.environ.get("QSCALE_TEST_SHOW_LOG"):
+        # What the operator wrote during this test: its (re)starts, the first lines after
+        # each, and the last lines, so that a CI excerpt shows the test's own story.
+        with log.open("rb") as f:
+            f.seek(start)
+            lines = f.read().decode(errors="replace").splitlines()
+        starts = [i for i, ln in enumerate(lines) if ln.startswith("=== start")]
+        keep = sorted({j for i in starts for j in range(i, min(i + 8, len(lines)))})
+        keep += [j for j in range(max(0, len(lines) - 40), len(lines)) if j not in keep]
+        print(f"--- operator log during this test ({len(lines)} lines, these kept) ---")
+        print("\n".join(lines[j] for j in sorted(set(keep))))
     stack.cleanup()
 
 
@@ -574,7 +585,7 @@ def test_a_second_replica_waits_and_takes_over(st: Stack):
         second.start()
         st.deployment("ha", replicas=2, load=20)
         st.policy("ha", "ha", slo=SLO)
-        st.wait_status("ha", lambda s: s.get("reason"), 20, "a decision")
+        st.wait_status("ha", lambda s: s.get("reason"), 40, "a decision")
         assert st.operator.metric("qscale_leader") == 1 and second.metric("qscale_leader") == 0
         assert second.metric("qscale_ticks_total") == 0
         st.operator.kill()  # a crash: the Lease is not given up, it expires (6 s)
@@ -593,6 +604,7 @@ def test_a_second_replica_waits_and_takes_over(st: Stack):
         second.close()
         if st.operator.pid is None:
             st.operator.start()
+            st.wait_leading()
 
 
 def test_an_operator_restarted_mid_cooldown_keeps_its_cooldown(st: Stack):
@@ -601,7 +613,7 @@ def test_an_operator_restarted_mid_cooldown_keeps_its_cooldown(st: Stack):
     st.policy(
         "cool", "cool", minReplicas=2, maxReplicas=3, slo=SLO, metrics=FAST, behavior=behavior
     )
-    st.wait_status("cool", lambda s: s.get("reason"), 20, "a first decision")
+    st.wait_status("cool", lambda s: s.get("reason"), 40, "a first decision")
     st.load("cool", 120)
     st.wait_status("cool", lambda s: s.get("replicas") == 3, 40, "scale-up")
     up_at = st.status("cool")["shield"]["lastScaleUp"]
@@ -635,7 +647,7 @@ def test_an_api_server_restart_mid_run_is_survived_without_double_scaling(st: St
     behavior = {"scaleUp": {"maxPods": 1, "maxPercent": 0, "cooldown": "6s"}}
     st.deployment("apirestart", replicas=2, load=30)
     st.policy("apirestart", "apirestart", maxReplicas=6, slo=SLO, behavior=behavior)
-    st.wait_status("apirestart", lambda s: s.get("reason"), 20, "a first decision")
+    st.wait_status("apirestart", lambda s: s.get("reason"), 40, "a first decision")
     log = ReplicaLog(st, "apirestart")
     st.load("apirestart", 400)  # overloaded at every size up to 6: +1 pod per 6 s
     st.wait_status("apirestart", lambda s: s.get("replicas", 2) >= 3, 30, "the first step")
