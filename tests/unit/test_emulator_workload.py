@@ -7,11 +7,10 @@ import itertools
 import pytest
 import torch
 
-from qscale import features
+from qscale import features, service
 from qscale.emulator import _deployment_of
 from qscale.emulator.exporter import exposition
 from qscale.emulator.workload import Load, Pod, Workload, WorkloadSet
-from qscale.simulator import service
 
 
 @pytest.mark.parametrize(

@@ -11,8 +11,8 @@ from __future__ import annotations
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from qscale import service
 from qscale.emulator.workload import WorkloadSet
-from qscale.simulator import service
 
 __all__ = ["CONTENT_TYPE", "exposition", "serve"]
 

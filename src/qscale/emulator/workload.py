@@ -2,9 +2,9 @@
 
 Each :class:`Workload` is one Deployment's service: a load (:class:`Load`: a trace file played
 with time compressed, or a schedule), a per-pod capacity and service time. Every step of ``dt``
-real seconds, :func:`qscale.simulator.service.flow` serves the arrivals with the pods that are
+real seconds, :func:`qscale.service.flow` serves the arrivals with the pods that are
 Ready *in the cluster* (from the pod watch), and the step's latency distribution
-(:func:`~qscale.simulator.service.latency_model` / :func:`~qscale.simulator.service.latency_cdf`)
+(:func:`~qscale.service.latency_model` / :func:`~qscale.service.latency_cdf`)
 becomes histogram counts: exactly what the simulator shows a policy, now exported for real.
 
 Per pod, what a real app, cAdvisor and kube-state-metrics would export (the names and labels
@@ -12,7 +12,7 @@ the default queries of :data:`qscale.features.PROMQL` read):
 
 * ``http_requests_total{namespace, pod}``: served requests, split evenly over the Ready pods;
 * ``http_request_duration_seconds_bucket{namespace, pod, le}`` (+ ``_sum``, ``_count``) with
-  :data:`~qscale.simulator.service.DEFAULT_BUCKETS`;
+  :data:`~qscale.service.DEFAULT_BUCKETS`;
 * ``container_cpu_usage_seconds_total{namespace, pod, container}``: a Ready pod at full load
   uses its CPU limit (its request without a limit), so the CPU query reads the service model's
   utilization times limit/request, as in the simulator; a starting pod uses none;
@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from qscale.simulator import service
+from qscale import service
 
 __all__ = ["Load", "Pod", "Workload", "WorkloadSet"]
 

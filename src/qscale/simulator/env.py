@@ -16,7 +16,7 @@ One step of ``dt`` seconds (default 15 s, the HPA's sync period):
    Deployment's replicas; a scale-down deletes the youngest pods first, as a ReplicaSet does;
 2. pods are tracked by age: a pod serves once its age reaches the env's start-up delay;
 3. arrivals come from the env's trace window, scaled, with optional Poisson noise;
-4. :func:`qscale.simulator.service.flow` serves them; the latency distribution gives the exact
+4. :func:`qscale.service.flow` serves them; the latency distribution gives the exact
    p95 (scored) and the latency histogram (what the app exports);
 5. cost (pod-seconds of every pod, starting ones included), SLO violation and the reward.
 
@@ -52,13 +52,12 @@ from typing import ClassVar
 
 import torch
 
-from qscale import batching, decision, features
+from qscale import batching, decision, features, service
 from qscale.actions import DECISION_INTERVAL_S
 from qscale.decision import Signals
 from qscale.guardrails import ShieldConfig, ShieldState, bound, record_scale
 from qscale.hpa import CPU_INITIALIZATION_PERIOD_S
-from qscale.simulator import service
-from qscale.simulator.service import latency_cdf, latency_model, latency_p95, serve
+from qscale.service import latency_cdf, latency_model, latency_p95, serve
 from qscale.simulator.tracebank import TraceBank
 
 _MASK32 = 0xFFFFFFFF

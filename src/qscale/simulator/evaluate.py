@@ -45,11 +45,11 @@ import torch
 
 from qscale import batching
 from qscale.actions import DECISION_INTERVAL_S
+from qscale.service import histogram_quantile
 from qscale.simulator import env as sim
 from qscale.simulator import frontier as fr
 from qscale.simulator.baselines import OracleController
 from qscale.simulator.rollout import Controller, Metrics, rollout
-from qscale.simulator.service import histogram_quantile
 from qscale.simulator.splits import shared_trace_files
 from qscale.simulator.tracebank import TraceBank
 
@@ -421,7 +421,7 @@ def _p99(counts: np.ndarray) -> float:
     if counts.size == 0:
         return float("nan")
     total = torch.tensor(counts.sum(axis=0)[None, :])
-    from qscale.simulator.service import DEFAULT_BUCKETS
+    from qscale.service import DEFAULT_BUCKETS
 
     q = histogram_quantile(
         0.99, torch.cumsum(total, dim=1), torch.tensor(DEFAULT_BUCKETS, dtype=total.dtype)
@@ -536,7 +536,7 @@ def frontier_verdict(row: dict) -> str:
 
 
 def _p99_text(x: float) -> str:
-    from qscale.simulator.service import DEFAULT_BUCKETS
+    from qscale.service import DEFAULT_BUCKETS
 
     if math.isfinite(x) and x >= DEFAULT_BUCKETS[-1]:
         return f"{'>' + format(DEFAULT_BUCKETS[-1], 'g'):>8}"  # beyond the largest bucket

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from qscale.simulator.service import DEFAULT_BUCKETS
+from qscale.service import DEFAULT_BUCKETS
 from qscale.simulator.splits import split_rates
 from qscale.simulator.traces import DEFAULT_DT, TraceError, load_rates
 

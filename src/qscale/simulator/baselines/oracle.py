@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
+from qscale.service import p95_no_backlog
 from qscale.simulator import env as sim
-from qscale.simulator.service import p95_no_backlog
 
 
 def fewest_pods(
