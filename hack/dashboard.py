@@ -255,6 +255,22 @@ def dashboard() -> dict:
             desc="Leaders, policies, errors; policies a kill switch holds or the fallback "
             "decides (alerts QScaleKillSwitchEngaged, QScaleFallbackActive); the decision log",
         ),
+        panel(
+            12,
+            "Shadow scores",
+            0,
+            33,
+            24,
+            8,
+            [
+                ("max by (verdict) (qscale_shadow_policies)", "policies {{verdict}}"),
+                ("max by (arm) (qscale_shadow_replica_hours)", "replica-h {{arm}}"),
+                ("max by (arm) (qscale_shadow_slo_minutes)", "SLO min {{arm}}"),
+            ],
+            desc="Shadow policies by verdict; over their windows, summed: the model's (candidate) "
+            "and the controller's in charge (incumbent) replica-hours and SLO minutes, estimated "
+            "from the observed load (docs/shadow.md); per policy: kubectl get asp -o wide",
+        ),
     ]
     var = lambda name, query, multi=True: {  # noqa: E731
         "name": name,

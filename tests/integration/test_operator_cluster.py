@@ -22,7 +22,7 @@ import time
 
 import httpx
 import pytest
-from opstack import LAGGING_RATE, ReplicaLog, Stack, start_stack, stop_stack
+from opstack import CAPACITY, LAGGING_RATE, ReplicaLog, Stack, start_stack, stop_stack
 
 from qscale import features
 from qscale.dev.cluster import deployment_manifest, wait_for
@@ -224,6 +224,27 @@ def test_the_kill_switch_takes_over_within_a_tick_and_lets_go(st: Stack):
     assert st.get("asp", "killed")["metadata"]["name"] == "killed"  # nothing was deleted
 
 
+def test_a_shadow_policy_is_scored_against_what_runs_with_the_service_found_live(st: Stack):
+    # 2 fixed pods of 50 req/s at 80 req/s: the window's ticks estimate the emulator's service.
+    st.deployment("scored", replicas=2, load=80)
+    st.policy("scored", "scored", mode="Shadow", slo=SLO, shadow={"window": "1m"})
+    s = st.wait_status(
+        "scored",
+        lambda s: (s.get("shadow") or {}).get("verdict") not in (None, "INSUFFICIENT_DATA"),
+        90,
+        "a shadow score",
+    )["shadow"]
+    assert st.replicas("scored") == 2 and scale_events(st, "scored") == []
+    assert s["service"]["capacityPerPod"] == pytest.approx(CAPACITY, rel=0.3), s
+    assert s["coveredSeconds"] >= 30 and s["samples"] >= 10
+    covered_h = s["coveredSeconds"] / 3600
+    assert s["incumbent"]["replicaHours"] == pytest.approx(2 * covered_h, rel=0.1)
+    assert "measuredSloMinutes" in s["incumbent"] and len(s["difference"]["sloMinutes"]) == 2
+    wide = st.cluster.kubectl("get", "asp", "scored", "-n", st.ns, "-o", "wide").stdout
+    assert "SHADOW" in wide.splitlines()[0] and s["verdict"] in wide
+    assert st.operator.metric("qscale_shadow_policies", {"verdict": s["verdict"]}) >= 1
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
@@ -236,6 +257,7 @@ def test_the_kill_switch_takes_over_within_a_tick_and_lets_go(st: Stack):
         ),
         ({"interval": "0.5s"}, "interval must be between 1s and 10m"),
         ({"model": {"configMapRef": {"name": "m"}}}, "needs both configMapRef and its sha256 pin"),
+        ({"shadow": {"window": "30s"}}, "shadow.window must be between 1m and 24h"),
     ],
 )
 def test_bad_policies_are_rejected_by_schema_and_cel(st: Stack, change, message):

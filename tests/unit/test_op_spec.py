@@ -53,6 +53,8 @@ def test_defaults_are_the_feature_spec_queries_and_the_crd_defaults():
     assert (s.min_replicas, s.mode, s.interval_s, s.slo_s) == (1, "Enforce", 15.0, 0.25)
     assert s.model.is_default and s.metrics.address == ""
     assert (s.fallback_target, s.fallback_after) == (0.7, 3)
+    assert s.shadow_window_s == 3600.0
+    assert parse_spec({**BASE, "shadow": {"window": "90m"}}).shadow_window_s == 5400.0
 
 
 @pytest.mark.parametrize(
@@ -78,6 +80,8 @@ def test_defaults_are_the_feature_spec_queries_and_the_crd_defaults():
             "spec.targetRef.name must be a Kubernetes name",
         ),
         ({"behavior": {"scaleUp": {"maxPods": 0}}}, "maxPods must be >= 1"),
+        ({"shadow": {"window": "30s"}}, "spec.shadow.window must be between 1m and 24h"),
+        ({"shadow": {"window": "2d"}}, "spec.shadow.window: '2d' is not a duration"),
     ],
 )
 def test_refused_with_one_line(change, message):

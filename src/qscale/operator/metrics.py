@@ -150,6 +150,26 @@ class Metrics:
             "1 while the decision log's last write failed (scaling goes on)",
             registry=r,
         )
+        self.shadow_policies = Gauge(
+            "qscale_shadow_policies",
+            "Policies in Shadow mode by the verdict of their shadow score (status.shadow)",
+            ["verdict"],
+            registry=r,
+        )
+        self.shadow_replica_hours = Gauge(
+            "qscale_shadow_replica_hours",
+            "Replica-hours over the Shadow policies' score windows, summed: the model's "
+            "(candidate) and the controller's in charge (incumbent)",
+            ["arm"],
+            registry=r,
+        )
+        self.shadow_slo_minutes = Gauge(
+            "qscale_shadow_slo_minutes",
+            "SLO-violation minutes over the Shadow policies' score windows, summed: estimated "
+            "for both arms, and the incumbent's as measured",
+            ["arm"],
+            registry=r,
+        )
         self.leader = Gauge(
             "qscale_leader", "1 while this replica holds the Lease and acts", registry=r
         )

@@ -132,6 +132,11 @@ class PolicySpec:
     fallback_target: float
     """HPA target utilization of the fallback, as a fraction (0.7 = 70 %)."""
     fallback_after: int
+    shadow_window_s: float = 3600.0
+    """Shadow mode: the window its score (:mod:`qscale.counterfactual`) is taken over."""
+
+
+SHADOW_WINDOW_RANGE_S = (60.0, 86400.0)
 
 
 def _int(spec: Mapping[str, Any], key: str, default: int | None, lo: int, field: str) -> int:
@@ -235,6 +240,11 @@ def parse_spec(spec: Mapping[str, Any] | None) -> PolicySpec:
     fb = spec.get("fallback") or {}
     target_pct = _int(fb, "targetUtilization", 70, 1, "spec.fallback.targetUtilization")
     after = _int(fb, "afterFailedTicks", 3, 1, "spec.fallback.afterFailedTicks")
+    sh = spec.get("shadow") or {}
+    window = parse_duration(sh.get("window", "1h"), "spec.shadow.window")
+    lo_w, hi_w = SHADOW_WINDOW_RANGE_S
+    if not lo_w <= window <= hi_w:
+        raise SpecError(f"spec.shadow.window must be between 1m and 24h, got {sh.get('window')!r}")
     return PolicySpec(
         target=str(target_ref["name"]),
         min_replicas=lo,
@@ -247,6 +257,7 @@ def parse_spec(spec: Mapping[str, Any] | None) -> PolicySpec:
         model=ModelRef(configmap=cm, sha256=sha),
         fallback_target=target_pct / 100.0,
         fallback_after=after,
+        shadow_window_s=window,
     )
 
 

@@ -416,15 +416,21 @@ def decided_status(
     now: float,
     stale_after_s: float = math.inf,
     kill: str = "",
+    shadow: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The status of a policy the tick decided (or, in mode Off, observed): ``replicas`` is
     the target's count after the tick's write, ``last`` a new ``lastAction`` (if any),
     ``outside`` a scale by someone else (from, to), ``shield_record`` the shield's memory
     (:meth:`qscale.guardrails.ShieldState.to_records`) and ``kill`` the text of the kill
     switch that holds it (:mod:`qscale.operator.killswitch`; a switch to Off arrives as mode
-    Off)."""
+    Off) and ``shadow`` the score of a policy in Shadow mode
+    (:mod:`qscale.operator.shadowscore`; in another mode the key goes)."""
     g = generation
     st = dict(status)
+    if shadow is not None and spec.mode == "Shadow":
+        st["shadow"] = shadow
+    else:
+        st.pop("shadow", None)
     conds = st.get("conditions")
     st["replicas"] = replicas
     if last is not None:

@@ -58,6 +58,7 @@ from qscale.operator.rows import (
     take_fallback,
 )
 from qscale.operator.settings import Settings
+from qscale.operator.shadowscore import ShadowScores
 from qscale.operator.status import (
     FALLBACK_ENDED,
     LIMIT_REASONS,
@@ -163,6 +164,7 @@ class Engine:
             on_write=lambda k, r: metrics.writes.labels(k, r).inc(),
         )
         self.runtimes: dict[str, Runtime] = {}
+        self.shadow = ShadowScores(metrics)
         self.kill = KillSwitch(
             settings.kill_switch, settings.kill_switch_configmap, settings.lease_ns()
         )
@@ -182,6 +184,7 @@ class Engine:
         leader restores from status)."""
         self.runtimes.clear()
         self.statuses.clear()
+        self.shadow.clear()
 
     # --- the tick -------------------------------------------------------------------------
 
@@ -241,6 +244,7 @@ class Engine:
         seen = {p.uid for p in policies}
         for uid in [u for u in self.runtimes if u not in seen]:
             del self.runtimes[uid]
+        self.shadow.retain(seen)
         due: list[tuple[IndexedPolicy, Runtime]] = []
         for p in policies:
             rt = self.runtimes.get(p.uid)
@@ -509,6 +513,7 @@ class Engine:
             now=now,
             stale_after_s=self.settings.stale_after_s,
             kill=r.kill.describe if r.kill is not None else "",
+            shadow=self.shadow.observe(r, now),
         )
         problem = model_problem(r.spec, r.model)
         if problem and r.runtime.problem != problem:
