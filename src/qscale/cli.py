@@ -355,6 +355,85 @@ _CLUSTER_COMMANDS = {
 }
 
 
+def _duration_s(flag: str, text: str | None) -> float | None:
+    """Seconds in ``90``, ``15m``, ``1h`` or ``2d`` (``None``: not given)."""
+    if text is None:
+        return None
+    units = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+    try:
+        value = float(text[:-1]) * units[text[-1]] if text[-1:] in units else float(text)
+    except (ValueError, IndexError):
+        raise UsageError(
+            f"{flag} takes seconds or a duration like 15m, 1h, 2d; got {text!r}"
+        ) from None
+    if not (math.isfinite(value) and value > 0):
+        raise UsageError(f"{flag} must be > 0, got {text!r}")
+    return value
+
+
+def cmd_replay_log(args: argparse.Namespace) -> int:
+    """Another model on the states an operator's decision log recorded: its choices, cost and
+    SLO minutes against what ran (the Shadow score's estimate)."""
+    from qscale.policy.replaylog import read_log, replay
+
+    _threads(args.threads)
+    window = _duration_s("--window", args.window)
+    if args.out:
+        _check_out_file("--out", Path(args.out))
+    policy = _load_model(args.model, torch.device("cpu"))
+    if policy is None:
+        raise UsageError("--model: give a model directory or default")
+    results = replay(
+        read_log(args.log),
+        policy.module,
+        policy=args.policy,
+        window_s=window,
+        startup_s=args.startup_delay,
+    )
+    name = policy.manifest.get("name") or Path(args.model).name
+    print(f"model {name} replayed on {len(results)} policies of {', '.join(args.log)}")
+    head = (
+        f"{'policy':32} {'ticks':>6} {'agree':>6} {'model r-h':>10} {'ran r-h':>9} "
+        f"{'model SLO min':>14} {'ran SLO min (measured)':>23}  verdict"
+    )
+    print(head)
+    for r in results:
+        sc = r.score
+        agree = f"{r.agreement:6.0%}" if math.isfinite(r.agreement) else f"{'-':>6}"
+        if sc.candidate is not None and sc.incumbent is not None:
+            meas = sc.incumbent_measured_slo_minutes
+            ran = f"{sc.incumbent.slo_minutes:.1f}" + (
+                f" ({meas:.1f})" if math.isfinite(meas) else ""
+            )
+            figures = (
+                f"{sc.candidate.replica_hours:10.2f} {sc.incumbent.replica_hours:9.2f} "
+                f"{sc.candidate.slo_minutes:14.1f} {ran:>23}"
+            )
+        else:
+            figures = f"{'-':>10} {'-':>9} {'-':>14} {'-':>23}"
+        label = f"{r.namespace}/{r.policy}"
+        print(f"{label:32} {r.replayed:6d} {agree} {figures}  {sc.verdict}")
+        if sc.verdict == "INSUFFICIENT_DATA" or not r.replayed:
+            why = (
+                sc.message
+                if r.replayed
+                else (
+                    "no replayable records (features, bounds and shield settings: the model was "
+                    "never asked, or the log is from an older operator)"
+                )
+            )
+            print(f"{'':32} {why}")
+    if args.out:
+        Path(args.out).write_text(
+            json.dumps(
+                {"model": name, "logs": list(args.log), "policies": [r.as_json() for r in results]},
+                indent=2,
+            )
+            + "\n"
+        )
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="qscale", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="command", required=True)
@@ -411,6 +490,27 @@ def parser() -> argparse.ArgumentParser:
     si.add_argument("--out", default="out/simulate.csv", help="timeline CSV path")
     _add_profile_args(si)
 
+    rl = sub.add_parser(
+        "replay-log",
+        help="another model on an operator's decision log: its choices, cost and SLO minutes",
+    )
+    rl.add_argument(
+        "log", nargs="+", help="decision log files (QSCALE_DECISION_LOG, rotated ones too)"
+    )
+    rl.add_argument(
+        "--model", required=True, help="model directory, or 'default' (the shipped one)"
+    )
+    rl.add_argument("--policy", help="only this policy: NAMESPACE/NAME")
+    rl.add_argument("--window", help="score the last this long of each policy (default: all of it)")
+    rl.add_argument(
+        "--startup-delay",
+        type=float,
+        default=30.0,
+        help="pod start-up delay (s) to assume where the log shows no scale-up (default 30)",
+    )
+    rl.add_argument("--out", help="write the results as JSON here")
+    rl.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+
     sub.add_parser("train", help="train a DQN policy (see qscale train --help)", add_help=False)
     for name, what in _CLUSTER_COMMANDS.items():
         sub.add_parser(name, help=what, add_help=False)
@@ -432,8 +532,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "evaluate":
             return cmd_evaluate(args)
+        if args.command == "replay-log":
+            return cmd_replay_log(args)
         return cmd_simulate(args)
-    except (UsageError, TraceError, ValueError, ArtifactError) as err:
+    except (UsageError, TraceError, ValueError, ArtifactError, OSError) as err:
         print(f"qscale {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -15,13 +15,16 @@ network's input (``features``, in :data:`qscale.features.FEATURE_NAMES` order) a
 when the model was asked, the action it chose and what the shield made of it (``proposal`` ->
 ``desired``, ``reason``), who decided (``model``, ``hpa`` or ``hold``), the count before and
 whether a write landed, and what the tick observed (``obs``: request rate, p95, CPU, ready
-pods, metric age). The outcome of a decision is the ``obs`` of the next record of the same
-policy (``prev_ts`` links them): what the service did in the interval that followed.
+pods, metric age), with what the policy asked for (``slo_s``, ``interval_s``, ``bounds``, the
+``shield`` settings in force) so that ``qscale replay-log`` can replay another model on it. The
+outcome of a decision is the ``obs`` of the next record of the same policy (``prev_ts`` links
+them): what the service did in the interval that followed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -66,6 +69,10 @@ def record(
         "replicas": replicas_before,
         "applied": applied,
         "kill_switch": None if row.kill is None else row.kill.mode,
+        "slo_s": row.spec.slo_s,
+        "interval_s": row.spec.interval_s,
+        "bounds": [row.spec.min_replicas, row.spec.max_replicas],
+        "shield": None if row.shield_config is None else dataclasses.asdict(row.shield_config),
         "obs": {
             "rate_rps": _num(o.rate_now),
             "p95_s": _num(o.p95_s),

@@ -120,6 +120,24 @@ class Metrics:
         self.policies = Gauge(
             "qscale_policies", "AutoscalePolicies known to the operator", registry=r
         )
+        self._safety(r)
+        self.leader = Gauge(
+            "qscale_leader", "1 while this replica holds the Lease and acts", registry=r
+        )
+        self.startup = Gauge(
+            "qscale_startup_seconds",
+            "Process start to the first decision for every known policy (before its writes)",
+            registry=r,
+        )
+        self.startup_written = Gauge(
+            "qscale_startup_written_seconds",
+            "Process start to the last status write of the first tick that decided every "
+            "known policy",
+            registry=r,
+        )
+
+    def _safety(self, r: CollectorRegistry) -> None:
+        """The kill switch, the decision log and the shadow scores."""
         self.kill_switch = Gauge(
             "qscale_kill_switch",
             "1 while the operator-wide kill switch is engaged in this mode (HPA or Off)",
@@ -168,20 +186,6 @@ class Metrics:
             "SLO-violation minutes over the Shadow policies' score windows, summed: estimated "
             "for both arms, and the incumbent's as measured",
             ["arm"],
-            registry=r,
-        )
-        self.leader = Gauge(
-            "qscale_leader", "1 while this replica holds the Lease and acts", registry=r
-        )
-        self.startup = Gauge(
-            "qscale_startup_seconds",
-            "Process start to the first decision for every known policy (before its writes)",
-            registry=r,
-        )
-        self.startup_written = Gauge(
-            "qscale_startup_written_seconds",
-            "Process start to the last status write of the first tick that decided every "
-            "known policy",
             registry=r,
         )
 
