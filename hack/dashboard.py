@@ -256,6 +256,32 @@ def dashboard() -> dict:
             "decides (alerts QScaleKillSwitchEngaged, QScaleFallbackActive); the decision log",
         ),
         panel(
+            13,
+            "Canaries",
+            0,
+            41,
+            24,
+            8,
+            [
+                ("max by (state) (qscale_canary_policies)", "policies {{state}}"),
+                ("sum(increase(qscale_canary_rollbacks_total[1h]))", "rollbacks/h"),
+                ("sum(increase(qscale_canary_promotions_total[1h]))", "promotions/h"),
+                (
+                    "sum by (arm) (rate(qscale_canary_arm_slo_violation_seconds_total[30m]))"
+                    " / sum by (arm) (rate(qscale_canary_arm_seconds_total[30m]))",
+                    "SLO-violating share {{arm}}",
+                ),
+                (
+                    "sum by (arm) (rate(qscale_canary_arm_interventions_total[30m]))"
+                    " / sum by (arm) (rate(qscale_canary_arm_decisions_total[30m]))",
+                    "shield interventions per decision {{arm}}",
+                ),
+            ],
+            desc="Canaries by state (alert QScaleCanaryRolledBack), and per arm, over all canary "
+            "policies: the share of time with p95 over the SLO and of decisions the shield "
+            "limited (docs/canary.md)",
+        ),
+        panel(
             12,
             "Shadow scores",
             0,

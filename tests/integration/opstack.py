@@ -133,6 +133,17 @@ class Stack:
         assert out.returncode == 0, out.stderr
         self.created.append(("autoscalepolicy", name))
 
+    def publish(self, model: Path, name: str) -> dict:
+        """The artifact at ``model`` as a ConfigMap model in the stack's namespace (what
+        ``qscale model publish`` writes); its spec reference, pinned."""
+        from qscale.operator.models import artifact_configmap
+
+        cm, digest = artifact_configmap(model, name, self.ns)
+        out = self.cluster.apply(json.dumps(cm), check=False)
+        assert out.returncode == 0, out.stderr
+        self.created.append(("configmap", name))
+        return {"configMapRef": {"name": name}, "sha256": digest}
+
     def cleanup(self) -> None:
         for kind, name in reversed(self.created):
             self.cluster.kubectl("delete", kind, name, "-n", self.ns, "--wait=false", check=False)
@@ -251,3 +262,20 @@ def stop_stack(stack: Stack) -> None:
             step()
     for ns in (stack.ns, stack.op_ns, stack.other_ns):
         stack.cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+
+
+def constant_policy(path: Path, action: str) -> Path:
+    """A real artifact whose network always prefers ``action`` (e.g. ``hold``: a candidate
+    that never adds a pod)."""
+    import torch
+
+    from qscale import actions
+    from qscale.policy.artifact import export
+    from qscale.policy.network import QNetwork
+
+    net = QNetwork()
+    with torch.no_grad():
+        for prm in net.parameters():
+            prm.zero_()
+        net.advantage.bias[actions.ACTION_NAMES.index(action)] = 1.0
+    return export(net, path)

@@ -22,7 +22,15 @@ import time
 
 import httpx
 import pytest
-from opstack import CAPACITY, LAGGING_RATE, ReplicaLog, Stack, start_stack, stop_stack
+from opstack import (
+    CAPACITY,
+    LAGGING_RATE,
+    ReplicaLog,
+    Stack,
+    constant_policy,
+    start_stack,
+    stop_stack,
+)
 
 from qscale import features
 from qscale.dev.cluster import deployment_manifest, wait_for
@@ -243,6 +251,82 @@ def test_a_shadow_policy_is_scored_against_what_runs_with_the_service_found_live
     wide = st.cluster.kubectl("get", "asp", "scored", "-n", st.ns, "-o", "wide").stdout
     assert "SHADOW" in wide.splitlines()[0] and s["verdict"] in wide
     assert st.operator.metric("qscale_shadow_policies", {"verdict": s["verdict"]}) >= 1
+
+
+CANARY_DOWN = {"scaleDown": {"cooldown": "0s", "stabilizationWindow": "0s", "maxPercent": 100}}
+
+
+def test_an_under_provisioning_candidate_is_rolled_back_and_the_incumbent_keeps_the_slo(
+    st: Stack,
+):
+    hold = st.publish(constant_policy(st.workdir / "hold", "hold"), "cand-hold")
+    st.deployment("canary-bad", replicas=2, load=180)  # 2 pods of 50 req/s: overloaded
+    canary = {"model": hold, "period": "8s", "window": "40s",
+              "rollback": {"maxSloViolationPercent": 20}}  # fmt: skip
+    st.policy("canary-bad", "canary-bad", slo=SLO, metrics=FAST, behavior=CANARY_DOWN,
+              canary=canary)  # fmt: skip
+    s = st.wait_status(
+        "canary-bad",
+        lambda s: (s.get("canary") or {}).get("state") == "RolledBack",
+        60,
+        "the rollback",
+    )["canary"]
+    assert s["reason"] == "SLO_VIOLATION" and s["candidate"]["sloViolationPercent"] > 20, s
+    events = [e for e in st.events("canary-bad") if e["reason"] == "CANARY_ROLLED_BACK"]
+    assert len(events) == 1 and events[0]["type"] == "Warning"
+    assert st.operator.metric("qscale_canary_rollbacks_total") >= 1
+    # The incumbent (the stack's model) decides from then on and serves the load: >= 4 pods,
+    # p95 back under the SLO; the canary does not come back.
+    st.wait_status(
+        "canary-bad",
+        lambda s: s.get("replicas", 0) >= 4 and s.get("reason") in ("OK", "AT_MAX", "STABILIZED"),
+        60,
+        "the incumbent scaling up",
+    )
+    s = st.wait_status(
+        "canary-bad",
+        lambda s: any(
+            c["type"] == "MetricsAvailable" and c["status"] == "True"
+            for c in s.get("conditions", [])
+        ),
+        30,
+        "metrics",
+    )
+    assert s["canary"]["state"] == "RolledBack" and s["canary"]["arm"] == "incumbent"
+    wide = st.cluster.kubectl("get", "asp", "canary-bad", "-n", st.ns, "-o", "wide").stdout
+    assert "CANARY" in wide.splitlines()[0] and "RolledBack" in wide
+
+
+def test_a_cheaper_candidate_that_keeps_the_slo_is_promoted(st: Stack):
+    over = st.publish(constant_policy(st.workdir / "x2", "times_2"), "inc-x2")
+    good = st.publish(st.model, "cand-good")  # sizes for 65 % CPU
+    st.deployment("canary-good", replicas=6, load=150)
+    # Periods of 10 ticks; scale-downs by half at most: an arm's first ticks inherit the other's
+    # pods (a time-split canary's known bleed), so the SLO limit leaves room for that.
+    canary = {"model": good, "period": "20s", "window": "40s",
+              "rollback": {"maxSloViolationPercent": 30},
+              "promotion": {"enabled": True, "minCostSavingPercent": 10}}  # fmt: skip
+    down = {"scaleDown": {"cooldown": "0s", "stabilizationWindow": "0s"}}
+    st.policy("canary-good", "canary-good", slo=SLO, metrics=FAST, behavior=down,
+              model=over, canary=canary)  # fmt: skip
+    try:
+        s = st.wait_status(
+            "canary-good",
+            lambda s: (s.get("canary") or {}).get("state") == "Promoted",
+            120,
+            "the promotion",
+        )["canary"]
+    except TimeoutError:
+        print("STATUS", json.dumps(st.status("canary-good"), indent=1))
+        print("EVENTS", [(e["reason"], e["message"]) for e in st.events("canary-good")])
+        raise
+    assert s["reason"] == "PROMOTED" and "fewer replica-seconds per request" in s["message"]
+    assert s["candidate"]["replicaHours"] < s["incumbent"]["replicaHours"]
+    assert any(e["reason"] == "CANARY_PROMOTED" for e in st.events("canary-good"))
+    assert st.operator.metric("qscale_canary_promotions_total") >= 1
+    st.wait_status(
+        "canary-good", lambda s: s.get("replicas", 10) < 10, 30, "the candidate in charge"
+    )
 
 
 @pytest.mark.parametrize(

@@ -55,6 +55,13 @@ def test_defaults_are_the_feature_spec_queries_and_the_crd_defaults():
     assert (s.fallback_target, s.fallback_after) == (0.7, 3)
     assert s.shadow_window_s == 3600.0
     assert parse_spec({**BASE, "shadow": {"window": "90m"}}).shadow_window_s == 5400.0
+    assert s.canary is None
+    c = parse_spec({**BASE, "canary": {"model": _PIN}}).canary
+    assert (c.fraction, c.period_s, c.window_s, c.promote) == (0.5, 600.0, 3600.0, False)
+    assert (c.max_slo_violation, c.max_interventions, c.min_cost_saving) == (0.05, 0.5, 0.05)
+
+
+_PIN = {"configMapRef": {"name": "cand"}, "sha256": "a" * 64}
 
 
 @pytest.mark.parametrize(
@@ -81,6 +88,10 @@ def test_defaults_are_the_feature_spec_queries_and_the_crd_defaults():
         ),
         ({"behavior": {"scaleUp": {"maxPods": 0}}}, "maxPods must be >= 1"),
         ({"shadow": {"window": "30s"}}, "spec.shadow.window must be between 1m and 24h"),
+        ({"canary": {"percent": 10}}, "spec.canary.model needs a configMapRef and its sha256"),
+        ({"canary": {"model": _PIN, "percent": 99}}, "spec.canary.percent must be between 5"),
+        ({"canary": {"model": _PIN, "period": "30s"}}, "at least 4 intervals (60s)"),
+        ({"canary": {"model": _PIN, "window": "15m"}}, "window must be at least 2 periods"),
         ({"shadow": {"window": "2d"}}, "spec.shadow.window: '2d' is not a duration"),
     ],
 )

@@ -69,6 +69,7 @@ def record(
         "replicas": replicas_before,
         "applied": applied,
         "kill_switch": None if row.kill is None else row.kill.mode,
+        "arm": row.arm,
         "slo_s": row.spec.slo_s,
         "interval_s": row.spec.interval_s,
         "bounds": [row.spec.min_replicas, row.spec.max_replicas],

@@ -168,6 +168,39 @@ class Metrics:
             "1 while the decision log's last write failed (scaling goes on)",
             registry=r,
         )
+        self.canary_policies = Gauge(
+            "qscale_canary_policies",
+            "Enforce policies with a canary, by its state",
+            ["state"],
+            registry=r,
+        )
+        self.canary_rollbacks = Counter(
+            "qscale_canary_rollbacks", "Canaries rolled back to the incumbent", registry=r
+        )
+        self.canary_promotions = Counter(
+            "qscale_canary_promotions", "Canaries promoted over the incumbent", registry=r
+        )
+        self.canary_seconds = Counter(
+            "qscale_canary_arm_seconds",
+            "Seconds each canary arm was in charge",
+            ["arm"],
+            registry=r,
+        )
+        self.canary_violation_seconds = Counter(
+            "qscale_canary_arm_slo_violation_seconds",
+            "Seconds each canary arm was in charge with p95 over the SLO",
+            ["arm"],
+            registry=r,
+        )
+        self.canary_decisions = Counter(
+            "qscale_canary_arm_decisions", "Decisions by each canary arm", ["arm"], registry=r
+        )
+        self.canary_interventions = Counter(
+            "qscale_canary_arm_interventions",
+            "Decisions of each canary arm the shield limited",
+            ["arm"],
+            registry=r,
+        )
         self.shadow_policies = Gauge(
             "qscale_shadow_policies",
             "Policies in Shadow mode by the verdict of their shadow score (status.shadow)",

@@ -186,6 +186,8 @@ class Row:
     """The network's input for this row, when the model was asked."""
     before: int = 0
     """The target's count when the tick began."""
+    arm: str | None = None
+    """The canary arm deciding this tick (``candidate``/``incumbent``; ``None``: no canary)."""
 
     @property
     def moves(self) -> bool:

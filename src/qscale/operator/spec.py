@@ -117,6 +117,25 @@ class Behavior:
 
 
 @dataclass(frozen=True)
+class CanarySpec:
+    """``spec.canary``: a candidate model deciding a fraction of the policy's time."""
+
+    model: ModelRef
+    fraction: float
+    """Share of each period the candidate decides (its first part; the incumbent the rest)."""
+    period_s: float
+    window_s: float
+    """What the candidate is judged over (its rates; promotion after one whole window)."""
+    max_slo_violation: float
+    """Roll back when the candidate's share of time with p95 over the SLO exceeds this."""
+    max_interventions: float
+    """Roll back when the share of its decisions the shield limited exceeds this."""
+    promote: bool
+    min_cost_saving: float
+    """Promote when it is no worse on SLO and cheaper per request by at least this share."""
+
+
+@dataclass(frozen=True)
 class PolicySpec:
     """What the tick needs of one AutoscalePolicy."""
 
@@ -134,6 +153,7 @@ class PolicySpec:
     fallback_after: int
     shadow_window_s: float = 3600.0
     """Shadow mode: the window its score (:mod:`qscale.counterfactual`) is taken over."""
+    canary: CanarySpec | None = None
 
 
 SHADOW_WINDOW_RANGE_S = (60.0, 86400.0)
@@ -229,13 +249,7 @@ def parse_spec(spec: Mapping[str, Any] | None) -> PolicySpec:
         ),
     )
 
-    model = spec.get("model") or {}
-    cm = (model.get("configMapRef") or {}).get("name", "")
-    sha = model.get("sha256", "")
-    if bool(cm) != bool(sha):
-        raise SpecError("spec.model needs both configMapRef and sha256, or neither")
-    if sha and not re.fullmatch(r"[a-f0-9]{64}", sha):
-        raise SpecError("spec.model.sha256 must be 64 lowercase hex digits")
+    model_ref = _model_ref(spec.get("model") or {}, "spec.model")
 
     fb = spec.get("fallback") or {}
     target_pct = _int(fb, "targetUtilization", 70, 1, "spec.fallback.targetUtilization")
@@ -245,6 +259,7 @@ def parse_spec(spec: Mapping[str, Any] | None) -> PolicySpec:
     lo_w, hi_w = SHADOW_WINDOW_RANGE_S
     if not lo_w <= window <= hi_w:
         raise SpecError(f"spec.shadow.window must be between 1m and 24h, got {sh.get('window')!r}")
+    canary = _canary(spec.get("canary"), interval)
     return PolicySpec(
         target=str(target_ref["name"]),
         min_replicas=lo,
@@ -254,10 +269,69 @@ def parse_spec(spec: Mapping[str, Any] | None) -> PolicySpec:
         slo_s=slo_s,
         metrics=metrics,
         behavior=behavior,
-        model=ModelRef(configmap=cm, sha256=sha),
+        model=model_ref,
         fallback_target=target_pct / 100.0,
         fallback_after=after,
         shadow_window_s=window,
+        canary=canary,
+    )
+
+
+def _model_ref(model: Mapping[str, Any], field: str) -> ModelRef:
+    cm = (model.get("configMapRef") or {}).get("name", "")
+    sha = model.get("sha256", "")
+    if bool(cm) != bool(sha):
+        raise SpecError(f"{field} needs both configMapRef and sha256, or neither")
+    if sha and not re.fullmatch(r"[a-f0-9]{64}", sha):
+        raise SpecError(f"{field}.sha256 must be 64 lowercase hex digits")
+    return ModelRef(configmap=cm, sha256=sha)
+
+
+def _percent(d: Mapping[str, Any], key: str, default: float, field: str) -> float:
+    value = _num(d, key, field)
+    value = default if value is None else value
+    if value > 100:
+        raise SpecError(f"{field} is a percentage (0-100), got {value:g}")
+    return value / 100.0
+
+
+def _canary(c: Any, interval: float) -> CanarySpec | None:
+    if not c:
+        return None
+    if not isinstance(c, Mapping):
+        raise SpecError("spec.canary must be an object")
+    ref = _model_ref(c.get("model") or {}, "spec.canary.model")
+    if ref.is_default:
+        raise SpecError("spec.canary.model needs a configMapRef and its sha256 (the candidate)")
+    fraction = _percent(c, "percent", 50, "spec.canary.percent")
+    if not 0.05 <= fraction <= 0.95:
+        raise SpecError(f"spec.canary.percent must be between 5 and 95, got {fraction * 100:g}")
+    period = parse_duration(c.get("period", "10m"), "spec.canary.period")
+    if period < 4 * interval:
+        raise SpecError(
+            f"spec.canary.period must be at least 4 intervals ({4 * interval:g}s), "
+            f"got {c.get('period', '10m')!r}"
+        )
+    window = parse_duration(c.get("window", "1h"), "spec.canary.window")
+    if window < 2 * period:
+        raise SpecError("spec.canary.window must be at least 2 periods")
+    rb = c.get("rollback") or {}
+    pr = c.get("promotion") or {}
+    return CanarySpec(
+        model=ref,
+        fraction=fraction,
+        period_s=period,
+        window_s=window,
+        max_slo_violation=_percent(
+            rb, "maxSloViolationPercent", 5, "spec.canary.rollback.maxSloViolationPercent"
+        ),
+        max_interventions=_percent(
+            rb, "maxInterventionPercent", 50, "spec.canary.rollback.maxInterventionPercent"
+        ),
+        promote=bool(pr.get("enabled", False)),
+        min_cost_saving=_percent(
+            pr, "minCostSavingPercent", 5, "spec.canary.promotion.minCostSavingPercent"
+        ),
     )
 
 

@@ -417,6 +417,7 @@ def decided_status(
     stale_after_s: float = math.inf,
     kill: str = "",
     shadow: dict[str, Any] | None = None,
+    canary: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The status of a policy the tick decided (or, in mode Off, observed): ``replicas`` is
     the target's count after the tick's write, ``last`` a new ``lastAction`` (if any),
@@ -424,9 +425,15 @@ def decided_status(
     (:meth:`qscale.guardrails.ShieldState.to_records`) and ``kill`` the text of the kill
     switch that holds it (:mod:`qscale.operator.killswitch`; a switch to Off arrives as mode
     Off) and ``shadow`` the score of a policy in Shadow mode
-    (:mod:`qscale.operator.shadowscore`; in another mode the key goes)."""
+    (:mod:`qscale.operator.shadowscore`; in another mode the key goes) and ``canary`` the
+    state of an Enforce policy's canary (:mod:`qscale.operator.canary`; kept as it was while a
+    kill switch holds the policy, gone with the spec's canary)."""
     g = generation
     st = dict(status)
+    if canary is not None:
+        st["canary"] = canary
+    elif spec.canary is None or spec.mode != "Enforce":
+        st.pop("canary", None)
     if shadow is not None and spec.mode == "Shadow":
         st["shadow"] = shadow
     else:

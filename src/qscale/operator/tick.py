@@ -33,6 +33,7 @@ from typing import Any
 
 from qscale import actions, batching
 from qscale.operator import fallback as fb
+from qscale.operator.canary import Canaries
 from qscale.operator.decisionlog import DecisionLog
 from qscale.operator.decisionlog import record as decision_record
 from qscale.operator.deployments import DeploymentCache
@@ -165,6 +166,7 @@ class Engine:
         )
         self.runtimes: dict[str, Runtime] = {}
         self.shadow = ShadowScores(metrics)
+        self.canaries = Canaries(metrics)
         self.kill = KillSwitch(
             settings.kill_switch, settings.kill_switch_configmap, settings.lease_ns()
         )
@@ -185,6 +187,7 @@ class Engine:
         self.runtimes.clear()
         self.statuses.clear()
         self.shadow.clear()
+        self.canaries.clear()
 
     # --- the tick -------------------------------------------------------------------------
 
@@ -245,6 +248,7 @@ class Engine:
         for uid in [u for u in self.runtimes if u not in seen]:
             del self.runtimes[uid]
         self.shadow.retain(seen)
+        self.canaries.retain(seen)
         due: list[tuple[IndexedPolicy, Runtime]] = []
         for p in policies:
             rt = self.runtimes.get(p.uid)
@@ -284,10 +288,12 @@ class Engine:
                 msg = f"Deployment {p.spec.target} not found in namespace {p.namespace}"
                 statuses[p.uid] = self._problem(p, rt, OpReason.TARGET_MISSING, msg, now)
                 continue
-            ref = p.spec.model
-            model, err = self.models.lookup(p.namespace, ref.configmap, ref.sha256)
             kill = self.kill.for_namespace(p.namespace)
+            arm = self.canaries.arm(p, rt.status, now) if kill is None else None
+            ref = p.spec.canary.model if arm == "candidate" and p.spec.canary else p.spec.model
+            model, err = self.models.lookup(p.namespace, ref.configmap, ref.sha256)
             row = Row(p, rt, p.spec, target, model, err, kill=kill, before=target.replicas)
+            row.arm = arm
             self._kill_notice(row, now)
             rows.append(row)
             statuses[p.uid] = base_status(rt.status, p.generation)
@@ -327,9 +333,11 @@ class Engine:
 
     async def _refresh_models(self, due: Sequence[IndexedPolicy]) -> None:
         refs = {
-            (p.namespace, p.spec.model.configmap, p.spec.model.sha256)
+            (p.namespace, ref.configmap, ref.sha256)
             for p in due
-            if p.spec is not None and not p.spec.model.is_default
+            if p.spec is not None
+            for ref in (p.spec.model, *((p.spec.canary.model,) if p.spec.canary else ()))
+            if not ref.is_default
         }
         await self.models.refresh(self.kube, refs)
         for m in self.models.loaded():
@@ -497,6 +505,9 @@ class Engine:
 
     def _status(self, r: Row, st: dict[str, Any], now: float) -> dict[str, Any]:
         """The row's status after its write; a model refused is reported once."""
+        canary, notice = self.canaries.observe(r, now)
+        if notice is not None:
+            self._post(r.policy, notice, now)
         new = decided_status(
             st,
             spec=r.spec,
@@ -514,6 +525,7 @@ class Engine:
             stale_after_s=self.settings.stale_after_s,
             kill=r.kill.describe if r.kill is not None else "",
             shadow=self.shadow.observe(r, now),
+            canary=canary,
         )
         problem = model_problem(r.spec, r.model)
         if problem and r.runtime.problem != problem:
