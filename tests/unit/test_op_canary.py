@@ -109,3 +109,23 @@ async def test_the_arms_take_turns_and_a_refused_candidate_is_rolled_back(model_
     st = await run(w, canary_spec(bad), 4, start=8)
     assert st["canary"]["state"] == "RolledBack" and st["canary"]["reason"] == "MODEL_REFUSED"
     assert "sha256" in st["canary"]["message"]
+
+
+async def test_the_hpa_rule_as_incumbent_takes_its_turns_and_takes_over(model_dir, tmp_path):
+    w = world(model_dir)
+    w.deployment("a", "web", 2)
+    hold = publish(w, busy_model(tmp_path / "hold", action=0), "hold")
+    spec = canary_spec(hold, incumbent="HPA")
+    reasons = []
+    for i in range(30):
+        st = await run(w, spec, 1, start=i)
+        reasons.append(st["reason"])
+    assert "CANARY_INCUMBENT_HPA" in reasons
+    st = w.kube.status[("a", "web")]
+    assert st["canary"]["state"] == "RolledBack" and st["canary"]["incumbent"]["decisions"] >= 2
+    # The HPA rule scaled for the load (180 req/s, 70 % CPU target: >= 4 pods), as the
+    # incumbent, not as a fallback: no FALLBACK_ACTIVE, no status.fallback.
+    assert w.kube.scales[("a", "web")]["spec"]["replicas"] >= 4
+    assert "FALLBACK_ACTIVE" not in w.events.reasons() and "fallback" not in st
+    active = next(c for c in st["conditions"] if c["type"] == "ScalingActive")
+    assert active["reason"] == "CANARY_INCUMBENT_HPA" and "HPA rule" in active["message"]

@@ -92,6 +92,7 @@ _PIN = {"configMapRef": {"name": "cand"}, "sha256": "a" * 64}
         ({"canary": {"model": _PIN, "percent": 99}}, "spec.canary.percent must be between 5"),
         ({"canary": {"model": _PIN, "period": "30s"}}, "at least 4 intervals (60s)"),
         ({"canary": {"model": _PIN, "window": "15m"}}, "window must be at least 2 periods"),
+        ({"canary": {"model": _PIN, "incumbent": "KEDA"}}, "incumbent must be Model or HPA"),
         ({"shadow": {"window": "2d"}}, "spec.shadow.window: '2d' is not a duration"),
     ],
 )

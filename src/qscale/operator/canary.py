@@ -36,7 +36,7 @@ import torch
 
 from qscale.operator.metrics import Metrics
 from qscale.operator.spec import CanarySpec
-from qscale.operator.status import LIMIT_REASONS, Notice, iso
+from qscale.operator.status import HPA_LIMIT_REASONS, LIMIT_REASONS, Notice, iso
 
 __all__ = ["ARMS", "Canaries", "Canary", "Transition"]
 
@@ -329,12 +329,13 @@ class Canaries:
         if r.arm == "candidate" and r.model is None:
             trans = c.refuse(now, r.model_error or "not loaded")
         v, o = r.verdict, r.obs
-        decided = v.model_decided and not v.by_fallback
+        decided = (v.model_decided and not v.by_fallback) or (r.by_rule and v.by_fallback)
+        limited = v.hpa_reason in HPA_LIMIT_REASONS if r.by_rule else v.reason in LIMIT_REASONS
         tick = c.record(
             now,
             r.arm,
             decided,
-            v.reason in LIMIT_REASONS,
+            limited,
             float(r.before),  # the count the last decision left (this tick's is not yet seen)
             o.rate_now,
             o.p95_s,
@@ -347,7 +348,7 @@ class Canaries:
                 m.canary_violation_seconds.labels(tick.arm).inc(tick.dt)
         if decided:
             m.canary_decisions.labels(r.arm).inc()
-            if v.reason in LIMIT_REASONS:
+            if limited:
                 m.canary_interventions.labels(r.arm).inc()
         trans = trans or c.judge(now)
         notice = None

@@ -188,6 +188,8 @@ class Row:
     """The target's count when the tick began."""
     arm: str | None = None
     """The canary arm deciding this tick (``candidate``/``incumbent``; ``None``: no canary)."""
+    by_rule: bool = False
+    """The HPA rule decides this tick as the canary's incumbent (not as a fallback)."""
 
     @property
     def moves(self) -> bool:
@@ -412,7 +414,13 @@ def take_fallback(r: Row, desired: int, why: str, hpa_state: Any, now: float) ->
     the shield's memory too (cooldowns hold when the model takes over again)."""
     v = r.verdict
     v.desired, v.action, v.by_fallback, v.hpa_reason = desired, "hpa", True, why
-    v.reason = (OpReason.KILL_SWITCH if r.kill is not None else OpReason.FALLBACK_ACTIVE).value
+    v.reason = (
+        OpReason.KILL_SWITCH
+        if r.kill is not None
+        else OpReason.CANARY_INCUMBENT_HPA
+        if r.by_rule
+        else OpReason.FALLBACK_ACTIVE
+    ).value
     r.new_hpa = hpa_state
     base = r.new_shield or r.runtime.shield
     if r.spec.mode == "Enforce" and base is not None:

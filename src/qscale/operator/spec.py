@@ -133,6 +133,8 @@ class CanarySpec:
     promote: bool
     min_cost_saving: float
     """Promote when it is no worse on SLO and cheaper per request by at least this share."""
+    incumbent_hpa: bool = False
+    """The incumbent is the HPA rule (``spec.fallback``'s), not the policy's model."""
 
 
 @dataclass(frozen=True)
@@ -315,6 +317,9 @@ def _canary(c: Any, interval: float) -> CanarySpec | None:
     window = parse_duration(c.get("window", "1h"), "spec.canary.window")
     if window < 2 * period:
         raise SpecError("spec.canary.window must be at least 2 periods")
+    incumbent = c.get("incumbent", "Model")
+    if incumbent not in ("Model", "HPA"):
+        raise SpecError(f"spec.canary.incumbent must be Model or HPA, got {incumbent!r}")
     rb = c.get("rollback") or {}
     pr = c.get("promotion") or {}
     return CanarySpec(
@@ -332,6 +337,7 @@ def _canary(c: Any, interval: float) -> CanarySpec | None:
         min_cost_saving=_percent(
             pr, "minCostSavingPercent", 5, "spec.canary.promotion.minCostSavingPercent"
         ),
+        incumbent_hpa=incumbent == "HPA",
     )
 
 

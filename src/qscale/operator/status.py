@@ -98,6 +98,8 @@ class OpReason(StrEnum):
     KILL_SWITCH = "KILL_SWITCH"
     """A kill switch holds the policy: the HPA rule decides, or it only reports."""
     KILL_SWITCH_RELEASED = "KILL_SWITCH_RELEASED"
+    CANARY_INCUMBENT_HPA = "CANARY_INCUMBENT_HPA"
+    """A canary's incumbent is the HPA rule, and this is its part of the period."""
 
 
 LIMIT_REASONS = frozenset(
@@ -361,6 +363,11 @@ def scaling_conditions(
     elif spec.mode == "Shadow":
         shadow = "Shadow: decisions are recorded, never written"
         active = (False, OpReason.MODE_SHADOW.value, shadow)
+    elif verdict.by_fallback and reason == OpReason.CANARY_INCUMBENT_HPA.value:
+        rule = (
+            f"canary: the HPA rule at {spec.fallback_target * 100:g}% CPU (the incumbent) decides"
+        )
+        active = (True, reason, rule)
     elif verdict.by_fallback:
         rule = f"the HPA rule at {spec.fallback_target * 100:g}% CPU decides"
         active = (True, OpReason.FALLBACK_ACTIVE.value, rule)

@@ -294,6 +294,7 @@ class Engine:
             model, err = self.models.lookup(p.namespace, ref.configmap, ref.sha256)
             row = Row(p, rt, p.spec, target, model, err, kill=kill, before=target.replicas)
             row.arm = arm
+            row.by_rule = arm == "incumbent" and bool(p.spec.canary and p.spec.canary.incumbent_hpa)
             self._kill_notice(row, now)
             rows.append(row)
             statuses[p.uid] = base_status(rt.status, p.generation)
@@ -363,8 +364,10 @@ class Engine:
         active = [r for r in rows if r.spec.mode != "Off"]
         for r in active:
             restore_shield(r, now)
-        hold_within_bounds([r for r in active if r.model is None or r.kill is not None])
-        deciding = [r for r in active if r.model is not None and r.kill is None]
+        hold_within_bounds(
+            [r for r in active if r.model is None or r.kill is not None or r.by_rule]
+        )
+        deciding = [r for r in active if r.model is not None and r.kill is None and not r.by_rule]
         if not deciding:
             return
         t0 = time.perf_counter()
@@ -390,7 +393,7 @@ class Engine:
                     self._post(r.policy, FALLBACK_ENDED, now)
                 rt.failed, rt.fallback_since = 0, None
                 continue
-            if r.kill is not None:  # the switch's own Event said so; the rule decides at once
+            if r.kill is not None or r.by_rule:  # the rule decides at once, as told
                 failing.append(r)
                 continue
             rt.failed += 1
@@ -411,6 +414,9 @@ class Engine:
                 desired,
                 why,
             )
+            if r.by_rule:  # the canary's incumbent: no fallback, nothing failed
+                take_fallback(r, desired, why, state, now)
+                continue
             if rt.fallback_since is None:
                 rt.fallback_since = now
                 if r.kill is None:  # a kill switch posted its own Event
