@@ -299,15 +299,19 @@ def test_an_under_provisioning_candidate_is_rolled_back_and_the_incumbent_keeps_
 
 def test_a_cheaper_candidate_that_keeps_the_slo_is_promoted(st: Stack):
     over = st.publish(constant_policy(st.workdir / "x2", "times_2"), "inc-x2")
-    # The candidate gives back a pod a tick, 5 ticks a period: 10 -> 5 pods, each of which the
-    # incumbent doubles back; 5 pods still serve 150 req/s at 60 % (a candidate that sizes by a
-    # 10 s CPU rate, the stack's model, misreads it right after a step and is rolled back).
+    # The candidate gives back a pod a tick, down to minReplicas 5 (150 req/s at 60 %), the
+    # incumbent doubles to maxReplicas 10: the candidate is cheaper and holds the SLO. (The
+    # stack's model, which sizes by a 10 s CPU rate, misreads it right after a step and was
+    # rightly rolled back when tried here.)
     good = st.publish(constant_policy(st.workdir / "m1", "minus_1"), "cand-m1")
-    st.deployment("canary-good", replicas=6, load=150)
+    st.deployment("canary-good", replicas=10, load=150)
+    # A service that is up: its pods ready and its 10 s latency window past their start.
+    wait_for(lambda: st.ready("canary-good") == 10, 60, what="10 ready pods")
+    time.sleep(12)
     canary = {"model": good, "period": "20s", "window": "40s",
               "promotion": {"enabled": True, "minCostSavingPercent": 10}}  # fmt: skip
     st.policy("canary-good", "canary-good", slo=SLO, metrics=FAST, behavior=CANARY_DOWN,
-              model=over, canary=canary)  # fmt: skip
+              model=over, canary=canary, minReplicas=5)  # fmt: skip
     try:
         s = st.wait_status(
             "canary-good",
