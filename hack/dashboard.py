@@ -256,6 +256,34 @@ def dashboard() -> dict:
             "decides (alerts QScaleKillSwitchEngaged, QScaleFallbackActive); the decision log",
         ),
         panel(
+            14,
+            "Model versions",
+            0,
+            49,
+            24,
+            8,
+            [
+                (
+                    "1000 * sum by (model) (rate(qscale_shield_interventions_total[30m]))"
+                    ' / sum by (model) (rate(qscale_decisions_total{model!~"hpa-rule|none"}[30m]))',
+                    "interventions per 1,000 decisions {{model}}",
+                ),
+                (
+                    'sum by (model) (rate(qscale_action_outcomes_total{outcome="slo_held"}[30m]))'
+                    " / sum by (model) (rate(qscale_action_outcomes_total[30m]))",
+                    "SLO held after a decision {{model}}",
+                ),
+                (
+                    "histogram_quantile(0.95, sum by (le, model) "
+                    "(rate(qscale_inference_seconds_bucket[5m])))",
+                    "inference p95 {{model}}",
+                ),
+            ],
+            desc="Per model version (name@sha256 prefix): how often the shield limits its "
+            "decisions, how often the SLO held at the tick after one of its decisions, and "
+            "its forward pass's p95",
+        ),
+        panel(
             13,
             "Canaries",
             0,

@@ -315,3 +315,38 @@ async def test_a_model_that_answers_nan_is_contained_and_the_fallback_acts(tmp_p
         st["fallback"]["active"] is True
         and cond(st, "ModelReady")["reason"] == "MODEL_OUTPUT_INVALID"
     )
+
+
+async def test_decisions_and_their_outcomes_are_counted_per_model_version(model_dir):
+    w = world(model_dir)
+    w.deployment("a", "web", 2)
+    reg = w.engine.metrics.registry
+    w.prom.set("a", "web", cpu=1.0, p95=0.1)
+    w.policy("a", "web", SPEC)
+    await w.tick(T0)
+    (m,) = [x for x in w.engine.models.loaded()]
+    label = f"{m.name}@{m.digest[:12]}"
+    decided = {"action": "busy_at_65", "mode": "Enforce", "reason": "OK", "model": label}
+    assert reg.get_sample_value("qscale_decisions_total", decided) == 1
+    for i, p95 in ((1, 0.1), (2, 0.5)):  # the SLO is 200 ms: held after the first, missed after
+        w.sync_from_kube()
+        w.prom.set("a", "web", cpu=0.5, p95=p95)
+        w.policy("a", "web", SPEC)
+        await w.tick(T0 + 15 * i)
+    held = reg.get_sample_value(
+        "qscale_action_outcomes_total", {"model": label, "outcome": "slo_held"}
+    )
+    missed = reg.get_sample_value(
+        "qscale_action_outcomes_total", {"model": label, "outcome": "slo_missed"}
+    )
+    assert (held, missed) == (1, 1)
+    # The HPA rule's decisions are its own, never the model's outcome.
+    w.prom.down = True
+    for i in range(3, 8):
+        w.policy("a", "web", SPEC)
+        await w.tick(T0 + 15 * i)
+    hpa = [
+        s for f in reg.collect() for s in f.samples
+        if s.name == "qscale_decisions_total" and s.labels["model"] == "hpa-rule"
+    ]  # fmt: skip
+    assert hpa and all(s.labels["reason"] == "FALLBACK_ACTIVE" for s in hpa)

@@ -241,7 +241,8 @@ def _decisions(text: str) -> dict[tuple[str, str], float]:
         if not line.startswith("qscale_decisions_total{"):
             continue
         labels = dict(re.findall(r'(\w+)="([^"]*)"', line[: line.rindex("}")]))
-        out[(labels.get("action", ""), labels.get("reason", ""))] = float(line.split()[-1])
+        key = (labels.get("action", ""), labels.get("reason", ""))
+        out[key] = out.get(key, 0.0) + float(line.split()[-1])  # summed over models
     return out
 
 

@@ -19,8 +19,9 @@ class Metrics:
         r = self.registry = registry or CollectorRegistry()
         self.decisions = Counter(
             "qscale_decisions",
-            "Decisions taken, by action, mode and reason code",
-            ["action", "mode", "reason"],
+            "Decisions taken, by action, mode, reason code and model (name@sha256 prefix; "
+            "hpa-rule: the HPA rule decided; none: no model)",
+            ["action", "mode", "reason", "model"],
             registry=r,
         )
         self.inference = Histogram(
@@ -71,8 +72,15 @@ class Metrics:
         )
         self.interventions = Counter(
             "qscale_shield_interventions",
-            "Decisions the shield changed, by reason code",
-            ["reason"],
+            "Decisions the shield changed, by reason code and model",
+            ["reason", "model"],
+            registry=r,
+        )
+        self.outcomes = Counter(
+            "qscale_action_outcomes",
+            "Model decisions by what followed: at the policy's next tick the measured p95 was "
+            "within the SLO (slo_held) or over it (slo_missed)",
+            ["model", "outcome"],
             registry=r,
         )
         self.fallbacks = Counter(

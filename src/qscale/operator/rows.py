@@ -149,6 +149,8 @@ class Runtime:
     write_failing: bool = False
     logged_ts: float | None = None
     """When its last decision was logged (the next record links to it)."""
+    judged_by: str = ""
+    """The model (its metric label) whose decision the next tick's outcome judges ("": none)."""
     killed: str = ""
     """The kill switch the policy was last put under (its ``describe``; "": none), so that
     engaging and releasing it are each posted once."""

@@ -481,9 +481,21 @@ class Engine:
             # A would-be scale is recorded once, not again on every tick it stays the same.
             r.last_action = shadow_action(r.runtime.status, r.target.replicas, v, now)
         if r.spec.mode != "Off":
-            self.metrics.decisions.labels(v.action or "none", r.spec.mode, v.reason or "NONE").inc()
+            model = model_label(r)
+            m = self.metrics
+            m.decisions.labels(v.action or "none", r.spec.mode, v.reason or "NONE", model).inc()
             if v.reason in LIMIT_REASONS:
-                self.metrics.interventions.labels(v.reason).inc()
+                m.interventions.labels(v.reason, model).inc()
+            self._judge_outcome(r, model)
+
+    def _judge_outcome(self, r: Row, model: str) -> None:
+        """The last model decision's outcome (the SLO at this tick), then this one's to judge."""
+        rt, o = r.runtime, r.obs
+        if rt.judged_by and math.isfinite(o.p95_s) and o.has_rate and o.rate_now > 0:
+            held = o.p95_s <= r.spec.slo_s
+            self.metrics.outcomes.labels(rt.judged_by, "slo_held" if held else "slo_missed").inc()
+        decided = r.verdict.model_decided and not r.verdict.by_fallback
+        rt.judged_by = model if decided and r.spec.mode == "Enforce" else ""
 
     async def _scale(self, r: Row, now: float, rep: TickReport, sem: asyncio.Semaphore) -> None:
         """Write ``replicas -> desired``; a step that did not land is undone (its memory)."""
@@ -605,3 +617,13 @@ def _log_tick(rep: TickReport) -> None:
         rep.seconds * 1e3,
         phases,
     )
+
+
+def model_label(r: Row) -> str:
+    """The metrics' ``model`` label of a row's decision: ``name@sha256[:12]``, ``hpa-rule`` when
+    the HPA rule decided, ``none`` without a model."""
+    if r.verdict.by_fallback:
+        return "hpa-rule"
+    if r.model is None:
+        return "none"
+    return f"{r.model.name}@{r.model.digest[:12]}"
