@@ -75,6 +75,14 @@ class _Arm:
     decisions: int = 0
     interventions: int = 0
 
+    def add(self, k: _Tick) -> None:
+        self.seconds += k.dt
+        self.replica_s += k.replicas * k.dt
+        self.requests += k.rate * k.dt
+        if k.violated is not None:
+            self.known_s += k.dt
+            self.violating_s += k.dt if k.violated else 0.0
+
     def as_status(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "seconds": round(self.seconds, 1),
@@ -175,13 +183,7 @@ class Canary:
     def arms(self) -> dict[str, _Arm]:
         out = {a: _Arm() for a in ARMS}
         for k in self.ticks:
-            a = out[k.arm]
-            a.seconds += k.dt
-            a.replica_s += k.replicas * k.dt
-            a.requests += k.rate * k.dt
-            if k.violated is not None:
-                a.known_s += k.dt
-                a.violating_s += k.dt if k.violated else 0.0
+            out[k.arm].add(k)
         for _, arm, limited in self.decisions:
             out[arm].decisions += 1
             out[arm].interventions += int(limited)
@@ -227,14 +229,9 @@ class Canary:
 
     def _periods(self) -> list[tuple[_Arm, _Arm]]:
         by: dict[int, dict[str, _Arm]] = {}
-        for k in self.ticks:
-            a = by.setdefault(int(k.t // self.spec.period_s), {x: _Arm() for x in ARMS})[k.arm]
-            a.seconds += k.dt
-            a.replica_s += k.replicas * k.dt
-            a.requests += k.rate * k.dt
-            if k.violated is not None:
-                a.known_s += k.dt
-                a.violating_s += k.dt if k.violated else 0.0
+        for k in self.ticks:  # by the period of the decision the outcome followed
+            period = int((k.t - k.dt) // self.spec.period_s)
+            by.setdefault(period, {x: _Arm() for x in ARMS})[k.arm].add(k)
         return [
             (p["candidate"], p["incumbent"])
             for p in by.values()
