@@ -116,6 +116,8 @@ class Canary:
     """``status.canary`` as last made (it is remade on a change of arm or state, and at least
     once a period: not on every tick)."""
     shown_at: float = -math.inf
+    checked: float = -math.inf
+    """When promotion was last weighed."""
 
     @classmethod
     def restore(
@@ -221,7 +223,8 @@ class Canary:
                     f"the shield limited {share:.0%} of the candidate's {c.decisions} "
                     f"decisions (limit {s.max_interventions:.0%})",
                 )
-        if s.promote and now - self.since >= s.window_s:
+        if s.promote and now - self.since >= s.window_s and now - self.checked >= s.period_s / 2:
+            self.checked = now  # a bootstrap twice a period, not every tick
             verdict = self._promotion()
             if verdict is not None:
                 return self._go(now, PROMOTED, "PROMOTED", verdict)
