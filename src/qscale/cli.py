@@ -371,6 +371,38 @@ def _duration_s(flag: str, text: str | None) -> float | None:
     return value
 
 
+def cmd_drift_reference(args: argparse.Namespace) -> int:
+    """Build a model's drift reference from its training traces and write it into its
+    manifest (models exported by ``qscale train`` have one already)."""
+    from qscale.policy import artifact, driftref, train
+
+    _threads(args.threads)
+    root = Path(args.model)
+    policy = artifact.load_policy(root)
+    tc = policy.manifest.get("training_config") or {}
+    traces = args.traces or tc.get("traces") or []
+    if not traces:
+        raise UsageError("--traces: the manifest names no training traces; give them")
+    missing = [t for t in traces if not Path(t).is_file()]
+    if missing:
+        raise UsageError(f"--traces: not found: {', '.join(map(str, missing))}")
+    known = {k: v for k, v in tc.items() if k in train.TrainConfig.__dataclass_fields__}
+    cfg = train.TrainConfig(**{**known, "traces": list(traces)})
+    ref, report = driftref.build(
+        policy.module, traces, train.sim_config(cfg), args.split, args.seed, args.per_trace
+    )
+    if not args.dry_run:
+        driftref.write(root, ref)
+    print(f"drift reference of {root}: {ref.samples} observations, {len(traces)} traces")
+    print(f"{'ticks':>6} {'windows':>8} {'false alarms':>13}  thresholds (PSI per feature)")
+    for t in ref.thresholds:
+        fa = report[t.ticks]["false_alarms"]
+        print(f"{t.ticks:>6} {t.windows:>8} {fa:>13.3f}  " + " ".join(f"{x:.2f}" for x in t.psi))
+    if args.dry_run:
+        print("--dry-run: the manifest was not changed")
+    return 0
+
+
 def cmd_replay_log(args: argparse.Namespace) -> int:
     """Another model on the states an operator's decision log recorded: its choices, cost and
     SLO minutes against what ran (the Shadow score's estimate)."""
@@ -511,6 +543,22 @@ def parser() -> argparse.ArgumentParser:
     rl.add_argument("--out", help="write the results as JSON here")
     rl.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
 
+    dr = sub.add_parser(
+        "drift-reference",
+        help="write a model's drift reference (its inputs over its training windows) into it",
+    )
+    dr.add_argument("model", help="model directory")
+    dr.add_argument(
+        "--traces", nargs="+", help="training traces (default: those its manifest names)"
+    )
+    dr.add_argument("--split", default="train", help="part of each trace (default train)")
+    dr.add_argument("--seed", type=int, default=0, help="seed of the simulated clusters")
+    dr.add_argument(
+        "--per-trace", type=int, default=12, help="day-long windows per trace (default 12)"
+    )
+    dr.add_argument("--dry-run", action="store_true", help="print, do not write")
+    dr.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+
     sub.add_parser("train", help="train a DQN policy (see qscale train --help)", add_help=False)
     for name, what in _CLUSTER_COMMANDS.items():
         sub.add_parser(name, help=what, add_help=False)
@@ -534,6 +582,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_evaluate(args)
         if args.command == "replay-log":
             return cmd_replay_log(args)
+        if args.command == "drift-reference":
+            return cmd_drift_reference(args)
         return cmd_simulate(args)
     except (UsageError, TraceError, ValueError, ArtifactError, OSError) as err:
         print(f"qscale {args.command}: error: {err}", file=sys.stderr)

@@ -229,6 +229,20 @@ class Metrics:
             ["arm"],
             registry=r,
         )
+        self.drift_policies = Gauge(
+            "qscale_drift_policies",
+            "Policies by the drift judgement of their model's inputs (status.drift.state)",
+            ["state"],
+            registry=r,
+        )
+        self.drift_psi = Gauge(
+            "qscale_drift_psi",
+            "Population stability index of each model input over its policies' drift windows "
+            "against the model's training: the highest over the policies of each model "
+            "(sha256 prefix of its manifest)",
+            ["feature", "model"],
+            registry=r,
+        )
 
     def on_query(self, template: str, seconds: float, ok: bool) -> None:
         self.queries.labels(template).inc()

@@ -192,6 +192,9 @@ class Row:
     """The canary arm deciding this tick (``candidate``/``incumbent``; ``None``: no canary)."""
     by_rule: bool = False
     """The HPA rule decides this tick as the canary's incumbent (not as a fallback)."""
+    drift_fallback: bool = False
+    """Drift (``spec.drift.action: Fallback``): the model is asked (its input feeds the drift
+    window) but the HPA rule decides, as a fallback."""
 
     @property
     def moves(self) -> bool:
@@ -361,7 +364,9 @@ def decide_rows(
         by_config.setdefault(r.shield_config, []).append(i)
     for config, idx in by_config.items():
         ix = torch.tensor(idx)
-        commit = torch.tensor([rows[i].spec.mode == "Enforce" for i in idx])
+        commit = torch.tensor(
+            [rows[i].spec.mode == "Enforce" and not rows[i].drift_fallback for i in idx]
+        )
         d = decision.decide(
             batching.select(sig, ix),
             batching.select(state, ix),
@@ -421,6 +426,8 @@ def take_fallback(r: Row, desired: int, why: str, hpa_state: Any, now: float) ->
         if r.kill is not None
         else OpReason.CANARY_INCUMBENT_HPA
         if r.by_rule
+        else OpReason.MODEL_DRIFT
+        if r.drift_fallback
         else OpReason.FALLBACK_ACTIVE
     ).value
     r.new_hpa = hpa_state

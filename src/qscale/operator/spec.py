@@ -156,9 +156,16 @@ class PolicySpec:
     shadow_window_s: float = 3600.0
     """Shadow mode: the window its score (:mod:`qscale.counterfactual`) is taken over."""
     canary: CanarySpec | None = None
+    drift_window_s: float = 3600.0
+    """The sliding window the model's inputs are compared with its training over."""
+    drift_action: str = "Report"
+    """What drift does to the policy: ``Report`` (status, condition, Event, metrics only),
+    ``Shadow`` (an Enforce policy stops writing) or ``Fallback`` (the HPA rule decides)."""
 
 
 SHADOW_WINDOW_RANGE_S = (60.0, 86400.0)
+DRIFT_WINDOW_RANGE_S = (60.0, 86400.0)
+DRIFT_ACTIONS = ("Report", "Shadow", "Fallback")
 
 
 def _int(spec: Mapping[str, Any], key: str, default: int | None, lo: int, field: str) -> int:
@@ -262,6 +269,15 @@ def parse_spec(spec: Mapping[str, Any] | None) -> PolicySpec:
     if not lo_w <= window <= hi_w:
         raise SpecError(f"spec.shadow.window must be between 1m and 24h, got {sh.get('window')!r}")
     canary = _canary(spec.get("canary"), interval)
+    dr = spec.get("drift") or {}
+    drift_window = parse_duration(dr.get("window", "1h"), "spec.drift.window")
+    if not DRIFT_WINDOW_RANGE_S[0] <= drift_window <= DRIFT_WINDOW_RANGE_S[1]:
+        raise SpecError(f"spec.drift.window must be between 1m and 24h, got {dr.get('window')!r}")
+    drift_action = dr.get("action", "Report")
+    if drift_action not in DRIFT_ACTIONS:
+        raise SpecError(
+            f"spec.drift.action must be one of {', '.join(DRIFT_ACTIONS)}, got {drift_action!r}"
+        )
     return PolicySpec(
         target=str(target_ref["name"]),
         min_replicas=lo,
@@ -276,6 +292,8 @@ def parse_spec(spec: Mapping[str, Any] | None) -> PolicySpec:
         fallback_after=after,
         shadow_window_s=window,
         canary=canary,
+        drift_window_s=drift_window,
+        drift_action=drift_action,
     )
 
 

@@ -100,6 +100,10 @@ class OpReason(StrEnum):
     KILL_SWITCH_RELEASED = "KILL_SWITCH_RELEASED"
     CANARY_INCUMBENT_HPA = "CANARY_INCUMBENT_HPA"
     """A canary's incumbent is the HPA rule, and this is its part of the period."""
+    MODEL_DRIFT = "MODEL_DRIFT"
+    """The model's inputs are unlike its training (``spec.drift``); with ``action: Fallback``
+    the HPA rule decides, with ``Shadow`` nothing is written."""
+    MODEL_DRIFT_ENDED = "MODEL_DRIFT_ENDED"
 
 
 LIMIT_REASONS = frozenset(
@@ -425,6 +429,7 @@ def decided_status(
     kill: str = "",
     shadow: dict[str, Any] | None = None,
     canary: dict[str, Any] | None = None,
+    drift: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The status of a policy the tick decided (or, in mode Off, observed): ``replicas`` is
     the target's count after the tick's write, ``last`` a new ``lastAction`` (if any),
@@ -434,7 +439,9 @@ def decided_status(
     Off) and ``shadow`` the score of a policy in Shadow mode
     (:mod:`qscale.operator.shadowscore`; in another mode the key goes) and ``canary`` the
     state of an Enforce policy's canary (:mod:`qscale.operator.canary`; kept as it was while a
-    kill switch holds the policy, gone with the spec's canary)."""
+    kill switch holds the policy, gone with the spec's canary) and ``drift`` the judgement of
+    its inputs against the model's training (:mod:`qscale.operator.driftwatch`; ``None``: no
+    model, the key and the ``ModelDrift`` condition go)."""
     g = generation
     st = dict(status)
     if canary is not None:
@@ -454,6 +461,11 @@ def decided_status(
     st["model"] = model_status(spec, model)
     conds = model_conditions(conds, spec, model, model_error, now, g, verdict.model_output_invalid)
     conds = metrics_condition(conds, obs, now, g, stale_after_s)
+    conds = drift_condition(conds, drift, spec, now, g)
+    if drift is not None:
+        st["drift"] = drift
+    else:
+        st.pop("drift", None)
     if spec.mode == "Off":
         conds = _off_conditions(conds, now, g, kill)
         st["reason"] = (OpReason.KILL_SWITCH if kill else OpReason.MODE_OFF).value
@@ -469,7 +481,13 @@ def decided_status(
         st.pop("wouldScaleTo", None)
     st["reason"] = verdict.reason or OpReason.MODEL_REFUSED.value
     if fallback_since is not None:
-        code = OpReason.KILL_SWITCH.value if kill else failure_code(model, obs)
+        code = (
+            OpReason.KILL_SWITCH.value
+            if kill
+            else OpReason.MODEL_DRIFT.value
+            if verdict.reason == OpReason.MODEL_DRIFT.value
+            else failure_code(model, obs)
+        )
         st["fallback"] = {"active": True, "since": iso(fallback_since), "reason": code}
     else:
         st.pop("fallback", None)
@@ -482,6 +500,35 @@ def decided_status(
             st["shield"] = rec
     st["conditions"] = conds
     return st
+
+
+def drift_condition(
+    conds: list[dict[str, Any]] | None,
+    drift: Mapping[str, Any] | None,
+    spec: PolicySpec,
+    now: float,
+    generation: int,
+) -> list[dict[str, Any]]:
+    """``ModelDrift``: True while the inputs are unlike the model's training (what it does to
+    the policy per ``spec.drift.action``), False when judged alike, Unknown before a judgement
+    or without a reference; gone without a model."""
+    if drift is None:
+        return [dict(c) for c in conds or [] if c.get("type") != "ModelDrift"]
+    state = drift.get("state")
+    message = str(drift.get("message", ""))
+    if state == "Drifting":
+        effect = {
+            "Report": "reported only (spec.drift.action: Report)",
+            "Shadow": "the policy writes nothing while it lasts (spec.drift.action: Shadow)",
+            "Fallback": "the HPA rule decides while it lasts (spec.drift.action: Fallback)",
+        }[spec.drift_action]
+        return set_condition(
+            conds, "ModelDrift", True, "FEATURE_DRIFT", f"{message}; {effect}", now, generation
+        )
+    if state == "Normal":
+        return set_condition(conds, "ModelDrift", False, "NO_DRIFT", message, now, generation)
+    reason = "NO_REFERENCE" if state == "NoReference" else "INSUFFICIENT_DATA"
+    return set_condition(conds, "ModelDrift", None, reason, message, now, generation)
 
 
 def model_problem(spec: PolicySpec, model: Model | None) -> str:
@@ -552,6 +599,28 @@ def fallback_notice(spec: PolicySpec, failed: int, why: str) -> Notice:
         f"{spec.fallback_target * 100:g}% CPU takes over"
     )
     return Notice("Warning", OpReason.FALLBACK_ACTIVE.value, msg)
+
+
+def drift_notice(
+    before: Mapping[str, Any] | None, after: Mapping[str, Any] | None, spec: PolicySpec
+) -> Notice | None:
+    """The Event of a drift judgement that changed: into ``Drifting`` (a Warning that says
+    what it does to the policy) or out of it."""
+    was = (before or {}).get("state") == "Drifting"
+    now_ = (after or {}).get("state") == "Drifting"
+    if now_ and not was:
+        effect = {
+            "Report": "reported only",
+            "Shadow": "nothing is written while it lasts",
+            "Fallback": "the HPA rule decides while it lasts",
+        }[spec.drift_action]
+        what = (after or {}).get("message", "")
+        msg = f"{what}; {effect} (spec.drift.action: {spec.drift_action})"
+        return Notice("Warning", OpReason.MODEL_DRIFT.value, msg)
+    if was and (after or {}).get("state") == "Normal":
+        msg = f"inputs like the model's training again: {(after or {}).get('message', '')}"
+        return Notice("Normal", OpReason.MODEL_DRIFT_ENDED.value, msg)
+    return None
 
 
 FALLBACK_ENDED = Notice("Normal", OpReason.FALLBACK_ENDED.value, "the model decides again")

@@ -37,6 +37,7 @@ from qscale.operator.canary import Canaries
 from qscale.operator.decisionlog import DecisionLog
 from qscale.operator.decisionlog import record as decision_record
 from qscale.operator.deployments import DeploymentCache
+from qscale.operator.driftwatch import DriftWatch
 from qscale.operator.events import Event, EventPoster
 from qscale.operator.killswitch import KillSwitch
 from qscale.operator.kube import Kube
@@ -67,6 +68,7 @@ from qscale.operator.status import (
     OpReason,
     base_status,
     decided_status,
+    drift_notice,
     failure_message,
     fallback_notice,
     last_action,
@@ -167,6 +169,7 @@ class Engine:
         self.runtimes: dict[str, Runtime] = {}
         self.shadow = ShadowScores(metrics)
         self.canaries = Canaries(metrics)
+        self.drift = DriftWatch(metrics)
         self.kill = KillSwitch(
             settings.kill_switch, settings.kill_switch_configmap, settings.lease_ns()
         )
@@ -188,6 +191,7 @@ class Engine:
         self.statuses.clear()
         self.shadow.clear()
         self.canaries.clear()
+        self.drift.clear()
 
     # --- the tick -------------------------------------------------------------------------
 
@@ -249,6 +253,7 @@ class Engine:
             del self.runtimes[uid]
         self.shadow.retain(seen)
         self.canaries.retain(seen)
+        self.drift.retain(seen)
         due: list[tuple[IndexedPolicy, Runtime]] = []
         for p in policies:
             rt = self.runtimes.get(p.uid)
@@ -296,6 +301,7 @@ class Engine:
             row.arm = arm
             row.by_rule = arm == "incumbent" and bool(p.spec.canary and p.spec.canary.incumbent_hpa)
             self._kill_notice(row, now)
+            self._drift_action(row)
             rows.append(row)
             statuses[p.uid] = base_status(rt.status, p.generation)
         return rows, statuses
@@ -313,6 +319,19 @@ class Engine:
             why = f"released: {r.runtime.killed}; the policy runs as its spec says"
             self._post(r.policy, Notice("Normal", OpReason.KILL_SWITCH_RELEASED.value, why), now)
         r.runtime.killed = text
+
+    @staticmethod
+    def _drift_action(r: Row) -> None:
+        """While the last judgement says drift, an Enforce policy acts as its
+        ``spec.drift.action`` says (a kill switch and a canary's HPA incumbent come first)."""
+        if r.kill is not None or r.by_rule or r.spec.mode != "Enforce":
+            return
+        if not DriftWatch.drifting(r.runtime.status):
+            return
+        if r.spec.drift_action == "Shadow":
+            r.spec = replace(r.spec, mode="Shadow")
+        elif r.spec.drift_action == "Fallback":
+            r.drift_fallback = True
 
     def _report_kill_switch(self) -> None:
         wide = self.kill.operator_wide()
@@ -388,6 +407,9 @@ class Engine:
             if r.spec.mode == "Off":
                 continue
             rt = r.runtime
+            if r.drift_fallback:  # the rule decides at once; the drift Event says why
+                failing.append(r)
+                continue
             if r.verdict.model_decided:
                 if rt.fallback_since is not None:
                     self._post(r.policy, FALLBACK_ENDED, now)
@@ -419,7 +441,9 @@ class Engine:
                 continue
             if rt.fallback_since is None:
                 rt.fallback_since = now
-                if r.kill is None:  # a kill switch posted its own Event
+                if r.drift_fallback:
+                    self.metrics.fallbacks.inc()
+                elif r.kill is None:  # a kill switch posted its own Event
                     self.metrics.fallbacks.inc()
                     failure = failure_message(r.model, r.model_error, r.verdict.reason)
                     self._post(r.policy, fallback_notice(r.spec, rt.failed, failure), now)
@@ -526,6 +550,10 @@ class Engine:
         canary, notice = self.canaries.observe(r, now)
         if notice is not None:
             self._post(r.policy, notice, now)
+        drift = self.drift.observe(r, now)
+        notice = drift_notice(r.runtime.status.get("drift"), drift, r.spec)
+        if notice is not None:
+            self._post(r.policy, notice, now)
         new = decided_status(
             st,
             spec=r.spec,
@@ -544,6 +572,7 @@ class Engine:
             kill=r.kill.describe if r.kill is not None else "",
             shadow=self.shadow.observe(r, now),
             canary=canary,
+            drift=drift,
         )
         problem = model_problem(r.spec, r.model)
         if problem and r.runtime.problem != problem:

@@ -48,6 +48,7 @@ __all__ = [
     "read_manifest",
     "sha256_file",
     "update_evaluation",
+    "update_manifest",
 ]
 
 FORMAT_VERSION = 1
@@ -321,9 +322,25 @@ def load_policy(
 def update_evaluation(path: str | os.PathLike, table: Mapping[str, Any]) -> dict[str, Any]:
     """Replace the manifest's ``evaluation`` with ``table``; the weight files are not touched,
     so their hashes (and the artifact's verification) stay valid. Returns the new manifest."""
+    stamp = datetime.now(UTC).isoformat(timespec="seconds")
+    return update_manifest(path, {"evaluation": dict(table), "evaluated_at": stamp})
+
+
+_VERIFIED = frozenset(
+    {"format_version", "spec_hash", "feature_names", "action_names", "network",
+     "model_sha256", "state_dict_sha256"}
+)  # fmt: skip
+
+
+def update_manifest(path: str | os.PathLike, entries: Mapping[str, Any]) -> dict[str, Any]:
+    """Set top-level manifest ``entries`` that describe the model (its evaluation, its drift
+    reference); the keys :func:`load_policy` verifies cannot be changed this way, and the
+    weights are not touched. Returns the new manifest."""
+    bad = sorted(set(entries) & _VERIFIED)
+    if bad:
+        raise ArtifactError(f"{path}: manifest keys {bad} are fixed at export")
     root = Path(path)
     manifest = read_manifest(root)
-    manifest["evaluation"] = _jsonable(dict(table))
-    manifest["evaluated_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+    manifest.update({k: _jsonable(v) for k, v in entries.items()})
     _write_json(root / MANIFEST, manifest)
     return manifest

@@ -950,7 +950,25 @@ def _export(
         )
         for net, name in ((q_network, "final"), (best_network, "best"))
     )
+    for net, path in ((q_network, final_dir), (best_network, best_dir)):
+        _add_drift_reference(cfg, net, path)
     return final_dir, best_dir
+
+
+def _add_drift_reference(cfg: TrainConfig, network: QNetwork, path: Path) -> None:
+    """The artifact's drift reference (:mod:`qscale.policy.driftref`) from the run's own
+    training windows; too little training data for one only warns (the operator then reports
+    drift as unknown)."""
+    from qscale import drift
+    from qscale.policy import driftref
+
+    network.eval()
+    try:
+        ref, _ = driftref.build(network, cfg.traces, sim_config(cfg), cfg.train_split, cfg.seed)
+    except drift.DriftError as e:
+        print(f"{path}: no drift reference: {e}", file=sys.stderr)
+        return
+    driftref.write(path, ref)
 
 
 def _iterations(env_steps: int, n_envs: int) -> int:

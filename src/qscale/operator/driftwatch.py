@@ -1,0 +1,225 @@
+"""Drift in the operator: per policy, the bins its model's inputs fell in over a sliding window
+(``spec.drift.window``), judged against the model's drift reference (:mod:`qscale.drift`).
+
+Every tick the model was asked (its input, ``Row.features``, exists) adds one observation. The
+window is kept as 30 slots of bin counts (memory per policy does not grow with the window).
+Every slot (1/30 of the window) the PSI of each feature is computed and, once the window holds
+90 % of its ticks, judged with the thresholds calibrated for the longest length it covers:
+
+- ``Drifting`` when a judged feature's PSI is past its threshold; it stays ``Drifting`` until
+  each feature that drifted is under 80 % of its threshold (no flapping on a border);
+- ``Normal`` otherwise; ``Filling`` while the window is short of ticks (the last judgement in
+  the status holds meanwhile, across restarts too: a policy moved to Shadow or the fallback by
+  drift stays there until a full window says otherwise); ``NoReference`` when the model ships
+  no reference (or an unusable one: the message says why).
+
+Judged features are the ones that describe the service (load, latency, CPU, start-up); the
+shield's memory (``since_scale_*``) is the policy's own behaviour, so it is reported, not judged.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+
+from qscale import drift, features
+from qscale.operator.metrics import Metrics
+from qscale.operator.models import Model
+from qscale.operator.rows import Row
+from qscale.operator.status import iso
+
+__all__ = ["JUDGED", "STATES", "DriftWatch"]
+
+STATES = ("Normal", "Drifting", "Filling", "NoReference")
+NOT_JUDGED = frozenset({"since_scale_up", "since_scale_down"})
+JUDGED = tuple(i for i, n in enumerate(features.FEATURE_NAMES) if n not in NOT_JUDGED)
+_SLOTS = 30
+_FULL = 0.9
+"""Share of the window's ticks needed for a judgement."""
+_CLEAR = 0.8
+"""A drifting policy is back to Normal when every judged PSI is under this x its threshold."""
+
+
+@dataclass
+class _Window:
+    model: str
+    """The model (digest) whose reference the bins belong to."""
+    window_s: float
+    interval_s: float
+    slot_s: float
+    slots: deque[tuple[int, list[np.ndarray]]] = field(default_factory=deque)
+    judged_slot: int | None = None
+    status: dict[str, Any] | None = None
+    psi: list[float] | None = None
+
+
+class DriftWatch:
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+        self._windows: dict[str, _Window] = {}
+        self._refs: dict[str, drift.Reference | str] = {}
+        """Per model digest: its reference, or why it has none."""
+
+    # --- the tick's view ------------------------------------------------------------------
+
+    @staticmethod
+    def drifting(status: dict[str, Any]) -> bool:
+        """Whether the last judgement (in the policy's status) is ``Drifting``."""
+        return (status.get("drift") or {}).get("state") == "Drifting"
+
+    def observe(self, r: Row, now: float) -> dict[str, Any] | None:
+        """Add the row's tick; its ``status.drift`` (``None``: no model, or mode Off)."""
+        if r.model is None or r.spec.mode == "Off":
+            self._drop(r.policy.uid)
+            return None
+        ref = self._reference(r.model)
+        if isinstance(ref, str):
+            self._drop(r.policy.uid)
+            return {"state": "NoReference", "message": ref}
+        w = self._window(r, ref)
+        slot = math.floor(now / w.slot_s)
+        if r.features is not None:
+            if not w.slots or w.slots[-1][0] != slot:
+                w.slots.append((slot, [np.zeros(k, dtype=np.int64) for k in ref.n_bins]))
+            counts = w.slots[-1][1]
+            for f, b in enumerate(ref.bins(r.features)):
+                counts[f][b] += 1
+        while w.slots and w.slots[0][0] <= slot - _SLOTS:
+            w.slots.popleft()
+        if w.judged_slot != slot:
+            w.judged_slot = slot
+            kept = r.runtime.status.get("drift")
+            w.status = _settled(kept, self._judge(w, ref, kept, now), w.window_s, now)
+            self._export()
+        return w.status
+
+    def retain(self, uids: set[str]) -> None:
+        gone = [u for u in self._windows if u not in uids]
+        for u in gone:
+            del self._windows[u]
+        if gone:
+            self._export()
+
+    def clear(self) -> None:
+        self._windows.clear()
+        self._export()
+
+    # --- inside ---------------------------------------------------------------------------
+
+    def _reference(self, model: Model) -> drift.Reference | str:
+        ref = self._refs.get(model.digest)
+        if ref is None:
+            try:
+                found = drift.Reference.from_manifest(model.manifest)
+                ref = found if found is not None else (
+                    f"model {model.name} carries no drift reference (export it with a current "
+                    "qscale, or add one: qscale drift-reference MODEL_DIR)"
+                )  # fmt: skip
+            except drift.DriftError as e:
+                ref = f"model {model.name}: {e}"
+            self._refs[model.digest] = ref
+        return ref
+
+    def _window(self, r: Row, ref: drift.Reference) -> _Window:
+        assert r.model is not None
+        key = (r.model.digest, r.spec.drift_window_s, r.spec.interval_s)
+        w = self._windows.get(r.policy.uid)
+        if w is None or (w.model, w.window_s, w.interval_s) != key:
+            slot_s = max(r.spec.interval_s, r.spec.drift_window_s / _SLOTS)
+            w = self._windows[r.policy.uid] = _Window(*key, slot_s=slot_s)
+        return w
+
+    def _drop(self, uid: str) -> None:
+        if self._windows.pop(uid, None) is not None:
+            self._export()
+
+    def _judge(
+        self, w: _Window, ref: drift.Reference, kept: dict[str, Any] | None, now: float
+    ) -> dict[str, Any]:
+        counts = [sum(s[1][f] for s in w.slots) for f in range(features.N_FEATURES)]
+        ticks = int(counts[0].sum()) if w.slots else 0
+        want = max(1, math.floor(w.window_s / w.interval_s))
+        limit = ref.threshold(ticks)
+        base = {"windowSeconds": w.window_s, "ticks": ticks, "updatedAt": iso(now)}
+        if ticks < _FULL * want or limit is None:
+            w.psi = None
+            shortest = min(t.ticks for t in ref.thresholds)
+            why = (
+                f"the window holds {ticks} of its {want} ticks"
+                if ticks < _FULL * want
+                else f"{ticks} ticks are fewer than the shortest calibrated window "
+                f"({shortest} ticks at {ref.interval_s:g}s)"
+            )
+            held = kept if kept and kept.get("state") in ("Normal", "Drifting") else None
+            if held is not None:
+                return {**held, "filling": why}
+            return {**base, "state": "Filling", "message": why}
+        values = ref.psi(counts)
+        w.psi = [float(x) for x in values]
+        over = [i for i in JUDGED if values[i] > limit.psi[i]]
+        was = (
+            set((kept or {}).get("drifting") or ())
+            if (kept or {}).get("state") == "Drifting"
+            else set()
+        )
+        names = features.FEATURE_NAMES
+        still = [i for i in JUDGED if names[i] in was and values[i] > _CLEAR * limit.psi[i]]
+        state = "Drifting" if over or still else "Normal"
+        top = sorted(JUDGED, key=lambda i: values[i] / limit.psi[i], reverse=True)[:3]
+        shown = ", ".join(
+            f"{features.FEATURE_NAMES[i]} {values[i]:.2f} (threshold {limit.psi[i]:.2f})"
+            for i in top
+        )
+        if state == "Drifting":
+            message = f"inputs unlike the model's training: {shown}"
+        else:
+            message = f"inputs like the model's training; closest to a threshold: {shown}"
+        return {
+            **base,
+            "state": state,
+            "calibratedTicks": limit.ticks,
+            "psi": {n: round(float(values[i]), 4) for i, n in enumerate(features.FEATURE_NAMES)},
+            "drifting": [names[i] for i in sorted(set(over) | set(still))],
+            "message": message,
+        }
+
+    def _export(self) -> None:
+        m = self.metrics
+        counts = dict.fromkeys(STATES, 0)
+        worst: dict[tuple[str, str], float] = {}
+        for w in self._windows.values():
+            if w.status:
+                counts[w.status.get("state", "Filling")] += 1
+            for f, x in enumerate(w.psi or ()):
+                key = (features.FEATURE_NAMES[f], w.model[:12])
+                worst[key] = max(worst.get(key, 0.0), x)
+        for state, n in counts.items():
+            m.drift_policies.labels(state).set(n)
+        m.drift_psi.clear()
+        for (name, model), x in worst.items():
+            m.drift_psi.labels(name, model).set(x)
+
+
+def _settled(
+    kept: dict[str, Any] | None, new: dict[str, Any], window_s: float, now: float
+) -> dict[str, Any]:
+    """What the status shows: the new judgement when it differs in substance (state, the
+    features past their thresholds) or the shown one is a window old, else the shown one (a
+    status write per policy every slot would be most of the operator's writes; the metrics
+    carry the PSI as it moves)."""
+    if not kept or kept.get("state") != new.get("state") or new.get("state") == "Filling":
+        return new
+    if "filling" in kept or "filling" in new:
+        return new
+    if kept.get("drifting") != new.get("drifting"):
+        return new
+    try:
+        shown = datetime.fromisoformat(str(kept.get("updatedAt"))).timestamp()
+    except ValueError:
+        return new
+    return new if now - shown >= window_s else kept
