@@ -284,6 +284,25 @@ def dashboard() -> dict:
             "its forward pass's p95",
         ),
         panel(
+            15,
+            "Model drift",
+            0,
+            57,
+            24,
+            8,
+            [
+                ("max by (state) (qscale_drift_policies)", "policies {{state}}"),
+                (
+                    "max by (feature, model) (qscale_drift_psi)",
+                    "PSI {{feature}} {{model}}",
+                ),
+            ],
+            desc="Policies by the drift judgement of their model's inputs (alert QScaleModelDrift), "
+            "and per model version the highest PSI of each input over its policies' windows; "
+            "thresholds depend on the window and input (docs/drift.md): per policy, "
+            "kubectl get asp -o wide and status.drift",
+        ),
+        panel(
             13,
             "Canaries",
             0,

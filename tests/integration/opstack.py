@@ -113,20 +113,24 @@ class Stack:
         load: float | str = 20.0,
         ready_delay_s: float = 2.0,
         cpu_limit: str | None = None,
+        cpu_request: str = "100m",
+        ready: int | None = None,
     ) -> None:
+        """A Deployment and its emulated service; waits for ``ready`` pods (default: all)."""
         self.emulator.add(Workload(self.ns, name, Load.parse(str(load)), capacity_rps=CAPACITY))
         self.cluster.apply(
             deployment_manifest(
                 name,
                 self.ns,
                 replicas=replicas,
-                cpu_request="100m",
+                cpu_request=cpu_request,
                 cpu_limit=cpu_limit,
                 ready_delay_s=ready_delay_s,
             )
         )
         self.created.append(("deployment", name))
-        wait_for(lambda: self.ready(name) == replicas, 60, what=f"{name} ready")
+        want = replicas if ready is None else ready
+        wait_for(lambda: self.ready(name) == want, 60, what=f"{name} ready")
 
     def policy(self, name: str, target: str, **spec: Any) -> None:
         out = self.cluster.apply(policy_manifest(name, self.ns, target, **spec), check=False)
@@ -139,7 +143,8 @@ class Stack:
         from qscale.operator.models import artifact_configmap
 
         cm, digest = artifact_configmap(model, name, self.ns)
-        out = self.cluster.apply(json.dumps(cm), check=False)
+        # Server-side: a client-side apply copies the object into an annotation (256 KiB max).
+        out = self.cluster.apply(json.dumps(cm), "--server-side", check=False)
         assert out.returncode == 0, out.stderr
         self.created.append(("configmap", name))
         return {"configMapRef": {"name": name}, "sha256": digest}

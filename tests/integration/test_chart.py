@@ -121,6 +121,7 @@ def test_everything_render_has_every_optional_part(k8s_bin):
         "QScaleFallbackActive",
         "QScaleKillSwitchEngaged",
         "QScaleCanaryRolledBack",
+        "QScaleModelDrift",
         "QScaleShieldInterventionsHigh",
         "QScaleInferenceLatencyHigh",
         "QScaleOperatorDown",
@@ -265,7 +266,7 @@ def test_alert_rules_pass_promtool(k8s_bin, tmp_path):
     f.write_text(yaml.safe_dump(rule["spec"]))
     p = subprocess.run([_promtool(), "check", "rules", str(f)], capture_output=True, text=True)
     assert p.returncode == 0, p.stdout + p.stderr
-    assert "SUCCESS: 7 rules found" in p.stdout
+    assert "SUCCESS: 8 rules found" in p.stdout
 
 
 def test_dashboard_queries_pass_promtool(tmp_path):

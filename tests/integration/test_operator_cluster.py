@@ -253,6 +253,48 @@ def test_a_shadow_policy_is_scored_against_what_runs_with_the_service_found_live
     assert st.operator.metric("qscale_shadow_policies", {"verdict": s["verdict"]}) >= 1
 
 
+def test_drift_is_raised_on_pods_that_cannot_start_and_not_on_a_training_like_load(st: Stack):
+    from qscale.policy.default import default_model_path
+
+    # The shipped model, with the drift reference it ships, as a ConfigMap model.
+    shipped = st.publish(default_model_path(), "shipped")
+    window = {"window": "1m"}  # 30 ticks of 2 s: judged with the 20-tick thresholds
+    # Training-like: a load that rises and falls every 30 s, the model scaling for it.
+    wave = "ramp:" + ",".join(f"{30 * i}:{40 if i % 2 else 90}" for i in range(20))
+    st.deployment("drift-like", replicas=2, load=wave)
+    st.policy("drift-like", "drift-like", slo=SLO, model=shipped, drift=window)
+    # Shifted: a service whose pods mostly cannot start: one per node fits (40 of its 64
+    # cores), the other 29 in 30 stay Pending, a start-up far beyond the 15-240 s the model
+    # trained with.
+    nodes = len(st.cluster.kubectl("get", "nodes", "-o", "name").stdout.split())
+    n = 30 * nodes
+    st.deployment("drift-stuck", replicas=n, load=20, cpu_request="40", ready=nodes)
+    st.policy("drift-stuck", "drift-stuck", slo=SLO, model=shipped, minReplicas=n,
+              maxReplicas=n, drift={**window, "action": "Fallback"})  # fmt: skip
+    judged = ("Normal", "Drifting")
+    stuck = st.wait_status(
+        "drift-stuck", lambda s: (s.get("drift") or {}).get("state") in judged, 120, "drift"
+    )
+    d = stuck["drift"]
+    assert d["state"] == "Drifting" and "pending_fraction" in d["drifting"], d
+    assert st.condition("drift-stuck", "ModelDrift")["status"] == "True"
+    st.wait_status("drift-stuck", lambda s: s.get("reason") == "MODEL_DRIFT", 20, "fallback")
+    assert any(e["reason"] == "MODEL_DRIFT" for e in st.events("drift-stuck"))
+    like = st.wait_status(
+        "drift-like", lambda s: (s.get("drift") or {}).get("state") in judged, 60, "drift"
+    )
+    # Judged Normal, and still Normal after a second full window.
+    assert like["drift"]["state"] == "Normal", like["drift"]
+    time.sleep(60)
+    like = st.status("drift-like")
+    assert like["drift"]["state"] == "Normal", like["drift"]
+    assert st.condition("drift-like", "ModelDrift")["status"] == "False"
+    assert not any(e["reason"] == "MODEL_DRIFT" for e in st.events("drift-like"))
+    assert st.operator.metric("qscale_drift_policies", {"state": "Drifting"}) >= 1
+    wide = st.cluster.kubectl("get", "asp", "drift-stuck", "-n", st.ns, "-o", "wide").stdout
+    assert "DRIFT" in wide.splitlines()[0] and "Drifting" in wide
+
+
 CANARY_DOWN = {"scaleDown": {"cooldown": "0s", "stabilizationWindow": "0s", "maxPercent": 100}}
 
 
