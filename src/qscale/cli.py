@@ -403,6 +403,75 @@ def cmd_drift_reference(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    """A model for one service (``qscale tune``, ``qscale train --from-log``): fine-tuned on
+    its own load, kept only if it beats the base model on held-back days."""
+    import subprocess
+
+    from qscale.policy import tune as tn
+    from qscale.policy.default import default_model_path
+    from qscale.policy.replaylog import read_log
+    from qscale.simulator.traces import load_rates
+
+    _threads(args.threads)
+    given = [bool(args.trace), bool(args.from_log), bool(args.prometheus)]
+    if sum(given) != 1:
+        raise UsageError(
+            "give one source: --trace CSV, --from-log LOG... with --policy NS/NAME, or "
+            "--prometheus URL with --target NS/DEPLOYMENT"
+        )
+    publish = None
+    if args.publish:
+        ns, _, name = args.publish.partition("/")
+        if not ns or not name:
+            raise UsageError(f"--publish must be NAMESPACE/NAME, got {args.publish!r}")
+        publish = (ns, name)
+    out = Path(args.out)
+    dt = 15.0
+    service = tn.Service(args.capacity, args.startup_delay, None, "flags")
+    if args.trace:
+        rates = load_rates(args.trace, dt)
+    elif args.from_log:
+        if not args.policy:
+            raise UsageError("--from-log needs --policy NAMESPACE/NAME")
+        points, found = tn.from_log(read_log(args.from_log), args.policy)
+        service = tn.Service(
+            args.capacity or found.capacity_rps,
+            args.startup_delay or found.startup_s,
+            found.service_time_s,
+            found.source,
+        )
+        rates = tn.rates_from_points(points, out, dt)
+    else:
+        if not args.target:
+            raise UsageError("--prometheus needs --target NAMESPACE/DEPLOYMENT")
+        points = tn.from_prometheus(args.prometheus, args.target, args.days)
+        rates = tn.rates_from_points(points, out, dt)
+    base = default_model_path() if args.model == "default" else Path(args.model)
+    seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
+    report = tn.tune(
+        rates, service, out, base_model=base, steps=args.steps, holdout=args.holdout,
+        seeds=seeds, threads=args.threads,
+    )  # fmt: skip
+    print(f"{'':8} {'replica-h':>10} {'SLO min':>8} {'return':>9}   (per held-back window)")
+    for name, r in report.results.items():
+        print(
+            f"{name:8} {r['cost_replica_hours']:>10.2f} {r['slo_violation_minutes']:>8.1f} "
+            f"{r['return']:>9.1f}"
+        )
+    print(report.message)
+    print(f"report: {out / 'report.json'}; model: {report.model}")
+    if not report.better:
+        print("nothing published")
+        return 1
+    if publish is None:
+        print(f"publish it with: qscale model publish {report.model} --name NAME -n NAMESPACE")
+        return 0
+    cmd = [sys.executable, "-m", "qscale.entry", "model", "publish", str(report.model),
+           "--name", publish[1], "--namespace", publish[0]]  # fmt: skip
+    return subprocess.run(cmd, check=False).returncode
+
+
 def cmd_replay_log(args: argparse.Namespace) -> int:
     """Another model on the states an operator's decision log recorded: its choices, cost and
     SLO minutes against what ran (the Shadow score's estimate)."""
@@ -559,6 +628,31 @@ def parser() -> argparse.ArgumentParser:
     dr.add_argument("--dry-run", action="store_true", help="print, do not write")
     dr.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
 
+    tu = sub.add_parser(
+        "tune",
+        help="fine-tune a model on one service's load; publish it only if it beats the base",
+    )
+    src = tu.add_argument_group("the service's load (one of)")
+    src.add_argument("--trace", help="a t,value CSV of its request rate")
+    src.add_argument("--from-log", nargs="+", help="decision log files (with --policy)")
+    src.add_argument("--policy", help="NAMESPACE/NAME of the policy in the log")
+    src.add_argument("--prometheus", help="Prometheus URL to read its request-rate history from")
+    src.add_argument("--target", help="NAMESPACE/DEPLOYMENT (with --prometheus)")
+    src.add_argument("--days", type=float, default=14.0, help="days of history (default 14)")
+    tu.add_argument("--capacity", type=float, help="requests/s one pod serves, if known")
+    tu.add_argument("--startup-delay", type=float, help="pod start-up delay (s), if known")
+    tu.add_argument("--model", default="default", help="base model directory (default: shipped)")
+    tu.add_argument("--steps", type=int, default=1_000_000, help="fine-tuning env steps")
+    tu.add_argument(
+        "--holdout", type=float, default=0.25, help="share of the series held back (default 0.25)"
+    )
+    tu.add_argument("--seeds", default="0,1,2", help="simulated clusters per held-back window")
+    tu.add_argument("--out", default="out/tune", help="output directory")
+    tu.add_argument(
+        "--publish", metavar="NAMESPACE/NAME", help="publish the model as this ConfigMap if better"
+    )
+    tu.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+
     sub.add_parser("train", help="train a DQN policy (see qscale train --help)", add_help=False)
     for name, what in _CLUSTER_COMMANDS.items():
         sub.add_parser(name, help=what, add_help=False)
@@ -567,6 +661,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["train"] and "--from-log" in argv:  # the tuning path, on a decision log
+        argv = ["tune", *argv[1:]]
     if argv[:1] == ["train"]:
         return cmd_train(argv[1:])
     if argv[:1] and argv[0] in _CLUSTER_COMMANDS:
@@ -584,6 +680,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_replay_log(args)
         if args.command == "drift-reference":
             return cmd_drift_reference(args)
+        if args.command == "tune":
+            return cmd_tune(args)
         return cmd_simulate(args)
     except (UsageError, TraceError, ValueError, ArtifactError, OSError) as err:
         print(f"qscale {args.command}: error: {err}", file=sys.stderr)

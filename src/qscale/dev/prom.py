@@ -114,6 +114,8 @@ class LocalPrometheus:
     scrape_interval_s: float = 1.0
     rules: str = ""
     """Recording/alerting rule groups (a rules file's YAML text); empty: none."""
+    retention: str = "1d"
+    """``--storage.tsdb.retention.time`` (longer for a data directory filled by backfilling)."""
     port: int = field(default_factory=free_port)
     binary: Path | None = None
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="qscale-prom-")))
@@ -140,7 +142,7 @@ class LocalPrometheus:
                 f"--config.file={cfg}",
                 f"--storage.tsdb.path={self.workdir / 'data'}",
                 f"--web.listen-address=127.0.0.1:{self.port}",
-                "--storage.tsdb.retention.time=1d",
+                f"--storage.tsdb.retention.time={self.retention}",
                 "--log.level=warn",
             ],
             stdout=log,

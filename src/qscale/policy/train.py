@@ -137,6 +137,8 @@ class TrainConfig:
     # --- data -------------------------------------------------------------------------------
     traces: list[str] = field(default_factory=_default_traces)
     """Trace CSV files (t,value); default: the shared trace families, else the packaged one."""
+    val_traces: list[str] | None = None
+    """Trace CSV files validated on (their val_split); default: the training traces."""
     train_split: str = "train"
     """Split of each trace the agent trains on (train, val, test or all)."""
     val_split: str = "val"
@@ -226,8 +228,25 @@ class TrainConfig:
     """Stop after this many seconds of training wall time (0: no limit); the run then ends as
     if total_env_steps had been reached (final evaluation, checkpoint, export)."""
 
+    # --- one service (qscale tune) ----------------------------------------------------------
+    init_model: str | None = None
+    """Start from this artifact's weights (fine-tuning) instead of a fresh network; its network
+    must have hidden_sizes."""
+    capacity_rps: float | None = None
+    """Requests/s one pod serves, fixed for every simulated cluster (default: drawn, 20-200)."""
+    startup_delay_s: float | None = None
+    """Pod start-up delay, drawn within +-25 % of this (default: drawn, 15-240 s)."""
+    peak_replicas: float | None = None
+    """Pods the trace's reference rate needs, fixed (default: drawn, 1-100)."""
+
     def __post_init__(self) -> None:
         self.traces = [os.fspath(p) for p in self.traces]
+        if self.val_traces is not None:
+            self.val_traces = [os.fspath(p) for p in self.val_traces]
+        for name in ("capacity_rps", "startup_delay_s", "peak_replicas"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be > 0, got {value}")
         self.hidden_sizes = tuple(int(h) for h in self.hidden_sizes)
         positive = (
             "total_env_steps",
@@ -356,7 +375,21 @@ def sim_config(cfg: TrainConfig) -> sim.SimConfig:
         churn=cfg.reward_churn,
         cost_norm=cfg.reward_cost_norm,
     )
-    return sim.SimConfig(dt=cfg.dt, episode_steps=cfg.episode_steps, noise=cfg.noise, reward=reward)
+    dom = sim.DomainConfig()
+    fixed = {}
+    if cfg.capacity_rps is not None:
+        fixed["capacity_rps"] = (cfg.capacity_rps, cfg.capacity_rps)
+    if cfg.startup_delay_s is not None:
+        fixed["startup_delay_s"] = (0.75 * cfg.startup_delay_s, 1.25 * cfg.startup_delay_s)
+    if cfg.peak_replicas is not None:
+        fixed["peak_replicas"] = (cfg.peak_replicas, cfg.peak_replicas)
+    return sim.SimConfig(
+        dt=cfg.dt,
+        episode_steps=cfg.episode_steps,
+        noise=cfg.noise,
+        reward=reward,
+        domain=dataclasses.replace(dom, **fixed),
+    )
 
 
 def serving_settings(cfg: TrainConfig) -> dict[str, Any]:
@@ -390,7 +423,7 @@ def validation_set(
 ) -> tuple[sim.EnvParams, Windows]:
     """The validation clusters and windows of a run: fixed (``eval_seed``), so that every
     evaluation -- the policy's and the baseline's -- is scored on the same traffic."""
-    bank = TraceBank.from_files(cfg.traces, cfg.val_split, cfg.dt, device)
+    bank = TraceBank.from_files(cfg.val_traces or cfg.traces, cfg.val_split, cfg.dt, device)
     params = sim.make_params(bank, cfg.eval_envs, cfg.eval_seed, sim_config(cfg), device)
     windows = validation_windows(bank, cfg.eval_envs, cfg.eval_steps)
     return params, Windows.fixed(*windows, seed=cfg.eval_seed)
@@ -505,6 +538,8 @@ def _train(
 
     # ALGO LOGIC: networks, optimizer, replay
     q_network = QNetwork(features.N_FEATURES, actions.N_ACTIONS, cfg.hidden_sizes).to(device)
+    if cfg.init_model and not cfg.resume:
+        _load_init(q_network, cfg.init_model, device)
     target_network = copy.deepcopy(q_network)
     optimizer = optim.Adam(q_network.parameters(), lr=cfg.lr, eps=cfg.adam_eps)
     rb = ReplayBuffer(cfg.buffer_size, features.N_FEATURES, device, cfg.prioritized, cfg.per_alpha)
@@ -950,12 +985,19 @@ def _export(
         )
         for net, name in ((q_network, "final"), (best_network, "best"))
     )
-    for net, path in ((q_network, final_dir), (best_network, best_dir)):
-        _add_drift_reference(cfg, net, path)
+    ref = _add_drift_reference(cfg, q_network, final_dir)
+    same = all(torch.equal(a, b) for a, b in zip(q_network.state_dict().values(),
+                                                   best.state.values(), strict=True))  # fmt: skip
+    if same and ref is not None:  # no evaluation picked another: one reference serves both
+        from qscale.policy import driftref
+
+        driftref.write(best_dir, ref)
+    elif not same:
+        _add_drift_reference(cfg, best_network, best_dir)
     return final_dir, best_dir
 
 
-def _add_drift_reference(cfg: TrainConfig, network: QNetwork, path: Path) -> None:
+def _add_drift_reference(cfg: TrainConfig, network: QNetwork, path: Path) -> Any:
     """The artifact's drift reference (:mod:`qscale.policy.driftref`) from the run's own
     training windows; too little training data for one only warns (the operator then reports
     drift as unknown)."""
@@ -967,8 +1009,22 @@ def _add_drift_reference(cfg: TrainConfig, network: QNetwork, path: Path) -> Non
         ref, _ = driftref.build(network, cfg.traces, sim_config(cfg), cfg.train_split, cfg.seed)
     except drift.DriftError as e:
         print(f"{path}: no drift reference: {e}", file=sys.stderr)
-        return
+        return None
     driftref.write(path, ref)
+    return ref
+
+
+def _load_init(q_network: QNetwork, path: str, device: torch.device) -> None:
+    """``path``'s weights into ``q_network`` (verified as serving verifies them)."""
+    policy = artifact.load_policy(path, prefer="eager")
+    try:
+        q_network.load_state_dict(policy.module.state_dict())
+    except RuntimeError:
+        raise ValueError(
+            f"init_model {path}: its network {policy.manifest.get('network')} does not match "
+            "hidden_sizes"
+        ) from None
+    q_network.to(device)
 
 
 def _iterations(env_steps: int, n_envs: int) -> int:
