@@ -303,6 +303,29 @@ def dashboard() -> dict:
             "kubectl get asp -o wide and status.drift",
         ),
         panel(
+            16,
+            "Q-values and TD error",
+            0,
+            65,
+            24,
+            8,
+            [
+                (
+                    "histogram_quantile(0.5, sum by (le, model) (rate(qscale_q_value_bucket[30m])))",
+                    "chosen Q p50 {{model}}",
+                ),
+                (
+                    "sum by (model) (rate(qscale_td_error_sum[30m]))"
+                    " / sum by (model) (rate(qscale_td_error_count[30m]))",
+                    "mean |TD error| {{model}}",
+                ),
+            ],
+            desc="Per model version: the Q-value of the actions it chose, and how far the "
+            "outcome of each Enforce decision (the reward of its training, then the next "
+            "state's value) was from that Q-value; a TD error growing on a cluster says the "
+            "model predicts it worse than what it trained on",
+        ),
+        panel(
             13,
             "Canaries",
             0,

@@ -83,6 +83,23 @@ class Metrics:
             ["model", "outcome"],
             registry=r,
         )
+        self.q_value = Histogram(
+            "qscale_q_value",
+            "The Q-value of the action a model chose (reward units x the model's reward_scale), "
+            "per decision that stood",
+            ["model"],
+            buckets=(-100.0, -50.0, -25.0, -10.0, -5.0, -2.5, -1.0, -0.5, 0.0, 1.0),
+            registry=r,
+        )
+        self.td_error = Histogram(
+            "qscale_td_error",
+            "|r + gamma max Q(s') - Q(s, a)| of each logged transition (an Enforce model "
+            "decision and the next tick's): how well the model predicts what follows its choices "
+            "on this cluster (the reward of its training)",
+            ["model"],
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+            registry=r,
+        )
         self.fallbacks = Counter(
             "qscale_fallbacks", "Policies that went over to the HPA rule", registry=r
         )

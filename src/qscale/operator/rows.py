@@ -151,6 +151,11 @@ class Runtime:
     """When its last decision was logged (the next record links to it)."""
     judged_by: str = ""
     """The model (its metric label) whose decision the next tick's outcome judges ("": none)."""
+    transition: tuple[str, float, int, bool] | None = None
+    """The last Enforce model decision, for its TD error at the next tick: (model label,
+    Q of the chosen action, replicas decided, whether that was a change)."""
+    peak_busy: float = 0.0
+    """Busy pods at the recent peak (decaying over a day): the reward's cost normalizer."""
     killed: str = ""
     """The kill switch the policy was last put under (its ``describe``; "": none), so that
     engaging and releasing it are each posted once."""

@@ -520,6 +520,37 @@ class Engine:
             self.metrics.outcomes.labels(rt.judged_by, "slo_held" if held else "slo_missed").inc()
         decided = r.verdict.model_decided and not r.verdict.by_fallback
         rt.judged_by = model if decided and r.spec.mode == "Enforce" else ""
+        self._td_error(r, model, decided)
+
+    def _td_error(self, r: Row, model: str, decided: bool) -> None:
+        """The TD error of the last Enforce model decision (``Runtime.transition``), now that
+        its outcome and the next state's Q-values are known, with the reward of the model's
+        training (cost per pod over the recent peak, SLO, churn; dropped requests are not
+        observed live and count 0)."""
+        rt, o, v = r.runtime, r.obs, r.verdict
+        prev, rt.transition = rt.transition, None
+        busy = o.cpu_utilization / max(r.target.cpu_limit_ratio, 1e-6) * r.target.replicas
+        decay = math.exp(-r.spec.interval_s / 86400.0)
+        rt.peak_busy = max(busy if math.isfinite(busy) else 0.0, rt.peak_busy * decay)
+        if not decided or not v.q_values or r.model is None:
+            return
+        q_max = max(v.q_values)
+        chosen = actions.ACTION_NAMES.index(v.action) if v.action in actions.ACTION_NAMES else -1
+        q_sa_now = v.q_values[chosen] if chosen >= 0 else q_max
+        self.metrics.q_value.labels(model).observe(q_sa_now)
+        tc = r.model.manifest.get("training_config") or {}
+        if prev is not None and prev[0] == model and math.isfinite(o.p95_s) and tc:
+            _, q_sa, replicas, changed = prev
+            norm = max(busy if tc.get("reward_cost_norm") == "need" else rt.peak_busy, 1.0)
+            reward = -(
+                float(tc.get("reward_cost", 1.0)) * replicas / norm
+                + float(tc.get("reward_slo", 4.0)) * (o.p95_s > r.spec.slo_s)
+                + float(tc.get("reward_churn", 0.05)) * changed
+            )
+            scale, gamma = float(tc.get("reward_scale", 0.1)), float(tc.get("gamma", 0.99))
+            self.metrics.td_error.labels(model).observe(abs(scale * reward + gamma * q_max - q_sa))
+        if r.spec.mode == "Enforce" and v.desired is not None:
+            rt.transition = (model, q_sa_now, v.desired, v.desired != r.before)
 
     async def _scale(self, r: Row, now: float, rep: TickReport, sem: asyncio.Semaphore) -> None:
         """Write ``replicas -> desired``; a step that did not land is undone (its memory)."""
