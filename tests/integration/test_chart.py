@@ -298,7 +298,8 @@ def test_dashboard_queries_pass_promtool(tmp_path):
     p = subprocess.run([_promtool(), "check", "rules", str(f)], capture_output=True, text=True)
     assert p.returncode == 0, p.stdout + p.stderr
     # The panels read the series the operator exports under these names.
-    metrics = set(re.findall(r"\b(qscale_[a-z_]+?)(?:_total|_bucket)?\b", " ".join(exprs)))
+    suffix = r"(?:_total|_bucket|_sum|_count)?"
+    metrics = set(re.findall(rf"\b(qscale_[a-z_]+?){suffix}\b", " ".join(exprs)))
     exported = (ROOT / "src/qscale/operator/metrics.py").read_text()
     for m in metrics - {
         "qscale_autoscalepolicy_desired_replicas",

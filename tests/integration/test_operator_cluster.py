@@ -387,6 +387,8 @@ def test_a_cheaper_candidate_that_keeps_the_slo_is_promoted(st: Stack):
         ({"interval": "0.5s"}, "interval must be between 1s and 10m"),
         ({"model": {"configMapRef": {"name": "m"}}}, "needs both configMapRef and its sha256 pin"),
         ({"shadow": {"window": "30s"}}, "shadow.window must be between 1m and 24h"),
+        ({"drift": {"window": "2d"}}, "spec.drift.window"),
+        ({"drift": {"action": "Delete"}}, 'Unsupported value: "Delete"'),
     ],
 )
 def test_bad_policies_are_rejected_by_schema_and_cel(st: Stack, change, message):

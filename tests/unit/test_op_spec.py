@@ -55,6 +55,9 @@ def test_defaults_are_the_feature_spec_queries_and_the_crd_defaults():
     assert (s.fallback_target, s.fallback_after) == (0.7, 3)
     assert s.shadow_window_s == 3600.0
     assert parse_spec({**BASE, "shadow": {"window": "90m"}}).shadow_window_s == 5400.0
+    assert (s.drift_window_s, s.drift_action) == (3600.0, "Report")
+    d = parse_spec({**BASE, "drift": {"window": "6h", "action": "Fallback"}})
+    assert (d.drift_window_s, d.drift_action) == (21600.0, "Fallback")
     assert s.canary is None
     c = parse_spec({**BASE, "canary": {"model": _PIN}}).canary
     assert (c.fraction, c.period_s, c.window_s, c.promote) == (0.5, 600.0, 3600.0, False)
@@ -88,6 +91,8 @@ _PIN = {"configMapRef": {"name": "cand"}, "sha256": "a" * 64}
         ),
         ({"behavior": {"scaleUp": {"maxPods": 0}}}, "maxPods must be >= 1"),
         ({"shadow": {"window": "30s"}}, "spec.shadow.window must be between 1m and 24h"),
+        ({"drift": {"window": "30s"}}, "spec.drift.window must be between 1m and 24h"),
+        ({"drift": {"action": "Delete"}}, "spec.drift.action must be one of Report, Shadow"),
         ({"canary": {"percent": 10}}, "spec.canary.model needs a configMapRef and its sha256"),
         ({"canary": {"model": _PIN, "percent": 99}}, "spec.canary.percent must be between 5"),
         ({"canary": {"model": _PIN, "period": "30s"}}, "at least 4 intervals (60s)"),
