@@ -188,3 +188,11 @@ async def test_the_status_is_not_rewritten_every_slot_while_nothing_changes(drif
     assert st["drift"]["state"] == "Normal" and st["drift"]["updatedAt"] == first
     st = await play(w, 30, start=50, spec=shadow, seed=7)  # a window later: refreshed
     assert st["drift"]["updatedAt"] > first
+
+
+async def test_ticks_without_usable_metrics_do_not_fill_the_window(drift_model):
+    w = world(drift_model)
+    w.deployment("a", "web", 4)
+    w.prom.down = True
+    st = await play(w, 40, spec={**DRIFT, "mode": "Shadow"}, seed=7)
+    assert st["drift"]["state"] == "Filling" and st["drift"]["ticks"] == 0

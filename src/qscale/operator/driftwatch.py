@@ -1,7 +1,8 @@
 """Drift in the operator: per policy, the bins its model's inputs fell in over a sliding window
 (``spec.drift.window``), judged against the model's drift reference (:mod:`qscale.drift`).
 
-Every tick the model was asked (its input, ``Row.features``, exists) adds one observation. The
+Every tick the model was asked on usable metrics (its input, ``Row.features``, exists and its
+decision stood, or the drift fallback overrode it) adds one observation. The
 window is kept as 30 slots of bin counts (memory per policy does not grow with the window).
 Every slot (1/30 of the window) the PSI of each feature is computed and, once the window holds
 90 % of its ticks, judged with the thresholds calibrated for the longest length it covers:
@@ -13,8 +14,10 @@ Every slot (1/30 of the window) the PSI of each feature is computed and, once th
   drift stays there until a full window says otherwise); ``NoReference`` when the model ships
   no reference (or an unusable one: the message says why).
 
-Judged features are the ones that describe the service (load, latency, CPU, start-up); the
-shield's memory (``since_scale_*``) is the policy's own behaviour, so it is reported, not judged.
+A canary's candidate ticks are left out (the window stays the policy's own model's; the canary
+judges the candidate). Judged features are the ones that describe the service (load, latency,
+CPU, start-up); the shield's memory (``since_scale_*``) is the policy's own behaviour, so it is
+reported, not judged.
 """
 
 from __future__ import annotations
@@ -77,13 +80,16 @@ class DriftWatch:
         if r.model is None or r.spec.mode == "Off":
             self._drop(r.policy.uid)
             return None
+        if r.arm == "candidate":  # a canary's candidate: judged by the canary, not here
+            held = self._windows.get(r.policy.uid)
+            return (held.status if held else None) or r.runtime.status.get("drift")
         ref = self._reference(r.model)
         if isinstance(ref, str):
             self._drop(r.policy.uid)
             return {"state": "NoReference", "message": ref}
         w = self._window(r, ref)
         slot = math.floor(now / w.slot_s)
-        if r.features is not None:
+        if r.features is not None and r.verdict.model_decided:  # usable metrics only
             if not w.slots or w.slots[-1][0] != slot:
                 w.slots.append((slot, [np.zeros(k, dtype=np.int64) for k in ref.n_bins]))
             counts = w.slots[-1][1]
