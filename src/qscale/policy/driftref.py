@@ -27,6 +27,8 @@ __all__ = ["build", "write"]
 
 WINDOW_STEPS = 5760
 """24 h at 15 s: the longest calibrated length."""
+MIN_WINDOW_STEPS = 480
+"""A training episode (2 h at 15 s): the shortest window the reference is taken over."""
 
 
 def _spread(trace: list[int], per_trace: int) -> list[int]:
@@ -73,6 +75,10 @@ def build(
 ) -> tuple[drift.Reference, dict[str, Any]]:
     """The reference of ``module`` on ``traces``; and the calibration report."""
     bank = TraceBank.from_files(traces, split, config.dt)
+    # Short data in day-long windows is one or two simulated clusters stepped one at a time:
+    # cut it into more windows (never shorter than a training episode) that step together.
+    total = int(bank.lengths.sum())
+    window_steps = max(MIN_WINDOW_STEPS, min(window_steps, total // 32))
     windows = rollout_observations(module, bank, config, seed, window_steps, per_trace)
     ref_obs = np.concatenate(windows[0::2])
     calibration = windows[1::2] or windows
