@@ -42,10 +42,7 @@ def main() -> int:
     policy = artifact.load_policy(default_model_path())
     ref = drift.Reference.from_manifest(policy.manifest)
     assert ref is not None, "the shipped model has no drift reference"
-    tc = policy.manifest["training_config"]
-    cfg = train.TrainConfig(
-        **{k: v for k, v in tc.items() if k in train.TrainConfig.__dataclass_fields__}
-    )
+    cfg = train.config_of(policy.manifest)
     base = train.sim_config(cfg)
     bank = TraceBank.from_files(cfg.traces, "val", cfg.dt)
     lengths = [t.ticks for t in ref.thresholds if t.ticks <= WINDOW_STEPS]

@@ -386,8 +386,7 @@ def cmd_drift_reference(args: argparse.Namespace) -> int:
     missing = [t for t in traces if not Path(t).is_file()]
     if missing:
         raise UsageError(f"--traces: not found: {', '.join(map(str, missing))}")
-    known = {k: v for k, v in tc.items() if k in train.TrainConfig.__dataclass_fields__}
-    cfg = train.TrainConfig(**{**known, "traces": list(traces)})
+    cfg = train.config_of(policy.manifest, traces=list(traces))
     ref, report = driftref.build(
         policy.module, traces, train.sim_config(cfg), args.split, args.seed, args.per_trace
     )

@@ -13,9 +13,10 @@ PSI over a short window of a training-like workload is not 0: 20 ticks of one af
 few bins only. So a fixed threshold (the folklore 0.25) either fires on every short window or
 misses shifts on long ones. The thresholds here are measured instead: single windows of the
 training traces (other simulated clusters than the reference's), cut to each calibrated length,
-give PSI under "no drift"; per length, each feature's threshold is ``tau x`` its median PSI,
-with ``tau`` chosen so that :data:`FALSE_ALARM_RATE` of those windows cross *any* feature's
-threshold. A window is judged with the thresholds of the longest calibrated length it covers.
+give PSI under "no drift"; per length, every feature's threshold is the same quantile of its
+PSIs, the lowest quantile at which no more than :data:`FALSE_ALARM_RATE` of those windows cross
+*any* feature's threshold (and never under :data:`MIN_THRESHOLD`). A window is judged with the
+thresholds of the longest calibrated length it covers.
 
 This module is pure (numpy): the operator calls it per policy, the reference builder calls
 :func:`fit`.

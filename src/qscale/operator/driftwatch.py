@@ -65,6 +65,8 @@ class DriftWatch:
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
         self._windows: dict[str, _Window] = {}
+        self._dirty = False
+        """The metrics are behind the judgements (:meth:`export` brings them up to date)."""
         self._refs: dict[str, drift.Reference | str] = {}
         """Per model digest: its reference, or why it has none."""
 
@@ -101,7 +103,7 @@ class DriftWatch:
             w.judged_slot = slot
             kept = r.runtime.status.get("drift")
             w.status = _settled(kept, self._judge(w, ref, kept, now), w.window_s, now)
-            self._export()
+            self._dirty = True
         return w.status
 
     def retain(self, uids: set[str]) -> None:
@@ -109,11 +111,11 @@ class DriftWatch:
         for u in gone:
             del self._windows[u]
         if gone:
-            self._export()
+            self._dirty = True
 
     def clear(self) -> None:
         self._windows.clear()
-        self._export()
+        self._dirty = True
 
     # --- inside ---------------------------------------------------------------------------
 
@@ -142,7 +144,7 @@ class DriftWatch:
 
     def _drop(self, uid: str) -> None:
         if self._windows.pop(uid, None) is not None:
-            self._export()
+            self._dirty = True
 
     def _judge(
         self, w: _Window, ref: drift.Reference, kept: dict[str, Any] | None, now: float
@@ -194,7 +196,12 @@ class DriftWatch:
             "message": message,
         }
 
-    def _export(self) -> None:
+    def export(self) -> None:
+        """The metrics, once per tick when a judgement changed them (per judgement, a tick
+        that judges 1,000 policies would go over every window 1,000 times)."""
+        if not self._dirty:
+            return
+        self._dirty = False
         m = self.metrics
         counts = dict.fromkeys(STATES, 0)
         worst: dict[tuple[str, str], float] = {}

@@ -192,6 +192,7 @@ class Engine:
         self.shadow.clear()
         self.canaries.clear()
         self.drift.clear()
+        self.drift.export()
 
     # --- the tick -------------------------------------------------------------------------
 
@@ -467,6 +468,7 @@ class Engine:
         for r in rows:
             self._settle(r, now)
             statuses[r.policy.uid] = self._status(r, statuses[r.policy.uid], now)
+        self.drift.export()
 
     def _hand_over(
         self,

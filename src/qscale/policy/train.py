@@ -366,6 +366,14 @@ def soft_update(target: nn.Module, online: nn.Module, tau: float) -> None:
             tp.lerp_(p, tau)
 
 
+def config_of(manifest: dict[str, Any], **overrides: Any) -> TrainConfig:
+    """The run's :class:`TrainConfig` as an artifact's manifest records it (keys this version
+    does not know are left out), with ``overrides``."""
+    recorded = manifest.get("training_config") or {}
+    known = {k: v for k, v in recorded.items() if k in TrainConfig.__dataclass_fields__}
+    return TrainConfig(**{**known, **overrides})
+
+
 def sim_config(cfg: TrainConfig) -> sim.SimConfig:
     """The simulator settings of a run (everything not exposed here keeps its default)."""
     reward = sim.RewardWeights(

@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -299,8 +300,6 @@ def tune(
     result = train.train(cfg)
     model = out / "model"
     if model.exists():
-        import shutil
-
         shutil.rmtree(model)
     Path(result.final_model).rename(model)
     tuned = artifact.load_policy(model)
