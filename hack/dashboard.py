@@ -334,6 +334,7 @@ def dashboard() -> dict:
             8,
             [
                 ("max by (state) (qscale_canary_policies)", "policies {{state}}"),
+                ("max by (state) (qscale_rollouts)", "ModelRollouts {{state}}"),
                 ("sum(increase(qscale_canary_rollbacks_total[1h]))", "rollbacks/h"),
                 ("sum(increase(qscale_canary_promotions_total[1h]))", "promotions/h"),
                 (
@@ -347,8 +348,8 @@ def dashboard() -> dict:
                     "shield interventions per decision {{arm}}",
                 ),
             ],
-            desc="Canaries by state (alert QScaleCanaryRolledBack), and per arm, over all canary "
-            "policies: the share of time with p95 over the SLO and of decisions the shield "
+            desc="Canaries and ModelRollouts (group canaries) by state (alert "
+            "QScaleCanaryRolledBack), and per arm, over all canaries and rollouts: the share of time with p95 over the SLO and of decisions the shield "
             "limited (docs/canary.md)",
         ),
         panel(

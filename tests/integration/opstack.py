@@ -36,7 +36,9 @@ RULES = f"""groups:
 """
 
 
-def policy_manifest(name: str, namespace: str, target: str, **spec: Any) -> str:
+def policy_manifest(
+    name: str, namespace: str, target: str, labels: dict[str, str] | None = None, **spec: Any
+) -> str:
     body = {
         "targetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": target},
         "minReplicas": 1,
@@ -49,7 +51,7 @@ def policy_manifest(name: str, namespace: str, target: str, **spec: Any) -> str:
         {
             "apiVersion": "qscale.io/v1alpha1",
             "kind": "AutoscalePolicy",
-            "metadata": {"name": name, "namespace": namespace},
+            "metadata": {"name": name, "namespace": namespace, "labels": labels or {}},
             "spec": body,
         }
     )
@@ -132,10 +134,22 @@ class Stack:
         want = replicas if ready is None else ready
         wait_for(lambda: self.ready(name) == want, 60, what=f"{name} ready")
 
-    def policy(self, name: str, target: str, **spec: Any) -> None:
-        out = self.cluster.apply(policy_manifest(name, self.ns, target, **spec), check=False)
+    def policy(
+        self, name: str, target: str, labels: dict[str, str] | None = None, **spec: Any
+    ) -> None:
+        body = policy_manifest(name, self.ns, target, labels, **spec)
+        out = self.cluster.apply(body, check=False)
         assert out.returncode == 0, out.stderr
         self.created.append(("autoscalepolicy", name))
+
+    def rollout(self, name: str, **spec: Any):
+        """A ModelRollout (its ``kubectl apply``, checked by the caller: the API may refuse)."""
+        body = {"apiVersion": "qscale.io/v1alpha1", "kind": "ModelRollout",
+                "metadata": {"name": name, "namespace": self.ns}, "spec": spec}  # fmt: skip
+        out = self.cluster.apply(json.dumps(body), check=False)
+        if out.returncode == 0:
+            self.created.append(("modelrollout", name))
+        return out
 
     def publish(self, model: Path, name: str) -> dict:
         """The artifact at ``model`` as a ConfigMap model in the stack's namespace (what
@@ -177,7 +191,7 @@ class Stack:
     def ready(self, name: str) -> int:
         return int(self.get("deploy", name).get("status", {}).get("readyReplicas") or 0)
 
-    def events(self, name: str) -> list[dict]:
+    def events(self, name: str, kind: str = "AutoscalePolicy") -> list[dict]:
         out = self.cluster.kubectl(
             "get",
             "events",
@@ -186,7 +200,7 @@ class Stack:
             "-o",
             "json",
             "--field-selector",
-            f"involvedObject.kind=AutoscalePolicy,involvedObject.name={name}",
+            f"involvedObject.kind={kind},involvedObject.name={name}",
         ).stdout
         return sorted(json.loads(out)["items"], key=lambda e: e.get("lastTimestamp") or "")
 

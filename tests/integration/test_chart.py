@@ -70,7 +70,8 @@ def test_default_render_is_the_operator_and_nothing_optional(k8s_bin):
     assert kinds == sorted(
         [
             "ServiceAccount",
-            "CustomResourceDefinition",
+            "CustomResourceDefinition",  # AutoscalePolicy
+            "CustomResourceDefinition",  # ModelRollout
             "ClusterRole",
             "ClusterRoleBinding",  # no watchNamespaces: cluster-wide
             "Role",
@@ -216,10 +217,11 @@ def test_generated_files_have_not_drifted(k8s_bin, script):
 
 
 def test_rendered_crd_is_deploys(k8s_bin):
-    chart = by_kind(render(k8s_bin), "CustomResourceDefinition")[0]
-    src = deploy_docs("crds/qscale.io_autoscalepolicies.yaml")[0]
-    assert chart["spec"] == src["spec"]
-    assert chart["metadata"]["name"] == src["metadata"]["name"]
+    chart = {d["metadata"]["name"]: d for d in by_kind(render(k8s_bin), "CustomResourceDefinition")}
+    assert sorted(chart) == ["autoscalepolicies.qscale.io", "modelrollouts.qscale.io"]
+    for plural in ("autoscalepolicies", "modelrollouts"):
+        src = deploy_docs(f"crds/qscale.io_{plural}.yaml")[0]
+        assert chart[src["metadata"]["name"]]["spec"] == src["spec"]
     assert not by_kind(render(k8s_bin, "--set", "crds.install=false"), "CustomResourceDefinition")
     kept = by_kind(render(k8s_bin, "--set", "crds.keep=false"), "CustomResourceDefinition")[0]
     assert "annotations" not in kept["metadata"]
@@ -449,7 +451,11 @@ def test_helm_install_then_the_operator_with_the_charts_token_scales(
     ).stdout
     assert "kubectl get asp -A" in notes and "apps" in notes
     c.kubectl(
-        "wait", "--for=condition=established", "--timeout=60s", "crd/autoscalepolicies.qscale.io"
+        "wait",
+        "--for=condition=established",
+        "--timeout=60s",
+        "crd/autoscalepolicies.qscale.io",
+        "crd/modelrollouts.qscale.io",
     )
 
     # The chart's CRD takes the examples and refuses bad policies, on the real API server.
@@ -489,6 +495,8 @@ def test_helm_install_then_the_operator_with_the_charts_token_scales(
         env_ns,
     )
     assert may("auth", "can-i", "create", "events", "-n", env_ns)
+    assert may("auth", "can-i", "list", "modelrollouts.qscale.io", "-n", env_ns)
+    assert not may("auth", "can-i", "patch", "modelrollouts.qscale.io", "-n", env_ns)
     assert may("auth", "can-i", "update", "leases", "-n", "qscale-system")
     assert not may("auth", "can-i", "update", "leases", "-n", env_ns)
     assert not may("auth", "can-i", "list", "namespaces")

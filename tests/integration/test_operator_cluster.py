@@ -339,6 +339,55 @@ def test_an_under_provisioning_candidate_is_rolled_back_and_the_incumbent_keeps_
     assert "CANARY" in wide.splitlines()[0] and "RolledBack" in wide
 
 
+def test_a_group_canary_is_rolled_back_on_its_targets_and_the_api_refuses_bad_rollouts(
+    st: Stack,
+):
+    hold = st.publish(constant_policy(st.workdir / "ghold", "hold"), "grp-hold")
+    names = ["grp-a", "grp-b", "grp-c"]
+    for n in names:  # 2 pods of 50 req/s each for 180 req/s: overloaded until scaled up
+        st.deployment(n, replicas=2, load=180)
+    for n in names:
+        st.policy(n, n, labels={"canary-group": "grp"}, slo=SLO, metrics=FAST,
+                  behavior=CANARY_DOWN)  # fmt: skip
+    # A selector that takes the whole namespace, and In without values: refused by the API.
+    out = st.rollout("bad", selector={}, model=hold)
+    assert out.returncode != 0 and "must not be empty" in out.stderr, out.stderr
+    bad_expr = {"matchExpressions": [{"key": "a", "operator": "In"}]}
+    out = st.rollout("bad", selector=bad_expr, model=hold)
+    assert out.returncode != 0 and "need values" in out.stderr, out.stderr
+    out = st.rollout("grp", selector={"matchLabels": {"canary-group": "grp"}}, model=hold,
+                     percent=34, window="40s", rollback={"maxSloViolationPercent": 20})  # fmt: skip
+    assert out.returncode == 0, out.stderr
+
+    def rollout_status() -> dict:
+        return st.get("modelrollout", "grp").get("status") or {}
+
+    running = wait_for(lambda: rollout_status().get("members") == 3 or None, 60, 0.5, "members")
+    (cand,) = st.get("modelrollout", "grp")["status"]["candidate"]["policies"]
+    assert running and st.status(cand)["canary"] == {
+        **st.status(cand)["canary"],
+        "rollout": "grp",
+        "arm": "candidate",
+    }
+    s = wait_for(
+        lambda: (lambda s: s if s.get("state") == "RolledBack" else None)(rollout_status()),
+        90,
+        0.5,
+        "the group's rollback",
+    )
+    assert s["reason"] == "SLO_VIOLATION" and s["candidate"]["sloViolationPercent"] > 20, s
+    assert s["candidate"]["targets"] == 1 and len(s["incumbent"]["policies"]) == 3
+    events = [e for e in st.events("grp", "ModelRollout") if e["reason"] == "CANARY_ROLLED_BACK"]
+    assert len(events) == 1 and events[0]["type"] == "Warning"
+    assert any(e["reason"] == "CANARY_ROLLED_BACK" for e in st.events(cand))
+    assert st.operator.metric("qscale_rollouts", {"state": "RolledBack"}) >= 1
+    # The incumbent (each policy's model) decides the candidate's target from then on.
+    st.wait_status(cand, lambda s: s.get("replicas", 0) >= 4, 60, "the incumbent scaling up")
+    assert st.status(cand)["canary"]["arm"] == "incumbent"
+    listed = st.cluster.kubectl("get", "mro", "grp", "-n", st.ns).stdout
+    assert "RolledBack" in listed and "SLO_VIOLATION" in listed
+
+
 def test_a_cheaper_candidate_that_keeps_the_slo_is_promoted(st: Stack):
     over = st.publish(constant_policy(st.workdir / "x2", "times_2"), "inc-x2")
     # The candidate gives back a pod a tick, down to minReplicas 5 (150 req/s at 60 %), the

@@ -43,6 +43,8 @@ class FakeKube:
         self.scales: dict[tuple[str, str], dict] = {}
         self.status: dict[tuple[str, str], dict] = {}
         self.configmaps: dict[tuple[str, str], dict] = {}
+        self.rollouts: dict[tuple[str, str], dict] = {}
+        """ModelRollouts by (namespace, name), as the API would list them."""
         self.events: list[dict] = []
         self.calls: list[tuple[str, str]] = []
         self.down = False
@@ -69,6 +71,9 @@ class FakeKube:
             if (m[1], m[2]) not in self.configmaps:
                 raise ApiError(404, "not found")
             return copy.deepcopy(self.configmaps[(m[1], m[2])])
+        if m := re.match(r"/apis/qscale.io/v1alpha1/namespaces/([^/]+)/modelrollouts$", path):
+            items = [v for (ns, _), v in sorted(self.rollouts.items()) if ns == m[1]]
+            return {"items": copy.deepcopy(items)}
         raise ApiError(404, path)
 
     async def patch_merge(self, path: str, body: Any) -> Any:
@@ -99,6 +104,14 @@ class FakeKube:
             st = self.status.setdefault((m[1], m[2]), {})
             _merge(st, body["status"])
             return {"status": st}
+        if m := re.match(
+            r"/apis/qscale.io/v1alpha1/namespaces/([^/]+)/modelrollouts/([^/]+)/status$", path
+        ):
+            if (m[1], m[2]) not in self.rollouts:
+                raise ApiError(404, path)
+            obj = self.rollouts[(m[1], m[2])]
+            obj["status"] = body["status"]  # a merge patch of a whole status: its keys replaced
+            return copy.deepcopy(obj)
         raise ApiError(404, path)
 
     async def post(self, path: str, body: Any) -> Any:
@@ -234,10 +247,17 @@ class World:
             )
 
     def policy(
-        self, ns: str, name: str, spec: dict, status: dict | None = None, uid: str | None = None
+        self,
+        ns: str,
+        name: str,
+        spec: dict,
+        status: dict | None = None,
+        uid: str | None = None,
+        labels: dict | None = None,
     ):
+        meta = {"namespace": ns, "name": name, "uid": uid or f"p-{name}", "generation": 1}
         body = {
-            "metadata": {"namespace": ns, "name": name, "uid": uid or f"p-{name}", "generation": 1},
+            "metadata": {**meta, "labels": labels or {}},
             "spec": spec,
             "status": status or self.kube.status.get((ns, name), {}),
         }
@@ -251,6 +271,7 @@ class World:
         rep = await self.engine.run_once(self.policies, now)
         if settle:
             await self.engine.statuses.run_pending()
+            await self.engine.rollouts.drain()
         return rep
 
 

@@ -1,7 +1,7 @@
 """The operator's RBAC is the least it needs: what it reads, it only reads; it writes only the
-status of AutoscalePolicies and the scale of Deployments; model ConfigMaps only by name. (The
-chart renders the same rules: tests/integration/test_chart.py compares them; the cluster tests
-run the operator under exactly these rules.)"""
+status of AutoscalePolicies and ModelRollouts and the scale of Deployments; model ConfigMaps
+only by name. (The chart renders the same rules: tests/integration/test_chart.py compares them;
+the cluster tests run the operator under exactly these rules.)"""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ ROOT = Path(__file__).resolve().parents[2]
 EXPECTED = {
     ("qscale.io", "autoscalepolicies"): {"get", "list", "watch"},
     ("qscale.io", "autoscalepolicies/status"): {"get", "patch"},
+    ("qscale.io", "modelrollouts"): {"list"},
+    ("qscale.io", "modelrollouts/status"): {"patch"},
     ("apps", "deployments"): {"get", "list", "watch"},
     ("apps", "deployments/scale"): {"get", "patch"},
     ("", "events"): {"create"},
@@ -48,4 +50,5 @@ def test_at_home_only_the_lease_and_the_kill_switch_configmap_by_name():
 def test_no_write_to_policies_themselves_and_no_configmap_listing():
     rules = _rules("ClusterRole", "qscale-operator")
     assert "patch" not in rules[("qscale.io", "autoscalepolicies")]
+    assert "patch" not in rules[("qscale.io", "modelrollouts")]
     assert rules[("", "configmaps")] == {"get"}

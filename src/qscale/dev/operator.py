@@ -58,8 +58,14 @@ def scripted_policy(path: Path) -> Path:
     return export(net, path)
 
 
+CRDS = ("autoscalepolicies", "modelrollouts")
+
+
 def crd_yaml() -> str:
-    return (DEPLOY / "crds" / "qscale.io_autoscalepolicies.yaml").read_text()
+    """Every CRD of ``deploy/crds``, as one stream."""
+    return "\n---\n".join(
+        (DEPLOY / "crds" / f"qscale.io_{plural}.yaml").read_text() for plural in CRDS
+    )
 
 
 def rbac_yaml(operator_ns: str, watched: Sequence[str]) -> str:
@@ -84,7 +90,10 @@ def install(cluster: LocalCluster, operator_ns: str, watched: Sequence[str]) -> 
     """CRD (waits until established), namespaces and the operator's RBAC."""
     cluster.apply(crd_yaml())
     cluster.kubectl(
-        "wait", "--for=condition=established", "--timeout=60s", "crd/autoscalepolicies.qscale.io"
+        "wait",
+        "--for=condition=established",
+        "--timeout=60s",
+        *(f"crd/{plural}.qscale.io" for plural in CRDS),
     )
     for ns in (operator_ns, *watched):
         cluster.apply(namespace_manifest(ns))

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
@@ -38,7 +38,7 @@ from qscale.operator.metrics import Metrics
 from qscale.operator.spec import CanarySpec
 from qscale.operator.status import HPA_LIMIT_REASONS, LIMIT_REASONS, Notice, iso
 
-__all__ = ["ARMS", "Canaries", "Canary", "Transition"]
+__all__ = ["ARMS", "Canaries", "Canary", "Ledger", "Transition", "rollback_reason"]
 
 ARMS = ("candidate", "incumbent")
 RUNNING, ROLLED_BACK, PROMOTED = "Running", "RolledBack", "Promoted"
@@ -56,6 +56,8 @@ class _Tick:
     rate: float
     violated: bool | None
     """p95 over the SLO (``None``: not measured)."""
+    busy: float = 0.0
+    """Pods' worth of CPU in use (:func:`qscale.operator.rows.busy_pods`)."""
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,7 @@ class _Arm:
     violating_s: float = 0.0
     replica_s: float = 0.0
     requests: float = 0.0
+    busy_s: float = 0.0
     decisions: int = 0
     interventions: int = 0
 
@@ -79,9 +82,14 @@ class _Arm:
         self.seconds += k.dt
         self.replica_s += k.replicas * k.dt
         self.requests += k.rate * k.dt
+        self.busy_s += k.busy * k.dt
         if k.violated is not None:
             self.known_s += k.dt
             self.violating_s += k.dt if k.violated else 0.0
+
+    def merge(self, o: _Arm) -> None:
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(o, f.name))
 
     def as_status(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -97,6 +105,92 @@ class _Arm:
 
 
 @dataclass
+class Ledger:
+    """One target's outcomes and decisions over a window, each charged to an arm."""
+
+    window_s: float
+    interval_s: float
+    ticks: deque[_Tick] = field(default_factory=deque)
+    decisions: deque[tuple[float, str, bool]] = field(default_factory=deque)
+    """(time, arm, limited by the shield) of each decision in the window."""
+    last: tuple[float, str] | None = None
+    """(time, arm) of the last decision: who is charged for the next outcome."""
+
+    def record(
+        self,
+        now: float,
+        arm: str,
+        decided: bool,
+        limited: bool,
+        replicas: float,
+        rate: float,
+        p95_s: float,
+        slo_s: float,
+        busy: float = 0.0,
+    ) -> _Tick | None:
+        """This tick: the outcome of the last decision (returned), then this tick's decision
+        by ``arm``."""
+        new = None
+        if self.last is not None:
+            t_prev, arm_prev = self.last
+            dt = min(now - t_prev, 2.0 * self.interval_s)
+            if dt > 0:
+                known = math.isfinite(p95_s) and math.isfinite(rate) and rate > 0
+                new = _Tick(
+                    now,
+                    dt,
+                    arm_prev,
+                    replicas,
+                    rate if math.isfinite(rate) else 0.0,
+                    (p95_s > slo_s) if known else None,
+                    busy if math.isfinite(busy) else 0.0,
+                )
+                self.ticks.append(new)
+        if decided:
+            self.decisions.append((now, arm, limited))
+        self.last = (now, arm) if decided else None
+        start = now - self.window_s
+        while self.ticks and self.ticks[0].t <= start:
+            self.ticks.popleft()
+        while self.decisions and self.decisions[0][0] <= start:
+            self.decisions.popleft()
+        return new
+
+    def arms(self) -> dict[str, _Arm]:
+        out = {a: _Arm() for a in ARMS}
+        for k in self.ticks:
+            out[k.arm].add(k)
+        for _, arm, limited in self.decisions:
+            out[arm].decisions += 1
+            out[arm].interventions += int(limited)
+        return out
+
+
+def rollback_reason(c: _Arm, max_slo_violation: float, max_interventions: float):
+    """``(reason, message)`` when a candidate arm's figures call for a rollback, else ``None``:
+    once it has decided ``MIN_DECISIONS`` times, its share of time with p95 over the SLO, then
+    its share of decisions the shield limited."""
+    if c.decisions < MIN_DECISIONS:
+        return None
+    if c.known_s > 0:
+        share = c.violating_s / c.known_s
+        if share > max_slo_violation:
+            return (
+                "SLO_VIOLATION",
+                f"the candidate's p95 was over the SLO {share:.0%} of its "
+                f"{c.seconds:.0f} s (limit {max_slo_violation:.0%})",
+            )
+    share = c.interventions / c.decisions
+    if share > max_interventions:
+        return (
+            "SHIELD_INTERVENTIONS",
+            f"the shield limited {share:.0%} of the candidate's {c.decisions} "
+            f"decisions (limit {max_interventions:.0%})",
+        )
+    return None
+
+
+@dataclass
 class Canary:
     """One policy's canary: its schedule, its window of outcomes, its state."""
 
@@ -107,11 +201,7 @@ class Canary:
     since: float = 0.0
     reason: str = ""
     message: str = ""
-    ticks: deque[_Tick] = field(default_factory=deque)
-    decisions: deque[tuple[float, str, bool]] = field(default_factory=deque)
-    """(time, arm, limited by the shield) of each decision in the window."""
-    last: tuple[float, str] | None = None
-    """(time, arm) of the last decision: who is charged for the next outcome."""
+    ledger: Ledger = field(init=False)
     shown: dict[str, Any] | None = None
     """``status.canary`` as last made (it is remade on a change of arm or state, and at least
     once a period: not on every tick)."""
@@ -144,52 +234,15 @@ class Canary:
         phase = (now % self.spec.period_s) / self.spec.period_s
         return "candidate" if phase < self.spec.fraction else "incumbent"
 
-    def record(
-        self,
-        now: float,
-        arm: str,
-        decided: bool,
-        limited: bool,
-        replicas: float,
-        rate: float,
-        p95_s: float,
-        slo_s: float,
-    ) -> _Tick | None:
-        """This tick: the outcome of the last decision (returned), then this tick's decision
-        by ``arm``."""
-        new = None
-        if self.last is not None:
-            t_prev, arm_prev = self.last
-            dt = min(now - t_prev, 2.0 * self.interval_s)
-            if dt > 0:
-                known = math.isfinite(p95_s) and math.isfinite(rate) and rate > 0
-                new = _Tick(
-                    now,
-                    dt,
-                    arm_prev,
-                    replicas,
-                    rate if math.isfinite(rate) else 0.0,
-                    (p95_s > slo_s) if known else None,
-                )
-                self.ticks.append(new)
-        if decided:
-            self.decisions.append((now, arm, limited))
-        self.last = (now, arm) if decided else None
-        start = now - self.spec.window_s
-        while self.ticks and self.ticks[0].t <= start:
-            self.ticks.popleft()
-        while self.decisions and self.decisions[0][0] <= start:
-            self.decisions.popleft()
-        return new
+    def __post_init__(self) -> None:
+        self.ledger = Ledger(self.spec.window_s, self.interval_s)
+
+    def record(self, now: float, arm: str, decided: bool, limited: bool, *outcome: float):
+        """This tick's outcome and decision (:meth:`Ledger.record`)."""
+        return self.ledger.record(now, arm, decided, limited, *outcome)
 
     def arms(self) -> dict[str, _Arm]:
-        out = {a: _Arm() for a in ARMS}
-        for k in self.ticks:
-            out[k.arm].add(k)
-        for _, arm, limited in self.decisions:
-            out[arm].decisions += 1
-            out[arm].interventions += int(limited)
-        return out
+        return self.ledger.arms()
 
     def refuse(self, now: float, why: str) -> Transition | None:
         """The candidate's model cannot be served: roll back at once."""
@@ -201,28 +254,10 @@ class Canary:
         """Rollback or promotion, if this tick calls for one (see the module's text)."""
         if self.state != RUNNING:
             return None
-        arms = self.arms()
-        c, s = arms["candidate"], self.spec
-        if c.decisions >= MIN_DECISIONS and c.known_s > 0:
-            share = c.violating_s / c.known_s
-            if share > s.max_slo_violation:
-                return self._go(
-                    now,
-                    ROLLED_BACK,
-                    "SLO_VIOLATION",
-                    f"the candidate's p95 was over the SLO {share:.0%} of its "
-                    f"{c.seconds:.0f} s (limit {s.max_slo_violation:.0%})",
-                )
-        if c.decisions >= MIN_DECISIONS:
-            share = c.interventions / c.decisions
-            if share > s.max_interventions:
-                return self._go(
-                    now,
-                    ROLLED_BACK,
-                    "SHIELD_INTERVENTIONS",
-                    f"the shield limited {share:.0%} of the candidate's {c.decisions} "
-                    f"decisions (limit {s.max_interventions:.0%})",
-                )
+        s = self.spec
+        why = rollback_reason(self.arms()["candidate"], s.max_slo_violation, s.max_interventions)
+        if why is not None:
+            return self._go(now, ROLLED_BACK, *why)
         if s.promote and now - self.since >= s.window_s and now - self.checked >= s.period_s / 2:
             self.checked = now  # a bootstrap twice a period, not every tick
             verdict = self._promotion()
@@ -232,7 +267,7 @@ class Canary:
 
     def _periods(self) -> list[tuple[_Arm, _Arm]]:
         by: dict[int, dict[str, _Arm]] = {}
-        for k in self.ticks:  # by the period of the decision the outcome followed
+        for k in self.ledger.ticks:  # by the period of the decision the outcome followed
             period = int((k.t - k.dt) // self.spec.period_s)
             by.setdefault(period, {x: _Arm() for x in ARMS})[k.arm].add(k)
         return [

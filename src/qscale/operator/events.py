@@ -27,6 +27,8 @@ class Event:
     reason: str
     message: str
     time: float
+    kind: str = "AutoscalePolicy"
+    """The kind of the object it is about (``AutoscalePolicy`` or ``ModelRollout``)."""
 
 
 def body(e: Event, instance: str) -> dict[str, Any]:
@@ -37,7 +39,7 @@ def body(e: Event, instance: str) -> dict[str, Any]:
         "metadata": {"generateName": f"{e.name}.", "namespace": e.namespace},
         "involvedObject": {
             "apiVersion": "qscale.io/v1alpha1",
-            "kind": "AutoscalePolicy",
+            "kind": e.kind,
             "name": e.name,
             "namespace": e.namespace,
             "uid": e.uid,

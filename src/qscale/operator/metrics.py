@@ -199,6 +199,12 @@ class Metrics:
             ["state"],
             registry=r,
         )
+        self.rollouts = Gauge(
+            "qscale_rollouts",
+            "ModelRollouts (group canaries) by state (Invalid: a spec the operator refuses)",
+            ["state"],
+            registry=r,
+        )
         self.canary_rollbacks = Counter(
             "qscale_canary_rollbacks", "Canaries rolled back to the incumbent", registry=r
         )

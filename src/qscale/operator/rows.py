@@ -32,6 +32,7 @@ __all__ = [
     "PolicyIndex",
     "Row",
     "Runtime",
+    "busy_pods",
     "decide_rows",
     "enforcers",
     "fallback_inputs",
@@ -65,6 +66,8 @@ class IndexedPolicy:
     status: Mapping[str, Any]
     created: str = ""
     """``metadata.creationTimestamp`` (RFC 3339, so it sorts by time)."""
+    labels: Mapping[str, str] = field(default_factory=dict)
+    """``metadata.labels`` (what a ModelRollout's selector matches)."""
 
     @staticmethod
     def from_body(body: Mapping[str, Any]) -> IndexedPolicy:
@@ -82,6 +85,7 @@ class IndexedPolicy:
             error=error,
             status=copy.deepcopy(dict(body.get("status") or {})),
             created=str(meta.get("creationTimestamp") or ""),
+            labels={str(k): str(v) for k, v in (meta.get("labels") or {}).items()},
         )
 
 
@@ -197,6 +201,9 @@ class Row:
     """The canary arm deciding this tick (``candidate``/``incumbent``; ``None``: no canary)."""
     by_rule: bool = False
     """The HPA rule decides this tick as the canary's incumbent (not as a fallback)."""
+    rollout: str | None = None
+    """The uid of the ModelRollout whose arm ``arm`` is (``None``: the policy's own canary, or
+    none)."""
     drift_fallback: bool = False
     """Drift (``spec.drift.action: Fallback``): the model is asked (its input feeds the drift
     window) but the HPA rule decides, as a fallback."""
@@ -205,6 +212,13 @@ class Row:
     def moves(self) -> bool:
         """A count was decided, and it is not the target's."""
         return self.verdict.desired is not None and self.verdict.desired != self.target.replicas
+
+
+def busy_pods(r: Row) -> float:
+    """Pods' worth of CPU the target uses (its CPU utilization of requests, over the limit
+    ratio, times the replicas standing)."""
+    o = r.obs
+    return o.cpu_utilization / max(r.target.cpu_limit_ratio, 1e-6) * r.target.replicas
 
 
 def enforcers(policies: Sequence[IndexedPolicy]) -> dict[tuple[str, str], IndexedPolicy]:

@@ -28,8 +28,12 @@ __all__ = [
     "MetricQueries",
     "ModelRef",
     "PolicySpec",
+    "RolloutSpec",
+    "Selector",
     "SpecError",
     "parse_duration",
+    "parse_rollout",
+    "parse_selector",
     "parse_spec",
     "shield_config",
 ]
@@ -338,24 +342,136 @@ def _canary(c: Any, interval: float) -> CanarySpec | None:
     incumbent = c.get("incumbent", "Model")
     if incumbent not in ("Model", "HPA"):
         raise SpecError(f"spec.canary.incumbent must be Model or HPA, got {incumbent!r}")
-    rb = c.get("rollback") or {}
-    pr = c.get("promotion") or {}
     return CanarySpec(
         model=ref,
         fraction=fraction,
         period_s=period,
         window_s=window,
-        max_slo_violation=_percent(
-            rb, "maxSloViolationPercent", 5, "spec.canary.rollback.maxSloViolationPercent"
-        ),
-        max_interventions=_percent(
-            rb, "maxInterventionPercent", 50, "spec.canary.rollback.maxInterventionPercent"
-        ),
-        promote=bool(pr.get("enabled", False)),
-        min_cost_saving=_percent(
-            pr, "minCostSavingPercent", 5, "spec.canary.promotion.minCostSavingPercent"
-        ),
         incumbent_hpa=incumbent == "HPA",
+        **_judging(c, "spec.canary"),
+    )
+
+
+def _judging(c: Mapping[str, Any], field: str) -> dict[str, Any]:
+    """``rollback`` and ``promotion``, as a canary and a rollout both take them."""
+    rb = c.get("rollback") or {}
+    pr = c.get("promotion") or {}
+    if not isinstance(rb, Mapping) or not isinstance(pr, Mapping):
+        raise SpecError(f"{field}.rollback and {field}.promotion must be objects")
+    return {
+        "max_slo_violation": _percent(
+            rb, "maxSloViolationPercent", 5, f"{field}.rollback.maxSloViolationPercent"
+        ),
+        "max_interventions": _percent(
+            rb, "maxInterventionPercent", 50, f"{field}.rollback.maxInterventionPercent"
+        ),
+        "promote": bool(pr.get("enabled", False)),
+        "min_cost_saving": _percent(
+            pr, "minCostSavingPercent", 5, f"{field}.promotion.minCostSavingPercent"
+        ),
+    }
+
+
+_OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist")
+
+
+@dataclass(frozen=True)
+class Selector:
+    """A Kubernetes label selector (``matchLabels`` and ``matchExpressions``, ANDed)."""
+
+    match_labels: tuple[tuple[str, str], ...] = ()
+    expressions: tuple[tuple[str, str, tuple[str, ...]], ...] = ()
+    """(key, operator, values)."""
+
+    def matches(self, labels: Mapping[str, str]) -> bool:
+        if any(labels.get(k) != v for k, v in self.match_labels):
+            return False
+        for key, op, values in self.expressions:
+            has = key in labels
+            if op == "In" and not (has and labels[key] in values):
+                return False
+            if op == "NotIn" and has and labels[key] in values:
+                return False
+            if op == "Exists" and not has:
+                return False
+            if op == "DoesNotExist" and has:
+                return False
+        return True
+
+
+def parse_selector(sel: Any, field: str) -> Selector:
+    """A label selector; an empty one is refused (it would take every policy)."""
+    if not isinstance(sel, Mapping):
+        raise SpecError(f"{field} must be an object (matchLabels, matchExpressions)")
+    ml = sel.get("matchLabels") or {}
+    me = sel.get("matchExpressions") or []
+    if not isinstance(ml, Mapping) or not isinstance(me, list):
+        raise SpecError(f"{field}.matchLabels must be a map and matchExpressions a list")
+    labels = tuple(sorted((str(k), str(v)) for k, v in ml.items()))
+    exprs = []
+    for i, e in enumerate(me):
+        where = f"{field}.matchExpressions[{i}]"
+        if not isinstance(e, Mapping) or not e.get("key"):
+            raise SpecError(f"{where} needs a key")
+        op, values = e.get("operator"), e.get("values") or []
+        if op not in _OPERATORS:
+            raise SpecError(f"{where}.operator must be one of {', '.join(_OPERATORS)}, got {op!r}")
+        if not isinstance(values, list):
+            raise SpecError(f"{where}.values must be a list")
+        if (op in ("In", "NotIn")) != bool(values):
+            raise SpecError(f"{where}: In and NotIn need values, Exists and DoesNotExist none")
+        exprs.append((str(e["key"]), op, tuple(str(v) for v in values)))
+    if not labels and not exprs:
+        raise SpecError(f"{field} is empty: it would select every policy in the namespace")
+    return Selector(labels, tuple(exprs))
+
+
+@dataclass(frozen=True)
+class RolloutSpec:
+    """A ModelRollout's spec: a candidate model on a share of the targets of the Enforce
+    policies its selector matches (:mod:`qscale.operator.rollout`)."""
+
+    selector: Selector
+    model: ModelRef
+    fraction: float
+    """Share of the matched policies whose targets the candidate decides."""
+    window_s: float
+    max_slo_violation: float
+    max_interventions: float
+    promote: bool
+    min_cost_saving: float
+    incumbent_hpa: bool = False
+    """The incumbent is each member's HPA rule (its ``spec.fallback``), not its model."""
+
+
+ROLLOUT_WINDOW_RANGE_S = (10.0, 7 * 86400.0)
+
+
+def parse_rollout(spec: Mapping[str, Any] | None) -> RolloutSpec:
+    """A ModelRollout's ``spec``, checked as the CRD's schema checks it (a reader of an older
+    CRD, or of one applied without validation, gets the same refusals)."""
+    if not isinstance(spec, Mapping):
+        raise SpecError("spec must be an object")
+    ref = _model_ref(spec.get("model") or {}, "spec.model")
+    if ref.is_default:
+        raise SpecError("spec.model needs a configMapRef and its sha256 (the candidate)")
+    fraction = _percent(spec, "percent", 50, "spec.percent")
+    if not 0.05 <= fraction <= 0.95:
+        raise SpecError(f"spec.percent must be between 5 and 95, got {fraction * 100:g}")
+    window = parse_duration(spec.get("window", "1h"), "spec.window")
+    lo, hi = ROLLOUT_WINDOW_RANGE_S
+    if not lo <= window <= hi:
+        raise SpecError(f"spec.window must be between 10s and 168h, got {spec.get('window')!r}")
+    incumbent = spec.get("incumbent", "Model")
+    if incumbent not in ("Model", "HPA"):
+        raise SpecError(f"spec.incumbent must be Model or HPA, got {incumbent!r}")
+    return RolloutSpec(
+        selector=parse_selector(spec.get("selector"), "spec.selector"),
+        model=ref,
+        fraction=fraction,
+        window_s=window,
+        incumbent_hpa=incumbent == "HPA",
+        **_judging(spec, "spec"),
     )
 
 

@@ -438,8 +438,9 @@ def decided_status(
     switch that holds it (:mod:`qscale.operator.killswitch`; a switch to Off arrives as mode
     Off) and ``shadow`` the score of a policy in Shadow mode
     (:mod:`qscale.operator.shadowscore`; in another mode the key goes) and ``canary`` the
-    state of an Enforce policy's canary (:mod:`qscale.operator.canary`; kept as it was while a
-    kill switch holds the policy, gone with the spec's canary) and ``drift`` the judgement of
+    state of an Enforce policy's canary (:mod:`qscale.operator.canary`), or of its part in a
+    ModelRollout (:mod:`qscale.operator.rollout`; kept as it was while a kill switch holds the
+    policy, gone with the spec's canary and the membership) and ``drift`` the judgement of
     its inputs against the model's training (:mod:`qscale.operator.driftwatch`; ``None``: no
     model, the key and the ``ModelDrift`` condition go)."""
     g = generation

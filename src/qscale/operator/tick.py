@@ -44,10 +44,12 @@ from qscale.operator.kube import Kube
 from qscale.operator.metrics import Metrics
 from qscale.operator.models import ModelRegistry
 from qscale.operator.prom import Observation, PromClient
+from qscale.operator.rollout import Rollouts
 from qscale.operator.rows import (
     IndexedPolicy,
     Row,
     Runtime,
+    busy_pods,
     decide_rows,
     enforcers,
     fallback_inputs,
@@ -169,6 +171,7 @@ class Engine:
         self.runtimes: dict[str, Runtime] = {}
         self.shadow = ShadowScores(metrics)
         self.canaries = Canaries(metrics)
+        self.rollouts = Rollouts(metrics)
         self.drift = DriftWatch(metrics)
         self.kill = KillSwitch(
             settings.kill_switch, settings.kill_switch_configmap, settings.lease_ns()
@@ -191,6 +194,7 @@ class Engine:
         self.statuses.clear()
         self.shadow.clear()
         self.canaries.clear()
+        self.rollouts.clear()
         self.drift.clear()
         self.drift.export()
 
@@ -214,12 +218,17 @@ class Engine:
         self.events.hold()
         self.statuses.hold()
         try:
+            namespaces = {p.namespace for p, _ in due}
             await asyncio.gather(
-                self._refresh_models([p for p, _ in due]),
-                self.kill.refresh(self.kube, {p.namespace for p, _ in due}),
+                self.kill.refresh(self.kube, namespaces),
+                self.rollouts.refresh(self.kube, namespaces),
             )
+            owners = enforcers(policies)
+            for e in self.rollouts.assign(policies, owners, now):
+                self.events.post(e)
+            await self._refresh_models([p for p, _ in due])
             self._report_kill_switch()
-            rows, statuses = self._prepare(due, enforcers(policies), now)
+            rows, statuses = self._prepare(due, owners, now)
             laps.lap("prepare")
             await self._observe(rows, now, rep)
             laps.lap("prometheus")
@@ -297,10 +306,16 @@ class Engine:
             kill = self.kill.for_namespace(p.namespace)
             arm = self.canaries.arm(p, rt.status, now) if kill is None else None
             ref = p.spec.canary.model if arm == "candidate" and p.spec.canary else p.spec.model
+            by_rule = arm == "incumbent" and bool(p.spec.canary and p.spec.canary.incumbent_hpa)
+            member = self.rollouts.arm(p) if kill is None and arm is None else None
+            if member is not None:
+                arm, group = member[0], self.rollouts.group(member[1])
+                ref = group.model if arm == "candidate" else ref
+                by_rule = arm == "incumbent" and group.spec.incumbent_hpa
             model, err = self.models.lookup(p.namespace, ref.configmap, ref.sha256)
             row = Row(p, rt, p.spec, target, model, err, kill=kill, before=target.replicas)
-            row.arm = arm
-            row.by_rule = arm == "incumbent" and bool(p.spec.canary and p.spec.canary.incumbent_hpa)
+            row.arm, row.by_rule = arm, by_rule
+            row.rollout = member[1] if member is not None else None
             self._kill_notice(row, now)
             self._drift_action(row)
             rows.append(row)
@@ -360,7 +375,7 @@ class Engine:
             for ref in (p.spec.model, *((p.spec.canary.model,) if p.spec.canary else ()))
             if not ref.is_default
         }
-        await self.models.refresh(self.kube, refs)
+        await self.models.refresh(self.kube, refs | self.rollouts.model_refs())
         for m in self.models.loaded():
             self.metrics.model_info.labels(m.name, m.digest[:16], m.spec_hash).set(1)
 
@@ -469,6 +484,10 @@ class Engine:
             self._settle(r, now)
             statuses[r.policy.uid] = self._status(r, statuses[r.policy.uid], now)
         self.drift.export()
+        events, patches = self.rollouts.conclude(now)
+        for e in events:
+            self.events.post(e)
+        self.rollouts.write(self.kube, patches)
 
     def _hand_over(
         self,
@@ -531,7 +550,7 @@ class Engine:
         observed live and count 0)."""
         rt, o, v = r.runtime, r.obs, r.verdict
         prev, rt.transition = rt.transition, None
-        busy = o.cpu_utilization / max(r.target.cpu_limit_ratio, 1e-6) * r.target.replicas
+        busy = busy_pods(r)
         decay = math.exp(-r.spec.interval_s / 86400.0)
         rt.peak_busy = max(busy if math.isfinite(busy) else 0.0, rt.peak_busy * decay)
         if not decided or not v.q_values or r.model is None:
@@ -583,6 +602,12 @@ class Engine:
         canary, notice = self.canaries.observe(r, now)
         if notice is not None:
             self._post(r.policy, notice, now)
+        if canary is None and r.kill is not None:
+            canary = self.rollouts.held(r.policy.uid)
+        elif canary is None:
+            canary, events = self.rollouts.observe(r, now)
+            for e in events:
+                self.events.post(e)
         drift = self.drift.observe(r, now)
         notice = drift_notice(r.runtime.status.get("drift"), drift, r.spec)
         if notice is not None:
