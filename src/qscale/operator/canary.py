@@ -415,7 +415,6 @@ class Canaries:
                 now, iso(now), iso(c.since), {"configMap": ref.configmap, "sha256": ref.sha256}
             )
             c.shown_at = now
-        self._export()
         return c.shown, notice
 
     def retain(self, uids: set[str]) -> None:
@@ -424,9 +423,10 @@ class Canaries:
 
     def clear(self) -> None:
         self._c.clear()
-        self._export()
+        self.export()
 
-    def _export(self) -> None:
+    def export(self) -> None:
+        """Canaries by state to the metrics, once per tick (the tick calls it)."""
         counts = dict.fromkeys(STATES, 0)
         for c in self._c.values():
             counts[c.state] += 1

@@ -45,6 +45,7 @@ class ShadowScores:
         self.metrics = metrics
         self.startup_s = startup_s
         self._state: dict[str, _State] = {}
+        self._dirty = True
 
     def observe(self, r: Row, now: float) -> dict[str, Any] | None:
         """Record the row's tick; its ``status.shadow`` (``None``: the policy is not in Shadow).
@@ -53,7 +54,7 @@ class ShadowScores:
         uid = r.policy.uid
         if r.spec.mode != "Shadow":
             if self._state.pop(uid, None) is not None:
-                self._export()
+                self._dirty = True
             return None
         window, interval = r.spec.shadow_window_s, r.spec.interval_s
         st = self._state.get(uid)
@@ -82,7 +83,7 @@ class ShadowScores:
                 new = kept
             st.status = new
             st.figures = _figures(new)
-            self._export()
+            self._dirty = True
         return st.status or r.runtime.status.get("shadow")
 
     def retain(self, uids: set[str]) -> None:
@@ -91,13 +92,19 @@ class ShadowScores:
         for u in gone:
             del self._state[u]
         if gone:
-            self._export()
+            self._dirty = True
 
     def clear(self) -> None:
         self._state.clear()
-        self._export()
+        self._dirty = True
+        self.export()
 
-    def _export(self) -> None:
+    def export(self) -> None:
+        """The totals to the metrics, once per tick (the tick calls it) and only after a
+        change: a sum over every Shadow policy, not one per policy scored."""
+        if not self._dirty:
+            return
+        self._dirty = False
         m = self.metrics
         counts = dict.fromkeys(VERDICTS, 0)
         totals: dict[str, float] = {}

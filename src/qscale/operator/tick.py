@@ -483,7 +483,9 @@ class Engine:
         for r in rows:
             self._settle(r, now)
             statuses[r.policy.uid] = self._status(r, statuses[r.policy.uid], now)
-        self.drift.export()
+        self.drift.export()  # each: once per tick, not once per policy
+        self.shadow.export()
+        self.canaries.export()
         events, patches = self.rollouts.conclude(now)
         for e in events:
             self.events.post(e)
