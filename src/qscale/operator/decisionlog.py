@@ -110,6 +110,25 @@ class DecisionLog:
         self._thread = threading.Thread(target=self._run, name="qscale-decision-log", daemon=True)
         self._thread.start()
 
+    @classmethod
+    def from_settings(cls, settings: Any, metrics: Any) -> DecisionLog | None:
+        """The log ``QSCALE_DECISION_LOG`` asks for (``None``: no log)."""
+        if not settings.decision_log:
+            return None
+        size = int(settings.decision_log_max_mb * 2**20)
+        return cls(settings.decision_log, size, settings.decision_log_files, metrics)
+
+    def write_rows(self, rows: Sequence[Any], now: float) -> None:
+        """Every row decided this tick (not in mode Off), each linked to its policy's last."""
+        out = []
+        for r in rows:
+            if r.spec.mode == "Off":
+                continue
+            applied = bool(r.last_action and r.last_action.get("applied"))
+            out.append(record(r, r.before, applied, r.runtime.logged_ts, now))
+            r.runtime.logged_ts = round(now, 3)
+        self.write(out)
+
     def write(self, records: Sequence[dict[str, Any]]) -> None:
         """Queue ``records``; never blocks (a full queue drops them, and counts them)."""
         for r in records:

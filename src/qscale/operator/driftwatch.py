@@ -22,6 +22,7 @@ reported, not judged.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import deque
 from dataclasses import dataclass, field
@@ -36,7 +37,7 @@ from qscale.operator.models import Model
 from qscale.operator.rows import Row
 from qscale.operator.status import iso
 
-__all__ = ["JUDGED", "STATES", "DriftWatch"]
+__all__ = ["JUDGED", "STATES", "DriftWatch", "act_on_drift"]
 
 STATES = ("Normal", "Drifting", "Filling", "NoReference")
 NOT_JUDGED = frozenset({"since_scale_up", "since_scale_down"})
@@ -116,6 +117,7 @@ class DriftWatch:
     def clear(self) -> None:
         self._windows.clear()
         self._dirty = True
+        self.export()
 
     # --- inside ---------------------------------------------------------------------------
 
@@ -236,3 +238,16 @@ def _settled(
     except ValueError:
         return new
     return new if now - shown >= window_s else kept
+
+
+def act_on_drift(r: Row) -> None:
+    """While the last judgement says drift, an Enforce policy acts as its ``spec.drift.action``
+    says (a kill switch and a canary's HPA incumbent come first)."""
+    if r.kill is not None or r.by_rule or r.spec.mode != "Enforce":
+        return
+    if not DriftWatch.drifting(r.runtime.status):
+        return
+    if r.spec.drift_action == "Shadow":
+        r.spec = dataclasses.replace(r.spec, mode="Shadow")
+    elif r.spec.drift_action == "Fallback":
+        r.drift_fallback = True

@@ -18,9 +18,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 from qscale.operator.kube import ApiError, Kube
+from qscale.operator.metrics import Metrics
+from qscale.operator.status import Notice, OpReason
 
 __all__ = ["MODES", "Engaged", "KillSwitch", "parse"]
 
@@ -73,6 +76,10 @@ class KillSwitch:
         """Per namespace (the operator's own included), as last read."""
         self.errors = 0
 
+    @classmethod
+    def from_settings(cls, settings: Any) -> KillSwitch:
+        return cls(settings.kill_switch, settings.kill_switch_configmap, settings.lease_ns())
+
     async def refresh(self, kube: Kube, namespaces: Iterable[str]) -> None:
         """Read the ConfigMap in the operator's namespace and in ``namespaces``, at once."""
         wanted = sorted({self.home, *namespaces})
@@ -100,3 +107,24 @@ class KillSwitch:
     def for_namespace(self, ns: str) -> Engaged | None:
         """The switch a policy in ``ns`` is under, if any."""
         return strongest(self.operator_wide(), self.read.get(ns))
+
+    @staticmethod
+    def notice(r: Any) -> Notice | None:
+        """For a row under ``r.kill`` (or no longer): a switch to Off makes the row mode Off;
+        engaging and releasing each give their Notice once (``r.runtime.killed`` remembers)."""
+        if r.kill is not None and r.kill.mode == "Off":
+            r.spec = replace(r.spec, mode="Off")
+        text = r.kill.describe if r.kill is not None else ""
+        if text == r.runtime.killed:
+            return None
+        was, r.runtime.killed = r.runtime.killed, text
+        if text:
+            return Notice("Warning", OpReason.KILL_SWITCH.value, text)
+        why = f"released: {was}; the policy runs as its spec says"
+        return Notice("Normal", OpReason.KILL_SWITCH_RELEASED.value, why)
+
+    def export(self, metrics: Metrics) -> None:
+        wide = self.operator_wide()
+        for mode in MODES:
+            on = wide is not None and wide.mode == mode
+            metrics.kill_switch.labels("operator", mode).set(1 if on else 0)

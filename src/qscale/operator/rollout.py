@@ -496,7 +496,14 @@ class Rollouts:
 
     # --- after the members' ticks ---------------------------------------------------------
 
-    def conclude(self, now: float) -> tuple[list[Event], list[tuple[str, dict[str, Any]]]]:
+    def conclude(self, kube: Kube, now: float) -> list[Event]:
+        """Each rollout judged: the Events of its transitions; the status patches due written
+        in the background (:meth:`write`)."""
+        events, patches = self.judge(now)
+        self.write(kube, patches)
+        return events
+
+    def judge(self, now: float) -> tuple[list[Event], list[tuple[str, dict[str, Any]]]]:
         """Each rollout judged: the Events of its transitions, and the status patches due
         (``(path, body)``: on a transition or a change of members at once, else at most once
         a minute)."""

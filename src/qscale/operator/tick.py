@@ -12,12 +12,15 @@
     report:  the tick's metrics; its log line once its statuses are written (Events are posted
              in the background)
 
-:func:`qscale.decision.decide` is the decision; this module only gathers its inputs, runs the
-fallback where the model could not decide, and hands results to the writer, the status
-(:mod:`qscale.operator.status`, pure) and the Events. Per-policy memory (the shield's state,
-the fallback's HPA history, the status as last written) lives in :class:`Runtime`, rebuilt from
-the policy's status when a policy is first seen (an operator restart, a new leader), so
-cooldowns survive restarts.
+:func:`qscale.decision.decide` is the decision; this module only gathers its inputs, lets
+the HPA rule decide where the model could not (:mod:`qscale.operator.failover`), and hands
+results to the writer, the status (:mod:`qscale.operator.status`, pure) and the Events. Who
+decides each target (a canary's or a ModelRollout's arm) is :mod:`qscale.operator.arms`; what
+each decision tells the metrics, :mod:`qscale.operator.telemetry`.
+
+Per-policy memory (the shield's state, the fallback's HPA history, the status as last written)
+lives in :class:`Runtime`, rebuilt from the policy's status when a policy is first seen (an
+operator restart, a new leader), so cooldowns survive restarts.
 """
 
 from __future__ import annotations
@@ -27,18 +30,18 @@ import copy
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from qscale import actions, batching
-from qscale.operator import fallback as fb
+from qscale.operator import arms
 from qscale.operator.canary import Canaries
 from qscale.operator.decisionlog import DecisionLog
-from qscale.operator.decisionlog import record as decision_record
 from qscale.operator.deployments import DeploymentCache
-from qscale.operator.driftwatch import DriftWatch
+from qscale.operator.driftwatch import DriftWatch, act_on_drift
 from qscale.operator.events import Event, EventPoster
+from qscale.operator.failover import fail_over
 from qscale.operator.killswitch import KillSwitch
 from qscale.operator.kube import Kube
 from qscale.operator.metrics import Metrics
@@ -49,34 +52,26 @@ from qscale.operator.rows import (
     IndexedPolicy,
     Row,
     Runtime,
-    busy_pods,
     decide_rows,
     enforcers,
-    fallback_inputs,
     forward,
     hold_within_bounds,
     query_groups,
     restore_shield,
     shield_record,
     signals_of,
-    take_fallback,
 )
 from qscale.operator.settings import Settings
 from qscale.operator.shadowscore import ShadowScores
 from qscale.operator.status import (
-    FALLBACK_ENDED,
-    LIMIT_REASONS,
     Notice,
     OpReason,
     base_status,
     decided_status,
     drift_notice,
-    failure_message,
-    fallback_notice,
     last_action,
     model_problem,
     outside_notice,
-    percent,
     problem_status,
     scale_failed_notice,
     scaled_notice,
@@ -84,6 +79,7 @@ from qscale.operator.status import (
     target_conflict_message,
 )
 from qscale.operator.statuswriter import GROUP, PLURAL, VERSION, StatusWriter, TickBatch
+from qscale.operator.telemetry import Telemetry
 from qscale.operator.writer import Outcome, ScaleRequest, scale_one, updated_target
 
 __all__ = [
@@ -126,6 +122,29 @@ class TickReport:
     """Tick start to every status of the tick in the API (final once ``written``)."""
     written: asyncio.Event = field(default_factory=asyncio.Event)
     """Set once the tick's statuses are written (``status_writes``, ``status_s`` final)."""
+
+    def report(self, t0: float, metrics: Metrics, runtimes: Iterable[Runtime]) -> None:
+        """The tick's figures, its decisions handed over: to the metrics."""
+        self.seconds = time.perf_counter() - t0
+        metrics.tick.observe(self.seconds)
+        metrics.ticks.inc()
+        metrics.due.inc(self.due)
+        metrics.tick_policies.set(self.decided)
+        rts = list(runtimes)  # a kill switch's HPA rule is not a fallback
+        metrics.fallback_active.set(
+            sum(1 for rt in rts if rt.fallback_since is not None and not rt.killed)
+        )
+        metrics.killed.set(sum(1 for rt in rts if rt.killed))
+
+    def finish(self, batch: TickBatch, metrics: Metrics) -> None:
+        """Every status of the tick is in the API: its last figures, its log line."""
+        self.status_writes = batch.writes
+        self.status_s = batch.last_write_s
+        self.written_s = batch.done_s
+        if self.status_s is not None:
+            metrics.tick_status.observe(self.status_s)
+        _log_tick(self)
+        self.written.set()
 
 
 class _Laps:
@@ -173,30 +192,21 @@ class Engine:
         self.canaries = Canaries(metrics)
         self.rollouts = Rollouts(metrics)
         self.drift = DriftWatch(metrics)
-        self.kill = KillSwitch(
-            settings.kill_switch, settings.kill_switch_configmap, settings.lease_ns()
-        )
-        self.decision_log = (
-            DecisionLog(
-                settings.decision_log,
-                int(settings.decision_log_max_mb * 2**20),
-                settings.decision_log_files,
-                metrics,
-            )
-            if settings.decision_log
-            else None
-        )
+        self.telemetry = Telemetry(metrics)
+        # Per-policy memory beside the Runtime: each retains the policies there are, is
+        # cleared with leadership and exports its metrics once per tick.
+        self.watchers = (self.shadow, self.canaries, self.drift)
+        self.kill = KillSwitch.from_settings(settings)
+        self.decision_log = DecisionLog.from_settings(settings, metrics)
 
     def forget(self) -> None:
         """Drop every policy's memory and the statuses not yet sent (leadership lost: the next
         leader restores from status)."""
         self.runtimes.clear()
         self.statuses.clear()
-        self.shadow.clear()
-        self.canaries.clear()
         self.rollouts.clear()
-        self.drift.clear()
-        self.drift.export()
+        for w in self.watchers:
+            w.clear()
 
     # --- the tick -------------------------------------------------------------------------
 
@@ -227,14 +237,14 @@ class Engine:
             for e in self.rollouts.assign(policies, owners, now):
                 self.events.post(e)
             await self._refresh_models([p for p, _ in due])
-            self._report_kill_switch()
+            self.kill.export(self.metrics)
             rows, statuses = self._prepare(due, owners, now)
             laps.lap("prepare")
             await self._observe(rows, now, rep)
             laps.lap("prometheus")
             t1 = time.perf_counter()
             self._decide(rows, now, rep)
-            self._fallback(rows, now)
+            fail_over(rows, now, self.metrics, self._post)
             rep.decide_s = time.perf_counter() - t1
             laps.lap("decide")
             rep.decided_at = time.time()
@@ -246,8 +256,9 @@ class Engine:
         self._conclude(rows, statuses, now)
         batch = self._hand_over(due, rows, statuses, rep, t0)
         laps.lap("statuses")
-        self._log_decisions(rows, now)
-        self._report(rep, t0)
+        if self.decision_log is not None:
+            self.decision_log.write_rows(rows, now)
+        rep.report(t0, self.metrics, self.runtimes.values())
         batch.seal()
         return rep
 
@@ -261,9 +272,8 @@ class Engine:
         seen = {p.uid for p in policies}
         for uid in [u for u in self.runtimes if u not in seen]:
             del self.runtimes[uid]
-        self.shadow.retain(seen)
-        self.canaries.retain(seen)
-        self.drift.retain(seen)
+        for w in self.watchers:
+            w.retain(seen)
         due: list[tuple[IndexedPolicy, Runtime]] = []
         for p in policies:
             rt = self.runtimes.get(p.uid)
@@ -304,56 +314,17 @@ class Engine:
                 statuses[p.uid] = self._problem(p, rt, OpReason.TARGET_MISSING, msg, now)
                 continue
             kill = self.kill.for_namespace(p.namespace)
-            arm = self.canaries.arm(p, rt.status, now) if kill is None else None
-            ref = p.spec.canary.model if arm == "candidate" and p.spec.canary else p.spec.model
-            by_rule = arm == "incumbent" and bool(p.spec.canary and p.spec.canary.incumbent_hpa)
-            member = self.rollouts.arm(p) if kill is None and arm is None else None
-            if member is not None:
-                arm, group = member[0], self.rollouts.group(member[1])
-                ref = group.model if arm == "candidate" else ref
-                by_rule = arm == "incumbent" and group.spec.incumbent_hpa
-            model, err = self.models.lookup(p.namespace, ref.configmap, ref.sha256)
+            c = arms.choose(self.canaries, self.rollouts, p, rt.status, kill, now)
+            model, err = self.models.lookup(p.namespace, c.ref.configmap, c.ref.sha256)
             row = Row(p, rt, p.spec, target, model, err, kill=kill, before=target.replicas)
-            row.arm, row.by_rule = arm, by_rule
-            row.rollout = member[1] if member is not None else None
-            self._kill_notice(row, now)
-            self._drift_action(row)
+            row.arm, row.by_rule, row.rollout = c.arm, c.by_rule, c.rollout
+            notice = self.kill.notice(row)
+            if notice is not None:
+                self._post(p, notice, now)
+            act_on_drift(row)
             rows.append(row)
             statuses[p.uid] = base_status(rt.status, p.generation)
         return rows, statuses
-
-    def _kill_notice(self, r: Row, now: float) -> None:
-        """A switch to Off makes the row mode Off; engaging and releasing are posted once."""
-        if r.kill is not None and r.kill.mode == "Off":
-            r.spec = replace(r.spec, mode="Off")
-        text = r.kill.describe if r.kill is not None else ""
-        if text == r.runtime.killed:
-            return
-        if text:
-            self._post(r.policy, Notice("Warning", OpReason.KILL_SWITCH.value, text), now)
-        else:
-            why = f"released: {r.runtime.killed}; the policy runs as its spec says"
-            self._post(r.policy, Notice("Normal", OpReason.KILL_SWITCH_RELEASED.value, why), now)
-        r.runtime.killed = text
-
-    @staticmethod
-    def _drift_action(r: Row) -> None:
-        """While the last judgement says drift, an Enforce policy acts as its
-        ``spec.drift.action`` says (a kill switch and a canary's HPA incumbent come first)."""
-        if r.kill is not None or r.by_rule or r.spec.mode != "Enforce":
-            return
-        if not DriftWatch.drifting(r.runtime.status):
-            return
-        if r.spec.drift_action == "Shadow":
-            r.spec = replace(r.spec, mode="Shadow")
-        elif r.spec.drift_action == "Fallback":
-            r.drift_fallback = True
-
-    def _report_kill_switch(self) -> None:
-        wide = self.kill.operator_wide()
-        for mode in ("HPA", "Off"):
-            on = wide is not None and wide.mode == mode
-            self.metrics.kill_switch.labels("operator", mode).set(1 if on else 0)
 
     def _problem(
         self, p: IndexedPolicy, rt: Runtime, reason: OpReason, msg: str, now: float
@@ -416,55 +387,6 @@ class Engine:
         rep.decided = len(deciding)
         self.metrics.decide.observe(time.perf_counter() - t0)
 
-    def _fallback(self, rows: list[Row], now: float) -> None:
-        """Count failed ticks; past ``afterFailedTicks`` the HPA rule decides instead."""
-        failing = []
-        for r in rows:
-            if r.spec.mode == "Off":
-                continue
-            rt = r.runtime
-            if r.drift_fallback:  # the rule decides at once; the drift Event says why
-                failing.append(r)
-                continue
-            if r.verdict.model_decided:
-                if rt.fallback_since is not None:
-                    self._post(r.policy, FALLBACK_ENDED, now)
-                rt.failed, rt.fallback_since = 0, None
-                continue
-            if r.kill is not None or r.by_rule:  # the rule decides at once, as told
-                failing.append(r)
-                continue
-            rt.failed += 1
-            if rt.failed >= r.spec.fallback_after:
-                failing.append(r)
-        if not failing:
-            return
-        decided = fb.hpa_decide(fallback_inputs(failing), now)
-        for r, (desired, why, state) in zip(failing, decided, strict=True):
-            rt = r.runtime
-            log.debug(
-                "%s/%s fallback: %d replicas (%d ready), CPU %s -> %d (%s)",
-                r.policy.namespace,
-                r.policy.name,
-                r.target.replicas,
-                r.target.ready,
-                percent(r.obs.cpu_utilization),
-                desired,
-                why,
-            )
-            if r.by_rule:  # the canary's incumbent: no fallback, nothing failed
-                take_fallback(r, desired, why, state, now)
-                continue
-            if rt.fallback_since is None:
-                rt.fallback_since = now
-                if r.drift_fallback:
-                    self.metrics.fallbacks.inc()
-                elif r.kill is None:  # a kill switch posted its own Event
-                    self.metrics.fallbacks.inc()
-                    failure = failure_message(r.model, r.model_error, r.verdict.reason)
-                    self._post(r.policy, fallback_notice(r.spec, rt.failed, failure), now)
-            take_fallback(r, desired, why, state, now)
-
     # --- write ----------------------------------------------------------------------------
 
     async def _scale_all(self, rows: Sequence[Row], now: float, rep: TickReport, t0: float) -> None:
@@ -483,13 +405,10 @@ class Engine:
         for r in rows:
             self._settle(r, now)
             statuses[r.policy.uid] = self._status(r, statuses[r.policy.uid], now)
-        self.drift.export()  # each: once per tick, not once per policy
-        self.shadow.export()
-        self.canaries.export()
-        events, patches = self.rollouts.conclude(now)
-        for e in events:
+        for w in self.watchers:  # once per tick, not once per policy
+            w.export()
+        for e in self.rollouts.conclude(self.kube, now):
             self.events.post(e)
-        self.rollouts.write(self.kube, patches)
 
     def _hand_over(
         self,
@@ -501,14 +420,9 @@ class Engine:
     ) -> TickBatch:
         """Each policy's status to the status writer (the scaled ones first), as one batch to
         seal; the tick does not wait for them (:class:`StatusWriter`)."""
-        by_uid = {r.policy.uid: r for r in rows}
-
-        def scaled_first(item: tuple[IndexedPolicy, Runtime]) -> int:
-            r = by_uid.get(item[0].uid)
-            return 0 if r is not None and r.last_action is not None else 1
-
-        batch = TickBatch(t0, on_done=lambda b: self._written(rep, b))
-        for p, rt in sorted(due, key=scaled_first):
+        scaled = {r.policy.uid for r in rows if r.last_action is not None}
+        batch = TickBatch(t0, on_done=lambda b: rep.finish(b, self.metrics))
+        for p, rt in sorted(due, key=lambda item: item[0].uid not in scaled):
             st = statuses.get(p.uid)
             if st is not None:
                 rt.status = st
@@ -528,52 +442,7 @@ class Engine:
             # A would-be scale is recorded once, not again on every tick it stays the same.
             r.last_action = shadow_action(r.runtime.status, r.target.replicas, v, now)
         if r.spec.mode != "Off":
-            model = model_label(r)
-            m = self.metrics
-            m.decisions.labels(v.action or "none", r.spec.mode, v.reason or "NONE", model).inc()
-            if v.reason in LIMIT_REASONS:
-                m.interventions.labels(v.reason, model).inc()
-            self._judge_outcome(r, model)
-
-    def _judge_outcome(self, r: Row, model: str) -> None:
-        """The last model decision's outcome (the SLO at this tick), then this one's to judge."""
-        rt, o = r.runtime, r.obs
-        if rt.judged_by and math.isfinite(o.p95_s) and o.has_rate and o.rate_now > 0:
-            held = o.p95_s <= r.spec.slo_s
-            self.metrics.outcomes.labels(rt.judged_by, "slo_held" if held else "slo_missed").inc()
-        decided = r.verdict.model_decided and not r.verdict.by_fallback
-        rt.judged_by = model if decided and r.spec.mode == "Enforce" else ""
-        self._td_error(r, model, decided)
-
-    def _td_error(self, r: Row, model: str, decided: bool) -> None:
-        """The TD error of the last Enforce model decision (``Runtime.transition``), now that
-        its outcome and the next state's Q-values are known, with the reward of the model's
-        training (cost per pod over the recent peak, SLO, churn; dropped requests are not
-        observed live and count 0)."""
-        rt, o, v = r.runtime, r.obs, r.verdict
-        prev, rt.transition = rt.transition, None
-        busy = busy_pods(r)
-        decay = math.exp(-r.spec.interval_s / 86400.0)
-        rt.peak_busy = max(busy if math.isfinite(busy) else 0.0, rt.peak_busy * decay)
-        if not decided or not v.q_values or r.model is None:
-            return
-        q_max = max(v.q_values)
-        chosen = actions.ACTION_NAMES.index(v.action) if v.action in actions.ACTION_NAMES else -1
-        q_sa_now = v.q_values[chosen] if chosen >= 0 else q_max
-        self.metrics.q_value.labels(model).observe(q_sa_now)
-        tc = r.model.manifest.get("training_config") or {}
-        if prev is not None and prev[0] == model and math.isfinite(o.p95_s) and tc:
-            _, q_sa, replicas, changed = prev
-            norm = max(busy if tc.get("reward_cost_norm") == "need" else rt.peak_busy, 1.0)
-            reward = -(
-                float(tc.get("reward_cost", 1.0)) * replicas / norm
-                + float(tc.get("reward_slo", 4.0)) * (o.p95_s > r.spec.slo_s)
-                + float(tc.get("reward_churn", 0.05)) * changed
-            )
-            scale, gamma = float(tc.get("reward_scale", 0.1)), float(tc.get("gamma", 0.99))
-            self.metrics.td_error.labels(model).observe(abs(scale * reward + gamma * q_max - q_sa))
-        if r.spec.mode == "Enforce" and v.desired is not None:
-            rt.transition = (model, q_sa_now, v.desired, v.desired != r.before)
+            self.telemetry.observe(r)
 
     async def _scale(self, r: Row, now: float, rep: TickReport, sem: asyncio.Semaphore) -> None:
         """Write ``replicas -> desired``; a step that did not land is undone (its memory)."""
@@ -601,15 +470,9 @@ class Engine:
 
     def _status(self, r: Row, st: dict[str, Any], now: float) -> dict[str, Any]:
         """The row's status after its write; a model refused is reported once."""
-        canary, notice = self.canaries.observe(r, now)
-        if notice is not None:
-            self._post(r.policy, notice, now)
-        if canary is None and r.kill is not None:
-            canary = self.rollouts.held(r.policy.uid)
-        elif canary is None:
-            canary, events = self.rollouts.observe(r, now)
-            for e in events:
-                self.events.post(e)
+        canary, events = arms.observe(self.canaries, self.rollouts, r, now)
+        for e in events:
+            self.events.post(e)
         drift = self.drift.observe(r, now)
         notice = drift_notice(r.runtime.status.get("drift"), drift, r.spec)
         if notice is not None:
@@ -640,49 +503,10 @@ class Engine:
         r.runtime.problem = problem
         return new
 
-    def _post(self, p: IndexedPolicy, notice: Notice, now: float) -> None:
-        n = notice
+    def _post(self, p: IndexedPolicy, n: Notice, now: float) -> None:
         self.events.post(Event(p.namespace, p.name, p.uid, n.type, n.reason, n.message, now))
 
     # --- report ---------------------------------------------------------------------------
-
-    def _log_decisions(self, rows: Sequence[Row], now: float) -> None:
-        """Every decided row to the decision log (queued; the log's thread writes it)."""
-        if self.decision_log is None:
-            return
-        out = []
-        for r in rows:
-            if r.spec.mode == "Off":
-                continue
-            applied = bool(r.last_action and r.last_action.get("applied"))
-            out.append(decision_record(r, r.before, applied, r.runtime.logged_ts, now))
-            r.runtime.logged_ts = round(now, 3)
-        self.decision_log.write(out)
-
-    def _report(self, rep: TickReport, t0: float) -> None:
-        rep.seconds = time.perf_counter() - t0
-        self.metrics.tick.observe(rep.seconds)
-        self.metrics.ticks.inc()
-        self.metrics.due.inc(rep.due)
-        self.metrics.tick_policies.set(rep.decided)
-        self.metrics.fallback_active.set(  # a kill switch's HPA rule is not a fallback
-            sum(
-                1
-                for rt in self.runtimes.values()
-                if rt.fallback_since is not None and not rt.killed
-            )
-        )
-        self.metrics.killed.set(sum(1 for rt in self.runtimes.values() if rt.killed))
-
-    def _written(self, rep: TickReport, batch: TickBatch) -> None:
-        """Every status of the tick is in the API: its last figures, its log line."""
-        rep.status_writes = batch.writes
-        rep.status_s = batch.last_write_s
-        rep.written_s = batch.done_s
-        if rep.status_s is not None:
-            self.metrics.tick_status.observe(rep.status_s)
-        _log_tick(rep)
-        rep.written.set()
 
 
 def _ms(seconds: float | None) -> str:
@@ -706,13 +530,3 @@ def _log_tick(rep: TickReport) -> None:
         rep.seconds * 1e3,
         phases,
     )
-
-
-def model_label(r: Row) -> str:
-    """The metrics' ``model`` label of a row's decision: ``name@sha256[:12]``, ``hpa-rule`` when
-    the HPA rule decided, ``none`` without a model."""
-    if r.verdict.by_fallback:
-        return "hpa-rule"
-    if r.model is None:
-        return "none"
-    return f"{r.model.name}@{r.model.digest[:12]}"
