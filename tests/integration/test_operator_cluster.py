@@ -95,6 +95,7 @@ def test_examples_apply_with_kubectl_and_tell_the_story(st: Stack):
         ("deployment", "checkout"),
         ("hpa", "checkout"),
         ("autoscalepolicy", "checkout-shadow"),
+        ("modelrollout", "model-v7"),  # no policy here carries its label: no member
     ]
     st.wait_status(
         "web", lambda s: s.get("observedGeneration") == 1, 30, "the operator's first status"
