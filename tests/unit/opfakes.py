@@ -110,7 +110,7 @@ class FakeKube:
             if (m[1], m[2]) not in self.rollouts:
                 raise ApiError(404, path)
             obj = self.rollouts[(m[1], m[2])]
-            obj["status"] = body["status"]  # a merge patch of a whole status: its keys replaced
+            _merge(obj.setdefault("status", {}), body["status"])
             return copy.deepcopy(obj)
         raise ApiError(404, path)
 

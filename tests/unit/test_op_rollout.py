@@ -156,6 +156,7 @@ async def test_an_under_provisioning_candidate_is_rolled_back_on_its_targets(mod
     st = status(w)
     assert st["state"] == "Running" and st["generation"] == 2
     assert st["candidate"]["policies"] == cand
+    assert "reason" not in st and "message" not in st  # the rollback's are taken out
 
 
 @pytest.mark.asyncio

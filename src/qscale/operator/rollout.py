@@ -64,7 +64,7 @@ from qscale.operator.kube import ApiError, Kube
 from qscale.operator.metrics import Metrics
 from qscale.operator.rows import IndexedPolicy, busy_pods
 from qscale.operator.spec import ModelRef, RolloutSpec, SpecError, parse_rollout
-from qscale.operator.status import HPA_LIMIT_REASONS, LIMIT_REASONS, iso
+from qscale.operator.status import HPA_LIMIT_REASONS, LIMIT_REASONS, iso, merge_patch
 
 __all__ = ["PLURAL", "IndexedRollout", "Rollouts"]
 
@@ -122,6 +122,16 @@ def _order(rollout_uid: str, policy_uid: str) -> str:
     return hashlib.sha256(f"{rollout_uid}/{policy_uid}".encode()).hexdigest()
 
 
+@dataclass(frozen=True)
+class Patch:
+    """A rollout's status patch: ``body`` to ``path``'s status, making it ``status``."""
+
+    path: str
+    body: dict[str, Any]
+    group: Group | None
+    status: dict[str, Any]
+
+
 @dataclass
 class Group:
     """One ModelRollout's state: its members and their arms, their ledgers, its judgement."""
@@ -147,6 +157,9 @@ class Group:
     """Each arm's figures at the rollback or promotion (they stay those in the status)."""
     were_candidates: list[str] = field(default_factory=list)
     """The members the candidate decided until the last transition."""
+    written: dict[str, Any] | None = None
+    """The status as last written (``None``: as the API listed it): patches are taken
+    against it, so a key the status no longer has is removed."""
 
     @classmethod
     def restore(cls, r: IndexedRollout, now: float) -> Group:
@@ -387,6 +400,8 @@ class Rollouts:
         by_ns: dict[str, list[IndexedPolicy]] = {}
         for p in policies:
             by_ns.setdefault(p.namespace, []).append(p)
+        for ns in [n for n in self.read if n not in by_ns]:
+            del self.read[ns]  # no policy left there: nothing to run (listed again when due)
         for ns, rollouts in self.read.items():
             claimed: dict[str, str] = {}
             for r in sorted(rollouts, key=lambda r: (r.created, r.name)):
@@ -503,12 +518,12 @@ class Rollouts:
         self.write(kube, patches)
         return events
 
-    def judge(self, now: float) -> tuple[list[Event], list[tuple[str, dict[str, Any]]]]:
+    def judge(self, now: float) -> tuple[list[Event], list[Patch]]:
         """Each rollout judged: the Events of its transitions, and the status patches due
-        (``(path, body)``: on a transition or a change of members at once, else at most once
-        a minute)."""
+        (on a transition or a change of members at once, else at most once a minute; a merge
+        patch against the status as last written)."""
         events: list[Event] = []
-        patches: list[tuple[str, dict[str, Any]]] = []
+        patches: list[Patch] = []
         for g in self.groups.values():
             trans = g.judge(now)
             if trans is not None:
@@ -516,21 +531,24 @@ class Rollouts:
                 g.shown = None
             if g.shown is None or (g.state == RUNNING and now - g.shown_at >= _every(g)):
                 g.shown, g.shown_at = g.as_status(now), now
-                patches.append((self._path(g.rollout), {"status": g.shown}))
+                old = g.written if g.written is not None else dict(g.rollout.status)
+                patch = merge_patch(old, g.shown)
+                if patch is not None:
+                    patches.append(Patch(self._path(g.rollout), patch, g, g.shown))
         for rs in self.read.values():
             for r in rs:
                 st = {"state": INVALID, "generation": r.generation, "message": r.error[:1024]}
-                shown = {k: r.status.get(k) for k in st} == st
-                if r.spec is None and not shown and self.invalid_written.get(r.uid) != r.generation:
+                patch = merge_patch(dict(r.status), st) if r.spec is None else None
+                if patch is not None and self.invalid_written.get(r.uid) != r.generation:
                     self.invalid_written[r.uid] = r.generation
-                    patches.append((self._path(r), {"status": st}))
+                    patches.append(Patch(self._path(r), patch, None, st))
         self._export()
         return events, patches
 
-    def write(self, kube: Kube, patches: Sequence[tuple[str, dict[str, Any]]]) -> None:
+    def write(self, kube: Kube, patches: Sequence[Patch]) -> None:
         """The status patches, in the background (the tick never waits on them)."""
-        for path, body in patches:
-            task = asyncio.ensure_future(self._patch(kube, path, body))
+        for p in patches:
+            task = asyncio.ensure_future(self._patch(kube, p))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
@@ -538,16 +556,17 @@ class Rollouts:
         if self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
-    async def _patch(self, kube: Kube, path: str, body: dict[str, Any]) -> None:
+    async def _patch(self, kube: Kube, p: Patch) -> None:
         try:
-            await kube.patch_merge(path, body)
+            await kube.patch_merge(p.path, {"status": p.body})
             self.metrics.writes.labels("rollout_status", "ok").inc()
+            if p.group is not None:
+                p.group.written = p.status
         except ApiError as e:
             self.metrics.writes.labels("rollout_status", "error").inc()
-            log.debug("status of %s not written: %s", path, e)
-            for g in self.groups.values():  # written again next tick
-                if self._path(g.rollout) == path:
-                    g.shown = None
+            log.debug("status of %s not written: %s", p.path, e)
+            if p.group is not None:
+                p.group.shown = None  # written again next tick, against what was written
 
     def clear(self) -> None:
         self.groups.clear()
