@@ -196,3 +196,23 @@ async def test_ticks_without_usable_metrics_do_not_fill_the_window(drift_model):
     w.prom.down = True
     st = await play(w, 40, spec={**DRIFT, "mode": "Shadow"}, seed=7)
     assert st["drift"]["state"] == "Filling" and st["drift"]["ticks"] == 0
+
+
+async def test_a_window_counts_its_last_30_slots_in_a_fixed_ring():
+    from qscale.operator.driftwatch import _Window
+
+    ref = drift.Reference(  # feature a: 2 bins, b: 3
+        edges=((0.0,), (0.0, 1.0)), expected=((0.5, 0.5), (1 / 3,) * 3), thresholds=(),
+        interval_s=15.0, samples=0, source={},
+    )  # fmt: skip
+    w = _Window("m", 3600.0, 15.0, slot_s=120.0)
+    for slot in range(40):  # slot k: k + 1 observations, feature b in bin k % 3
+        for _ in range(slot + 1):
+            w.add(slot, ref, [-1.0, [-1.0, 0.5, 2.0][slot % 3]])
+    counts, ticks = w.totals(39, ref)
+    assert ticks == sum(k + 1 for k in range(10, 40))  # slots 10..39, the older ones gone
+    assert counts[0].tolist() == [ticks, 0]
+    assert counts[1].tolist() == [sum(k + 1 for k in range(10, 40) if k % 3 == i) for i in range(3)]
+    assert w.counts is not None and w.counts.shape == (30, 5) and w.counts.dtype == np.uint16
+    _, later = w.totals(60, ref)  # nothing new for 21 slots: only slots 31..39 remain
+    assert later == sum(k + 1 for k in range(31, 40))

@@ -3,7 +3,9 @@
 
 Every tick the model was asked on usable metrics (its input, ``Row.features``, exists and its
 decision stood, or the drift fallback overrode it) adds one observation. The
-window is kept as 30 slots of bin counts (memory per policy does not grow with the window).
+window is kept as 30 slots of bin counts, one ring of 16-bit counters per policy (about 5 KB
+with the shipped model's bins, whatever the window: a slot holds at most 2,880 ticks, a 24 h
+window at 1 s).
 Every slot (1/30 of the window) the PSI of each feature is computed and, once the window holds
 90 % of its ticks, judged with the thresholds calibrated for the longest length it covers:
 
@@ -23,8 +25,9 @@ reported, not judged.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
-from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -56,10 +59,36 @@ class _Window:
     window_s: float
     interval_s: float
     slot_s: float
-    slots: deque[tuple[int, list[np.ndarray]]] = field(default_factory=deque)
+    counts: np.ndarray | None = None
+    """``[_SLOTS, bins of every feature]`` (uint16), slot ``k`` in row ``k % _SLOTS``; made at
+    the first observation."""
+    ids: np.ndarray = field(default_factory=lambda: np.full(_SLOTS, -1, dtype=np.int64))
+    """The slot each row counts (-1: none)."""
+    edges: np.ndarray | None = None
+    """Where each feature's bins start in a row (and, last, the row's length)."""
     judged_slot: int | None = None
     status: dict[str, Any] | None = None
     psi: list[float] | None = None
+
+    def add(self, slot: int, ref: drift.Reference, obs: Sequence[float]) -> None:
+        if self.counts is None or self.edges is None:
+            self.edges = np.concatenate([[0], np.cumsum(ref.n_bins)]).astype(np.int64)
+            self.counts = np.zeros((_SLOTS, int(self.edges[-1])), dtype=np.uint16)
+        row = slot % _SLOTS
+        if self.ids[row] != slot:
+            self.counts[row] = 0
+            self.ids[row] = slot
+        self.counts[row, self.edges[:-1] + ref.bins(obs)] += 1
+
+    def totals(self, slot: int, ref: drift.Reference) -> tuple[list[np.ndarray], int]:
+        """Per feature, its bins' counts over the slots in the window up to ``slot``; the
+        number of ticks they hold."""
+        if self.counts is None or self.edges is None:
+            return [np.zeros(k, dtype=np.int64) for k in ref.n_bins], 0
+        live = self.ids > slot - _SLOTS
+        total = self.counts[live].sum(axis=0, dtype=np.int64)
+        out = [total[a:b] for a, b in itertools.pairwise(self.edges.tolist())]
+        return out, int(out[0].sum())
 
 
 class DriftWatch:
@@ -93,17 +122,11 @@ class DriftWatch:
         w = self._window(r, ref)
         slot = math.floor(now / w.slot_s)
         if r.features is not None and r.verdict.model_decided:  # usable metrics only
-            if not w.slots or w.slots[-1][0] != slot:
-                w.slots.append((slot, [np.zeros(k, dtype=np.int64) for k in ref.n_bins]))
-            counts = w.slots[-1][1]
-            for f, b in enumerate(ref.bins(r.features)):
-                counts[f][b] += 1
-        while w.slots and w.slots[0][0] <= slot - _SLOTS:
-            w.slots.popleft()
+            w.add(slot, ref, r.features)
         if w.judged_slot != slot:
             w.judged_slot = slot
             kept = r.runtime.status.get("drift")
-            w.status = _settled(kept, self._judge(w, ref, kept, now), w.window_s, now)
+            w.status = _settled(kept, self._judge(w, ref, kept, slot, now), w.window_s, now)
             self._dirty = True
         return w.status
 
@@ -149,10 +172,14 @@ class DriftWatch:
             self._dirty = True
 
     def _judge(
-        self, w: _Window, ref: drift.Reference, kept: dict[str, Any] | None, now: float
+        self,
+        w: _Window,
+        ref: drift.Reference,
+        kept: dict[str, Any] | None,
+        slot: int,
+        now: float,
     ) -> dict[str, Any]:
-        counts = [sum(s[1][f] for s in w.slots) for f in range(features.N_FEATURES)]
-        ticks = int(counts[0].sum()) if w.slots else 0
+        counts, ticks = w.totals(slot, ref)
         want = max(1, math.floor(w.window_s / w.interval_s))
         limit = ref.threshold(ticks)
         base = {"windowSeconds": w.window_s, "ticks": ticks, "updatedAt": iso(now)}
