@@ -59,6 +59,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_policy.py
 	$(PY) benchmarks/bench_training.py
 	OMP_NUM_THREADS=1 $(PY) benchmarks/bench_drift.py
+	OMP_NUM_THREADS=1 $(PY) benchmarks/bench_drift_memory.py
 
 # The HPA port against the real kube-controller-manager (a local control plane; about 4 min).
 bench-hpa: $(STAMP)
