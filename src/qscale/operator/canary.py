@@ -38,7 +38,7 @@ from qscale.operator.metrics import Metrics
 from qscale.operator.spec import CanarySpec
 from qscale.operator.status import HPA_LIMIT_REASONS, LIMIT_REASONS, Notice, iso
 
-__all__ = ["ARMS", "Canaries", "Canary", "Ledger", "Transition", "rollback_reason"]
+__all__ = ["ARMS", "Canaries", "Canary", "Ledger", "Transition", "charge", "rollback_reason"]
 
 ARMS = ("candidate", "incumbent")
 RUNNING, ROLLED_BACK, PROMOTED = "Running", "RolledBack", "Promoted"
@@ -237,10 +237,6 @@ class Canary:
     def __post_init__(self) -> None:
         self.ledger = Ledger(self.spec.window_s, self.interval_s)
 
-    def record(self, now: float, arm: str, decided: bool, limited: bool, *outcome: float):
-        """This tick's outcome and decision (:meth:`Ledger.record`)."""
-        return self.ledger.record(now, arm, decided, limited, *outcome)
-
     def arms(self) -> dict[str, _Arm]:
         return self.ledger.arms()
 
@@ -329,6 +325,24 @@ class Canary:
         return out
 
 
+def charge(m: Metrics, ledger: Ledger, r: Any, now: float, busy: float = 0.0) -> None:
+    """Row ``r``'s tick into ``ledger``: the outcome of the last decision (the count it left:
+    this tick's is not yet seen), then this tick's decision by ``r.arm``; and the arm metrics."""
+    v, o = r.verdict, r.obs
+    decided = (v.model_decided and not v.by_fallback) or (r.by_rule and v.by_fallback)
+    limited = v.hpa_reason in HPA_LIMIT_REASONS if r.by_rule else v.reason in LIMIT_REASONS
+    outcome = (float(r.before), o.rate_now, o.p95_s, r.spec.slo_s, busy)
+    tick = ledger.record(now, r.arm, decided, limited, *outcome)
+    if tick is not None:
+        m.canary_seconds.labels(tick.arm).inc(tick.dt)
+        if tick.violated:
+            m.canary_violation_seconds.labels(tick.arm).inc(tick.dt)
+    if decided:
+        m.canary_decisions.labels(r.arm).inc()
+        if limited:
+            m.canary_interventions.labels(r.arm).inc()
+
+
 class Canaries:
     """The canary of every Enforce policy that has one: which arm decides, what it is
     charged, the transitions (Events) and ``status.canary``."""
@@ -363,28 +377,8 @@ class Canaries:
         trans = None
         if r.arm == "candidate" and r.model is None:
             trans = c.refuse(now, r.model_error or "not loaded")
-        v, o = r.verdict, r.obs
-        decided = (v.model_decided and not v.by_fallback) or (r.by_rule and v.by_fallback)
-        limited = v.hpa_reason in HPA_LIMIT_REASONS if r.by_rule else v.reason in LIMIT_REASONS
-        tick = c.record(
-            now,
-            r.arm,
-            decided,
-            limited,
-            float(r.before),  # the count the last decision left (this tick's is not yet seen)
-            o.rate_now,
-            o.p95_s,
-            r.spec.slo_s,
-        )
+        charge(self.metrics, c.ledger, r, now)
         m = self.metrics
-        if tick is not None:
-            m.canary_seconds.labels(tick.arm).inc(tick.dt)
-            if tick.violated:
-                m.canary_violation_seconds.labels(tick.arm).inc(tick.dt)
-        if decided:
-            m.canary_decisions.labels(r.arm).inc()
-            if limited:
-                m.canary_interventions.labels(r.arm).inc()
         trans = trans or c.judge(now)
         notice = None
         if trans is not None:

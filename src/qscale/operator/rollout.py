@@ -57,6 +57,7 @@ from qscale.operator.canary import (
     Ledger,
     Transition,
     _Arm,
+    charge,
     rollback_reason,
 )
 from qscale.operator.events import Event
@@ -64,7 +65,7 @@ from qscale.operator.kube import ApiError, Kube
 from qscale.operator.metrics import Metrics
 from qscale.operator.rows import IndexedPolicy, busy_pods
 from qscale.operator.spec import ModelRef, RolloutSpec, SpecError, parse_rollout
-from qscale.operator.status import HPA_LIMIT_REASONS, LIMIT_REASONS, iso, merge_patch
+from qscale.operator.status import iso, merge_patch
 
 __all__ = ["PLURAL", "IndexedRollout", "Rollouts"]
 
@@ -481,24 +482,9 @@ class Rollouts:
             trans = g.refuse(now, r.policy.name, r.model_error or "not loaded")
             if trans is not None:
                 events = self._transition(g, trans, now)
-        v, o = r.verdict, r.obs
-        decided = (v.model_decided and not v.by_fallback) or (r.by_rule and v.by_fallback)
-        limited = v.hpa_reason in HPA_LIMIT_REASONS if r.by_rule else v.reason in LIMIT_REASONS
-        led = g.ledger(r.policy.uid, r.spec.interval_s)
-        # the count the last decision left (this tick's is not yet seen), its CPU in use
+        # the CPU in use at the count the last decision left
         busy = busy_pods(r) * r.before / max(r.target.replicas, 1)
-        tick = led.record(
-            now, r.arm, decided, limited, float(r.before), o.rate_now, o.p95_s, r.spec.slo_s, busy
-        )
-        m = self.metrics
-        if tick is not None:
-            m.canary_seconds.labels(tick.arm).inc(tick.dt)
-            if tick.violated:
-                m.canary_violation_seconds.labels(tick.arm).inc(tick.dt)
-        if decided:
-            m.canary_decisions.labels(r.arm).inc()
-            if limited:
-                m.canary_interventions.labels(r.arm).inc()
+        charge(self.metrics, g.ledger(r.policy.uid, r.spec.interval_s), r, now, busy)
         shown = g.members_shown.get(r.policy.uid)
         if (
             shown is None

@@ -324,12 +324,7 @@ def _canary(c: Any, interval: float) -> CanarySpec | None:
         return None
     if not isinstance(c, Mapping):
         raise SpecError("spec.canary must be an object")
-    ref = _model_ref(c.get("model") or {}, "spec.canary.model")
-    if ref.is_default:
-        raise SpecError("spec.canary.model needs a configMapRef and its sha256 (the candidate)")
-    fraction = _percent(c, "percent", 50, "spec.canary.percent")
-    if not 0.05 <= fraction <= 0.95:
-        raise SpecError(f"spec.canary.percent must be between 5 and 95, got {fraction * 100:g}")
+    ref, fraction = _candidate(c, "spec.canary")
     period = parse_duration(c.get("period", "10m"), "spec.canary.period")
     if period < 4 * interval:
         raise SpecError(
@@ -350,6 +345,18 @@ def _canary(c: Any, interval: float) -> CanarySpec | None:
         incumbent_hpa=incumbent == "HPA",
         **_judging(c, "spec.canary"),
     )
+
+
+def _candidate(c: Mapping[str, Any], field: str) -> tuple[ModelRef, float]:
+    """``model`` (a pinned ConfigMap: the candidate) and ``percent`` (5-95), as a canary and a
+    rollout both take them."""
+    ref = _model_ref(c.get("model") or {}, f"{field}.model")
+    if ref.is_default:
+        raise SpecError(f"{field}.model needs a configMapRef and its sha256 (the candidate)")
+    fraction = _percent(c, "percent", 50, f"{field}.percent")
+    if not 0.05 <= fraction <= 0.95:
+        raise SpecError(f"{field}.percent must be between 5 and 95, got {fraction * 100:g}")
+    return ref, fraction
 
 
 def _judging(c: Mapping[str, Any], field: str) -> dict[str, Any]:
@@ -452,12 +459,7 @@ def parse_rollout(spec: Mapping[str, Any] | None) -> RolloutSpec:
     CRD, or of one applied without validation, gets the same refusals)."""
     if not isinstance(spec, Mapping):
         raise SpecError("spec must be an object")
-    ref = _model_ref(spec.get("model") or {}, "spec.model")
-    if ref.is_default:
-        raise SpecError("spec.model needs a configMapRef and its sha256 (the candidate)")
-    fraction = _percent(spec, "percent", 50, "spec.percent")
-    if not 0.05 <= fraction <= 0.95:
-        raise SpecError(f"spec.percent must be between 5 and 95, got {fraction * 100:g}")
+    ref, fraction = _candidate(spec, "spec")
     window = parse_duration(spec.get("window", "1h"), "spec.window")
     lo, hi = ROLLOUT_WINDOW_RANGE_S
     if not lo <= window <= hi:
