@@ -50,7 +50,11 @@ def test_bad_settings_are_one_line(env, message):
         ([(t, float(t)) for t in range(40, 941, 60)], (940.0, 880.0, 640.0, 40.0, 940.0, 0.0)),
         # the newest point is 60 s old: everything as of it, with its age
         ([(t, float(t)) for t in range(10, 881, 60)], (850.0, 790.0, 550.0, 10.0, 850.0, 90.0)),
-        ([(880.0, 5.0), (940.0, 7.0)], (7.0, 5.0, 5.0, 5.0, 7.0, 0.0)),  # short history
+        # a series that began inside the range: its first point's window was not whole (a
+        # third of the traffic); the history there is after it reads flat before its start
+        ([(820.0, 2.0), (880.0, 5.0), (940.0, 7.0)], (7.0, 5.0, 5.0, 5.0, 7.0, 0.0)),
+        ([(880.0, 2.0), (940.0, 7.0)], (7.0, 7.0, 7.0, 7.0, 7.0, 0.0)),
+        ([(940.0, 2.0)], (2.0, 2.0, 2.0, 2.0, 2.0, 0.0)),  # all there is
         ([(880.0, math.nan), (940.0, 7.0)], (7.0, 7.0, 7.0, 7.0, 7.0, 0.0)),  # NaN: no point
         ([], None),
         ([(940.0, math.nan)], None),

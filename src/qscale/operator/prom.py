@@ -13,7 +13,11 @@ own Prometheus adds a group of 4): the three templates and ``timestamp()`` of th
   ``age_s`` (a scrape that stopped, a Prometheus that lags: :func:`qscale.decision.decide`
   holds with ``METRICS_STALE`` past the operator's ``stale_after_s``). A history shorter than a
   look-back (a new Deployment, a Prometheus that just started) reads the oldest point there is:
-  "no trend known" is a flat trend. A point missing *inside* the history (an outage of the
+  "no trend known" is a flat trend, as in the simulator, whose services have run at their first
+  rate before an episode. The first point of a series that began inside the range is not
+  used when there are others: its ``[1m]`` window was not whole (``rate()`` of a counter that
+  existed for 20 of its 60 s reads a third of the traffic), and a trend read from it would be
+  the series' birth, not the traffic's. A point missing *inside* the history (an outage of the
   scrape or of Prometheus) is a gap: the rate is missing until the window is whole again,
   never filled with another time's value (that would invent a trend).
 * ``latency_p95`` and ``cpu_utilization`` are instant queries. A ``NaN`` p95 with no requests
@@ -103,10 +107,15 @@ def pick_lags(
     finite point (``age_s = end`` minus its time); ``None`` without one. A look-back older than
     the first point reads the first point; one missing between points raises :class:`RangeGap`.
     ``peak`` is the highest point of the :data:`~qscale.features.RATE_PEAK_SPAN_S` up to the
-    newest (``rate_peak_15m``)."""
+    newest (``rate_peak_15m``). A series that begins after the range's start (``end`` minus the
+    look-back) loses the points whose rate window reaches back before its first point, as long
+    as one is left (see the module docstring)."""
     pts = sorted((t, v) for t, v in points if math.isfinite(v) and t <= end + 0.5)
     if not pts:
         return None
+    if pts[0][0] > end - _LOOKBACK_S + 0.5:
+        whole = [p for p in pts if p[0] >= pts[0][0] + features.RATE_WINDOW_S - 0.5]
+        pts = whole or pts[-1:]
     by_t = {round(t): v for t, v in pts}
     newest, now = pts[-1]
     first_t, first = pts[0]
