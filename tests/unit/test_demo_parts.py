@@ -34,7 +34,7 @@ def test_stretch_is_the_launch_morning_compressed(stretch):
     assert stretch.speed == pytest.approx(2.5 * 3600 / 270)
     assert stretch.clock(0) == "08:05" and stretch.clock(270) == "10:35"
     d = stretch.describe()
-    assert "Jul 13 1995 08:05-10:35 EDT" in d and "33x" in d
+    assert "Jul 13 1995 08:05-10:35 EDT" in d and "33.3x, compressed" in d
     # The peak minute of the whole excerpt (09:49, 6.75 req/s) is inside, scaled.
     assert stretch.peak_rps() == pytest.approx(6.75 * 60, rel=1e-3)
     t_peak = (9 * 60 + 49 - 8 * 60 - 5) * 60 / stretch.speed
@@ -112,6 +112,29 @@ def test_summary_integrates_samples_over_wall_time():
     assert s["ratios"]["slo_violation_minutes"] == 0.0
     table = summary_table(s)
     assert "cost (pod-minutes)" in table and "1.30x" in table and "SLO-violation minutes" in table
+    assert "twin" not in table
+    s["twin"] = {
+        "decisions": 20, "within_one_pod": 0.95, "pod_minutes_twin": 7.25,
+        "slo_minutes_twin": 0.5,
+    }  # fmt: skip
+    table = summary_table(s)
+    assert "qscale in the simulator on the same stretch" in table
+    assert "95 % of 20" in table and "7.2" in table and "0.50" in table
+
+
+def test_the_default_demo_plays_the_trace_at_its_own_pace():
+    """The world the model was trained in: one trace second per real second, and each trace
+    row's rate held over its minute (the simulator's causal zero-order hold), never a later
+    row's value, so a decision sees what a cluster would."""
+    cfg = DemoConfig()
+    st = Stretch.load(packaged_trace(), cfg.start_h, cfg.hours, cfg.play_s, cfg.scale)
+    assert st.speed == pytest.approx(1.0)
+    assert "09:40-09:52" in st.describe() and "the trace's own pace" in st.describe()
+    assert st.peak_rps() == pytest.approx(6.75 * 60, rel=1e-3)  # the launch minute is in it
+    for minute in range(12):
+        row = st.value[minute] * st.scale
+        assert st.rps(60.0 * minute) == pytest.approx(row)
+        assert st.rps(60.0 * minute + 59.9) == pytest.approx(row)
 
 
 def test_live_line_marks_slo_violations(stretch):

@@ -47,8 +47,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--minutes",
         type=float,
-        default=d.play_s / 60,
-        help=f"real minutes the trace stretch is played in (default {d.play_s / 60:g})",
+        default=None,
+        help="real minutes the trace stretch is played in (default: its own length, the "
+        "trace's pace, the world the model was trained in; fewer compress the trace)",
     )
     ap.add_argument(
         "--trace", type=Path, help="a t,value trace (default: the shipped NASA excerpt)"
@@ -58,7 +59,7 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         default=d.start_h,
         help="start of the stretch, "
-        f"hours after the trace's t=0 (default {d.start_h:.4g}: Jul 13 1995 08:05 EDT)",
+        f"hours after the trace's t=0 (default {d.start_h:.4g}: Jul 13 1995 09:40 EDT)",
     )
     ap.add_argument(
         "--hours",
@@ -162,7 +163,7 @@ def demo_main(argv: Sequence[str]) -> int:
         trace=args.trace,
         start_h=args.start_hour,
         hours=args.hours,
-        play_s=args.minutes * 60.0,
+        play_s=(args.minutes if args.minutes is not None else args.hours * 60.0) * 60.0,
         scale=args.scale,
         startup_delay_s=args.startup_delay,
         slo_ms=args.slo_ms,

@@ -86,6 +86,21 @@ def summary_table(s: dict[str, Any]) -> str:
         f"{'peak pods':28}{q['peak_pods']:10d}{h['peak_pods']:10d}",
         f"{'p95 median (ms)':28}{_ms(q['p95_median_s']):>10}{_ms(h['p95_median_s']):>10}",
     ]
+    tw = s.get("twin") or {}
+    if tw.get("decisions"):
+        lines += [
+            "",
+            "qscale in the simulator on the same stretch (the twin, twin.json):",
+            f"{'  cost (pod-minutes)':28}{tw['pod_minutes_twin']:10.1f}",
+            f"{'  SLO-violation minutes':28}{tw['slo_minutes_twin']:10.2f}",
+            f"{'  live decisions within one pod of the twin':44}"
+            f"{tw['within_one_pod'] * 100:5.0f} % of {tw['decisions']}",
+        ]
+        if "within_one_pod_followed" in tw:
+            lines.append(
+                f"{'    decision by decision (the twin given the live past)':56}"
+                f"{tw['within_one_pod_followed'] * 100:5.0f} %"
+            )
     return "\n".join(lines)
 
 
@@ -156,6 +171,19 @@ def plot(rows: Sequence[dict[str, Any]], summary: dict[str, Any], stretch: Stret
             color=c,
             lw=1.5,
             label=f"{label} p95 ({s['slo_violation_minutes']:.2f} min over the SLO)",
+        )
+    tw = summary.get("twin") or {}
+    if tw.get("replicas"):
+        dt = tw["interval_s"]
+        ax1.step(
+            [k * dt / 60.0 for k in range(len(tw["replicas"]))],
+            tw["replicas"],
+            where="post",
+            color="tab:blue",
+            lw=1,
+            ls="--",
+            alpha=0.7,
+            label="qscale in the simulator (the twin): replicas",
         )
     ax1.set_ylabel("pods")
     ax1.set_ylim(bottom=0)

@@ -44,11 +44,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, TextIO
 
 import httpx
 
+from qscale.actions import DECISION_INTERVAL_S
 from qscale.demo.stretch import Stretch
 
 __all__ = ["DemoConfig", "DemoError", "DemoResult", "run_demo"]
@@ -77,14 +79,15 @@ class DemoConfig:
     """Where the summary (JSON), the timeline (CSV) and the PNG go."""
     trace: Path | None = None
     """``t,value`` trace; default: the shipped NASA excerpt (Jul 12-14 1995)."""
-    start_h: float = 32.0 + 5 / 60
-    """Start of the stretch, hours after the trace's t=0 (Jul 13 1995 08:05 EDT, just after a
-    5-minute dip of the log)."""
-    hours: float = 2.5
-    """Length of the stretch in trace hours (08:05-10:35: the STS-70 launch morning: the ramp to
-    the launch at 09:49 EDT and the fall after it)."""
-    play_s: float = 270.0
-    """Real seconds the stretch is played in (the trace is compressed, never the controllers)."""
+    start_h: float = 33.0 + 40 / 60
+    """Start of the stretch, hours after the trace's t=0 (Jul 13 1995 09:40 EDT, nine minutes
+    before the STS-70 launch)."""
+    hours: float = 0.2
+    """Length of the stretch in trace hours (09:40-09:52: the load halves and falls to a
+    quarter for four minutes, then comes back at the launch minute, 09:49, the excerpt's peak)."""
+    play_s: float = 720.0
+    """Real seconds the stretch is played in: by default its own length (the trace's pace, the
+    world the model was trained in); shorter compresses the trace, never the controllers."""
     scale: float = 60.0
     """Requests/s per trace request/s (the trace peaks at 6.75 req/s)."""
     capacity_rps: float = 50.0
@@ -96,7 +99,8 @@ class DemoConfig:
     startup_delay_s: float = 20.0
     """Pod start-up delay, played by the control plane, the same on both sides."""
     initial_replicas: int | None = None
-    """Pods each side starts with; default: what the HPA holds at the stretch's first load."""
+    """Pods each side starts with; default: what the HPA holds at the stretch's first load
+    (the warm-up's)."""
     min_replicas: int = 1
     max_replicas: int = 24
     hpa_target: int = 70
@@ -396,6 +400,21 @@ def _pod_cpu_everywhere(clients: _Clients, want: int) -> bool:
     return all(by.get(s, 0) >= want for s in SIDES)
 
 
+def _windows_whole(prom: Any, rps: float) -> bool:
+    """The operator's own rate and CPU queries read the warm-up's load on both sides: their
+    ``[1m]`` windows hold only traffic served by Ready pods. Before that the play would start
+    on metrics still climbing from the pods' start (a third of the load 20 s in), a service
+    the model never met in training, whose services have run at their first load a while."""
+    from qscale.features import PROMQL, fill_template
+
+    rate = fill_template(PROMQL["request_rate"], [NS], list(SIDES))
+    cpu = fill_template(PROMQL["cpu_utilization"], [NS], list(SIDES))
+    got = {s["metric"].get("deployment"): float(s["value"][1]) for s in prom.query(rate)}
+    used = {s["metric"].get("deployment"): float(s["value"][1]) for s in prom.query(cpu)}
+    steady = [got.get(side, 0.0) >= 0.97 * rps and used.get(side, 0.0) > 0.0 for side in SIDES]
+    return all(steady)
+
+
 def run_demo(cfg: DemoConfig, stream: TextIO = sys.stdout) -> DemoResult:
     """Run the whole demo; returns once everything it started is gone (also when it fails)."""
     from qscale.dev import cluster as devcluster
@@ -417,7 +436,7 @@ def run_demo(cfg: DemoConfig, stream: TextIO = sys.stdout) -> DemoResult:
             f"{devoperator.DEPLOY} not found: run the demo from a qscale checkout (make demo)"
         )
     if cfg.initial_replicas is None:
-        cfg = dataclasses.replace(cfg, initial_replicas=hpa_holds(cfg, stretch.start_rps()))
+        cfg = dataclasses.replace(cfg, initial_replicas=hpa_holds(cfg, stretch.rps(0.0)))
     cfg.out.mkdir(parents=True, exist_ok=True)
     say(f"trace: {stretch.describe()}")
     say(
@@ -462,10 +481,50 @@ def run_demo(cfg: DemoConfig, stream: TextIO = sys.stdout) -> DemoResult:
         f"histogram, sampled every {cfg.sample_s:g} s"
     )
     summary["timings_s"] = {k: round(v, 1) for k, v in timings.items()}
+    if run.play_t0 is not None:
+        summary["play_started_at"] = run.play_t0
+        summary["twin"] = _twin(cfg, stretch, run.play_t0, summary)
     files = write_outputs(rows, summary, stretch, cfg.out)
     (cfg.out / "operator.log").write_text(run.op_log)
     files["operator_log"] = cfg.out / "operator.log"
     return DemoResult(summary, rows, files, root, timings)
+
+
+def _twin(cfg: DemoConfig, stretch: Stretch, play_t0: float, summary: dict) -> dict[str, Any]:
+    """The same stretch in the simulator (:mod:`qscale.demo.twin`) against the operator's
+    decision log; the timeline goes to ``twin.json``, the figures into the summary."""
+    from qscale.demo.twin import TWIN_DOC, compare, live_counts, read_decision_log, simulate
+    from qscale.guardrails import ShieldConfig
+    from qscale.policy.artifact import load_policy
+    from qscale.policy.default import default_model_path
+
+    assert cfg.initial_replicas is not None
+    policy = load_policy(default_model_path())
+    # the shield the operator serves the policy with: the model's trained limits
+    trained = ((policy.manifest.get("serving") or {}).get("shield")) or {}
+    names = {f.name for f in dataclasses.fields(ShieldConfig)}
+    shield = ShieldConfig(**{k: v for k, v in trained.items() if k in names})
+    sim = partial(
+        simulate,
+        stretch,
+        policy.module,
+        capacity_rps=cfg.capacity_rps,
+        service_time_s=cfg.service_time_s,
+        slo_s=cfg.slo_ms / 1000.0,
+        startup_delay_s=cfg.startup_delay_s,
+        min_replicas=cfg.min_replicas,
+        max_replicas=cfg.max_replicas,
+        initial_replicas=cfg.initial_replicas,
+        shield=shield,
+    )
+    twin = sim()
+    records = read_decision_log(cfg.out / "decisions.jsonl", QSCALE)
+    followed = sim(follow=live_counts(twin, records, play_t0)) if records else None
+    live_slo = summary["sides"]["qscale"]["slo_violation_minutes"]
+    cmp = compare(twin, records, play_t0, live_slo, followed)
+    cmp["what"] = TWIN_DOC
+    (cfg.out / "twin.json").write_text(json.dumps(cmp, indent=1))
+    return {k: v for k, v in cmp.items() if k != "timeline"}
 
 
 class _Run:
@@ -560,6 +619,7 @@ class _Run:
             "QSCALE_PROMETHEUS_URL": prom.url,
             "QSCALE_TICK_S": "1",
             "QSCALE_TORCH_THREADS": "1",
+            "QSCALE_DECISION_LOG": str(op_dir / "decisions.jsonl"),
         }
         say(f"prometheus on {prom.url}; starting qscale operator (default model) ...")
         op.start(wait_ready_s=120)
@@ -578,14 +638,28 @@ class _Run:
         )
         rate = f'sum by (pod) (rate(http_requests_total{{namespace="{NS}"}}[1m])) > 0'
         _wait("the request rates in Prometheus", 60, lambda: len(prom.query(rate)) >= 2)
+        want = self.stretch.rps(0.0)
+        _wait(
+            "whole 1 m windows of the warm-up's load in Prometheus",
+            cfg.warmup_timeout_s,
+            lambda: _windows_whole(prom, want),
+            2.0,
+        )
         self.timings["warmup_s"] = time.monotonic() - t_w
 
     def _stop_operator(self) -> None:
         self.op_log = self.op.log_tail(20000)
         self.op.stop()
+        log = self.op.workdir / "decisions.jsonl"
+        if log.is_file():  # the operator's decisions, for the twin (the work dir goes)
+            shutil.copyfile(log, self.cfg.out / "decisions.jsonl")
 
     def play(self) -> list[dict[str, Any]]:
         cfg, say = self.cfg, self.say
+        # start on the operator's decision grid (decisions fall on multiples of the interval of
+        # the epoch clock), so that its decisions come 15 s apart from the first, as the twin's
+        grid = DECISION_INTERVAL_S
+        time.sleep(grid - time.time() % grid)
         self.cluster.apply(hpa_manifest(cfg))
         self.cluster.apply(policy_manifest(cfg))
         self.play_t0 = time.time()

@@ -1,8 +1,10 @@
 """The stretch of a shipped trace the demo plays, and how fast.
 
-Only the trace is compressed: the controllers (the HPA controller syncing every 15 s on
-metrics-server's 10 s resolution, the operator deciding every 15 s) run on the wall clock, so a
-stretch of hours is played in minutes and both sides meet exactly the same arrivals.
+The controllers (the HPA controller syncing every 15 s on metrics-server's 10 s resolution, the
+operator deciding every 15 s) run on the wall clock. The default plays the trace at its own
+pace (``speed`` 1), the world the model was trained in; a faster play compresses the trace
+only, so both sides still meet exactly the same arrivals, but each decision then sees minutes
+of traffic change and a pod's start-up spans minutes of trace: a world no model was trained in.
 """
 
 from __future__ import annotations
@@ -42,7 +44,8 @@ class Stretch:
             raise ValueError("the stretch needs hours > 0, a play time > 0 and a scale > 0")
         tr = load_trace(path)
         t0 = float(tr.t[0]) + start_h * 3600.0
-        keep = (tr.t >= t0) & (tr.t < t0 + hours * 3600.0)
+        rel = np.round(np.asarray(tr.t, dtype=np.float64) - t0, 6)  # hours in float: no drift
+        keep = (rel >= 0.0) & (rel < round(hours * 3600.0, 6))
         if keep.sum() < 2:
             raise ValueError(
                 f"{path}: no data from {start_h:g} h to {start_h + hours:g} h after its start"
@@ -53,7 +56,7 @@ class Stretch:
             hours,
             play_s,
             scale,
-            np.asarray(tr.t[keep] - t0, dtype=np.float64),
+            rel[keep],
             np.asarray(tr.value[keep], dtype=np.float64),
         )
 
@@ -63,14 +66,11 @@ class Stretch:
         return self.hours * 3600.0 / self.play_s
 
     def rps(self, real_s: float) -> float:
-        """Requests/s ``real_s`` seconds into the play (held at the ends)."""
+        """Requests/s ``real_s`` seconds into the play (held at the ends): each row's rate over
+        its whole bin, as the simulator holds it (causal: no step plays a later row)."""
         x = min(max(real_s, 0.0), self.play_s) * self.speed
-        return float(np.interp(x, self.t, self.value)) * self.scale
-
-    def start_rps(self, trace_minutes: float = 10.0) -> float:
-        """Mean requests/s over the stretch's first ``trace_minutes``."""
-        first = self.value[self.t < trace_minutes * 60.0]
-        return float(first.mean() if first.size else self.value[0]) * self.scale
+        i = int(np.searchsorted(self.t, x, side="right")) - 1
+        return float(self.value[min(max(i, 0), len(self.value) - 1)]) * self.scale
 
     def peak_rps(self) -> float:
         return float(self.value.max()) * self.scale
@@ -83,9 +83,10 @@ class Stretch:
     def describe(self) -> str:
         a = EXCERPT_START + dt.timedelta(hours=self.start_h)
         b = a + dt.timedelta(hours=self.hours)
+        pace = "the trace's own pace" if abs(self.speed - 1.0) < 1e-6 else "compressed"
         return (
             f"{self.path.name}: NASA-HTTP {a:%b %d %Y %H:%M}-{b:%H:%M} EDT "
             f"({self.hours:g} h of trace) played in {self.play_s / 60:.3g} min "
-            f"({self.speed:.0f}x), "
+            f"({self.speed:.3g}x, {pace}), "
             f"x{self.scale:g} req/s (peak {self.peak_rps():.0f} req/s)"
         )
