@@ -362,14 +362,15 @@ def shield(
     reason = _mark(reason, down_blocked, Reason.COOLDOWN_DOWN)
     d = torch.where(up_blocked | down_blocked, cur, d)
 
-    # 4. Step limits.
+    # 4. Step limits (count x percent, then / 100, as the HPA computes them: 800 x 0.875 % is
+    # 7 pods; 800 x 0.00875 rounds to 7.000000000000001, which ceil() made 8).
     up_room = torch.maximum(
         torch.full_like(cur, float(config.max_step_up_pods)),
-        torch.ceil(cur * (config.max_step_up_percent / 100.0)),
+        torch.ceil(cur * config.max_step_up_percent / 100.0),
     )
     down_room = torch.maximum(
         torch.full_like(cur, float(config.max_step_down_pods)),
-        torch.floor(cur * (config.max_step_down_percent / 100.0)),
+        torch.floor(cur * config.max_step_down_percent / 100.0),
     )
     limited = torch.minimum(torch.maximum(d, cur - down_room), cur + up_room)
     reason = _mark(reason, limited > d, Reason.STEP_LIMIT_DOWN)
