@@ -37,9 +37,10 @@ def _parser() -> argparse.ArgumentParser:
         prog="qscale demo",
         description="qscale against the real Kubernetes HorizontalPodAutoscaler: two identical "
         "Deployments on a local control plane take the same traffic (a stretch of a shipped "
-        "trace, compressed; the controllers run in real time), one scaled by the qscale "
-        "operator, the other by the HPA controller of kube-controller-manager. Prints a live "
-        "view and a summary, writes summary.json, timeline.csv and demo.png. Binaries missing "
+        "trace at its own pace), one scaled by the qscale operator, the other by the HPA "
+        "controller of kube-controller-manager; then the same stretch runs in the simulator "
+        "(the twin) beside the operator's decisions. Prints a live view and a summary, writes "
+        "summary.json, timeline.csv, demo.png, decisions.jsonl and twin.json. Binaries missing "
         "here are downloaded once, pinned by sha256, into ~/.cache; without a local control "
         "plane (offline) it runs the offline demo (qscale evaluate) instead.",
     )
