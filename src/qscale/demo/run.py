@@ -494,16 +494,15 @@ def _twin(cfg: DemoConfig, stretch: Stretch, play_t0: float, summary: dict) -> d
     """The same stretch in the simulator (:mod:`qscale.demo.twin`) against the operator's
     decision log; the timeline goes to ``twin.json``, the figures into the summary."""
     from qscale.demo.twin import TWIN_DOC, compare, live_counts, read_decision_log, simulate
-    from qscale.guardrails import ShieldConfig
+    from qscale.operator.spec import parse_spec, shield_config
     from qscale.policy.artifact import load_policy
     from qscale.policy.default import default_model_path
 
     assert cfg.initial_replicas is not None
     policy = load_policy(default_model_path())
-    # the shield the operator serves the policy with: the model's trained limits
-    trained = ((policy.manifest.get("serving") or {}).get("shield")) or {}
-    names = {f.name for f in dataclasses.fields(ShieldConfig)}
-    shield = ShieldConfig(**{k: v for k, v in trained.items() if k in names})
+    # the shield the operator serves the demo's policy with, by the operator's own route
+    spec = parse_spec(json.loads(policy_manifest(cfg))["spec"])
+    shield = shield_config(spec, policy.manifest.get("serving"))
     sim = partial(
         simulate,
         stretch,
