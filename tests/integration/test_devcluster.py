@@ -6,7 +6,13 @@ import json
 
 import pytest
 
-from qscale.dev.cluster import USAGE_CPU_ANNOTATION, deployment_manifest, wait_for
+from qscale.dev.cluster import (
+    LOOPBACK,
+    USAGE_CPU_ANNOTATION,
+    deployment_manifest,
+    is_loopback,
+    wait_for,
+)
 
 pytestmark = pytest.mark.cluster
 
@@ -23,10 +29,15 @@ def test_nodes_and_pods_are_on_loopback(cluster, namespace):
     addrs = [
         a["address"] for n in nodes for a in n["status"]["addresses"] if a["type"] == "InternalIP"
     ]
-    assert addrs and all(a.startswith("127.") for a in addrs)
+    assert len(addrs) == len(nodes) > 1 and set(addrs) == {LOOPBACK}
     pods = json.loads(cluster.kubectl("get", "pods", "-n", namespace, "-o", "json").stdout)["items"]
     assert len(pods) == 3 and all(p["status"]["podIP"].startswith("127.") for p in pods)
     assert cluster.dialled_off_host() == []
+    # every component listens on loopback only (kwokctl's default is every interface)
+    listening = cluster.listening()
+    assert {"etcd", "kube-apiserver", "kwok-controller"} <= set(listening), listening
+    off = {c: [a for a in addrs if not is_loopback(a)] for c, addrs in listening.items()}
+    assert not any(off.values()), off
 
 
 def test_start_up_delay_is_played_by_the_control_plane(cluster, namespace):
@@ -41,12 +52,13 @@ def test_start_up_delay_is_played_by_the_control_plane(cluster, namespace):
 
 
 def test_pod_cpu_reaches_the_metrics_api(cluster, namespace):
+    n = 8
     cluster.apply(
         deployment_manifest(
-            "busy", namespace, replicas=1, annotations={USAGE_CPU_ANNOTATION: "250m"}
+            "busy", namespace, replicas=n, annotations={USAGE_CPU_ANNOTATION: "250m"}
         )
     )
-    wait_for(lambda: _ready(cluster, namespace, "busy") == 1, 60, what="a ready pod")
+    wait_for(lambda: _ready(cluster, namespace, "busy") == n, 60, what=f"{n} ready pods")
 
     def usage():
         out = cluster.kubectl(
@@ -55,10 +67,14 @@ def test_pod_cpu_reaches_the_metrics_api(cluster, namespace):
         if out.returncode != 0:
             return None
         items = json.loads(out.stdout)["items"]
-        return items[0]["containers"][0]["usage"]["cpu"] if items else None
+        got = {i["metadata"]["name"]: i["containers"][0]["usage"]["cpu"] for i in items}
+        return got if len(got) == n else None
 
-    cpu = wait_for(usage, 90, interval_s=2, what="the pod's CPU in the metrics API")
-    assert cpu.endswith("n") and 240e6 <= int(cpu[:-1]) <= 260e6
+    cpu = wait_for(usage, 90, interval_s=2, what=f"the CPU of all {n} pods in the metrics API")
+    assert all(c.endswith("n") and 240e6 <= int(c[:-1]) <= 260e6 for c in cpu.values()), cpu
+    # ... from more than one fake node: all are at 127.0.0.1, where kwok listens
+    pods = json.loads(cluster.kubectl("get", "pods", "-n", namespace, "-o", "json").stdout)
+    assert len({p["spec"]["nodeName"] for p in pods["items"]}) > 1
 
 
 def test_prometheus_scrapes_a_loopback_exporter(start_prometheus):

@@ -11,9 +11,10 @@ once), where that archive was unpacked before, or, only when asked (``fetch=True
 demo``), by downloading the same archive, pinned by sha256 (:mod:`qscale.dev.fetch`).
 :class:`ClusterUnavailable` says in one line how to get them when none can be had.
 
-**Loopback only.** Fake nodes get 127.0.1.x addresses and pods 127.64.x.y (kwok's defaults,
-192.0.2.x, are not this machine's and metrics-server would dial them); nothing here ever
-connects to a node, pod or Service IP.
+**Loopback only.** Every component listens on 127.0.0.1 (kwokctl's default is every interface),
+fake nodes have that address and pods 127.64.x.y (kwok's defaults, 192.0.2.x, are not this
+machine's and metrics-server would dial them); metrics-server reaches the nodes' kwok on
+127.0.0.1, and nothing else ever connects to a node, pod or Service IP.
 
 The kwok stages and metrics configs the cluster needs ship in ``qscale/data/kwok``:
 ``pod-delayed-ready.yaml`` makes a pod turn Ready only after its annotation
@@ -28,6 +29,7 @@ as a kubelet starts a pod (kwok restarts a delay when the pod changes meanwhile)
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import os
 import shutil
@@ -52,6 +54,11 @@ __all__ = [
     "find_k8s_bin",
     "start_cluster",
 ]
+
+LOOPBACK = "127.0.0.1"
+"""Where every component of the cluster listens, and the fake nodes' address: kwok serves all
+nodes on one port (a path per node, which metrics-server reads from the node's annotation), so
+they can share it."""
 
 BIN_ENV = "QSCALE_K8S_BIN"
 """Directory holding kwokctl, kwok, etcd, kube-apiserver, ... (overrides PATH and install.sh)."""
@@ -257,14 +264,14 @@ class LocalCluster:
         ).stdout.strip()
 
     def scale_nodes(self, count: int) -> None:
-        """Have ``count`` fake nodes, all on loopback addresses (nodeIPs/podCIDRs)."""
+        """Have ``count`` fake nodes, all at :data:`LOOPBACK`, their pods at 127.64.x.y."""
         self.kwokctl(
             "scale",
             "node",
             "--replicas",
             str(count),
             "--param",
-            '.nodeIPs=["127.0.1.1"]',
+            f'.nodeIPs=["{LOOPBACK}"]',
             "--param",
             '.podCIDRs=["127.64.0.0/16"]',
             "--param",
@@ -274,6 +281,25 @@ class LocalCluster:
             "--param",
             '.allocatable.memory="256Gi"',
         )
+        # kwok hands the nodes 127.0.0.1, .2, ... from that pool; it serves them all on one
+        # port of 127.0.0.1, so each node's address is set to it (kwok keeps a node's address)
+        nodes = json.loads(self.kubectl("get", "nodes", "-o", "json").stdout)["items"]
+        for node in nodes:
+            addresses = node.get("status", {}).get("addresses", [])
+            if [a["address"] for a in addresses if a["type"] == "InternalIP"] != [LOOPBACK]:
+                keep = [a for a in addresses if a["type"] != "InternalIP"]
+                body = {
+                    "status": {"addresses": [{"type": "InternalIP", "address": LOOPBACK}, *keep]}
+                }
+                self.kubectl(
+                    "patch",
+                    "node",
+                    node["metadata"]["name"],
+                    "--subresource=status",
+                    "--type=merge",
+                    "-p",
+                    json.dumps(body),
+                )
         self.kubectl("wait", "--for=condition=Ready", "node", "--all", "--timeout=60s")
 
     def metrics_available(self, wait_s: float = 20.0) -> bool:
@@ -365,6 +391,21 @@ class LocalCluster:
                 raise ClusterUnavailable(f"cluster {self.name}: API server not ready")
             time.sleep(0.5)
 
+    def listening(self) -> dict[str, list[str]]:
+        """``component -> ["address:port", ...]`` of every TCP socket a running component
+        listens on (from ``/proc``); all of them should be loopback addresses."""
+        by_inode = listening_sockets()
+        out: dict[str, list[str]] = {}
+        for name, (pid, *_) in self._components().items():
+            fd_dir = Path(f"/proc/{pid}/fd")
+            with contextlib.suppress(OSError):
+                for fd in fd_dir.iterdir():
+                    with contextlib.suppress(OSError):
+                        link = os.readlink(fd)
+                        if link.startswith("socket:[") and link[8:-1] in by_inode:
+                            out.setdefault(name, []).append(by_inode[link[8:-1]])
+        return out
+
     def dialled_off_host(self) -> list[str]:
         """Addresses off this machine that a component's log says it dialled (should be none)."""
         bad = []
@@ -392,13 +433,52 @@ class LocalCluster:
         self.delete()
 
 
+def _proc_net_address(hex_addr: str) -> str:
+    """``0100007F:1F90`` (``/proc/net/tcp``) -> ``127.0.0.1:8080``; IPv6 likewise, bracketed."""
+    host, port = hex_addr.split(":")
+    raw = bytes.fromhex(host)
+    # the kernel prints each 32-bit word in host (little-endian) order
+    words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+    ip = ipaddress.ip_address(words)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    text = f"[{ip}]" if isinstance(ip, ipaddress.IPv6Address) else str(ip)
+    return f"{text}:{int(port, 16)}"
+
+
+def listening_sockets(tables: Mapping[str, str] | None = None) -> dict[str, str]:
+    """``socket inode -> "address:port"`` of every listening TCP socket on this machine (the
+    text of ``/proc/net/tcp`` and ``tcp6``, or ``tables`` given as ``{name: text}``)."""
+    if tables is None:
+        tables = {}
+        for name in ("tcp", "tcp6"):
+            with contextlib.suppress(OSError):
+                tables[name] = Path(f"/proc/net/{name}").read_text()
+    out = {}
+    for text in tables.values():
+        for line in text.splitlines()[1:]:
+            f = line.split()
+            if len(f) > 9 and f[3] == "0A":  # TCP_LISTEN
+                out[f[9]] = _proc_net_address(f[1])
+    return out
+
+
+def is_loopback(address: str) -> bool:
+    """Whether ``"address:port"`` (as :func:`listening_sockets` gives it) is on loopback."""
+    host = address.rsplit(":", 1)[0].strip("[]")
+    return ipaddress.ip_address(host).is_loopback
+
+
 def _kwokctl_config(bin_dir: Path, opts: ClusterOptions) -> str:
     """A KwokctlConfiguration: metrics-server manifests and every component's extra flags."""
     patches: list[dict] = []
     manifests = bin_dir.parent / "kwok-config" / "metrics-server"
     lines = ["apiVersion: config.kwok.x-k8s.io/v1alpha1", "kind: KwokctlConfiguration"]
+    # every component listens on 127.0.0.1 (kwokctl's default is 0.0.0.0: etcd without auth
+    # on every interface); the fake nodes are 127.0.0.1 too (see scale_nodes)
+    lines += ["options:", f"  bindAddress: {LOOPBACK}"]
     if opts.metrics_server and manifests.is_dir():
-        lines += ["options:", f'  metricsServerManifests: ["{manifests}"]']
+        lines.append(f'  metricsServerManifests: ["{manifests}"]')
     if opts.metrics_server:
         # 10 s is metrics-server's minimum resolution; its kubelet timeout must stay under 0.9x.
         patches.append(
