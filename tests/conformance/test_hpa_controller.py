@@ -15,7 +15,8 @@ import pytest
 
 from qscale.dev import hpa_conformance as hc
 
-pytestmark = pytest.mark.cluster
+# its module fixture is costly: all its tests on one xdist worker (make test: --dist loadgroup)
+pytestmark = [pytest.mark.cluster, pytest.mark.xdist_group("hpa_conformance")]
 
 SCENARIO_NAMES = [sc.name for sc in hc.SCENARIOS]
 

@@ -15,7 +15,8 @@ from loopback_http import serve
 from qscale.dev import cluster
 from qscale.dev import fetch as f
 
-pytestmark = pytest.mark.slow
+# its module fixture is costly: all its tests on one xdist worker (make test: --dist loadgroup)
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("fetch_k8s_archive")]
 
 
 @pytest.fixture(scope="module")

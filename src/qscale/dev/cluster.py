@@ -29,18 +29,21 @@ as a kubelet starts a pod (kwok restarts a delay when the pod changes meanwhile)
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import ipaddress
 import json
 import os
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
+from typing import TextIO
 
 from qscale.dev import fetch as _fetch
 
@@ -322,9 +325,10 @@ class LocalCluster:
 
     def restart(self) -> None:
         """Stop and start every component (etcd keeps the state): an API server restart."""
-        self.kwokctl("stop", "cluster")
-        self.kwokctl("start", "cluster", "--wait", f"{int(self.options.wait_s)}s")
-        self._wait_api()
+        with _ports_lock():
+            self.kwokctl("stop", "cluster")
+            self.kwokctl("start", "cluster", "--wait", f"{int(self.options.wait_s)}s")
+            self._wait_api()
 
     def _components(self) -> dict[str, tuple[int, list[str], dict[str, str], str]]:
         """``name -> (pid, command line, environment, cwd)`` of every running component."""
@@ -367,22 +371,23 @@ class LocalCluster:
 
         before = self._components()
         pid, cmd, env, cwd = before[component]
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace_s
-        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        while Path(f"/proc/{pid}").exists():
-            time.sleep(0.05)
-        self._launch(component, cmd, env, cwd)
-        if component == "kube-apiserver":
-            self._wait_api()
-        time.sleep(1.0)
-        alive = self._components()
-        for name, (_, c, e, d) in before.items():
-            if name not in alive:
-                self._launch(name, c, e, d)
+        with _ports_lock():
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + grace_s
+            while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            while Path(f"/proc/{pid}").exists():
+                time.sleep(0.05)
+            self._launch(component, cmd, env, cwd)
+            if component == "kube-apiserver":
+                self._wait_api()
+            time.sleep(1.0)
+            alive = self._components()
+            for name, (_, c, e, d) in before.items():
+                if name not in alive:
+                    self._launch(name, c, e, d)
 
     def _wait_api(self, wait_s: float = 60.0) -> None:
         deadline = time.monotonic() + wait_s
@@ -431,6 +436,29 @@ class LocalCluster:
 
     def __exit__(self, *exc: object) -> None:
         self.delete()
+
+
+@contextlib.contextmanager
+def _ports_lock() -> Iterator[None]:
+    """Held while a cluster takes its ports or has one down: kwokctl picks ports that nothing
+    listens on at that moment, so two clusters created at once (tests on two xdist workers),
+    or one created while another restarts a component, could be handed the same port."""
+    with _PORTS_HELD:  # re-entrant in this process: a start that restarts holds it once
+        if _PORTS_FILE:
+            yield
+            return
+        with (Path(tempfile.gettempdir()) / "qscale-kwokctl-ports.lock").open("a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            _PORTS_FILE.append(f)
+            try:
+                yield
+            finally:
+                _PORTS_FILE.clear()
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+
+_PORTS_HELD = threading.RLock()
+_PORTS_FILE: list[TextIO] = []
 
 
 def _proc_net_address(hex_addr: str) -> str:
@@ -570,19 +598,20 @@ def start_cluster(
     env = cluster.env
     env["KWOK_KUBE_VERSION"] = version
     try:
-        proc = subprocess.run(
-            cmd, env=env, capture_output=True, text=True, timeout=opts.wait_s * 2 + 30
-        )
-        if proc.returncode != 0:
-            tail = " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-3:])
-            raise ClusterUnavailable(f"kwokctl create cluster failed: {tail}")
-        cluster._wait_api()
-        if opts.metrics_server and not cluster.metrics_available():
-            # metrics-server exits when it starts before kube-apiserver listens (1 start in 5)
-            # and kwokctl does not restart it: restart the components once (state is kept).
-            cluster.restart()
-            if not cluster.metrics_available(wait_s=60.0):
-                raise ClusterUnavailable("metrics-server did not become available")
+        with _ports_lock():  # until every component listens on the ports it was given
+            proc = subprocess.run(
+                cmd, env=env, capture_output=True, text=True, timeout=opts.wait_s * 2 + 30
+            )
+            if proc.returncode != 0:
+                tail = " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-3:])
+                raise ClusterUnavailable(f"kwokctl create cluster failed: {tail}")
+            cluster._wait_api()
+            if opts.metrics_server and not cluster.metrics_available():
+                # metrics-server exits when it starts before kube-apiserver listens (1 start
+                # in 5) and kwokctl does not restart it: restart the components once.
+                cluster.restart()
+                if not cluster.metrics_available(wait_s=60.0):
+                    raise ClusterUnavailable("metrics-server did not become available")
         cluster.scale_nodes(opts.nodes)
     except BaseException:
         if own:
