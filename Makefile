@@ -5,8 +5,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 OUT ?= out
 # pytest-xdist workers for make test: the cluster tests mostly wait on real time (load ~0.8 on
-# one worker), so two share 2 cores well; tests marked xdist_group stay together (a costly
-# module fixture); TEST_WORKERS=0 runs the suite in one process
+# one worker), so two share 2 cores well; a file's tests stay on one worker (module fixtures
+# such as the HPA conformance recording run once); TEST_WORKERS=0 runs in one process
 TEST_WORKERS ?= 2
 
 .PHONY: install system-deps demo chart chart-crds chart-dashboard manifests test bench bench-sb3 bench-hpa bench-operator bench-soak lint format clean model
@@ -56,7 +56,7 @@ chart: $(STAMP) system-deps
 
 test: $(STAMP) system-deps
 	$(VENV)/bin/lint-imports
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=30 tests; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=30 tests; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_simulator.py

@@ -15,8 +15,7 @@ import pytest
 
 from qscale.dev import hpa_conformance as hc
 
-# its module fixture is costly: all its tests on one xdist worker (make test: --dist loadgroup)
-pytestmark = [pytest.mark.cluster, pytest.mark.xdist_group("hpa_conformance")]
+pytestmark = pytest.mark.cluster
 
 SCENARIO_NAMES = [sc.name for sc in hc.SCENARIOS]
 

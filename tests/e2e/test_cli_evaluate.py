@@ -9,9 +9,6 @@ import pytest
 
 from qscale.simulator.splits import packaged_trace
 
-# its module fixture is costly: all its tests on one xdist worker (make test: --dist loadgroup)
-pytestmark = pytest.mark.xdist_group("cli_evaluate")
-
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):

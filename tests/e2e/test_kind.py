@@ -42,10 +42,8 @@ def _tool(name: str) -> str | None:
         return None
 
 
-# its module fixture is costly: all its tests on one xdist worker (make test: --dist loadgroup)
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.xdist_group("kind"),
     pytest.mark.skipif(not shutil.which("kind"), reason="kind is not installed"),
     pytest.mark.skipif(not docker_running(), reason="no running Docker daemon"),
 ]

@@ -12,10 +12,6 @@ from qscale.simulator.tracebank import TraceBank
 HORIZON = 4 * 240  # 4 hours
 
 
-# its module fixture is costly: all its tests on one xdist worker (make test: --dist loadgroup)
-pytestmark = pytest.mark.xdist_group("baselines_on_traces")
-
-
 @pytest.fixture(scope="module")
 def setup():
     files = shared_trace_files()

@@ -23,8 +23,7 @@ import yaml
 from qscale import features
 from qscale.dev.cluster import deployment_manifest, namespace_manifest, wait_for
 
-# its module fixture is costly: all its tests on one xdist worker (make test: --dist loadgroup)
-pytestmark = [pytest.mark.cluster, pytest.mark.xdist_group("chart")]
+pytestmark = pytest.mark.cluster
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "qscale"

@@ -15,8 +15,7 @@ from loopback_http import serve
 from qscale.dev import cluster
 from qscale.dev import fetch as f
 
-# its module fixture is costly: all its tests on one xdist worker (make test: --dist loadgroup)
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("fetch_k8s_archive")]
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")

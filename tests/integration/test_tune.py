@@ -15,10 +15,6 @@ from qscale.policy import tune as tn
 DAY = 86400.0
 
 
-# its module fixture is costly: all its tests on one xdist worker (make test: --dist loadgroup)
-pytestmark = pytest.mark.xdist_group("tune")
-
-
 def rate_at(t: float) -> float:
     """The target's request rate: a daily wave between 5 and 15 req/s."""
     return 10.0 + 5.0 * math.sin(2 * math.pi * t / DAY)
