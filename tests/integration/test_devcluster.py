@@ -60,6 +60,11 @@ def test_pod_cpu_reaches_the_metrics_api(cluster, namespace):
     )
     wait_for(lambda: _ready(cluster, namespace, "busy") == n, 60, what=f"{n} ready pods")
 
+    def in_band(c: str) -> bool:
+        return c.endswith("n") and 240e6 <= int(c[:-1]) <= 260e6
+
+    last: dict[str, str] = {}
+
     def usage():
         out = cluster.kubectl(
             "get", "--raw", f"/apis/metrics.k8s.io/v1beta1/namespaces/{namespace}/pods", check=False
@@ -67,11 +72,16 @@ def test_pod_cpu_reaches_the_metrics_api(cluster, namespace):
         if out.returncode != 0:
             return None
         items = json.loads(out.stdout)["items"]
-        got = {i["metadata"]["name"]: i["containers"][0]["usage"]["cpu"] for i in items}
-        return got if len(got) == n else None
+        last.clear()
+        last.update({i["metadata"]["name"]: i["containers"][0]["usage"]["cpu"] for i in items})
+        # a pod's first sample can be a rate over a part-window (seen once as out of band
+        # on a loaded machine); every pod must settle at what its annotation says
+        return len(last) == n and all(in_band(c) for c in last.values())
 
-    cpu = wait_for(usage, 90, interval_s=2, what=f"the CPU of all {n} pods in the metrics API")
-    assert all(c.endswith("n") and 240e6 <= int(c[:-1]) <= 260e6 for c in cpu.values()), cpu
+    try:
+        wait_for(usage, 120, interval_s=2, what=f"the CPU of all {n} pods at 250m")
+    except TimeoutError as e:
+        raise AssertionError(f"{e}: last seen {last}") from None
     # ... from more than one fake node: all are at 127.0.0.1, where kwok listens
     pods = json.loads(cluster.kubectl("get", "pods", "-n", namespace, "-o", "json").stdout)
     assert len({p["spec"]["nodeName"] for p in pods["items"]}) > 1
