@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from faultprom import FaultProm
+from qscale import features
 from qscale.dev.cluster import LocalCluster, deployment_manifest, wait_for
 from qscale.dev.operator import OperatorProcess, install, scripted_policy, token_kubeconfig
 from qscale.dev.prom import LocalPrometheus, free_port
@@ -298,3 +299,26 @@ def constant_policy(path: Path, action: str) -> Path:
             prm.zero_()
         net.advantage.bias[actions.ACTION_NAMES.index(action)] = 1.0
     return export(net, path)
+
+
+FAST = {
+    key: features.PROMQL[name].replace("[1m]", "[10s]")
+    for key, name in (
+        ("requestRate", "request_rate"),
+        ("latencyP95", "latency_p95"),
+        ("cpuUtilization", "cpu_utilization"),
+    )
+}
+
+
+SLO = {"latencyP95": "300ms"}
+
+
+def s_digest(st: Stack) -> str:
+    import hashlib
+
+    return hashlib.sha256((st.model / "manifest.json").read_bytes()).hexdigest()
+
+
+def scale_events(st: Stack, name: str) -> list[dict]:
+    return [e for e in st.events(name) if e["message"].startswith("scaled ")]
