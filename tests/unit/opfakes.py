@@ -3,7 +3,6 @@ integration tests use the real ones)."""
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import re
 from dataclasses import dataclass, field
@@ -143,7 +142,6 @@ class FakeProm:
         self.fetches = 0
         self.groups = 0
         self.down = False
-        self.delay_s = 0.0  # a slow Prometheus: each fetch takes this long
 
     def set(
         self, ns: str, name: str, cpu: float = 0.5, rate: float = 10.0, p95: float = 0.05
@@ -163,8 +161,6 @@ class FakeProm:
 
     async def fetch(self, groups, now):
         self.fetches += 1
-        if self.delay_s:
-            await asyncio.sleep(self.delay_s)
         out = {}
         for g in groups:
             self.groups += 1

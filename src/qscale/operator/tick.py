@@ -223,28 +223,36 @@ class Engine:
             return rep
         laps = _Laps(rep)
         self.metrics.status_backlog.set(self.statuses.backlog)
-        namespaces = {p.namespace for p, _ in due}
-        await asyncio.gather(
-            self.kill.refresh(self.kube, namespaces),
-            self.rollouts.refresh(self.kube, namespaces),
-        )
-        owners = enforcers(policies)
-        for e in self.rollouts.assign(policies, owners, now):
-            self.events.post(e)
-        await self._refresh_models([p for p, _ in due])
-        self.kill.export(self.metrics)
-        rows, statuses = self._prepare(due, owners, now)
-        laps.lap("prepare")
-        await self._observe(rows, now, rep)
-        laps.lap("prometheus")
-        t1 = time.perf_counter()
-        self._decide(rows, now, rep)
-        fail_over(rows, now, self.metrics, self._post)
-        rep.decide_s = time.perf_counter() - t1
-        laps.lap("decide")
-        rep.decided_at = time.time()
-        await self._scale_all(rows, now, rep, t0)
-        laps.lap("scale writes")
+        # Until the scale writes are done, no status patch or Event starts (those in flight
+        # finish): a backlog of them must not slow the queries, the decisions or the writes.
+        self.events.hold()
+        self.statuses.hold()
+        try:
+            namespaces = {p.namespace for p, _ in due}
+            await asyncio.gather(
+                self.kill.refresh(self.kube, namespaces),
+                self.rollouts.refresh(self.kube, namespaces),
+            )
+            owners = enforcers(policies)
+            for e in self.rollouts.assign(policies, owners, now):
+                self.events.post(e)
+            await self._refresh_models([p for p, _ in due])
+            self.kill.export(self.metrics)
+            rows, statuses = self._prepare(due, owners, now)
+            laps.lap("prepare")
+            await self._observe(rows, now, rep)
+            laps.lap("prometheus")
+            t1 = time.perf_counter()
+            self._decide(rows, now, rep)
+            fail_over(rows, now, self.metrics, self._post)
+            rep.decide_s = time.perf_counter() - t1
+            laps.lap("decide")
+            rep.decided_at = time.time()
+            await self._scale_all(rows, now, rep, t0)
+            laps.lap("scale writes")
+        finally:
+            self.events.release()
+            self.statuses.release()
         self._conclude(rows, statuses, now)
         batch = self._hand_over(due, rows, statuses, rep, t0)
         laps.lap("statuses")
@@ -382,22 +390,13 @@ class Engine:
     # --- write ----------------------------------------------------------------------------
 
     async def _scale_all(self, rows: Sequence[Row], now: float, rep: TickReport, t0: float) -> None:
-        """Every scale write the tick owes, ``scale_concurrency`` at a time. Meanwhile no status
-        patch or Event starts (those in flight finish): a backlog of them must not slow the
-        scale writes. They are held for this phase only: held from the tick's start, they
-        starved under load (ticks back to back at 300-1,000 policies left the whole status
-        backlog unwritten; BENCHMARKS.md, the operator's memory probe)."""
+        """Every scale write the tick owes, ``scale_concurrency`` at a time (status patches and
+        Events are held meanwhile: :meth:`run_once`)."""
         moving = [r for r in rows if r.spec.mode == "Enforce" and r.moves]
         if not moving:
             return
         sem = asyncio.Semaphore(self.settings.scale_concurrency)
-        self.events.hold()
-        self.statuses.hold()
-        try:
-            await asyncio.gather(*(self._scale(r, now, rep, sem) for r in moving))
-        finally:
-            self.events.release()
-            self.statuses.release()
+        await asyncio.gather(*(self._scale(r, now, rep, sem) for r in moving))
         rep.scale_s = time.perf_counter() - t0
         self.metrics.tick_scale.observe(rep.scale_s)
 
