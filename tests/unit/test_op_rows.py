@@ -44,6 +44,46 @@ def row(name="web", replicas=4, status=None, **spec):
     return Row(p, Runtime(p.uid, dict(p.status)), p.spec, target, None, "no model")
 
 
+def test_a_policys_spec_is_parsed_again_only_when_its_generation_moves(monkeypatch):
+    import qscale.operator.rows as rows
+
+    calls = []
+    real = rows.parse_spec
+    monkeypatch.setattr(rows, "parse_spec", lambda spec: calls.append(spec) or real(spec))
+    index = rows.PolicyIndex()
+    body = {
+        "metadata": {"namespace": "a", "name": "p", "uid": "u1", "generation": 1},
+        "spec": SPEC,
+        "status": {"replicas": 2},
+    }
+    index.put(body)
+    index.put({**body, "status": {"replicas": 3}})  # the operator's own status write
+    (p,) = index.values()
+    assert len(calls) == 1 and p.status == {"replicas": 3} and p.spec.max_replicas == 10
+    index.put(
+        {
+            **body,
+            "metadata": {**body["metadata"], "generation": 2},
+            "spec": {**SPEC, "maxReplicas": 5},
+        }
+    )
+    assert len(calls) == 2 and index.values()[0].spec.max_replicas == 5
+    # another object (a new uid), or no generation at all: parsed
+    index.put({**body, "metadata": {**body["metadata"], "uid": "u2", "generation": 2}})
+    index.put({**body, "metadata": {"namespace": "a", "name": "p", "uid": "u2"}})
+    assert len(calls) == 4
+    # a spec that fails keeps failing with its message until the generation moves
+    bad = {
+        **body,
+        "metadata": {**body["metadata"], "uid": "u3"},
+        "spec": {**SPEC, "minReplicas": 20},
+    }
+    index.put(bad)
+    index.put({**bad, "status": {"x": 1}})
+    p3 = next(p for p in index.values() if p.uid == "u3")
+    assert len(calls) == 5 and p3.spec is None and "minReplicas" in p3.error
+
+
 def test_rows_sharing_a_prometheus_and_templates_share_one_group():
     other = {"prometheus": {"address": "http://other:9090/"}}
     rows = [row("a1"), row("a2"), row("b1", metrics=other), row("a3")]

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from qscale.guardrails import ShieldConfig, ShieldState, shield
-from qscale.operator.status import merge_patch, set_condition
+from qscale.operator.status import json_copy, merge_patch, set_condition
 
 
 @pytest.mark.parametrize(
@@ -29,6 +29,27 @@ from qscale.operator.status import merge_patch, set_condition
 )
 def test_merge_patch(old, new, patch):
     assert merge_patch(old, new) == patch
+
+
+def test_json_copy_is_a_deep_copy_of_a_status():
+    from types import MappingProxyType
+
+    status = {
+        "replicas": 3,
+        "ok": True,
+        "rate": 1.5,
+        "none": None,
+        "conditions": [{"type": "Ready", "status": "True"}],
+        "shield": {"proposals": [[1, 2.0], [3, 4.0]], "view": MappingProxyType({"k": [1]})},
+    }
+    out = json_copy(status)
+    assert out == {**status, "shield": {"proposals": [[1, 2.0], [3, 4.0]], "view": {"k": [1]}}}
+    out["conditions"][0]["status"] = "False"
+    out["shield"]["proposals"][0][0] = 9
+    out["shield"]["view"]["k"].append(2)
+    assert status["conditions"][0]["status"] == "True"  # nothing shared, at any depth
+    assert status["shield"]["proposals"][0][0] == 1 and status["shield"]["view"]["k"] == [1]
+    assert type(out["shield"]["view"]) is dict
 
 
 def test_condition_transition_time_moves_only_on_a_flip():

@@ -37,7 +37,6 @@ says to set their ``spec.model`` to it to keep it.
 from __future__ import annotations
 
 import asyncio
-import copy
 import hashlib
 import logging
 import math
@@ -65,7 +64,7 @@ from qscale.operator.kube import ApiError, Kube
 from qscale.operator.metrics import Metrics
 from qscale.operator.rows import IndexedPolicy, busy_pods
 from qscale.operator.spec import ModelRef, RolloutSpec, SpecError, parse_rollout
-from qscale.operator.status import iso, merge_patch
+from qscale.operator.status import iso, json_copy, merge_patch
 
 __all__ = ["PLURAL", "IndexedRollout", "Rollouts"]
 
@@ -108,7 +107,7 @@ class IndexedRollout:
             created=str(meta.get("creationTimestamp") or ""),
             spec=spec,
             error=error,
-            status=copy.deepcopy(dict(body.get("status") or {})),
+            status=json_copy(body.get("status") or {}),
         )
 
 

@@ -8,7 +8,6 @@ between ticks is its :class:`Runtime`, rebuilt from the status when it is first 
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -25,7 +24,7 @@ from qscale.operator.killswitch import Engaged
 from qscale.operator.models import Model
 from qscale.operator.prom import Observation, QueryGroup
 from qscale.operator.spec import TEMPLATES, PolicySpec, SpecError, parse_spec, shield_config
-from qscale.operator.status import OpReason, Verdict
+from qscale.operator.status import OpReason, Verdict, json_copy
 
 __all__ = [
     "IndexedPolicy",
@@ -70,20 +69,29 @@ class IndexedPolicy:
     """``metadata.labels`` (what a ModelRollout's selector matches)."""
 
     @staticmethod
-    def from_body(body: Mapping[str, Any]) -> IndexedPolicy:
+    def from_body(body: Mapping[str, Any], prev: IndexedPolicy | None = None) -> IndexedPolicy:
+        """``prev``: what was kept of the same object before. Its parsed spec is reused when
+        the object's generation is unchanged: with the status subresource only a change of
+        the spec moves it, and most events are the operator's own status writes (a parse is
+        about 0.7 ms, at 1,000 policies a second of every relist)."""
         meta = body.get("metadata") or {}
-        try:
-            spec, error = parse_spec(body.get("spec")), ""
-        except SpecError as e:
-            spec, error = None, str(e)
+        uid = meta.get("uid", "")
+        generation = int(meta.get("generation") or 0)
+        if prev is not None and generation and (prev.uid, prev.generation) == (uid, generation):
+            spec, error = prev.spec, prev.error
+        else:
+            try:
+                spec, error = parse_spec(body.get("spec")), ""
+            except SpecError as e:
+                spec, error = None, str(e)
         return IndexedPolicy(
             namespace=meta.get("namespace", ""),
             name=meta.get("name", ""),
-            uid=meta.get("uid", ""),
-            generation=int(meta.get("generation") or 0),
+            uid=uid,
+            generation=generation,
             spec=spec,
             error=error,
-            status=copy.deepcopy(dict(body.get("status") or {})),
+            status=json_copy(body.get("status") or {}),
             created=str(meta.get("creationTimestamp") or ""),
             labels={str(k): str(v) for k, v in (meta.get("labels") or {}).items()},
         )
@@ -104,7 +112,8 @@ class PolicyIndex:
         self._events = 0
 
     def put(self, body: Mapping[str, Any]) -> None:
-        p = IndexedPolicy.from_body(body)
+        uid = (body.get("metadata") or {}).get("uid", "")
+        p = IndexedPolicy.from_body(body, self._by_uid.get(uid))
         self._events += 1
         self._by_uid[p.uid], self._seen[p.uid] = p, self._events
 
@@ -166,7 +175,7 @@ class Runtime:
 
     def __post_init__(self) -> None:
         if not self.written:
-            self.written = copy.deepcopy(self.status)
+            self.written = json_copy(self.status)
 
 
 @dataclass

@@ -23,7 +23,6 @@ reports the time from the tick's start to that write (``on_done``).
 from __future__ import annotations
 
 import asyncio
-import copy
 import logging
 import time
 from collections.abc import Callable
@@ -32,7 +31,7 @@ from typing import Any
 
 from qscale.operator.kube import ApiError, Kube, cancel_all
 from qscale.operator.rows import IndexedPolicy, Runtime
-from qscale.operator.status import merge_patch
+from qscale.operator.status import json_copy, merge_patch
 
 __all__ = ["StatusJob", "StatusWriter", "TickBatch"]
 
@@ -205,7 +204,7 @@ class StatusWriter:
             path = f"/apis/{GROUP}/{VERSION}/namespaces/{p.namespace}/{PLURAL}/{p.name}/status"
             try:
                 await self.kube.patch_merge(path, {"status": patch})
-                rt.written = copy.deepcopy(job.status)
+                rt.written = json_copy(job.status)
             except ApiError as e:
                 ok = False
                 if e.status != 404:

@@ -26,7 +26,6 @@ operator restart, a new leader), so cooldowns survive restarts.
 from __future__ import annotations
 
 import asyncio
-import copy
 import logging
 import math
 import time
@@ -69,6 +68,7 @@ from qscale.operator.status import (
     base_status,
     decided_status,
     drift_notice,
+    json_copy,
     last_action,
     model_problem,
     outside_notice,
@@ -278,7 +278,7 @@ class Engine:
         for p in policies:
             rt = self.runtimes.get(p.uid)
             if rt is None:
-                found = copy.deepcopy(dict(p.status))
+                found = json_copy(p.status)
                 rt = self.runtimes[p.uid] = Runtime(uid=p.uid, status=found, written=found)
             if now + 1e-3 >= rt.next_due:
                 interval = p.spec.interval_s if p.spec else actions.DECISION_INTERVAL_S
