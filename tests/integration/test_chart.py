@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from opstack import FAST
 
-from qscale import features
 from qscale.dev.cluster import deployment_manifest, namespace_manifest, wait_for
 
 pytestmark = pytest.mark.cluster
@@ -358,15 +358,6 @@ def test_every_rendered_manifest_passes_a_server_side_dry_run(k8s_bin, cluster, 
 
 
 # --- helm install on its own control plane --------------------------------------------------
-
-FAST = {
-    key: features.PROMQL[name].replace("[1m]", "[10s]")
-    for key, name in (
-        ("requestRate", "request_rate"),
-        ("latencyP95", "latency_p95"),
-        ("cpuUtilization", "cpu_utilization"),
-    )
-}
 
 
 @pytest.fixture(scope="module")
