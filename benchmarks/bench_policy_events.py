@@ -1,7 +1,8 @@
 """What one AutoscalePolicy watch event costs the operator: ``IndexedPolicy.from_body``.
 
 Most watch events at 1,000 policies are the operator's own status writes (18/s in the soak):
-the spec is unchanged, so its parse is reused while the object's generation stays. A real
+the spec is unchanged, so its parse is reused while the object's generation stays; and most
+policies share the default PromQL templates, whose check is remembered. A real
 status to copy comes from the Engine over the unit tests' fakes (the shipped model, 8 ticks of
 rising load on one policy). Times are the best of 3 rounds of ``--n`` calls, one thread.
 
@@ -22,7 +23,9 @@ sys.path.insert(0, str(ROOT / "tests" / "unit"))
 
 from opfakes import SPEC, T0, world  # noqa: E402
 
+from qscale.operator.promql import check_template  # noqa: E402
 from qscale.operator.rows import IndexedPolicy  # noqa: E402
+from qscale.operator.spec import parse_spec  # noqa: E402
 from qscale.operator.status import json_copy  # noqa: E402
 from qscale.policy.default import default_model_path  # noqa: E402
 
@@ -48,7 +51,14 @@ def main() -> None:
     meta = {"namespace": "a", "name": "p", "uid": "u1", "generation": 1}
     body = {"metadata": meta, "spec": SPEC, "status": status}
     prev = IndexedPolicy.from_body(body)
+
+    def cold() -> None:
+        check_template.cache_clear()
+        parse_spec(SPEC)
+
     cases = [
+        ("parse_spec, templates checked", cold),
+        ("parse_spec, templates remembered", lambda: parse_spec(SPEC)),
         ("from_body, spec parsed", lambda: IndexedPolicy.from_body(body)),
         ("from_body, generation unchanged", lambda: IndexedPolicy.from_body(body, prev)),
         ("copy.deepcopy(status)", lambda: copy.deepcopy(status)),

@@ -61,3 +61,15 @@ def test_hostile_templates_are_refused(query, why):
     with pytest.raises(TemplateError, match=None) as e:
         check_template(query)
     assert why in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_refused_template_is_refused_every_time_and_a_passing_one_is_remembered():
+    bad = 'x{"} or vector(1) #"}'
+    for _ in range(3):  # a failure is never remembered as a pass
+        with pytest.raises(TemplateError):
+            check_template(bad)
+    good = features.PROMQL["request_rate"]
+    check_template(good)
+    hits = check_template.cache_info().hits
+    check_template(good)
+    assert check_template.cache_info().hits == hits + 1
