@@ -99,6 +99,14 @@ _PIN = {"configMapRef": {"name": "cand"}, "sha256": "a" * 64}
         ({"canary": {"model": _PIN, "window": "15m"}}, "window must be at least 2 periods"),
         ({"canary": {"model": _PIN, "incumbent": "KEDA"}}, "incumbent must be Model or HPA"),
         ({"shadow": {"window": "2d"}}, "spec.shadow.window: '2d' is not a duration"),
+        (
+            {
+                "metrics": {
+                    "latencyP95": f'x{{namespace=~"$namespace", pod=~"$deployment-{"a" * 8200}"}}'
+                }
+            },
+            "spec.metrics.latencyP95 is longer than 8192 characters",
+        ),
     ],
 )
 def test_refused_with_one_line(change, message):
@@ -138,3 +146,17 @@ def test_shield_precedence_explicit_over_trained_over_defaults():
 )
 def test_training_mismatch_lists_what_differs(spec_change, serving, expected):
     assert training_mismatch(parse_spec({**BASE, **spec_change}), serving) == expected
+
+
+def test_the_query_length_limit_is_the_crds():
+    from pathlib import Path
+
+    import yaml
+
+    from qscale.operator.spec import MAX_QUERY_CHARS
+
+    crd = Path(__file__).resolve().parents[2] / "deploy/crds/qscale.io_autoscalepolicies.yaml"
+    schema = yaml.safe_load(crd.read_text())["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    metrics = schema["properties"]["spec"]["properties"]["metrics"]["properties"]
+    for key in ("requestRate", "latencyP95", "cpuUtilization"):
+        assert metrics[key]["maxLength"] == MAX_QUERY_CHARS

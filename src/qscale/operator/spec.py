@@ -197,6 +197,10 @@ def _num(spec: Mapping[str, Any], key: str, field: str) -> float | None:
     return float(value)
 
 
+MAX_QUERY_CHARS = 8192
+"""The longest PromQL override a policy may carry (the CRD's ``maxLength``)."""
+
+
 def parse_spec(spec: Mapping[str, Any] | None) -> PolicySpec:
     """Parse ``spec`` of an AutoscalePolicy; raises :class:`SpecError` with one line."""
     if not isinstance(spec, Mapping):
@@ -233,6 +237,8 @@ def parse_spec(spec: Mapping[str, Any] | None) -> PolicySpec:
         q = m.get(key) or features.PROMQL[name]
         if not isinstance(q, str):
             raise SpecError(f"spec.metrics.{key} must be a PromQL string")
+        if len(q) > MAX_QUERY_CHARS:  # the CRD's maxLength, also where the schema is older
+            raise SpecError(f"spec.metrics.{key} is longer than {MAX_QUERY_CHARS} characters")
         try:
             check_template(q)
         except TemplateError as e:
