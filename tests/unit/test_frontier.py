@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from qscale.simulator import env as sim
@@ -89,6 +89,11 @@ def _cell_units(slo, cost, dropped=0.0, n=1):
 
 
 @settings(max_examples=300, deadline=None)
+@example(  # found by hypothesis once: an SLO axis of tiny values (the hull's old tolerance)
+    points=[(0.0, 3.0), (5.675479319235473e-68, 1.0), (1.3973123000522355e-225, 2.0)],
+    extra=(0.0, 1.0),
+    controller=(2.058299470585915e-122, 1.0),
+)
 @given(
     st.lists(st.tuples(st.floats(0, 1e4), st.floats(1, 1e4)), min_size=1, max_size=12),
     st.tuples(st.floats(0, 1e4), st.floats(1, 1e4)),

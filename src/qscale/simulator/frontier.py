@@ -206,10 +206,11 @@ def lower_hull(points: Sequence[tuple[float, float]]) -> list[tuple[float, float
     for p in pareto(points):
         while len(hull) >= 2:
             (x0, y0, _), (x1, y1, _) = hull[-2], hull[-1]
-            # hull[-1] goes when it lies on or above the segment hull[-2] -> p
-            if (x1 - x0) * (p[1] - y0) - (y1 - y0) * (p[0] - x0) > 1e-12 * (1 + abs(y0)) * (
-                1 + abs(x0)
-            ):
+            # hull[-1] goes when it lies on or above the segment hull[-2] -> p (collinear
+            # within rounding, relative to the terms: an absolute tolerance dropped vertices
+            # below the segment when the SLO axis spanned tiny values)
+            a, b = (x1 - x0) * (p[1] - y0), (y1 - y0) * (p[0] - x0)
+            if a - b > 1e-12 * (abs(a) + abs(b)):
                 break
             hull.pop()
         hull.append(p)
