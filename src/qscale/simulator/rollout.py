@@ -24,7 +24,8 @@ class Controller(Protocol):
     whose greedy action :func:`qscale.decision.decide` takes and shields; otherwise it returns
     replica counts and brings its own rules (the baselines). ``needs_obs`` (optional, default
     True): whether ``act`` reads the observation vector; baselines that read their own signals
-    say False and run faster.
+    say False and run faster. ``floor_target`` (optional, shielded controllers only): the
+    history floor's utilization target (:mod:`qscale.history`), ``None`` for none.
     """
 
     name: str
@@ -95,7 +96,8 @@ def rollout(
         live = t < ep_len
         out = controller.act(state, obs, params)
         if controller.uses_shield:
-            state, obs, reward, _, _, info = sim.step_greedy(state, out, params)
+            floor = getattr(controller, "floor_target", None)
+            state, obs, reward, _, _, info = sim.step_greedy(state, out, params, floor_target=floor)
         else:
             state, obs, reward, _, _, info = sim.step_replicas(state, out, params, needs_obs)
         ret += torch.where(live, reward, 0.0).double()
