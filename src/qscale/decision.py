@@ -16,8 +16,7 @@ The rules around the network, each with its own reason code:
   (``MODEL_OUTPUT_INVALID``);
 * otherwise the greedy action of the Q-values (from ``model``, or given as ``q_values``) --
   or, in training, what ``explore`` makes of it, or a scripted ``action`` -- is turned into a
-  proposal by :mod:`qscale.actions`, raised to the history floor where the policy has one
-  (:mod:`qscale.history`; ``HISTORY_FLOOR``) and bounded by :mod:`qscale.guardrails`.
+  proposal by :mod:`qscale.actions` and bounded by :mod:`qscale.guardrails`.
 
 :func:`greedy` is the one argmax over Q-values in the project: the simulator, the trainer
 (its exploration wraps the greedy choice; its Double-DQN target) and the operator all reach it
@@ -32,7 +31,7 @@ from dataclasses import dataclass
 
 import torch
 
-from qscale import actions, features, history
+from qscale import actions, features
 from qscale.guardrails import Reason, ShieldConfig, ShieldResult, ShieldState, shield
 
 __all__ = ["Decision", "Explore", "Signals", "decide", "greedy", "observe"]
@@ -53,9 +52,6 @@ class Signals:
     """bool: every metric the features need is there."""
     age_s: torch.Tensor
     """Age of the newest metric sample, seconds (0 in the simulator)."""
-    history_rate: torch.Tensor | None = None
-    """The highest request rate of the same time one lookback ago over the next
-    :data:`qscale.history.AHEAD_S` (in the rate signals' unit); NaN or ``None``: no such past."""
 
     @property
     def replicas(self) -> torch.Tensor:
@@ -80,8 +76,6 @@ class Decision:
     """bool ``[B]``: the metrics were there and fresh and the Q-values finite, so the action
     had its say."""
     shield_state: ShieldState
-    floor: torch.Tensor | None = None
-    """``[B]`` the history floor in pods (NaN: none); ``None`` when no floor was asked for."""
 
 
 Explore = Callable[[torch.Tensor], torch.Tensor]
@@ -125,7 +119,6 @@ def decide(
     explore: Explore | None = None,
     stale_after_s: float = math.inf,
     commit: torch.Tensor | bool = True,
-    floor_target: torch.Tensor | float | None = None,
 ) -> Decision:
     """One decision for every target. Give one of ``model`` (obs -> Q; the forward pass runs
     here), ``q_values`` (``[B, N_ACTIONS]``, when the caller batches several models' forward
@@ -133,10 +126,6 @@ def decide(
 
     ``explore`` (training only) turns the greedy actions into the ones played. ``commit`` is
     passed to the shield (False in Shadow mode: report, do not record a scale).
-    ``floor_target`` (a number or ``[B]``; NaN or <= 0: off) turns on the history floor
-    (:func:`qscale.history.floor_pods` of ``signals.history_rate``): a usable proposal below it
-    is raised to it before the shield, with the reason ``HISTORY_FLOOR`` where the shield lets
-    it through.
     """
     if sum(v is not None for v in (model, q_values, action)) != 1:
         raise ValueError("decide() needs exactly one of model, q_values or action")
@@ -160,15 +149,7 @@ def decide(
     proposal = actions.apply(cur, action, busy, features.peak_busy_pods(x))
     stale = signals.present & (signals.age_s > stale_after_s)
     usable = signals.present & ~stale & sane
-    floor = None
-    lifted = torch.zeros_like(usable)
-    if floor_target is not None and signals.history_rate is not None:
-        floor = history.floor_pods(busy, x.rate_now, signals.history_rate, floor_target)
-        lifted = usable & (floor > proposal)
-        proposal_in = torch.where(lifted, floor, proposal)
-    else:
-        proposal_in = proposal
-    desired = torch.where(usable, proposal_in, cur)
+    desired = torch.where(usable, proposal, cur)
     res: ShieldResult = shield(
         cur, desired, shield_state, now_s, config, x.min_replicas, signals.max_replicas, commit
     )
@@ -177,7 +158,6 @@ def decide(
     reason = torch.where(held & ~sane, int(Reason.MODEL_OUTPUT_INVALID), reason)
     reason = torch.where(held & ~signals.present, int(Reason.METRICS_MISSING), reason)
     reason = torch.where(held & stale, int(Reason.METRICS_STALE), reason)
-    reason = torch.where(lifted & (reason == int(Reason.OK)), int(Reason.HISTORY_FLOOR), reason)
     return Decision(
         replicas=res.replicas,
         action=action,
@@ -187,7 +167,6 @@ def decide(
         observation=obs,
         usable=usable,
         shield_state=res.state,
-        floor=floor,
     )
 
 

@@ -66,9 +66,6 @@ class Reason(IntEnum):
     """No trustworthy current replica count: no decision, nothing may be written."""
     MODEL_OUTPUT_INVALID = 12
     """The network answered NaN/inf Q-values: its action is not taken; hold."""
-    HISTORY_FLOOR = 13
-    """The history floor (:mod:`qscale.history`) raised the action's proposal: the same time
-    yesterday needs more pods than the network asked for."""
 
 
 @dataclass(frozen=True)

@@ -29,13 +29,10 @@ class DQNController:
         module: Callable[[torch.Tensor], torch.Tensor],
         name: str = "dqn",
         device: torch.device | str | None = None,
-        floor_target: float | None = None,
     ) -> None:
         self.module = module
         self.name = name
         self.device = torch.device(device) if device is not None else None
-        self.floor_target = floor_target
-        """The history floor's utilization target (:mod:`qscale.history`); ``None``: none."""
 
     def reset(self, state: sim.EnvState, params: sim.EnvParams) -> None:
         """Stateless: a decision needs only the current observation."""

@@ -663,16 +663,13 @@ def observed_cpu(state: EnvState, params: EnvParams, ready_only: bool) -> torch.
 
 
 def signals(state: EnvState, params: EnvParams) -> Signals:
-    """What the operator's Prometheus queries and the Deployment's status would show (the
-    history range query's answer from the trace's own past: :attr:`TraceBank.history`)."""
+    """What the operator's three Prometheus queries and the Deployment's status would show."""
     seen = state.seen if state.seen is not None else measure(state, params)
-    past = params.bank.history
     return Signals(
         inputs=seen,
         max_replicas=params.max_replicas,
         present=torch.ones_like(state.backlog, dtype=torch.bool),
         age_s=torch.zeros_like(state.backlog),
-        history_rate=None if past is None else past[state.pos] * state.scale,
     )
 
 
@@ -851,13 +848,11 @@ def step_greedy(
     q_values: torch.Tensor,
     params: EnvParams,
     explore: decision.Explore | None = None,
-    floor_target: torch.Tensor | float | None = None,
 ) -> tuple[EnvState, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, dict]:
     """Advance one step on a policy's Q-values ``[B, N_ACTIONS]``: :func:`qscale.decision.decide`
-    takes the greedy action (``explore`` may replace it, in training), raises it to the history
-    floor when ``floor_target`` is given, and shields it. ``info["action"]`` is the action
-    played."""
-    return _decided(state, params, q_values=q_values, explore=explore, floor_target=floor_target)
+    takes the greedy action (``explore`` may replace it, in training) and shields it.
+    ``info["action"]`` is the action played."""
+    return _decided(state, params, q_values=q_values, explore=explore)
 
 
 def _decided(state: EnvState, params: EnvParams, **choice):

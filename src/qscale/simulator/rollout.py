@@ -24,8 +24,7 @@ class Controller(Protocol):
     whose greedy action :func:`qscale.decision.decide` takes and shields; otherwise it returns
     replica counts and brings its own rules (the baselines). ``needs_obs`` (optional, default
     True): whether ``act`` reads the observation vector; baselines that read their own signals
-    say False and run faster. ``floor_target`` (optional, shielded controllers only): the
-    history floor's utilization target (:mod:`qscale.history`), ``None`` for none.
+    say False and run faster.
     """
 
     name: str
@@ -96,8 +95,7 @@ def rollout(
         live = t < ep_len
         out = controller.act(state, obs, params)
         if controller.uses_shield:
-            floor = getattr(controller, "floor_target", None)
-            state, obs, reward, _, _, info = sim.step_greedy(state, out, params, floor_target=floor)
+            state, obs, reward, _, _, info = sim.step_greedy(state, out, params)
         else:
             state, obs, reward, _, _, info = sim.step_replicas(state, out, params, needs_obs)
         ret += torch.where(live, reward, 0.0).double()
