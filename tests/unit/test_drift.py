@@ -109,3 +109,19 @@ def test_the_shipped_model_carries_a_calibrated_reference():
     assert ref is not None and ref.interval_s == 15.0
     assert [t.ticks for t in ref.thresholds] == list(drift.CALIBRATED_TICKS)
     assert ref.source["split"] == "train" and len(ref.source["traces"]) == 12
+
+
+def test_one_observation_bins_as_searchsorted_does_on_edges_nan_and_tails():
+    # Reference.bins (bisect, the tick's path) against bin_many (numpy's searchsorted).
+    ref, _ = fitted()
+    rng = np.random.default_rng(3)
+    rows = [
+        training(1, 7)[0],
+        np.array([e[0] for e in ref.edges]),
+        np.array([e[-1] for e in ref.edges]),
+    ]
+    rows += [np.full(F, np.nan), np.full(F, -1e9), np.full(F, 1e9)]
+    rows += list(rng.normal(0.5, 2.0, (50, F)))
+    for x in rows:
+        x = np.asarray(x, dtype=np.float64)
+        assert ref.bins(x).tolist() == ref.bin_many(x[None, :])[0].tolist(), x

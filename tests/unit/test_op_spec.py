@@ -160,3 +160,17 @@ def test_the_query_length_limit_is_the_crds():
     metrics = schema["properties"]["spec"]["properties"]["metrics"]["properties"]
     for key in ("requestRate", "latencyP95", "cpuUtilization"):
         assert metrics[key]["maxLength"] == MAX_QUERY_CHARS
+
+
+def test_behavior_explicit_is_the_fields_the_user_set():
+    import dataclasses
+
+    from qscale.operator.spec import Behavior
+
+    b = Behavior(max_step_up_pods=3, up_cooldown_s=0.0, down_stabilization_s=120.0)
+    assert (
+        b.explicit()
+        == {k: v for k, v in dataclasses.asdict(b).items() if v is not None}
+        == {"max_step_up_pods": 3, "up_cooldown_s": 0.0, "down_stabilization_s": 120.0}
+    )
+    assert Behavior().explicit() == {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from types import MappingProxyType
 
 import pytest
 import torch
@@ -25,6 +26,15 @@ from qscale.operator.status import json_copy, merge_patch, set_condition
         ({"c": [{"type": "A", "status": "True"}]}, {"c": [{"type": "A", "status": "True"}]}, None),
         ({"f": True}, {"f": 1}, {"f": 1}),
         ({}, {"n": {"k": "v"}}, {"n": {"k": "v"}}),
+        ({"f": 1}, {"f": True}, {"f": True}),
+        ({"x": None}, {"x": None}, None),
+        ({"x": None}, {"x": 0}, {"x": 0}),
+        ({"r": math.nan}, {"r": math.nan}, None),
+        ({"l": [[1, {"a": "b"}]]}, {"l": [[1, {"a": "b"}]]}, None),
+        ({"l": [[1, {"a": "b"}]]}, {"l": [[1, {"a": "c"}]]}, {"l": [[1, {"a": "c"}]]}),
+        ({"l": [1, 2]}, {"l": (1, 2)}, None),
+        ({"s": "1"}, {"s": 1}, {"s": 1}),
+        ({"m": {"k": 1}}, {"m": MappingProxyType({"k": 1})}, None),
     ],
 )
 def test_merge_patch(old, new, patch):

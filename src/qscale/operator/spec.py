@@ -117,7 +117,12 @@ class Behavior:
     down_stabilization_s: float | None = None
 
     def explicit(self) -> dict[str, float]:
-        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        # Read the fields directly: dataclasses.asdict deep-copies, and this runs twice per
+        # policy per tick.
+        return {k: v for k in _BEHAVIOR_FIELDS if (v := getattr(self, k)) is not None}
+
+
+_BEHAVIOR_FIELDS = tuple(f.name for f in dataclasses.fields(Behavior))
 
 
 @dataclass(frozen=True)

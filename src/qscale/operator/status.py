@@ -135,6 +135,9 @@ HPA_LIMIT_REASONS = frozenset(
 """The HPA controller's own condition reasons that mean a limit held its proposal."""
 
 
+_CONDITION_ORDER = {t: i for i, t in enumerate(CONDITION_TYPES)}
+
+
 def iso(t: float) -> str:
     return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -150,9 +153,16 @@ def set_condition(
 ) -> list[dict[str, Any]]:
     """``conditions`` with ``type_`` set; its ``lastTransitionTime`` moves only on a flip."""
     value = "Unknown" if status is None else ("True" if status else "False")
-    out = [dict(c) for c in conditions or [] if c.get("type") != type_]
-    old = next((c for c in conditions or [] if c.get("type") == type_), None)
-    since = old.get("lastTransitionTime") if old and old.get("status") == value else iso(now)
+    out = []
+    old = None
+    for c in conditions or ():
+        if c.get("type") == type_:
+            old = c if old is None else old
+        else:
+            out.append(dict(c))
+    since = old.get("lastTransitionTime") if old and old.get("status") == value else None
+    if since is None:
+        since = iso(now)
     out.append(
         {
             "type": type_,
@@ -163,8 +173,7 @@ def set_condition(
             "observedGeneration": generation,
         }
     )
-    order = {t: i for i, t in enumerate(CONDITION_TYPES)}
-    out.sort(key=lambda c: order.get(c.get("type", ""), len(order)))
+    out.sort(key=lambda c: _CONDITION_ORDER.get(c.get("type", ""), len(_CONDITION_ORDER)))
     return out
 
 
@@ -187,7 +196,12 @@ def json_copy(value: Any) -> Any:
 
 def merge_patch(old: Any, new: Any) -> Any:
     """The JSON merge patch (RFC 7386) that turns ``old`` into ``new``; ``None`` when equal."""
-    if not (isinstance(old, Mapping) and isinstance(new, Mapping)):
+    # ``type(x) is dict`` first, here and below: isinstance against the Mapping ABC is slow,
+    # and a status is dicts all the way down (this diff runs for every policy every tick).
+    if not (
+        (type(old) is dict or isinstance(old, Mapping))
+        and (type(new) is dict or isinstance(new, Mapping))
+    ):
         return None if _same(old, new) else new
     patch: dict[str, Any] = {}
     for k in old.keys() - new.keys():
@@ -195,16 +209,28 @@ def merge_patch(old: Any, new: Any) -> Any:
     for k, v in new.items():
         if k not in old:
             patch[k] = v
-        elif isinstance(v, Mapping) and isinstance(old[k], Mapping):
-            sub = merge_patch(old[k], v)
+            continue
+        o = old[k]
+        if (type(v) is dict or isinstance(v, Mapping)) and (
+            type(o) is dict or isinstance(o, Mapping)
+        ):
+            sub = merge_patch(o, v)
             if sub is not None:
                 patch[k] = sub
-        elif not _same(old[k], v):
+        elif not _same(o, v):
             patch[k] = v
     return patch or None
 
 
 def _same(a: Any, b: Any) -> bool:
+    ta = type(a)
+    if ta is type(b):  # the common cases, exactly
+        if ta is str or ta is int or a is None:
+            return a == b
+        if ta is dict:
+            return merge_patch(a, b) is None
+        if ta is list:
+            return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
     if isinstance(a, bool) or isinstance(b, bool):
         return a is b or (a == b and type(a) is type(b))
     if isinstance(a, int | float) and isinstance(b, int | float):
