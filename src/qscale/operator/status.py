@@ -156,10 +156,10 @@ def set_condition(
     out = []
     old = None
     for c in conditions or ():
-        if c.get("type") == type_:
-            old = c if old is None else old
-        else:
+        if c.get("type") != type_:
             out.append(dict(c))
+        elif old is None:
+            old = c
     since = old.get("lastTransitionTime") if old and old.get("status") == value else None
     if since is None:
         since = iso(now)
