@@ -164,6 +164,7 @@ def test_torch_threads_follow_the_cpu_limit(k8s_bin, sets, threads):
         e["name"]: e.get("value") for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]
     }
     assert env["QSCALE_TORCH_THREADS"] == threads == env["OMP_NUM_THREADS"]
+    assert env["PYTHONMALLOC"] == "malloc"  # as the image sets it (test_dockerfile)
 
 
 @pytest.mark.parametrize(
@@ -589,3 +590,4 @@ def test_kubectl_apply_k_deploy(fresh):
     assert spec["serviceAccountName"] == "qscale-operator"
     env = {e["name"]: e.get("value") for e in spec["containers"][0]["env"]}
     assert env["QSCALE_NAMESPACES"] == "default"
+    assert env["PYTHONMALLOC"] == "malloc"

@@ -87,6 +87,9 @@ def test_entrypoint_is_qscale_operator_and_fits_a_read_only_root(st):
     env = " ".join(arg for op, arg in final["ins"] if op == "ENV")
     pairs = dict(p.split("=", 1) for p in shlex.split(env) if "=" in p)
     assert pairs["PYTHONDONTWRITEBYTECODE"] == "1" and pairs["HOME"] == "/tmp"
+    # Python's objects from glibc's malloc: its own arenas fragment under the tick's churn
+    # and the operator's memory keeps growing (BENCHMARKS.md, "Where the growth is").
+    assert pairs["PYTHONMALLOC"] == "malloc"
     build_runs = " ".join(arg for op, arg in st[0]["ins"] if op == "RUN")
     assert "compileall" in build_runs  # bytecode is in the image, never written at run time
     assert "qscale" in (ROOT / "pyproject.toml").read_text().split("[project.scripts]")[1]

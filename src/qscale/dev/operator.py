@@ -169,6 +169,7 @@ class OperatorProcess:
             "QSCALE_HEALTH_ADDRESS": "127.0.0.1",
             "QSCALE_HEALTH_PORT": str(self.health_port),
             "PYTHONUNBUFFERED": "1",
+            "PYTHONMALLOC": "malloc",  # as the image runs it (see the Dockerfile)
             **self.env,
         }
         log = self.log_path.open("ab")
