@@ -38,6 +38,11 @@ def _rss_mb() -> float:
     return _status().get("VmRSS", float("nan"))
 
 
+def _append(kind: str, row: dict) -> None:
+    with open(f"{_DIR}/{kind}-{os.getpid()}.jsonl", "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
 def _loop(every: float) -> None:
     t0 = time.time()
     for i in range(10**9):
@@ -45,8 +50,7 @@ def _loop(every: float) -> None:
         traced, _ = tracemalloc.get_traced_memory()
         tracemalloc.take_snapshot().dump(f"{_DIR}/snap-{os.getpid()}-{i:03d}.tm")
         row = {"i": i, "t": time.time() - t0, "rss_mb": _rss_mb(), "traced_mb": traced / 2**20}
-        with open(f"{_DIR}/log-{os.getpid()}.jsonl", "a") as f:
-            f.write(json.dumps(row) + "\n")
+        _append("log", row)
 
 
 def _trim_loop(every: float) -> None:
@@ -58,8 +62,7 @@ def _trim_loop(every: float) -> None:
         released = libc.malloc_trim(0)
         row = {"t": round(time.time() - t0, 1), "released": released, "before": before}
         row["after"] = _status()
-        with open(f"{_DIR}/trim-{os.getpid()}.jsonl", "a") as f:
-            f.write(json.dumps(row) + "\n")
+        _append("trim", row)
 
 
 class _Mallinfo2(ctypes.Structure):
@@ -125,8 +128,7 @@ def _mem_loop(every: float) -> None:
         row["malloc_mmapped_mb"] = round(mi.hblkhd / 2**20, 2)
         row["malloc_mmapped_blocks"] = mi.hblks
         row["pymalloc"] = _pymalloc()
-        with open(f"{_DIR}/mem-{os.getpid()}.jsonl", "a") as f:
-            f.write(json.dumps(row) + "\n")
+        _append("mem", row)
 
 
 if _DIR and os.environ.get("QSCALE_TM_EVERY"):
