@@ -76,3 +76,14 @@ def test_bad_values_exit_with_one_clear_line(
 
 def test_resume_from_missing_checkpoint_is_an_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert "no such checkpoint" in _error(capsys, ["--resume", "/nonexistent/ckpt.pt"])
+
+
+def test_help_prints_every_option(capsys: pytest.CaptureFixture[str]) -> None:
+    # argparse %-formats help: a docstring with a literal "%" ("+-25 % of this") once made
+    # `qscale train --help` crash with a TypeError.
+    with pytest.raises(SystemExit) as e:
+        parse_config(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "+-25 % of this" in out
+    assert all(f"--{f.name.replace('_', '-')}" in out for f in dataclasses.fields(TrainConfig))

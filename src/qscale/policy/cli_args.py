@@ -116,7 +116,8 @@ def add_dataclass_args(
         tp, optional = _unwrap_optional(hints[f.name])
         origin, args = typing.get_origin(tp), typing.get_args(tp)
         shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
-        help_text = f"{help_text} (default: {shown})".strip()
+        # argparse %-formats help text: a literal "%" in a docstring must not reach it bare.
+        help_text = f"{help_text} (default: {shown})".strip().replace("%", "%%")
         kwargs: dict[str, Any] = {"dest": f.name, "default": default, "help": help_text}
         if tp is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
