@@ -1,17 +1,24 @@
 """The discrete action set, applied before the shield.
 
-Ten actions (:data:`ACTIONS`) in three kinds, all scale-free:
+Fourteen actions (:data:`ACTIONS`) in five kinds, all scale-free:
 
 * **relative steps** (``kind`` ``"step"``: hold, -1, +1, x1.5, x2): move from the current count;
 * **proportional targets** (``"target"``: ``busy_at_50/65/80``): size the Deployment so that
   the work it is doing now (:func:`qscale.features.busy_pods`, pods' worth of CPU limit in use)
   would run its pods at 50, 65 or 80 % of their CPU limit -- the HPA's formula, with the
-  operating point chosen per decision. "Do what a CPU HPA at that target would do" is one
-  action, so a policy can learn never to be worse than that rule and depart from it only where
-  it pays;
+  operating point chosen per decision;
 * **peak targets** (``"peak"``: ``peak_at_65/80``): the same for the work the Deployment would
   do at the highest request rate of the last 15 minutes (busy pods x peak rate / rate now) --
-  what an HPA with a long scale-down window holds, as one action.
+  what an HPA with a long scale-down window holds, as one action;
+* **rate targets** (``"rate"``: ``rate_at_70``; ``"rate_peak"``: ``rate_peak_at_60/70/80``):
+  the KEDA rule -- ceil(request rate / (declared requests/s per pod x target)) -- at the rate
+  now or at the highest rate of the last 15 minutes (a 15-minute scale-down hold). They need
+  the per-pod capacity the policy declares (:attr:`qscale.features.FeatureInputs.capacity_rps`)
+  and are unavailable without it (:func:`available`): the argmax and exploration skip them.
+
+So each rule of the evaluation's frontier family with a 15-minute hold is one action, and
+training starts from the reward-best of them (DQfD demonstrations, :mod:`qscale.policy.train`):
+the policy departs from the rule only where its Q-values say it pays.
 
 The shield in :mod:`qscale.guardrails` then bounds whatever the action proposes.
 """
@@ -35,7 +42,8 @@ HPA controller's default sync period is also 15 s; that one is the HPA's own, in
 class Action:
     """``kind`` ``"step"``: desired = current * multiplier + delta, rounded away from current;
     ``kind`` ``"target"``: desired = ceil(busy pods / target); ``"peak"``: ceil(busy pods at
-    the recent peak rate / target)."""
+    the recent peak rate / target); ``"rate"``/``"rate_peak"``: ceil(pods the request rate
+    now / at the recent peak needs at the declared capacity / target)."""
 
     name: str
     kind: str
@@ -55,6 +63,10 @@ ACTIONS: tuple[Action, ...] = (
     Action("busy_at_80", "target", target=0.8),
     Action("peak_at_65", "peak", target=0.65),
     Action("peak_at_80", "peak", target=0.8),
+    Action("rate_at_70", "rate", target=0.7),
+    Action("rate_peak_at_60", "rate_peak", target=0.6),
+    Action("rate_peak_at_70", "rate_peak", target=0.7),
+    Action("rate_peak_at_80", "rate_peak", target=0.8),
 )
 ACTION_NAMES: tuple[str, ...] = tuple(a.name for a in ACTIONS)
 N_ACTIONS = len(ACTIONS)
@@ -62,9 +74,19 @@ HOLD = 0
 
 _MULT = torch.tensor([a.multiplier for a in ACTIONS], dtype=torch.float32)
 _DELTA = torch.tensor([a.delta for a in ACTIONS], dtype=torch.float32)
-_TARGET = torch.tensor([a.target if a.kind in ("target", "peak") else 1.0 for a in ACTIONS])
+_TARGET = torch.tensor([a.target if a.kind != "step" else 1.0 for a in ACTIONS])
 _IS_TARGET = torch.tensor([a.kind == "target" for a in ACTIONS])
 _IS_PEAK = torch.tensor([a.kind == "peak" for a in ACTIONS])
+_IS_RATE = torch.tensor([a.kind == "rate" for a in ACTIONS])
+_IS_RATE_PEAK = torch.tensor([a.kind == "rate_peak" for a in ACTIONS])
+_NEEDS_CAPACITY = _IS_RATE | _IS_RATE_PEAK
+
+
+def available(capacity_declared: torch.Tensor) -> torch.Tensor:
+    """``[B, N_ACTIONS]`` bool: the actions each target may take (``capacity_declared`` ``[B]``
+    bool; the rate actions need a declared per-pod capacity)."""
+    needs = _NEEDS_CAPACITY.to(capacity_declared.device)
+    return ~needs[None, :] | capacity_declared[:, None]
 
 
 def apply(
@@ -72,10 +94,14 @@ def apply(
     action: torch.Tensor,
     busy: torch.Tensor | None = None,
     peak_busy: torch.Tensor | None = None,
+    rate_pods: torch.Tensor | None = None,
+    peak_rate_pods: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Desired replicas: ``replicas`` ``[B]`` float, ``action`` ``[B]`` int64, ``busy`` ``[B]``
     pods' worth of CPU in use and ``peak_busy`` the same at the recent peak rate (needed by the
-    target and peak actions; NaN gives a NaN proposal, which the shield holds).
+    target and peak actions), ``rate_pods``/``peak_rate_pods`` the pods the request rate now /
+    at the recent peak needs at the declared capacity (the rate actions). NaN gives a NaN
+    proposal, which the shield holds.
 
     A multiplicative step always moves by at least one pod (x1.5 of 1 pod is 2), so no step
     action silently means "hold". Out-of-range indices raise, as indexing does.
@@ -94,4 +120,12 @@ def apply(
     sized = torch.ceil(busy.to(replicas.dtype) / target - 1e-4)
     peak_sized = torch.ceil(peak_busy.to(replicas.dtype) / target - 1e-4)
     out = torch.where(_IS_TARGET.to(dev)[action], sized, step)
-    return torch.where(_IS_PEAK.to(dev)[action], peak_sized, out)
+    out = torch.where(_IS_PEAK.to(dev)[action], peak_sized, out)
+    if rate_pods is None:
+        rate_pods = torch.full_like(replicas, float("nan"))
+    if peak_rate_pods is None:
+        peak_rate_pods = torch.full_like(replicas, float("nan"))
+    rate_sized = torch.ceil(rate_pods.to(replicas.dtype) / target - 1e-4)
+    peak_rate_sized = torch.ceil(peak_rate_pods.to(replicas.dtype) / target - 1e-4)
+    out = torch.where(_IS_RATE.to(dev)[action], rate_sized, out)
+    return torch.where(_IS_RATE_PEAK.to(dev)[action], peak_rate_sized, out)

@@ -108,6 +108,7 @@ def _profile(args: argparse.Namespace) -> EvalProfile:
         slo_factor=args.slo_factor,
         max_replicas_factor=args.max_replicas_factor,
         cpu_limit_ratio=ratio,
+        capacity_declared=not args.no_capacity,
     )
 
 
@@ -342,6 +343,12 @@ def _add_profile_args(p: argparse.ArgumentParser) -> None:
         help="pods' CPU limit / request, RATIO or LO,HI drawn per window and seed (default 1,4)",
     )
     p.add_argument("--no-noise", action="store_true", help="no Poisson arrival noise")
+    p.add_argument(
+        "--no-capacity",
+        action="store_true",
+        help="the model is not told the pods' capacity (a policy without "
+        "spec.capacity): its rate actions are unavailable; the rate rules still get it",
+    )
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads, pinned (default 1)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -14,9 +14,10 @@ The rules around the network, each with its own reason code:
   bound, as the HPA does without metrics);
 * Q-values that are not all finite (a broken or tampered network) are not followed: hold
   (``MODEL_OUTPUT_INVALID``);
-* otherwise the greedy action of the Q-values (from ``model``, or given as ``q_values``) --
-  or, in training, what ``explore`` makes of it, or a scripted ``action`` -- is turned into a
-  proposal by :mod:`qscale.actions` and bounded by :mod:`qscale.guardrails`.
+* otherwise the greedy action of the Q-values (from ``model``, or given as ``q_values``) among
+  the available ones (the rate actions need a declared per-pod capacity) -- or, in training,
+  what ``explore`` makes of it, or a scripted ``action`` -- is turned into a proposal by
+  :mod:`qscale.actions` and bounded by :mod:`qscale.guardrails`.
 
 :func:`greedy` is the one argmax over Q-values in the project: the simulator, the trainer
 (its exploration wraps the greedy choice; its Double-DQN target) and the operator all reach it
@@ -78,13 +79,17 @@ class Decision:
     shield_state: ShieldState
 
 
-Explore = Callable[[torch.Tensor], torch.Tensor]
-"""Training's exploration: the greedy actions in, the actions to play out (e.g. epsilon-greedy
-replacing some by random ones). It sits between the argmax and the shield, nowhere else."""
+Explore = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""Training's exploration: the greedy actions ``[B]`` and the available ones ``[B, N_ACTIONS]``
+in, the actions to play out (e.g. epsilon-greedy replacing some by random available ones). It
+sits between the argmax and the shield, nowhere else."""
 
 
-def greedy(q_values: torch.Tensor) -> torch.Tensor:
-    """The greedy action of each row: the one argmax of the project."""
+def greedy(q_values: torch.Tensor, available: torch.Tensor | None = None) -> torch.Tensor:
+    """The greedy action of each row among its ``available`` actions (all when ``None``): the
+    one argmax of the project."""
+    if available is not None:
+        q_values = q_values.masked_fill(~available, -math.inf)
     return q_values.argmax(dim=-1).to(torch.int64)
 
 
@@ -137,16 +142,22 @@ def decide(
         with torch.no_grad():
             q_values = model(obs.to(next(_params(model), obs).device)).to(cur.device).float()
     sane = torch.ones_like(signals.present)
+    cap = x.declared_capacity()
     if q_values is not None:
-        action = greedy(q_values)
+        allowed = actions.available(~torch.isnan(cap))
+        action = greedy(q_values, allowed)
         if explore is not None:
-            action = explore(action)
+            action = explore(action, allowed)
         else:  # a network that answers NaN/inf is not followed (exploration plays anyway)
             sane = torch.isfinite(q_values).all(dim=-1)
     else:
         q_values = torch.full((cur.shape[0], actions.N_ACTIONS), math.nan, device=cur.device)
     busy = features.busy_pods(x.cpu_utilization, x.cpu_limit_ratio, cur)
-    proposal = actions.apply(cur, action, busy, features.peak_busy_pods(x))
+    rate_pods = x.rate_now / cap
+    peak_rate_pods = torch.maximum(x.rate_peak_15m, x.rate_now) / cap
+    proposal = actions.apply(
+        cur, action, busy, features.peak_busy_pods(x), rate_pods, peak_rate_pods
+    )
     stale = signals.present & (signals.age_s > stale_after_s)
     usable = signals.present & ~stale & sane
     desired = torch.where(usable, proposal, cur)

@@ -19,6 +19,9 @@ rate_*              :data:`PROMQL` ``request_rate``, a range query: the rate now
                     flattens at capacity during a burst); an ingress counter counts arrivals.
 replicas, ready     the Deployment's ``spec.replicas`` and ``status.readyReplicas``.
 min_replicas        the policy's bound.
+capacity_rps        the requests/s one pod serves, as the policy declares it
+                    (``spec.capacity.requestsPerSecondPerPod``, KEDA's per-pod threshold
+                    found by load-testing one pod); NaN when it declares none.
 since_scale_*       the shield's own memory of scale events (kept in the policy's status).
 ==================  =========================================================================
 
@@ -44,7 +47,7 @@ from dataclasses import dataclass
 
 import torch
 
-SPEC_VERSION = 2
+SPEC_VERSION = 3
 
 #: Seconds a scale event keeps influencing the "time since" features; beyond it they read 1.
 SINCE_SCALE_HORIZON_S = 300.0
@@ -127,6 +130,9 @@ FEATURES: tuple[Feature, ...] = (
     Feature("min_over_replicas", "min replicas / replicas (1: no room to scale down)", 0.0, 1.0),
     Feature("since_scale_up", "seconds since last scale-up / 300", 0.0, 1.0),
     Feature("since_scale_down", "seconds since last scale-down / 300", 0.0, 1.0),
+    Feature("load_per_pod",
+            "request rate now / (declared requests/s per pod x replicas); -1: none declared",
+            -1.0, 4.0),
 )  # fmt: skip
 
 FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)
@@ -176,6 +182,16 @@ class FeatureInputs:
     min_replicas: torch.Tensor
     since_scale_up_s: torch.Tensor
     since_scale_down_s: torch.Tensor
+    capacity_rps: torch.Tensor | None = None
+    """Declared requests/s per pod (NaN or ``None``: not declared); the rate actions of
+    :mod:`qscale.actions` size with it and are unavailable without it."""
+
+    def declared_capacity(self) -> torch.Tensor:
+        """``[B]`` the declared per-pod capacity, NaN where none (or a non-positive one) is."""
+        if self.capacity_rps is None:
+            return torch.full_like(self.replicas, math.nan)
+        cap = self.capacity_rps.to(self.replicas.dtype)
+        return torch.where(cap > 0, cap, math.nan)
 
 
 def _log_ratio(now: torch.Tensor, before: torch.Tensor) -> torch.Tensor:
@@ -196,6 +212,21 @@ def peak_busy_pods(x: FeatureInputs) -> torch.Tensor:
     now = torch.clamp(x.rate_now, min=1e-12)
     ratio = torch.where(x.rate_now > 0, torch.maximum(x.rate_peak_15m, x.rate_now) / now, 1.0)
     return busy * ratio
+
+
+def _load_per_pod(x: FeatureInputs, replicas: torch.Tensor) -> torch.Tensor:
+    cap = x.declared_capacity()
+    load = torch.clamp(x.rate_now, min=0.0) / (cap * replicas)
+    return torch.where(torch.isnan(cap), -1.0, load)
+
+
+#: Index of ``load_per_pod`` in the observation: below 0 means no capacity is declared.
+LOAD_PER_POD = [f.name for f in FEATURES].index("load_per_pod")
+
+
+def capacity_declared(obs: torch.Tensor) -> torch.Tensor:
+    """``[B]`` bool from observations ``[B, N_FEATURES]``: a per-pod capacity is declared."""
+    return obs[..., LOAD_PER_POD] >= 0.0
 
 
 def compute(x: FeatureInputs) -> torch.Tensor:
@@ -221,6 +252,7 @@ def compute(x: FeatureInputs) -> torch.Tensor:
         x.min_replicas / replicas,
         x.since_scale_up_s / SINCE_SCALE_HORIZON_S,
         x.since_scale_down_s / SINCE_SCALE_HORIZON_S,
+        _load_per_pod(x, replicas),
     )
     obs = torch.stack([c.to(torch.float32) for c in cols], dim=-1)
     obs = torch.nan_to_num(obs, nan=0.0, posinf=1e9, neginf=-1e9)
@@ -231,26 +263,27 @@ _NAN = float("nan")
 
 GOLDEN_INPUTS: tuple[tuple[float, ...], ...] = (
     # cpu_utilization, cpu_limit_ratio, p95_s, slo_s, rate_now, rate_1m, rate_5m, rate_15m,
-    # rate_peak_15m, replicas, ready_replicas, min_replicas, since_scale_up_s, since_scale_down_s
-    (0.6, 2.0, 0.3, 0.25, 100.0, 90.0, 80.0, 120.0, 150.0, 5.0, 4.0, 2.0, 120.0, 600.0),
-    (0.35, 1.0, _NAN, 0.25, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0, 30.0),
-    (2.0, 1.0, 10.0, 0.1, 1000.0, 10.0, 5000.0, 20.0, 900.0, 2000.0, 0.0, 3.0, 1e9, 299.0),
-    (_NAN, 0.0, _NAN, 0.3, 5.0, 7.0, 3.0, 5.0, 40.0, 0.0, 0.0, 1.0, 45.0, 150.0),
-    (0.2, 4.0, 0.02, 0.5, 12.5, 25.0, 50.0, 200.0, 12.5, 37.0, 30.0, 10.0, 299.0, 1.0),
+    # rate_peak_15m, replicas, ready_replicas, min_replicas, since_scale_up_s, since_scale_down_s,
+    # capacity_rps
+    (0.6, 2.0, 0.3, 0.25, 100.0, 90.0, 80.0, 120.0, 150.0, 5.0, 4.0, 2.0, 120.0, 600.0, 50.0),
+    (0.35, 1.0, _NAN, 0.25, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0, 30.0, _NAN),
+    (2.0, 1.0, 10.0, 0.1, 1000.0, 10.0, 5000.0, 20.0, 900.0, 2000.0, 0.0, 3.0, 1e9, 299.0, 0.1),
+    (_NAN, 0.0, _NAN, 0.3, 5.0, 7.0, 3.0, 5.0, 40.0, 0.0, 0.0, 1.0, 45.0, 150.0, 10.0),
+    (0.2, 4.0, 0.02, 0.5, 12.5, 25.0, 50.0, 200.0, 12.5, 37.0, 30.0, 10.0, 299.0, 1.0, 0.0),
 )  # fmt: skip
 """Fixed raw signals, one row per case, in :class:`FeatureInputs` field order (float64): a
 typical service, an idle one (no requests, NaN p95), one past every clip, missing signals and
-zero replicas, a falling rate."""
+zero replicas, a falling rate (a non-positive capacity reads as none declared)."""
 
 GOLDEN: dict[str, tuple[tuple[float, ...], ...]] = {
-    "6b001475b01a7d04": (
+    "17ef61bdd306ef81": (
         (0.3, 0.2630344, 0.1052495, 0.2228938, -0.1821218, 0.4049657, 0.2, 0.2593462, 0.4, 0.4,
-         1.0),
-        (0.35, -4.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.1003288, 1.0, 0.0, 0.1),
-        (1.5, 4.0, 2.0, -1.6054499, 2.0, 0.0, 1.0, 1.0, 0.0015, 1.0, 0.9966667),
-        (0.0, 0.0, -0.3360727, 0.5101599, 0.0, 2.0724728, 0.0, 0.0, 1.0, 0.15, 0.5),
+         1.0, 0.4),
+        (0.35, -4.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.1003288, 1.0, 0.0, 0.1, -1.0),
+        (1.5, 4.0, 2.0, -1.6054499, 2.0, 0.0, 1.0, 1.0, 0.0015, 1.0, 0.9966667, 4.0),
+        (0.0, 0.0, -0.3360727, 0.5101599, 0.0, 2.0724728, 0.0, 0.0, 1.0, 0.15, 0.5, 0.5),
         (0.05, -4.0, -0.6921487, -1.3833019, -2.0, 0.0, 0.1891892, 0.5265183, 0.2702703,
-         0.9966667, 0.0033333),
+         0.9966667, 0.0033333, -1.0),
     ),
 }  # fmt: skip
 """What :func:`compute` gives on :data:`GOLDEN_INPUTS`, pinned per :data:`SPEC_HASH`. The hash

@@ -352,6 +352,10 @@ def test_a_cheaper_candidate_that_keeps_the_slo_is_promoted(st: Stack):
         ({"shadow": {"window": "30s"}}, "shadow.window must be between 1m and 24h"),
         ({"drift": {"window": "2d"}}, "spec.drift.window"),
         ({"drift": {"action": "Delete"}}, 'Unsupported value: "Delete"'),
+        (
+            {"capacity": {"requestsPerSecondPerPod": 0}},
+            "requestsPerSecondPerPod in body should be greater than 0",
+        ),
     ],
 )
 def test_bad_policies_are_rejected_by_schema_and_cel(st: Stack, change, message):

@@ -79,6 +79,8 @@ def _small(tmp_path: Path, name: str, **overrides: object) -> TrainConfig:
         log_every=4_096,
         checkpoint_every=8_192,
         progress=False,
+        demo_env_steps=4_096,
+        demo_pretrain_updates=200,
     )
     return replace(base, **overrides)  # type: ignore[arg-type]
 
@@ -103,6 +105,8 @@ def test_trained_policy_beats_random_and_hold(tmp_path: Path) -> None:
         log_every=50_000,
         checkpoint_every=0,
         prioritized=True,
+        demo_action="none",  # the TD learner alone, from random exploration
+        eps_start=1.0,
     )
     result = train(cfg)
     assert result.global_step == math.ceil(300_000 / 256) * 256
@@ -216,3 +220,30 @@ def test_users_own_trace_csv_and_baseline_hook(tmp_path: Path) -> None:
         DQNController(load_policy(result.best_model).module), params, state, obs
     ).episode_return
     assert returns.shape == (4,) and bool(torch.isfinite(returns).all())
+
+
+def test_demonstrations_make_the_rule_the_starting_policy(tmp_path: Path) -> None:
+    """DQfD: after pre-training on the demonstrations (and a little TD), the greedy policy plays
+    the demonstrated rate rule wherever a capacity is declared and the CPU rule where none is
+    (never a rate action there: it cannot be played)."""
+    cfg = _small(tmp_path, "demo", total_env_steps=4_096, learning_starts=2_048,
+                 demo_env_steps=16_384, demo_pretrain_updates=1_500, eval_every=0,
+                 checkpoint_every=0)  # fmt: skip
+    result = train(cfg)
+    bank = TraceBank.from_files(cfg.traces, "val", cfg.dt)
+    params = sim.make_params(bank, 64, 99, sim_config(cfg))
+    state, obs = sim.reset_fixed(params, *validation_windows(bank, 64, 480))
+    net = load_policy(result.best_model).module
+    rule = actions.ACTION_NAMES.index(cfg.demo_action)
+    cpu_rule = actions.ACTION_NAMES.index(cfg.demo_action_cpu)
+    declared = params.capacity_declared
+    assert 0 < int(declared.sum()) < 64
+    played = []
+    for _ in range(40):
+        state, obs, _, _, _, info = sim.step_greedy(state, net(obs).detach(), params)
+        played.append(info["action"])
+    acts = torch.stack(played)
+    assert (acts[:, declared] == rule).float().mean() > 0.95
+    assert (acts[:, ~declared] == cpu_rule).float().mean() > 0.95
+    rate = ~actions.available(torch.zeros(1, dtype=torch.bool))[0]
+    assert not rate[acts[:, ~declared]].any()

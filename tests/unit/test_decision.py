@@ -120,8 +120,9 @@ def test_exploration_replaces_the_greedy_action_before_the_shield():
     q[:, A["hold"]] = 1.0
     seen = []
 
-    def explore(greedy_action):
+    def explore(greedy_action, available):
         seen.append(greedy_action.clone())
+        assert available.shape == (2, actions.N_ACTIONS)
         return torch.tensor([A["hold"], A["times_2"]])
 
     d = decide(sig, ShieldState.init(2), 0.0, CFG, q_values=q, explore=explore)
@@ -191,3 +192,56 @@ def test_a_network_that_answers_nan_is_not_followed():
     # exploration (training) plays whatever it plays: the check is for serving
     sane = decide(signals(), ShieldState.init(1), 0.0, CFG, model=Fixed(A["plus_1"]))
     assert Reason(int(sane.reason[0])) == Reason.OK
+
+
+def _with_capacity(sig: Signals, capacity: list[float], peak: float | None = None) -> Signals:
+    x = replace(sig.inputs, capacity_rps=torch.tensor(capacity))
+    if peak is not None:
+        x = replace(x, rate_peak_15m=torch.full_like(x.rate_now, peak))
+    return Signals(x, sig.max_replicas, sig.present, sig.age_s)
+
+
+def test_rate_actions_size_from_the_declared_capacity():
+    # 100 req/s now, 160 at the 15-min peak, 10 req/s per pod declared
+    sig = _with_capacity(signals(b=1, rate=100.0, replicas=10.0), [10.0], peak=160.0)
+    now = decide(sig, ShieldState.init(1), 0.0, CFG, model=Fixed(A["rate_at_70"]))
+    assert float(now.replicas[0]) == 15.0  # ceil(100 / (10 x 0.7)) = ceil(14.29)
+    held = decide(sig, ShieldState.init(1), 0.0, CFG, model=Fixed(A["rate_peak_at_80"]))
+    assert float(held.replicas[0]) == 20.0  # ceil(160 / (10 x 0.8))
+    assert Reason(int(held.reason[0])) == Reason.OK
+
+
+def test_rate_actions_are_unavailable_without_a_declared_capacity():
+    """No capacity (NaN, or none at all, or a non-positive one): the argmax skips the rate
+    actions, whatever their Q-values, and takes the best of the rest."""
+    q = torch.zeros(4, actions.N_ACTIONS)
+    q[:, A["rate_peak_at_70"]] = 5.0
+    q[:, A["plus_1"]] = 1.0
+    sig = _with_capacity(signals(b=4, rate=100.0, replicas=10.0), [10.0, NAN, 0.0, -3.0])
+    d = decide(sig, ShieldState.init(4), 0.0, CFG, q_values=q)
+    assert d.action.tolist() == [A["rate_peak_at_70"], A["plus_1"], A["plus_1"], A["plus_1"]]
+    assert d.replicas.tolist() == [15.0, 11.0, 11.0, 11.0]
+    none = decide(signals(b=1), ShieldState.init(1), 0.0, CFG, q_values=q[:1])
+    assert none.action.tolist() == [A["plus_1"]]
+    # what exploration is offered follows the same rule
+    offered = []
+    decide(sig, ShieldState.init(4), 0.0, CFG, q_values=q,
+           explore=lambda g, avail: offered.append(avail) or g)  # fmt: skip
+    rate = [A[n] for n in ("rate_at_70", "rate_peak_at_60", "rate_peak_at_70", "rate_peak_at_80")]
+    assert offered[0][:, rate].tolist() == [[True] * 4] + [[False] * 4] * 3
+    assert offered[0][:, : A["peak_at_80"] + 1].all()
+
+
+def test_greedy_among_available():
+    q = torch.tensor([[0.0, 3.0, 1.0], [0.0, 3.0, 1.0]])
+    avail = torch.tensor([[True, True, True], [True, False, True]])
+    assert greedy(q, avail).tolist() == [1, 2]
+
+
+def test_evaluate_no_capacity_flag_tells_the_model_nothing():
+    from qscale import cli
+
+    args = cli.parser().parse_args(["evaluate", "--no-capacity"])
+    assert cli._profile(args).capacity_declared is False
+    assert cli._profile(cli.parser().parse_args(["evaluate"])).capacity_declared is True
+    assert cli._profile(args).sim_config().domain.capacity_declared_probability == 0.0

@@ -3,6 +3,7 @@
 from qscale import actions, features
 from qscale.policy.artifact import load_policy
 from qscale.policy.default import default_model_path, has_default_model
+from qscale.simulator.evaluate import BASELINES
 
 
 def test_shipped_default_model_is_valid_and_small():
@@ -18,7 +19,7 @@ def test_shipped_default_model_is_valid_and_small():
     ev = m["evaluation"]
     assert ev["command"].startswith("qscale evaluate --model")
     controllers = {s["controller"] for s in ev["summary"]}
-    assert controllers == {"dqn", "hpa", "hpa-tuned", "keda", "predictive", "oracle"}
+    assert controllers == {"dqn", *BASELINES}  # what `make model` evaluates it beside
     assert "frontier" in ev["table"] and "cost (replica-h)" in ev["table"]
     assert {s["family"] for s in ev["summary"]} >= {"nasa_http_1995", "nyc_taxi", "ALL"}
     assert ev["training"]["global_step"] > 0 and ev["training"]["gradient_updates"] > 0

@@ -11,6 +11,7 @@ import pytest
 from qscale import features
 from qscale.guardrails import ShieldState
 from qscale.operator.deployments import Target
+from qscale.operator.prom import Observation
 from qscale.operator.rows import (
     IndexedPolicy,
     Row,
@@ -19,6 +20,7 @@ from qscale.operator.rows import (
     query_groups,
     restore_shield,
     shield_record,
+    signals_of,
     take_fallback,
 )
 from qscale.operator.settings import Settings
@@ -180,3 +182,18 @@ def test_a_recreated_deployment_starts_with_a_fresh_memory():
     restore_shield(r, NOW + 15)
     assert r.outside is None and r.runtime.target_uid == "d-web-3"
     assert math.isinf(float(r.runtime.shield.last_up_s[0]))
+
+
+def test_the_declared_capacity_reaches_the_features_and_none_reads_as_none():
+    rows = [
+        row("web", replicas=4, capacity={"requestsPerSecondPerPod": 50}),
+        row("api", replicas=4),
+    ]
+    for r in rows:
+        r.obs = Observation(rate_now=100.0, p95_s=0.1, cpu_utilization=0.5, has_rate=True,
+                            has_latency=True, has_cpu=True)  # fmt: skip
+    x = signals_of(rows).inputs
+    assert x.capacity_rps[0].item() == 50.0 and math.isnan(x.capacity_rps[1].item())
+    obs = features.compute(x)
+    assert obs[:, features.LOAD_PER_POD].tolist() == [0.5, -1.0]  # 100 / (50 x 4); none
+    assert features.capacity_declared(obs).tolist() == [True, False]

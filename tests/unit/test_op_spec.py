@@ -100,6 +100,19 @@ _PIN = {"configMapRef": {"name": "cand"}, "sha256": "a" * 64}
         ({"canary": {"model": _PIN, "incumbent": "KEDA"}}, "incumbent must be Model or HPA"),
         ({"shadow": {"window": "2d"}}, "spec.shadow.window: '2d' is not a duration"),
         (
+            {"capacity": {"requestsPerSecondPerPod": 0}},
+            "spec.capacity.requestsPerSecondPerPod must be > 0",
+        ),
+        (
+            {"capacity": {"requestsPerSecondPerPod": -5}},
+            "spec.capacity.requestsPerSecondPerPod: -5 must be a number >= 0",
+        ),
+        (
+            {"capacity": {"requestsPerSecondPerPod": "fast"}},
+            "spec.capacity.requestsPerSecondPerPod: 'fast' must be a number",
+        ),
+        ({"capacity": 40}, "spec.capacity must be an object"),
+        (
             {
                 "metrics": {
                     "latencyP95": f'x{{namespace=~"$namespace", pod=~"$deployment-{"a" * 8200}"}}'
@@ -174,3 +187,10 @@ def test_behavior_explicit_is_the_fields_the_user_set():
         == {"max_step_up_pods": 3, "up_cooldown_s": 0.0, "down_stabilization_s": 120.0}
     )
     assert Behavior().explicit() == {}
+
+
+def test_a_declared_capacity_is_read_and_absent_is_none():
+    assert parse_spec(BASE).capacity_rps is None
+    assert parse_spec({**BASE, "capacity": {}}).capacity_rps is None
+    spec = parse_spec({**BASE, "capacity": {"requestsPerSecondPerPod": 42.5}})
+    assert spec.capacity_rps == 42.5

@@ -30,7 +30,12 @@ async def test_q_values_and_td_errors_are_exported_per_model():
     # Every decision but the first closes a transition.
     assert sample(w, "qscale_td_error", "_count", model=label) == 7
     mean = sample(w, "qscale_td_error", "_sum", model=label) / 7
-    assert 0.0 < mean < 10.0
+    # an error, not a Q-value: positive and below the largest |Q| seen (the histogram has no
+    # _sum with negative buckets: every Q-value lies above the last bucket that holds none)
+    bounds = [-100.0, -50.0, -25.0, -10.0, -5.0, -2.5, -1.0, -0.5, 0.0]
+    counts = [sample(w, "qscale_q_value", "_bucket", model=label, le=str(b)) for b in bounds]
+    floor = max(b for b, n in zip(bounds, counts, strict=True) if n == 0)
+    assert 0.0 < mean < abs(floor), (mean, floor)
 
 
 async def test_no_td_error_without_a_model_decision_or_outside_enforce():

@@ -328,3 +328,31 @@ def test_hpa_view_sets_pods_aside_as_the_controller_does():
     assert views[1] == (old, 4.0, 0.0)
     assert views[4] == (old, 4.0, 0.0)
     assert views[5] == (old + 4, 0.0, 0.0)
+
+
+def test_a_declared_capacity_reaches_the_features_and_the_rate_actions():
+    """Per env, the policy declares its pods' true capacity or none (drawn); undeclared envs
+    read load_per_pod = -1 and never play a rate action; the draw leaves every other parameter
+    as it was without it."""
+    half = sim.make_params(ramp_bank(), 64, seed=5)
+    assert 0 < int(half.capacity_declared.sum()) < 64
+    none = sim.SimConfig(domain=sim.DomainConfig(capacity_declared_probability=0.0))
+    never = sim.make_params(ramp_bank(), 64, seed=5, config=none)
+    assert not never.capacity_declared.any()
+    for f in dataclasses.fields(sim.EnvParams):
+        if f.name not in ("capacity_declared", "bank", "config"):
+            assert torch.equal(getattr(half, f.name), getattr(never, f.name)), f.name
+    state, obs = sim.reset(half)
+    x = sim.measure(state, half)
+    declared = half.capacity_declared
+    assert torch.isnan(x.capacity_rps[~declared]).all()
+    assert torch.equal(x.capacity_rps[declared], half.capacity[declared])
+    assert torch.equal(features.capacity_declared(obs), declared)
+    load = obs[declared, features.LOAD_PER_POD]
+    want = x.rate_now[declared] / (half.capacity[declared] * state.replicas[declared])
+    assert torch.allclose(load, torch.clamp(want, max=4.0).float(), rtol=1e-5)
+    q = torch.zeros(64, actions.N_ACTIONS)
+    q[:, actions.ACTION_NAMES.index("rate_peak_at_70")] = 1.0
+    _, _, _, _, _, info = sim.step_greedy(state, q, half)
+    played_rate = info["action"] == actions.ACTION_NAMES.index("rate_peak_at_70")
+    assert torch.equal(played_rate, declared)

@@ -140,6 +140,8 @@ def policy_manifest(cfg: DemoConfig) -> str:
                 "mode": "Enforce",
                 "interval": "15s",
                 "slo": {"latencyP95": f"{cfg.slo_ms:g}ms"},
+                # what one emulated pod serves: the user's load test of one pod
+                "capacity": {"requestsPerSecondPerPod": cfg.capacity_rps},
             },
         }
     )

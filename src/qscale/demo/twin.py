@@ -122,6 +122,7 @@ def simulate(
         cpu_noise=(0.0, 0.0),
         scrape_lag_s=(0.0, 0.0),
         ingress_probability=0.0,
+        capacity_declared_probability=1.0,  # the demo's policy declares its pods' capacity
     )
     base = sim.SimConfig()
     init_u = warm / (capacity_rps * initial_replicas) if warm > 0 else base.init_utilization

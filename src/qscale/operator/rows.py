@@ -340,6 +340,7 @@ def signals_of(rows: Sequence[Row]) -> decision.Signals:
         min_replicas=_t([float(r.spec.min_replicas) for r in rows]),
         since_scale_up_s=_t([0.0] * len(rows)),
         since_scale_down_s=_t([0.0] * len(rows)),
+        capacity_rps=_t([r.spec.capacity_rps or nan for r in rows]),
     )
     return decision.Signals(
         inputs=inputs,

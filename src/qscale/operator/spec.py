@@ -167,6 +167,9 @@ class PolicySpec:
     canary: CanarySpec | None = None
     drift_window_s: float = 3600.0
     """The sliding window the model's inputs are compared with its training over."""
+    capacity_rps: float | None = None
+    """``spec.capacity.requestsPerSecondPerPod``: what one pod serves (None: not declared; the
+    model's rate actions are then unavailable)."""
     drift_action: str = "Report"
     """What drift does to the policy: ``Report`` (status, condition, Event, metrics only),
     ``Shadow`` (an Enforce policy stops writing) or ``Fallback`` (the HPA rule decides)."""
@@ -293,6 +296,14 @@ def parse_spec(spec: Mapping[str, Any] | None) -> PolicySpec:
         raise SpecError(
             f"spec.drift.action must be one of {', '.join(DRIFT_ACTIONS)}, got {drift_action!r}"
         )
+    cap = spec.get("capacity") or {}
+    if not isinstance(cap, Mapping):
+        raise SpecError("spec.capacity must be an object")
+    capacity = _num(cap, "requestsPerSecondPerPod", "spec.capacity.requestsPerSecondPerPod")
+    if capacity is not None and not 0 < capacity <= 1e9:
+        raise SpecError(
+            f"spec.capacity.requestsPerSecondPerPod must be > 0 and <= 1e9, got {capacity:g}"
+        )
     return PolicySpec(
         target=str(target_ref["name"]),
         min_replicas=lo,
@@ -309,6 +320,7 @@ def parse_spec(spec: Mapping[str, Any] | None) -> PolicySpec:
         canary=canary,
         drift_window_s=drift_window,
         drift_action=drift_action,
+        capacity_rps=capacity,
     )
 
 

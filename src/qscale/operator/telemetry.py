@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import math
 
+import torch
+
 from qscale import actions
 from qscale.operator.metrics import Metrics
 from qscale.operator.rows import Row, busy_pods
@@ -49,7 +51,9 @@ class Telemetry:
         rt.peak_busy = max(busy if math.isfinite(busy) else 0.0, rt.peak_busy * decay)
         if not decided or not v.q_values or r.model is None:
             return
-        q_max = max(v.q_values)
+        # the best action the policy could take here: the rate actions need a declared capacity
+        allowed = actions.available(torch.tensor([r.spec.capacity_rps is not None]))[0].tolist()
+        q_max = max(q for q, ok in zip(v.q_values, allowed, strict=True) if ok)
         chosen = actions.ACTION_NAMES.index(v.action) if v.action in actions.ACTION_NAMES else -1
         q_sa_now = v.q_values[chosen] if chosen >= 0 else q_max
         self.metrics.q_value.labels(model).observe(q_sa_now)

@@ -193,8 +193,10 @@ class TrainConfig:
     """Gradient updates per round."""
     learning_starts: int = 100_000
     """Env steps collected before the first update."""
-    eps_start: float = 1.0
-    """Initial exploration rate (probability of a uniformly random action)."""
+    eps_start: float = 0.1
+    """Initial exploration rate (probability of a uniformly random action). Low, because the
+    greedy policy starts as the demonstrated rule (``demo_action``): explore around it; without
+    demonstrations, 1.0 is the usual start."""
     eps_end: float = 0.02
     """Final exploration rate."""
     eps_fraction: float = 0.1
@@ -236,6 +238,26 @@ class TrainConfig:
     """Requests/s one pod serves, fixed for every simulated cluster (default: drawn, 20-200)."""
     startup_delay_s: float | None = None
     """Pod start-up delay, drawn within +-25 % of this (default: drawn, 15-240 s)."""
+    demo_action: str = "rate_peak_at_70"
+    """Demonstrations (DQfD): the action a rule plays in every state (the default: the KEDA
+    rule at 70 % of the declared capacity with a 15-minute hold, the best single action on the
+    validation clusters); its transitions stay in their own replay with a large-margin loss.
+    none: no demonstrations."""
+    demo_action_cpu: str = "peak_at_65"
+    """The rule demonstrated where no capacity is declared (the rate rules cannot be played
+    there): the HPA at 65 % of the CPU limit sized for the last 15 minutes' peak, the best
+    CPU-only action on the validation clusters."""
+    demo_env_steps: int = 1_000_000
+    """Env steps of demonstrations gathered (on the training split) before training."""
+    demo_pretrain_updates: int = 10_000
+    """Gradient steps on the demonstrations alone before the first env step."""
+    demo_batch_fraction: float = 0.25
+    """Share of every minibatch drawn from the demonstrations."""
+    demo_margin: float = 0.03
+    """Large-margin loss: every other action's Q must sit this far below the rule's in the
+    demonstrated states (in the scaled reward's units: one step costs about 0.1)."""
+    demo_weight: float = 1.0
+    """Weight of the large-margin loss against the TD loss."""
     peak_replicas: float | None = None
     """Pods the trace's reference rate needs, fixed (default: drawn, 1-100)."""
 
@@ -273,12 +295,31 @@ class TrainConfig:
                 f"({self.learning_starts}): no gradient update would run and the model would "
                 "ship untrained"
             )
+        if self.demo_action != "none" and self.demo_action not in actions.ACTION_NAMES:
+            raise ValueError(
+                f"demo_action must be none or one of {', '.join(actions.ACTION_NAMES)}, "
+                f"got {self.demo_action!r}"
+            )
+        cpu_only = [a.name for a in actions.ACTIONS if a.kind not in ("rate", "rate_peak")]
+        if self.demo_action != "none" and self.demo_action_cpu not in cpu_only:
+            raise ValueError(
+                f"demo_action_cpu must be one of {', '.join(cpu_only)} (an action that needs "
+                f"no declared capacity), got {self.demo_action_cpu!r}"
+            )
+        if self.demo_action != "none" and self.demo_env_steps < self.n_envs:
+            raise ValueError(
+                f"demo_env_steps ({self.demo_env_steps}) must be >= n_envs ({self.n_envs})"
+            )
         if self.buffer_size < self.n_envs:
             raise ValueError(f"buffer_size ({self.buffer_size}) must be >= n_envs ({self.n_envs})")
         checks = (
             ("gamma", 0.0 < self.gamma <= 1.0, "in (0, 1]"),
             ("tau", 0.0 < self.tau <= 1.0, "in (0, 1]"),
             ("lr", self.lr > 0, "> 0"),
+            ("demo_batch_fraction", 0.0 < self.demo_batch_fraction < 1.0, "in (0, 1)"),
+            ("demo_margin", self.demo_margin >= 0.0, ">= 0"),
+            ("demo_weight", self.demo_weight >= 0.0, ">= 0"),
+            ("demo_pretrain_updates", self.demo_pretrain_updates >= 0, ">= 0"),
             ("dt", self.dt > 0, "> 0"),
             ("reward_scale", self.reward_scale > 0, "> 0"),
             ("eps_start", 0.0 <= self.eps_start <= 1.0, "in [0, 1]"),
@@ -339,11 +380,11 @@ def linear_schedule(start: float, end: float, duration: float, t: float) -> floa
     return start + min(1.0, max(0.0, t / duration)) * (end - start)
 
 
-def epsilon_greedy(greedy: torch.Tensor, epsilon: float) -> torch.Tensor:
-    """Exploration: each greedy action is replaced by a uniformly random one with probability
-    ``epsilon`` (the trainer's :data:`qscale.decision.Explore`)."""
+def epsilon_greedy(greedy: torch.Tensor, available: torch.Tensor, epsilon: float) -> torch.Tensor:
+    """Exploration: each greedy action is replaced by a uniformly random available one with
+    probability ``epsilon`` (the trainer's :data:`qscale.decision.Explore`)."""
     explore = torch.rand(greedy.shape[0], device=greedy.device) < epsilon
-    random_action = torch.randint(0, actions.N_ACTIONS, greedy.shape, device=greedy.device)
+    random_action = torch.multinomial(available.float(), 1).squeeze(1)
     return torch.where(explore, random_action, greedy)
 
 
@@ -353,8 +394,10 @@ def double_dqn_target(
     data: Transitions,
 ) -> torch.Tensor:
     """n-step Double-DQN target: the online network picks the next action, the target network
-    values it, which removes most of max-operator overestimation."""
-    next_action = decision.greedy(q_network(data.next_obs))[:, None]
+    values it, which removes most of max-operator overestimation. The next action is chosen
+    among those available in the next state, as :func:`qscale.decision.decide` would."""
+    allowed = actions.available(features.capacity_declared(data.next_obs))
+    next_action = decision.greedy(q_network(data.next_obs), allowed)[:, None]
     next_q = target_network(data.next_obs).gather(1, next_action).squeeze(1)
     return data.ret + data.discount * data.bootstrap * next_q
 
@@ -527,6 +570,42 @@ def train(
         torch.set_num_threads(threads)
 
 
+def gather_demonstrations(cfg: TrainConfig, bank: TraceBank, device: torch.device) -> ReplayBuffer:
+    """``cfg.demo_env_steps`` n-step transitions of the rules played through ``decide()`` and
+    the shield, in clusters of their own (seed ``cfg.seed + 1``): ``cfg.demo_action`` where the
+    cluster declares its per-pod capacity, ``cfg.demo_action_cpu`` where it does not (drawn as
+    in training). Deterministic in the config, so a resumed run gathers them again."""
+    params = sim.make_params(bank, cfg.n_envs, cfg.seed + 1, sim_config(cfg), device)
+    rule = torch.where(
+        params.capacity_declared,
+        actions.ACTION_NAMES.index(cfg.demo_action),
+        actions.ACTION_NAMES.index(cfg.demo_action_cpu),
+    )
+    state, obs = sim.reset(params)
+    rb = ReplayBuffer(cfg.demo_env_steps, features.N_FEATURES, device)
+    window = NStepWindow(cfg.n_step, cfg.n_envs, features.N_FEATURES, device)
+    zeros = torch.zeros(cfg.n_envs, actions.N_ACTIONS, device=device)
+    while rb.size < cfg.demo_env_steps:
+        state, next_obs, reward, terminated, truncated, info = sim.step_greedy(
+            state, zeros, params, explore=lambda g, _: rule
+        )
+        real_next = next_obs
+        if "final_obs" in info:
+            real_next = torch.where(truncated[:, None], info["final_obs"], next_obs)
+        window.push(obs, info["action"], reward * cfg.reward_scale, real_next,
+                    terminated | truncated, terminated)  # fmt: skip
+        if window.full:
+            rb.add(window.oldest(cfg.gamma))
+        obs = next_obs
+    return rb
+
+
+def margin_loss(q: torch.Tensor, demo_action: torch.Tensor, margin: float) -> torch.Tensor:
+    """DQfD's large-margin loss: ``max_a [Q(s,a) + margin * (a != a_E)] - Q(s, a_E)``."""
+    lift = torch.full_like(q, margin).scatter(1, demo_action[:, None], 0.0)
+    return ((q + lift).amax(dim=1) - q.gather(1, demo_action[:, None]).squeeze(1)).mean()
+
+
 def _train(
     cfg: TrainConfig, baseline_eval: BaselineEval | None, on_checkpoint: OnCheckpoint | None
 ) -> TrainResult:
@@ -554,6 +633,10 @@ def _train(
     window = NStepWindow(cfg.n_step, cfg.n_envs, features.N_FEATURES, device)
     loss_fn = nn.SmoothL1Loss(reduction="none") if cfg.huber else nn.MSELoss(reduction="none")
     learner = _Learner(q_network, target_network, optimizer, rb, window)
+    demo_rb = gather_demonstrations(cfg, train_bank, device) if cfg.demo_action != "none" else None
+    n_demo = 0 if demo_rb is None else max(1, round(cfg.batch_size * cfg.demo_batch_fraction))
+
+    update = partial(_gradient_step, learner, cfg, loss_fn, demo_rb)
 
     n_iterations = math.ceil(cfg.total_env_steps / cfg.n_envs)
     eval_iters = _iterations(cfg.eval_every, cfg.n_envs)
@@ -563,6 +646,12 @@ def _train(
     ep_return = torch.zeros(cfg.n_envs, device=device)
     if cfg.resume:  # TRY NOT TO MODIFY: everything a checkpoint holds
         start_iteration, n_updates, state, obs, ep_return = _resume(cfg, device, learner, best)
+    elif demo_rb is not None:  # ALGO LOGIC: DQfD pre-training on the demonstrations alone
+        for _ in range(cfg.demo_pretrain_updates):
+            update(0, 1.0)
+            n_updates += 1
+            if n_updates % cfg.target_update_period == 0:
+                soft_update(target_network, q_network, cfg.tau)
 
     # TRY NOT TO MODIFY: logging
     baseline = _score_baseline(baseline_eval, val_params, val_windows, out_dir)
@@ -612,19 +701,7 @@ def _train(
             if ready and iteration % cfg.train_frequency == 0:
                 beta = linear_schedule(cfg.per_beta_start, 1.0, cfg.total_env_steps, global_step)
                 for _ in range(cfg.gradient_steps):
-                    batch = rb.sample(cfg.batch_size, beta)
-                    data = batch.data
-                    with torch.no_grad():
-                        td_target = double_dqn_target(q_network, target_network, data)
-                    q_pred = q_network(data.obs).gather(1, data.action[:, None]).squeeze(1)
-                    td_error = td_target - q_pred
-                    loss = (batch.weights * loss_fn(q_pred, td_target)).mean()
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    if cfg.max_grad_norm > 0:
-                        nn.utils.clip_grad_norm_(q_network.parameters(), cfg.max_grad_norm)
-                    optimizer.step()
-                    rb.update_priorities(batch.index, td_error)
+                    loss, q_pred = update(cfg.batch_size - n_demo, beta)
                     n_updates += 1
                     if n_updates % cfg.target_update_period == 0:
                         soft_update(target_network, q_network, cfg.tau)
@@ -703,6 +780,42 @@ class _Learner:
     optimizer: optim.Optimizer
     rb: ReplayBuffer
     window: NStepWindow
+
+
+def _gradient_step(
+    learner: _Learner,
+    cfg: TrainConfig,
+    loss_fn: nn.Module,
+    demo_rb: ReplayBuffer | None,
+    n_agent: int,
+    beta: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One update on ``n_agent`` transitions of the agent's replay plus, with demonstrations,
+    the rest of a minibatch from theirs: n-step Double-DQN TD loss on all of it, DQfD's
+    large-margin loss on the demonstrations. Returns (loss, predicted Q of the actions)."""
+    q_network, target_network = learner.q_network, learner.target_network
+    parts = [learner.rb.sample(n_agent, beta)] if n_agent else []
+    if demo_rb is not None:
+        parts.append(demo_rb.sample(cfg.batch_size - n_agent))
+    data = Transitions(*(torch.cat([getattr(b.data, f) for b in parts])
+                         for f in Transitions.__dataclass_fields__))  # fmt: skip
+    weights = torch.cat([b.weights for b in parts])
+    with torch.no_grad():
+        td_target = double_dqn_target(q_network, target_network, data)
+    q_all = q_network(data.obs)
+    q_pred = q_all.gather(1, data.action[:, None]).squeeze(1)
+    loss = (weights * loss_fn(q_pred, td_target)).mean()
+    if demo_rb is not None:
+        d = slice(n_agent, None)
+        loss = loss + cfg.demo_weight * margin_loss(q_all[d], data.action[d], cfg.demo_margin)
+    learner.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if cfg.max_grad_norm > 0:
+        nn.utils.clip_grad_norm_(q_network.parameters(), cfg.max_grad_norm)
+    learner.optimizer.step()
+    if n_agent:
+        learner.rb.update_priorities(parts[0].index, (td_target - q_pred)[:n_agent])
+    return loss, q_pred
 
 
 @dataclass

@@ -287,6 +287,7 @@ def tune(
         eps_end=0.02,
         eps_fraction=0.5,
         lr=5e-5,
+        demo_action="none",  # the base model already starts from the rules; fine-tune by TD
         eval_every=0,
         eval_envs=32,
         eval_steps=min(480, len(hist)),

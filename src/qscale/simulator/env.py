@@ -126,6 +126,9 @@ class DomainConfig:
     ingress_probability: float = 0.5
     """Chance that the env's request-rate signal counts arrivals (an ingress counter) rather
     than served requests (the app's own counter)."""
+    capacity_declared_probability: float = 0.5
+    """Chance that the env's policy declares its per-pod capacity (``capacity_rps``, the true
+    one, as a user who load-tested one pod would): the rate actions' input."""
 
     def __post_init__(self) -> None:
         if self.startup_distribution not in ("uniform", "loguniform"):
@@ -133,10 +136,9 @@ class DomainConfig:
                 f"startup_distribution must be 'uniform' or 'loguniform', "
                 f"got {self.startup_distribution!r}"
             )
-        if not 0.0 <= self.ingress_probability <= 1.0:
-            raise ValueError(
-                f"ingress_probability must be in [0, 1], got {self.ingress_probability}"
-            )
+        for name in ("ingress_probability", "capacity_declared_probability"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)
@@ -231,6 +233,8 @@ class EnvParams:
     """Steps, int64."""
     ingress: torch.Tensor
     """bool: the rate signal counts arrivals (else served requests)."""
+    capacity_declared: torch.Tensor
+    """bool: the policy declares its per-pod capacity (the features and rate actions see it)."""
     key: torch.Tensor
     noise_offset: torch.Tensor
     bank: TraceBank
@@ -353,6 +357,8 @@ def make_params(
         "cpu_noise": _draw(gen, n_envs, dom.cpu_noise, log=False),
         "scrape_lag": steps(dom.scrape_lag_s),
         "ingress": torch.rand(n_envs, generator=gen) < dom.ingress_probability,
+        # drawn last, so every draw before it is what it was before this parameter existed
+        "capacity_declared": torch.rand(n_envs, generator=gen) < dom.capacity_declared_probability,
         "key": key,
         "noise_offset": noise_offset,
     }
@@ -769,6 +775,7 @@ def measure(state: EnvState, params: EnvParams) -> features.FeatureInputs:
         min_replicas=params.min_replicas,
         since_scale_up_s=z,
         since_scale_down_s=z,
+        capacity_rps=torch.where(params.capacity_declared, params.capacity, math.nan),
     )
 
 

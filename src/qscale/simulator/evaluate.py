@@ -79,6 +79,9 @@ class EvalProfile:
     metrics: sim.DomainConfig = field(default_factory=sim.DomainConfig)
     """Where the metric pipeline's ranges (CPU window, lag and noise, scrape lag, ingress vs
     served counter) come from; drawn per (window, seed)."""
+    capacity_declared: bool = True
+    """The policy declares the pods' true capacity (the rate rules are handed it too); False:
+    it declares none, and the model's rate actions are unavailable."""
 
     def sim_config(self, base: sim.SimConfig | None = None) -> sim.SimConfig:
         base = base or sim.SimConfig()
@@ -97,6 +100,7 @@ class EvalProfile:
             cpu_noise=self.metrics.cpu_noise,
             scrape_lag_s=self.metrics.scrape_lag_s,
             ingress_probability=self.metrics.ingress_probability,
+            capacity_declared_probability=1.0 if self.capacity_declared else 0.0,
         )
         return replace(base, dt=self.dt, noise=self.noise, domain=dom)
 

@@ -1,0 +1,110 @@
+"""The rule floor (issue #15 §2.1): every single action, the KEDA rule settings and a trained
+model on the training run's own validation clusters, split by whether the policy declares its
+pods' capacity -- what the demonstrations were chosen from, and how far a model sits from them.
+
+How the figures are computed: ``qscale.policy.train.validate`` on ``validation_set`` of the
+default ``TrainConfig`` (256 clusters drawn with seed 12345 on the validation split, 2 h windows;
+``score`` = mean episode return, the quantity training maximizes), once with every cluster
+declaring its capacity and once with none declaring it. A "constant" row is a network that
+always prefers one action (``decide()`` and the training shield as served); the ``rate``
+rows are the KEDA rule (``KedaController``: true capacity x target, scale-down window). For a
+model, the share of its decisions whose greedy action is not the demonstrated floor
+(``TrainConfig.demo_action`` where declared, ``demo_action_cpu`` where not).
+
+Usage: ``OMP_NUM_THREADS=1 python benchmarks/bench_rule_floor.py [--model DIR|CHECKPOINT.pt]``
+(about 2 min on one core).
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+from functools import partial
+
+import torch
+
+from qscale import actions, decision, features
+from qscale.policy.train import TrainConfig, validate, validation_set
+from qscale.simulator.baselines.keda import KedaController
+from qscale.simulator.evaluate import evaluate
+
+
+def _constant(obs: torch.Tensor, i: int) -> torch.Tensor:
+    q = torch.zeros(obs.shape[0], actions.N_ACTIONS)
+    q[:, i] = 1.0
+    return q
+
+
+def _network(src: str):
+    if src.endswith(".pt"):
+        from qscale.policy.network import QNetwork
+
+        ck = torch.load(src, map_location="cpu", weights_only=False)
+        sizes = tuple(ck["config"]["hidden_sizes"])
+        net = QNetwork(features.N_FEATURES, actions.N_ACTIONS, sizes)
+        net.load_state_dict(ck["q_network"])
+        return net.eval(), f"checkpoint at step {ck['global_step']}"
+    from qscale.policy.artifact import load_policy
+    from qscale.policy.default import default_model_path
+
+    path = default_model_path() if src == "default" else src
+    return load_policy(path).module, str(path)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument(
+        "--model", default="default", help="artifact dir, checkpoint .pt, default or none"
+    )
+    ap.add_argument("--no-rules", action="store_true", help="the model's rows only")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    params, win = validation_set(TrainConfig())
+    groups = {
+        "declared": replace(params, capacity_declared=torch.ones_like(params.ingress)),
+        "none declared": replace(params, capacity_declared=torch.zeros_like(params.ingress)),
+    }
+    print("| row | capacity | score | cost (rh) | SLO min |")
+    print("|---|---|---|---|---|")
+
+    def row(name: str, group: str, m: dict) -> None:
+        cost, slo = m["cost_replica_hours"], m["slo_violation_minutes"]
+        print(f"| {name} | {group} | {m['score']:.1f} | {cost:.2f} | {slo:.2f} |", flush=True)
+
+    if args.model != "none":
+        net, label = _network(args.model)
+        cfg = TrainConfig()
+        floors = [actions.ACTION_NAMES.index(a) for a in (cfg.demo_action_cpu, cfg.demo_action)]
+        seen = {"decisions": 0, "departures": 0}
+
+        def q(obs: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                out = net(obs)
+            declared = features.capacity_declared(obs)
+            chosen = decision.greedy(out, actions.available(declared))
+            floor = torch.where(declared, floors[1], floors[0])
+            seen["decisions"] += obs.shape[0]
+            seen["departures"] += int((chosen != floor).sum())
+            return out
+
+        for group, p in groups.items():
+            seen.update(decisions=0, departures=0)
+            row(f"model ({label})", group, validate(q, p, win))
+            share = seen["departures"] / max(seen["decisions"], 1)
+            print(f"|  | departs from its floor on {share:.2%} of decisions | | | |")
+    if args.no_rules:
+        return 0
+    for i, a in enumerate(actions.ACTIONS):
+        needs = a.kind in ("rate", "rate_peak")
+        group = "declared" if needs else "none declared"
+        row(f"constant {a.name}", group, validate(partial(_constant, i=i), groups[group], win))
+    for frac in (0.6, 0.7, 0.8):
+        for w in (300.0, 900.0, 1800.0):
+            ctrl = {"k": partial(KedaController, frac, w)}
+            ev = evaluate(ctrl, groups["declared"], win, timelines=False)
+            row(f"rate {frac:.0%} w{w:.0f}", "(rule)", ev.means("k"))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

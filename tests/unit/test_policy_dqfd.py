@@ -1,0 +1,82 @@
+"""The trainer's pieces that know about the rule floor: DQfD's large-margin loss, exploration
+and the Double-DQN target restricted to the available actions, the demonstrations' settings."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from qscale import actions, features
+from qscale.policy.replay import Transitions
+from qscale.policy.train import TrainConfig, double_dqn_target, epsilon_greedy, margin_loss
+
+RATE = [i for i, a in enumerate(actions.ACTIONS) if a.kind in ("rate", "rate_peak")]
+
+
+def test_margin_loss_is_zero_only_when_the_rule_leads_by_the_margin():
+    q = torch.tensor([[1.0, 0.5, 0.0], [1.0, 0.95, 0.0], [0.0, 2.0, 0.0]])
+    rule = torch.tensor([0, 0, 0])
+    per_row = [float(margin_loss(q[i : i + 1], rule[i : i + 1], 0.1)) for i in range(3)]
+    assert per_row[0] == 0.0  # leads by 0.5 > 0.1
+    assert per_row[1] == pytest.approx(0.05)  # 0.95 + 0.1 - 1.0
+    assert per_row[2] == pytest.approx(2.1)  # 2.0 + 0.1 - 0.0
+    assert float(margin_loss(q, rule, 0.1)) == pytest.approx(sum(per_row) / 3)
+    # its gradient lifts the rule's Q and lowers the offending action's
+    q.requires_grad_(True)
+    margin_loss(q[2:], rule[2:], 0.1).backward()
+    assert q.grad[2].tolist() == [-1.0, 1.0, 0.0]
+
+
+def test_exploration_draws_only_available_actions():
+    torch.manual_seed(0)
+    n = 4000
+    avail = actions.available(torch.arange(n) % 2 == 0)
+    greedy = torch.zeros(n, dtype=torch.int64)
+    out = epsilon_greedy(greedy, avail, epsilon=1.0)
+    assert avail[torch.arange(n), out].all()
+    assert set(out[0::2].tolist()) == set(range(actions.N_ACTIONS))
+    assert set(out[1::2].tolist()) == set(range(actions.N_ACTIONS)) - set(RATE)
+    assert torch.equal(epsilon_greedy(greedy, avail, epsilon=0.0), greedy)
+
+
+def test_double_dqn_target_bootstraps_from_an_available_action():
+    """Where the next state declares no capacity, the next action is not a rate action even if
+    the online network ranks one highest."""
+
+    class Net(torch.nn.Module):
+        def forward(self, obs):
+            q = torch.zeros(obs.shape[0], actions.N_ACTIONS)
+            q[:, RATE[0]] = 10.0
+            q[:, 0] = 1.0
+            return q
+
+    class Target(torch.nn.Module):
+        def forward(self, obs):
+            return torch.arange(actions.N_ACTIONS, dtype=torch.float32).repeat(obs.shape[0], 1)
+
+    next_obs = torch.zeros(2, features.N_FEATURES)
+    next_obs[0, features.LOAD_PER_POD] = 0.5  # declared
+    next_obs[1, features.LOAD_PER_POD] = -1.0  # none declared
+    data = Transitions(
+        obs=torch.zeros(2, features.N_FEATURES), action=torch.zeros(2, dtype=torch.int64),
+        ret=torch.zeros(2), next_obs=next_obs, discount=torch.ones(2), bootstrap=torch.ones(2),
+    )  # fmt: skip
+    assert double_dqn_target(Net(), Target(), data).tolist() == [float(RATE[0]), 0.0]
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"demo_action": "rate_peak_at_99"}, "demo_action"),
+        ({"demo_env_steps": 10}, "demo_env_steps"),
+        ({"demo_action_cpu": "rate_peak_at_70"}, "demo_action_cpu"),
+        ({"demo_batch_fraction": 1.0}, "demo_batch_fraction"),
+        ({"demo_margin": -0.1}, "demo_margin"),
+        ({"demo_weight": -1.0}, "demo_weight"),
+        ({"demo_pretrain_updates": -1}, "demo_pretrain_updates"),
+    ],
+)
+def test_bad_demonstration_settings_are_refused(kw, match):
+    with pytest.raises(ValueError, match=match):
+        TrainConfig(**kw)
+    TrainConfig(demo_action="none", demo_env_steps=10)  # no demonstrations: nothing to check
