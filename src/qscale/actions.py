@@ -75,6 +75,7 @@ HOLD = 0
 _MULT = torch.tensor([a.multiplier for a in ACTIONS], dtype=torch.float32)
 _DELTA = torch.tensor([a.delta for a in ACTIONS], dtype=torch.float32)
 _TARGET = torch.tensor([a.target if a.kind != "step" else 1.0 for a in ACTIONS])
+_IS_STEP = torch.tensor([a.kind == "step" for a in ACTIONS])
 _IS_TARGET = torch.tensor([a.kind == "target" for a in ACTIONS])
 _IS_PEAK = torch.tensor([a.kind == "peak" for a in ACTIONS])
 _IS_RATE = torch.tensor([a.kind == "rate" for a in ACTIONS])
@@ -112,20 +113,16 @@ def apply(
     raw = replicas * mult + delta
     up = torch.maximum(torch.ceil(raw - 1e-4), replicas + 1.0)
     step = torch.where(mult > 1.0, up, raw)
-    if busy is None:
-        busy = torch.full_like(replicas, float("nan"))
-    if peak_busy is None:
-        peak_busy = torch.full_like(replicas, float("nan"))
+    # the pods' worth of work each sizing kind scales (NaN where not given: the shield holds)
+    nan = torch.full_like(replicas, float("nan"))
+    work = nan
+    for is_kind, pods in (
+        (_IS_TARGET, busy),
+        (_IS_PEAK, peak_busy),
+        (_IS_RATE, rate_pods),
+        (_IS_RATE_PEAK, peak_rate_pods),
+    ):
+        work = torch.where(is_kind.to(dev)[action], nan if pods is None else pods, work)
     target = _TARGET.to(dev)[action].to(replicas.dtype)
-    sized = torch.ceil(busy.to(replicas.dtype) / target - 1e-4)
-    peak_sized = torch.ceil(peak_busy.to(replicas.dtype) / target - 1e-4)
-    out = torch.where(_IS_TARGET.to(dev)[action], sized, step)
-    out = torch.where(_IS_PEAK.to(dev)[action], peak_sized, out)
-    if rate_pods is None:
-        rate_pods = torch.full_like(replicas, float("nan"))
-    if peak_rate_pods is None:
-        peak_rate_pods = torch.full_like(replicas, float("nan"))
-    rate_sized = torch.ceil(rate_pods.to(replicas.dtype) / target - 1e-4)
-    peak_rate_sized = torch.ceil(peak_rate_pods.to(replicas.dtype) / target - 1e-4)
-    out = torch.where(_IS_RATE.to(dev)[action], rate_sized, out)
-    return torch.where(_IS_RATE_PEAK.to(dev)[action], peak_rate_sized, out)
+    sized = torch.ceil(work.to(replicas.dtype) / target - 1e-4)
+    return torch.where(_IS_STEP.to(dev)[action], step, sized)
