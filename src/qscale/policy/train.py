@@ -42,7 +42,7 @@ import torch
 from torch import nn, optim
 from tqdm import tqdm
 
-from qscale import actions, decision, features
+from qscale import actions, batching, decision, features
 from qscale.guardrails import ShieldState
 from qscale.policy import artifact
 from qscale.policy.baseline import BaselineEval, hpa_baseline
@@ -261,6 +261,23 @@ class TrainConfig:
     peak_replicas: float | None = None
     """Pods the trace's reference rate needs, fixed (default: drawn, 1-100)."""
 
+    def _check_demonstrations(self) -> None:
+        if self.demo_action not in actions.ACTION_NAMES:
+            raise ValueError(
+                f"demo_action must be none or one of {', '.join(actions.ACTION_NAMES)}, "
+                f"got {self.demo_action!r}"
+            )
+        cpu_only = [a.name for a in actions.ACTIONS if a.kind not in ("rate", "rate_peak")]
+        if self.demo_action_cpu not in cpu_only:
+            raise ValueError(
+                f"demo_action_cpu must be one of {', '.join(cpu_only)} (an action that needs "
+                f"no declared capacity), got {self.demo_action_cpu!r}"
+            )
+        if self.demo_env_steps < self.n_envs:
+            raise ValueError(
+                f"demo_env_steps ({self.demo_env_steps}) must be >= n_envs ({self.n_envs})"
+            )
+
     def __post_init__(self) -> None:
         self.traces = [os.fspath(p) for p in self.traces]
         if self.val_traces is not None:
@@ -295,21 +312,8 @@ class TrainConfig:
                 f"({self.learning_starts}): no gradient update would run and the model would "
                 "ship untrained"
             )
-        if self.demo_action != "none" and self.demo_action not in actions.ACTION_NAMES:
-            raise ValueError(
-                f"demo_action must be none or one of {', '.join(actions.ACTION_NAMES)}, "
-                f"got {self.demo_action!r}"
-            )
-        cpu_only = [a.name for a in actions.ACTIONS if a.kind not in ("rate", "rate_peak")]
-        if self.demo_action != "none" and self.demo_action_cpu not in cpu_only:
-            raise ValueError(
-                f"demo_action_cpu must be one of {', '.join(cpu_only)} (an action that needs "
-                f"no declared capacity), got {self.demo_action_cpu!r}"
-            )
-        if self.demo_action != "none" and self.demo_env_steps < self.n_envs:
-            raise ValueError(
-                f"demo_env_steps ({self.demo_env_steps}) must be >= n_envs ({self.n_envs})"
-            )
+        if self.demo_action != "none":
+            self._check_demonstrations()
         if self.buffer_size < self.n_envs:
             raise ValueError(f"buffer_size ({self.buffer_size}) must be >= n_envs ({self.n_envs})")
         checks = (
@@ -797,9 +801,8 @@ def _gradient_step(
     parts = [learner.rb.sample(n_agent, beta)] if n_agent else []
     if demo_rb is not None:
         parts.append(demo_rb.sample(cfg.batch_size - n_agent))
-    data = Transitions(*(torch.cat([getattr(b.data, f) for b in parts])
-                         for f in Transitions.__dataclass_fields__))  # fmt: skip
-    weights = torch.cat([b.weights for b in parts])
+    data = batching.cat([b.data for b in parts]) if len(parts) > 1 else parts[0].data
+    weights = torch.cat([b.weights for b in parts]) if len(parts) > 1 else parts[0].weights
     with torch.no_grad():
         td_target = double_dqn_target(q_network, target_network, data)
     q_all = q_network(data.obs)
