@@ -13,6 +13,12 @@ model, the share of its decisions whose greedy action is not the demonstrated fl
 
 Usage: ``OMP_NUM_THREADS=1 python benchmarks/bench_rule_floor.py [--model DIR|CHECKPOINT.pt]``
 (about 2 min on one core).
+
+``--eval-profile``: the CPU-only actions instead on ``qscale evaluate``'s profile, its validation
+split (24 h windows, seed 0), the policy declaring no capacity: each action played constantly
+through ``decide()`` and the shield, with its return (the model's reward summed over the
+windows) and its hull ratio against the rule grid on the same windows (ex post, as ``qscale
+evaluate --split val`` shows it) -- what ``demo_action_cpu`` is chosen on.
 """
 
 from __future__ import annotations
@@ -24,15 +30,56 @@ from functools import partial
 import torch
 
 from qscale import actions, decision, features
+from qscale.policy.controller import DQNController
 from qscale.policy.train import TrainConfig, validate, validation_set
 from qscale.simulator.baselines.keda import KedaController
-from qscale.simulator.evaluate import evaluate
+from qscale.simulator.evaluate import EvalPlan, EvalProfile, compare, evaluate
+from qscale.simulator.splits import shared_trace_files
+from qscale.simulator.tracebank import TraceBank
 
 
 def _constant(obs: torch.Tensor, i: int) -> torch.Tensor:
     q = torch.zeros(obs.shape[0], actions.N_ACTIONS)
     q[:, i] = 1.0
     return q
+
+
+class _Constant(torch.nn.Module):
+    """A network that always prefers action ``i``."""
+
+    def __init__(self, i: int) -> None:
+        super().__init__()
+        self.i = i
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return _constant(obs, self.i)
+
+
+def eval_profile_cpu_floors() -> int:
+    """The CPU-only actions on the evaluation profile's validation split, no capacity declared."""
+    paths = shared_trace_files()
+    if not paths:
+        raise SystemExit("no shared traces (set QSCALE_TRACES_DIR)")
+    profile = EvalProfile(capacity_declared=False)
+    bank = TraceBank.from_files(paths, split="val", dt=profile.dt)
+    plan = EvalPlan(
+        traces=tuple(paths), split="val", seeds=(0,), controllers=("dqn",), profile=profile,
+        bootstrap=0,
+    )  # fmt: skip
+    print("| constant action (no capacity declared) | return | cost (rh) | SLO min | hull ratio |")
+    print("|---|---|---|---|---|")
+    for i, a in enumerate(actions.ACTIONS):
+        if a.kind in ("rate", "rate_peak") or a.kind == "step":
+            continue
+        make = partial(DQNController, _Constant(i), name="dqn")
+        rep = compare(plan, bank, torch.device("cpu"), make, {"constant": a.name}, progress=False)
+        r = next(r for r in rep.rows if r["family"] == "ALL" and r["controller"] == "dqn")
+        print(
+            f"| {a.name} | {r['return']:,.0f} | {r['cost']:,.1f} | {r['slo']:,.1f} | "
+            f"{r['ratio']:.3f} |",
+            flush=True,
+        )
+    return 0
 
 
 def _network(src: str):
@@ -57,8 +104,14 @@ def main() -> int:
         "--model", default="default", help="artifact dir, checkpoint .pt, default or none"
     )
     ap.add_argument("--no-rules", action="store_true", help="the model's rows only")
+    ap.add_argument(
+        "--eval-profile", action="store_true",
+        help="the CPU-only actions on qscale evaluate's validation windows, no capacity declared",
+    )  # fmt: skip
     args = ap.parse_args()
     torch.set_num_threads(1)
+    if args.eval_profile:
+        return eval_profile_cpu_floors()
     params, win = validation_set(TrainConfig())
     groups = {
         "declared": replace(params, capacity_declared=torch.ones_like(params.ingress)),

@@ -243,10 +243,12 @@ class TrainConfig:
     rule at 70 % of the declared capacity with a 15-minute hold, the best single action on the
     validation clusters); its transitions stay in their own replay with a large-margin loss.
     none: no demonstrations."""
-    demo_action_cpu: str = "peak_at_65"
+    demo_action_cpu: str = "peak_at_80"
     """The rule demonstrated where no capacity is declared (the rate rules cannot be played
-    there): the HPA at 65 % of the CPU limit sized for the last 15 minutes' peak, the best
-    CPU-only action on the validation clusters."""
+    there): the HPA at 80 % of the CPU limit sized for the last 15 minutes' peak, the best
+    CPU-only action on the evaluation profile's validation windows. none: demonstrations only
+    where a capacity is declared (every demonstration cluster then declares its own), so the
+    policy without one learns from its own experience alone."""
     demo_env_steps: int = 1_000_000
     """Env steps of demonstrations gathered (on the training split) before training."""
     demo_pretrain_updates: int = 10_000
@@ -268,10 +270,10 @@ class TrainConfig:
                 f"got {self.demo_action!r}"
             )
         cpu_only = [a.name for a in actions.ACTIONS if a.kind not in ("rate", "rate_peak")]
-        if self.demo_action_cpu not in cpu_only:
+        if self.demo_action_cpu not in ("none", *cpu_only):
             raise ValueError(
-                f"demo_action_cpu must be one of {', '.join(cpu_only)} (an action that needs "
-                f"no declared capacity), got {self.demo_action_cpu!r}"
+                f"demo_action_cpu must be none or one of {', '.join(cpu_only)} (an action "
+                f"that needs no declared capacity), got {self.demo_action_cpu!r}"
             )
         if self.demo_env_steps < self.n_envs:
             raise ValueError(
@@ -578,12 +580,18 @@ def gather_demonstrations(cfg: TrainConfig, bank: TraceBank, device: torch.devic
     """``cfg.demo_env_steps`` n-step transitions of the rules played through ``decide()`` and
     the shield, in clusters of their own (seed ``cfg.seed + 1``): ``cfg.demo_action`` where the
     cluster declares its per-pod capacity, ``cfg.demo_action_cpu`` where it does not (drawn as
-    in training). Deterministic in the config, so a resumed run gathers them again."""
+    in training; with ``demo_action_cpu`` none every one of them declares it). Deterministic in
+    the config, so a resumed run gathers them again."""
     params = sim.make_params(bank, cfg.n_envs, cfg.seed + 1, sim_config(cfg), device)
+    cpu_rule = cfg.demo_action_cpu
+    if cpu_rule == "none":
+        declared = torch.ones_like(params.capacity_declared)
+        params = dataclasses.replace(params, capacity_declared=declared)
+        cpu_rule = cfg.demo_action
     rule = torch.where(
         params.capacity_declared,
         actions.ACTION_NAMES.index(cfg.demo_action),
-        actions.ACTION_NAMES.index(cfg.demo_action_cpu),
+        actions.ACTION_NAMES.index(cpu_rule),
     )
     state, obs = sim.reset(params)
     rb = ReplayBuffer(cfg.demo_env_steps, features.N_FEATURES, device)
