@@ -228,7 +228,7 @@ def test_demonstrations_make_the_rule_the_starting_policy(tmp_path: Path) -> Non
     (never a rate action there: it cannot be played)."""
     cfg = _small(tmp_path, "demo", total_env_steps=4_096, learning_starts=2_048,
                  demo_env_steps=16_384, demo_pretrain_updates=1_500, eval_every=0,
-                 checkpoint_every=0)  # fmt: skip
+                 checkpoint_every=0, demo_action_cpu="peak_at_80")  # fmt: skip
     result = train(cfg)
     bank = TraceBank.from_files(cfg.traces, "val", cfg.dt)
     params = sim.make_params(bank, 64, 99, sim_config(cfg))

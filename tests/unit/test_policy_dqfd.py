@@ -8,7 +8,15 @@ import torch
 
 from qscale import actions, features
 from qscale.policy.replay import Transitions
-from qscale.policy.train import TrainConfig, double_dqn_target, epsilon_greedy, margin_loss
+from qscale.policy.train import (
+    TrainConfig,
+    double_dqn_target,
+    epsilon_greedy,
+    gather_demonstrations,
+    margin_loss,
+)
+from qscale.simulator.splits import packaged_trace
+from qscale.simulator.tracebank import TraceBank
 
 RATE = [i for i, a in enumerate(actions.ACTIONS) if a.kind in ("rate", "rate_peak")]
 
@@ -70,6 +78,7 @@ def test_double_dqn_target_bootstraps_from_an_available_action():
         ({"demo_action": "rate_peak_at_99"}, "demo_action"),
         ({"demo_env_steps": 10}, "demo_env_steps"),
         ({"demo_action_cpu": "rate_peak_at_70"}, "demo_action_cpu"),
+        ({"demo_action_cpu": "nope"}, "demo_action_cpu"),
         ({"demo_batch_fraction": 1.0}, "demo_batch_fraction"),
         ({"demo_margin": -0.1}, "demo_margin"),
         ({"demo_weight": -1.0}, "demo_weight"),
@@ -80,3 +89,23 @@ def test_bad_demonstration_settings_are_refused(kw, match):
     with pytest.raises(ValueError, match=match):
         TrainConfig(**kw)
     TrainConfig(demo_action="none", demo_env_steps=10)  # no demonstrations: nothing to check
+
+
+@pytest.mark.parametrize("cpu_rule", ["peak_at_80", "busy_at_65", "none"])
+def test_demonstrations_play_the_rule_each_cluster_can_play(cpu_rule):
+    """The rate rule where a capacity is declared, the CPU rule where none is; with no CPU rule
+    every demonstration cluster declares its capacity, so all of them show the rate rule."""
+    cfg = TrainConfig(traces=[str(packaged_trace())], n_envs=32, demo_env_steps=640,
+                      demo_action_cpu=cpu_rule, device="cpu")  # fmt: skip
+    bank = TraceBank.from_files(cfg.traces, cfg.train_split, cfg.dt)
+    rb = gather_demonstrations(cfg, bank, torch.device("cpu"))
+    assert rb.size >= cfg.demo_env_steps
+    obs, act = rb.obs[: rb.size], rb.action[: rb.size]
+    declared = features.capacity_declared(obs)
+    rate = actions.ACTION_NAMES.index(cfg.demo_action)
+    assert bool((act[declared] == rate).all())
+    if cpu_rule == "none":
+        assert bool(declared.all())
+    else:
+        assert 0 < int(declared.sum()) < rb.size
+        assert bool((act[~declared] == actions.ACTION_NAMES.index(cpu_rule)).all())
