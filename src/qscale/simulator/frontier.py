@@ -67,7 +67,7 @@ API's default ``behavior``, +100 % or +4 pods per 15 s, is within a pod of it at
 and a fast one (+300 % per 15 s)."""
 RATE_TARGETS = HPA_TARGETS
 """Request-rate thresholds as fractions of a pod's capacity."""
-RATE_COOLDOWNS_S = (0.0, 300.0, 900.0)
+RATE_COOLDOWNS_S = (0.0, 300.0, 900.0, 1800.0)
 PREDICTIVE_TARGETS = (0.5, 0.65, 0.8, 0.9)
 
 METRIC_KEYS = (
