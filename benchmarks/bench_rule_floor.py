@@ -127,7 +127,11 @@ def main() -> int:
     if args.model != "none":
         net, label = _network(args.model)
         cfg = TrainConfig()
-        floors = [actions.ACTION_NAMES.index(a) for a in (cfg.demo_action_cpu, cfg.demo_action)]
+        # -1: no floor there (demo_action_cpu none), every decision counts as its own
+        floors = [
+            actions.ACTION_NAMES.index(a) if a != "none" else -1
+            for a in (cfg.demo_action_cpu, cfg.demo_action)
+        ]
         seen = {"decisions": 0, "departures": 0}
 
         def q(obs: torch.Tensor) -> torch.Tensor:
@@ -140,11 +144,12 @@ def main() -> int:
             seen["departures"] += int((chosen != floor).sum())
             return out
 
-        for group, p in groups.items():
+        for (group, p), floor in zip(groups.items(), reversed(floors), strict=True):
             seen.update(decisions=0, departures=0)
             row(f"model ({label})", group, validate(q, p, win))
             share = seen["departures"] / max(seen["decisions"], 1)
-            print(f"|  | departs from its floor on {share:.2%} of decisions | | | |")
+            if floor >= 0:
+                print(f"|  | departs from its floor on {share:.2%} of decisions | | | |")
     if args.no_rules:
         return 0
     for i, a in enumerate(actions.ACTIONS):
