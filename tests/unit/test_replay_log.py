@@ -95,3 +95,40 @@ def test_bad_input_is_a_clear_error(logged, tmp_path, capsys):
     assert main(["replay-log", str(log), "--model", str(model), "--policy", "a/nope"]) == 2
     assert "no records of policy a/nope" in capsys.readouterr().err
     assert main(["replay-log", str(log), "--model", str(model), "--window", "soon"]) == 2
+
+
+def test_a_model_that_sizes_from_the_declared_capacity_replays_as_served(tmp_path):
+    """A policy that declares its pods' capacity and a model that plays a rate action (the KEDA
+    rule): the replay sizes from the capacity the log's features carry, as served, and a log
+    without one replays the same model's best action among those it may take."""
+    import asyncio
+
+    from qscale import actions
+
+    rate = actions.ACTION_NAMES.index("rate_peak_at_70")
+    model = busy_model(tmp_path / "rate70", action=rate)
+    log = tmp_path / "decisions.jsonl"
+
+    async def run():
+        w = world(model, decision_log=str(log))
+        w.deployment("a", "web", 2)
+        w.deployment("a", "api", 2)
+        declared = {**SPEC, "interval": "2s", "capacity": {"requestsPerSecondPerPod": 10}}
+        plain = {**SPEC, "interval": "2s", "targetRef": {"kind": "Deployment", "name": "api"}}
+        for i in range(40):
+            load(w, i)
+            w.prom.obs[("a", "api")] = w.prom.obs[("a", "web")]
+            w.policy("a", "web", declared)
+            w.policy("a", "api", plain)
+            await w.tick(T0 + 2 * i)
+            w.sync_from_kube()
+        w.engine.decision_log.close()
+
+    asyncio.run(run())
+    recs = read_log([log])
+    results = {r.policy: r for r in replay(recs, load_policy(model).module)}
+    web = [r for r in recs if r.get("policy", "").endswith("web") and r.get("desired")]
+    assert len({r["desired"] for r in web}) > 1  # the rule moved the count with the load
+    for name in ("web", "api"):
+        assert results[name].records == results[name].replayed == 40
+        assert results[name].agreement == 1.0, name

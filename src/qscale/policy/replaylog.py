@@ -112,11 +112,14 @@ def _replay_one(
             )
         with torch.no_grad():
             q = model(obs).float()
-        act = greedy(q)
+        declared = features.capacity_declared(obs)
+        act = greedy(q, actions.available(declared))
         cur = torch.tensor([_f(r.get("replicas"))], dtype=torch.float64)
         busy = obs[:, _BUSY].double() * cur
-        peak = busy * torch.exp(obs[:, _PEAK].double())
-        proposal = actions.apply(cur, act, busy, peak)
+        to_peak = torch.exp(obs[:, _PEAK].double())
+        # the pods the rate needs at the declared capacity, from load_per_pod (clipped at 4x)
+        rate_pods = torch.where(declared, obs[:, features.LOAD_PER_POD].double() * cur, math.nan)
+        proposal = actions.apply(cur, act, busy, busy * to_peak, rate_pods, rate_pods * to_peak)
         lo, hi = r["bounds"]
         commit = r.get("mode") == "Enforce"  # Shadow's shield records no step, as served
         res = shield(cur, proposal, state, float(r["ts"]), config, float(lo), float(hi), commit)
