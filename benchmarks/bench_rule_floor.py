@@ -14,11 +14,12 @@ model, the share of its decisions whose greedy action is not the demonstrated fl
 Usage: ``OMP_NUM_THREADS=1 python benchmarks/bench_rule_floor.py [--model DIR|CHECKPOINT.pt]``
 (about 2 min on one core).
 
-``--eval-profile``: the CPU-only actions instead on ``qscale evaluate``'s profile, its validation
-split (24 h windows, seed 0), the policy declaring no capacity: each action played constantly
-through ``decide()`` and the shield, with its return (the model's reward summed over the
-windows) and its hull ratio against the rule grid on the same windows (ex post, as ``qscale
-evaluate --split val`` shows it) -- what ``demo_action_cpu`` is chosen on.
+``--eval-profile``: the single actions instead on ``qscale evaluate``'s profile, its validation
+split (24 h windows, seed 0): every sizing action with the policy declaring the pods' capacity,
+the CPU-only ones declaring none; each played constantly through ``decide()`` and the shield,
+with its return (the model's reward summed over the windows) and its hull ratio against the
+rule grid on the same windows (ex post, as ``qscale evaluate --split val`` shows it) -- what
+``demo_action`` and ``demo_action_cpu`` are chosen on (``--groups``, ``--actions``: some of them).
 """
 
 from __future__ import annotations
@@ -55,30 +56,37 @@ class _Constant(torch.nn.Module):
         return _constant(obs, self.i)
 
 
-def eval_profile_cpu_floors() -> int:
-    """The CPU-only actions on the evaluation profile's validation split, no capacity declared."""
+def eval_profile_floors(
+    groups: tuple[bool, ...] = (True, False), only: tuple[str, ...] = ()
+) -> int:
+    """The single sizing actions on the evaluation profile's validation split: all of them
+    with a capacity declared, the CPU-only ones without (``only``: just these)."""
     paths = shared_trace_files()
     if not paths:
         raise SystemExit("no shared traces (set QSCALE_TRACES_DIR)")
-    profile = EvalProfile(capacity_declared=False)
-    bank = TraceBank.from_files(paths, split="val", dt=profile.dt)
-    plan = EvalPlan(
-        traces=tuple(paths), split="val", seeds=(0,), controllers=("dqn",), profile=profile,
-        bootstrap=0,
-    )  # fmt: skip
-    print("| constant action (no capacity declared) | return | cost (rh) | SLO min | hull ratio |")
-    print("|---|---|---|---|---|")
-    for i, a in enumerate(actions.ACTIONS):
-        if a.kind in ("rate", "rate_peak") or a.kind == "step":
-            continue
-        make = partial(DQNController, _Constant(i), name="dqn")
-        rep = compare(plan, bank, torch.device("cpu"), make, {"constant": a.name}, progress=False)
-        r = next(r for r in rep.rows if r["family"] == "ALL" and r["controller"] == "dqn")
-        print(
-            f"| {a.name} | {r['return']:,.0f} | {r['cost']:,.1f} | {r['slo']:,.1f} | "
-            f"{r['ratio']:.3f} |",
-            flush=True,
-        )
+    print("| constant action | capacity | return | cost (rh) | SLO min | hull ratio |")
+    print("|---|---|---|---|---|---|")
+    for declared in groups:
+        profile = EvalProfile(capacity_declared=declared)
+        bank = TraceBank.from_files(paths, split="val", dt=profile.dt)
+        plan = EvalPlan(
+            traces=tuple(paths), split="val", seeds=(0,), controllers=("dqn",), profile=profile,
+            bootstrap=0,
+        )  # fmt: skip
+        for i, a in enumerate(actions.ACTIONS):
+            if a.kind == "step" or (not declared and a.kind in ("rate", "rate_peak")):
+                continue
+            if only and a.name not in only:
+                continue
+            make = partial(DQNController, _Constant(i), name="dqn")
+            cpu = torch.device("cpu")
+            rep = compare(plan, bank, cpu, make, {"constant": a.name}, progress=False)
+            r = next(r for r in rep.rows if r["family"] == "ALL" and r["controller"] == "dqn")
+            print(
+                f"| {a.name} | {'declared' if declared else 'none'} | {r['return']:,.0f} | "
+                f"{r['cost']:,.1f} | {r['slo']:,.1f} | {r['ratio']:.3f} |",
+                flush=True,
+            )
     return 0
 
 
@@ -106,12 +114,27 @@ def main() -> int:
     ap.add_argument("--no-rules", action="store_true", help="the model's rows only")
     ap.add_argument(
         "--eval-profile", action="store_true",
-        help="the CPU-only actions on qscale evaluate's validation windows, no capacity declared",
+        help="the single actions on qscale evaluate's validation windows, with and without a "
+        "declared capacity",
     )  # fmt: skip
+    ap.add_argument(
+        "--groups", choices=("both", "declared", "none"), default="both",
+        help="--eval-profile: with a declared capacity, without, or both",
+    )  # fmt: skip
+    ap.add_argument(
+        "--actions", default="", help="--eval-profile: only these actions (comma-separated)"
+    )
     args = ap.parse_args()
+    only = tuple(a for a in args.actions.split(",") if a)
+    unknown = [a for a in only if a not in actions.ACTION_NAMES]
+    if unknown:
+        ap.error(f"--actions: unknown {', '.join(unknown)}")
     torch.set_num_threads(1)
     if args.eval_profile:
-        return eval_profile_cpu_floors()
+        return eval_profile_floors(
+            {"both": (True, False), "declared": (True,), "none": (False,)}[args.groups],
+            only,
+        )
     params, win = validation_set(TrainConfig())
     groups = {
         "declared": replace(params, capacity_declared=torch.ones_like(params.ingress)),
