@@ -202,9 +202,11 @@ def run_evaluation(args: argparse.Namespace) -> tuple[dict, str]:
     profile = _profile(args)
     _steps("--window-hours", args.window_hours, profile.dt)
     _steps("--horizon-hours", args.horizon_hours, profile.dt)
-    _controller_names(args.controllers, True)  # refuse a typo before any work
+    asked = _controller_names(args.controllers, True)  # refuse a typo before any work
     bank = TraceBank.from_files(paths, split=split, dt=profile.dt, device=device)
-    policy = _load_model(args.model, device)
+    # baselines only (--controllers without dqn): no model is loaded, so none can be refused
+    wanted = args.controllers is None or "dqn" in asked
+    policy = _load_model(args.model, device) if wanted else None
     names = _controller_names(args.controllers, policy is not None)
     if "dqn" in names and policy is None:
         raise UsageError("--controllers dqn needs a model (--model PATH or default)")

@@ -99,6 +99,22 @@ def test_evaluate_a_model_directory(tmp_path, small_trace, qscale):
     assert proc.returncode == 2 and "sha256" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_baselines_alone_load_no_model(tmp_path, small_trace, qscale):
+    """--controllers without dqn never reads the model: one that would be refused (here a
+    tampered artifact; after a feature-spec change, the shipped one) does not stop it."""
+    from qscale.policy.artifact import export
+    from qscale.policy.network import QNetwork
+
+    model = export(QNetwork(), tmp_path / "model")
+    (model / "model.pt").write_bytes(b"tampered")
+    out = tmp_path / "eval"
+    proc = qscale("evaluate", "--traces", str(small_trace), "--seeds", "1", "--out", str(out),
+                  "--model", str(model), "--controllers", "hpa,keda", "--no-frontier")  # fmt: skip
+    data = json.loads((out / "evaluation.json").read_text())
+    assert {r["controller"] for r in data["summary"]} == {"hpa", "keda"}
+    assert data["meta"].get("model") is None and "sha256" not in proc.stderr
+
+
 def test_demo_default_evaluates_the_shipped_model(tmp_path, small_trace, qscale):
     out = tmp_path / "demo"
     proc = qscale("evaluate", "--traces", str(small_trace), "--seeds", "1", "--out", str(out),
