@@ -25,29 +25,35 @@ def load(w, i: int) -> None:
 def logged(tmp_path_factory):
     """The decision log of 90 ticks of a Shadow policy (busy_at_65) on 2 fixed pods, and of an
     Enforce one beside it."""
-    import asyncio
 
     root = tmp_path_factory.mktemp("replay")
     model = busy_model(root / "busy65")
     log = root / "decisions.jsonl"
+    shadow = {**SPEC, "mode": "Shadow", "interval": "2s"}
+    enforce = {**SPEC, "interval": "2s", "targetRef": {"kind": "Deployment", "name": "api"}}
+    write_log(log, model, shadow, enforce, ticks=90)
+    return log, model, root
+
+
+def write_log(log, model, web: dict, api: dict, ticks: int) -> None:
+    """``ticks`` ticks, 2 s apart, of policy ``web`` (spec ``web``) and ``api`` on Deployments of
+    2 pods under the same load, logged to ``log``."""
+    import asyncio
 
     async def run():
         w = world(model, decision_log=str(log))
         w.deployment("a", "web", 2)
         w.deployment("a", "api", 2)
-        shadow = {**SPEC, "mode": "Shadow", "interval": "2s"}
-        enforce = {**SPEC, "interval": "2s", "targetRef": {"kind": "Deployment", "name": "api"}}
-        for i in range(90):
+        for i in range(ticks):
             load(w, i)
             w.prom.obs[("a", "api")] = w.prom.obs[("a", "web")]
-            w.policy("a", "web", shadow)
-            w.policy("a", "api", enforce)
+            w.policy("a", "web", web)
+            w.policy("a", "api", api)
             await w.tick(T0 + 2 * i)
             w.sync_from_kube()
         w.engine.decision_log.close()
 
     asyncio.run(run())
-    return log, model, root
 
 
 def test_the_logged_model_replayed_agrees_with_itself(logged):
@@ -101,30 +107,14 @@ def test_a_model_that_sizes_from_the_declared_capacity_replays_as_served(tmp_pat
     """A policy that declares its pods' capacity and a model that plays a rate action (the KEDA
     rule): the replay sizes from the capacity the log's features carry, as served, and a log
     without one replays the same model's best action among those it may take."""
-    import asyncio
-
     from qscale import actions
 
     rate = actions.ACTION_NAMES.index("rate_peak_at_70")
     model = busy_model(tmp_path / "rate70", action=rate)
     log = tmp_path / "decisions.jsonl"
-
-    async def run():
-        w = world(model, decision_log=str(log))
-        w.deployment("a", "web", 2)
-        w.deployment("a", "api", 2)
-        declared = {**SPEC, "interval": "2s", "capacity": {"requestsPerSecondPerPod": 10}}
-        plain = {**SPEC, "interval": "2s", "targetRef": {"kind": "Deployment", "name": "api"}}
-        for i in range(40):
-            load(w, i)
-            w.prom.obs[("a", "api")] = w.prom.obs[("a", "web")]
-            w.policy("a", "web", declared)
-            w.policy("a", "api", plain)
-            await w.tick(T0 + 2 * i)
-            w.sync_from_kube()
-        w.engine.decision_log.close()
-
-    asyncio.run(run())
+    declared = {**SPEC, "interval": "2s", "capacity": {"requestsPerSecondPerPod": 10}}
+    plain = {**SPEC, "interval": "2s", "targetRef": {"kind": "Deployment", "name": "api"}}
+    write_log(log, model, declared, plain, ticks=40)
     recs = read_log([log])
     results = {r.policy: r for r in replay(recs, load_policy(model).module)}
     web = [r for r in recs if r.get("policy", "").endswith("web") and r.get("desired")]
