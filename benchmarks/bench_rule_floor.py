@@ -19,7 +19,8 @@ split (24 h windows, seed 0): every sizing action with the policy declaring the 
 the CPU-only ones declaring none; each played constantly through ``decide()`` and the shield,
 with its return (the model's reward summed over the windows) and its hull ratio against the
 rule grid on the same windows (ex post, as ``qscale evaluate --split val`` shows it) -- what
-``demo_action`` and ``demo_action_cpu`` are chosen on (``--groups``, ``--actions``: some of them).
+``demo_action`` and ``demo_action_cpu`` are chosen on (``--groups``, ``--actions``: some of them;
+``--down-stabilization S``: through a shield with that scale-down stabilization window).
 """
 
 from __future__ import annotations
@@ -90,6 +91,20 @@ def eval_profile_floors(
     return 0
 
 
+def _with_down_stabilization(seconds: float) -> None:
+    """Every evaluation of this process plays the policy through a shield with this scale-down
+    stabilization window (the rules bring their own windows and are not affected)."""
+    from qscale.guardrails import ShieldConfig
+
+    shield = replace(ShieldConfig(), down_stabilization_s=seconds)
+    made = EvalProfile.sim_config
+
+    def sim_config(self, base=None):
+        return replace(made(self, base), shield=shield)
+
+    EvalProfile.sim_config = sim_config
+
+
 def _network(src: str):
     if src.endswith(".pt"):
         from qscale.policy.network import QNetwork
@@ -124,7 +139,14 @@ def main() -> int:
     ap.add_argument(
         "--actions", default="", help="--eval-profile: only these actions (comma-separated)"
     )
+    ap.add_argument(
+        "--down-stabilization", type=float, default=None, metavar="S",
+        help="--eval-profile: the shield's scale-down stabilization window, s (default: the "
+        "ShieldConfig default the models train with)",
+    )  # fmt: skip
     args = ap.parse_args()
+    if args.down_stabilization is not None:
+        _with_down_stabilization(args.down_stabilization)
     only = tuple(a for a in args.actions.split(",") if a)
     unknown = [a for a in only if a not in actions.ACTION_NAMES]
     if unknown:

@@ -376,6 +376,8 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
         return policy_body(name, args.interval, MIN_R, MAX_R, **extra)
 
     res: dict = {"args": vars(args), "model": model, "machine_start": machine()}
+    # measured first, so that a failure here never costs the hour
+    res["torch_baseline"] = torch_baseline_rss(Path(model["path"]), n)
     margin = seconds + 900
     st = start_stack(
         n,
@@ -432,7 +434,6 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
                 "owed_wall_clock": n * math.floor(elapsed / args.interval),
                 "tick_lines": ticks,
                 "rss": rss_summary(samples),
-                "torch_baseline": torch_baseline_rss(Path(model["path"]), n),
                 "checks": check_steps(st, steps, faults.hand, outside, faults.kills),
             }
         )

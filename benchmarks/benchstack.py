@@ -502,13 +502,13 @@ _BASELINE = """
 import sys, time, torch
 torch.set_num_threads(1)
 m = torch.jit.load(sys.argv[1])
-rows = int(sys.argv[2])
+rows, width = int(sys.argv[2]), int(sys.argv[3])
 def rss():
     with open("/proc/self/status") as f:
         return int(f.read().split("VmRSS:")[1].split()[0]) / 1024
 loaded = rss()
 with torch.no_grad():
-    m(torch.zeros(rows, 11))
+    m(torch.zeros(rows, width))
 forward = rss()
 import qscale.operator.handlers  # kopf, kubernetes, aiohttp, httpx, prometheus-client, ...
 print(loaded, forward, rss())
@@ -519,8 +519,11 @@ def torch_baseline_rss(model_dir: Path, rows: int) -> dict[str, float]:
     """RSS (MB, VmRSS as for the operator) of a process that only imports torch and loads the
     model with ``torch.jit.load``; then after one forward pass over ``rows`` rows, and after
     importing the operator's modules too (no policy, no connection: its import floor)."""
+    from qscale.features import N_FEATURES
+
+    width = N_FEATURES  # the observation of this build's feature spec
     out = subprocess.run(
-        [sys.executable, "-c", _BASELINE, str(model_dir / "model.pt"), str(rows)],
+        [sys.executable, "-c", _BASELINE, str(model_dir / "model.pt"), str(rows), str(width)],
         capture_output=True,
         text=True,
         check=True,
