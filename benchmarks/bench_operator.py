@@ -109,6 +109,8 @@ def decision_latency(model_dir: Path, n: int = 1000, reps: int = 200) -> dict:
         rate_5m=u(10, 100),
         rate_15m=u(10, 100),
         rate_peak_15m=u(100, 150),
+        rate_peak_30m=u(150, 200),
+        busy_peak_30m=u(1, 8),
         replicas=reps_t,
         ready_replicas=reps_t,
         min_replicas=torch.ones(n),

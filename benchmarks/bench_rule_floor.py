@@ -75,7 +75,7 @@ def eval_profile_floors(
             bootstrap=0,
         )  # fmt: skip
         for i, a in enumerate(actions.ACTIONS):
-            if a.kind == "step" or (not declared and a.kind in ("rate", "rate_peak")):
+            if a.kind == "step" or (not declared and a.kind in actions.RATE_KINDS):
                 continue
             if only and a.name not in only:
                 continue
@@ -198,7 +198,7 @@ def main() -> int:
     if args.no_rules:
         return 0
     for i, a in enumerate(actions.ACTIONS):
-        needs = a.kind in ("rate", "rate_peak")
+        needs = a.kind in actions.RATE_KINDS
         group = "declared" if needs else "none declared"
         row(f"constant {a.name}", group, validate(partial(_constant, i=i), groups[group], win))
     for frac in (0.6, 0.7, 0.8):

@@ -39,8 +39,9 @@ def synthetic(
     series: Mapping[tuple[str, str], tuple[float, float, float]],
 ) -> Callable[[str, Mapping[str, str]], dict[str, Any]]:
     """A Prometheus that knows ``(namespace, deployment) -> (rate, p95_s, cpu)``, flat over the
-    last 15 minutes and sampled just now, for any query (the operator keeps only the series of
-    the targets it asked about). The template is told by its text (the default queries')."""
+    last 30 minutes and sampled just now, for any query (the operator keeps only the series of
+    the targets it asked about). The template is told by its text (the default queries'); the
+    30-minute CPU peak reads 0 cores (never above the CPU now)."""
 
     def answer(path: str, form: Mapping[str, str]) -> dict[str, Any]:
         q = form.get("query", "")
@@ -49,13 +50,15 @@ def synthetic(
             metric = {"namespace": ns, "deployment": name}
             if path.endswith("query_range"):
                 end, step = float(form["end"]), float(form["step"])
-                values = [[end - step * k, str(rate)] for k in range(15, -1, -1)]
+                values = [[end - step * k, str(rate)] for k in range(30, -1, -1)]
                 out.append({"metric": metric, "values": values})
                 continue
             if q.startswith("timestamp("):
                 v = float(form["time"])
             elif "http_request_duration" in q:
                 v = p95
+            elif q.startswith("max_over_time("):
+                v = 0.0
             else:
                 v = cpu
             out.append({"metric": metric, "value": [float(form["time"]), str(v)]})

@@ -1,6 +1,6 @@
 """The discrete action set, applied before the shield.
 
-Fourteen actions (:data:`ACTIONS`) in five kinds, all scale-free:
+Sixteen actions (:data:`ACTIONS`) in seven kinds, all scale-free:
 
 * **relative steps** (``kind`` ``"step"``: hold, -1, +1, x1.5, x2): move from the current count;
 * **proportional targets** (``"target"``: ``busy_at_50/65/80``): size the Deployment so that
@@ -10,13 +10,18 @@ Fourteen actions (:data:`ACTIONS`) in five kinds, all scale-free:
 * **peak targets** (``"peak"``: ``peak_at_65/80``): the same for the work the Deployment would
   do at the highest request rate of the last 15 minutes (busy pods x peak rate / rate now) --
   what an HPA with a long scale-down window holds, as one action;
+* **CPU hold** (``"cpu_peak30"``: ``cpu_peak30_at_80``): size for the highest busy pods of the
+  last 30 minutes (:func:`qscale.features.peak30_busy_pods`) at 80 % of the CPU limit -- the
+  HPA's rule with its 30-minute scale-down stabilization, the reward-best HPA setting;
 * **rate targets** (``"rate"``: ``rate_at_70``; ``"rate_peak"``: ``rate_peak_at_60/70/80``):
   the KEDA rule -- ceil(request rate / (declared requests/s per pod x target)) -- at the rate
-  now or at the highest rate of the last 15 minutes (a 15-minute scale-down hold). They need
+  now or at the highest rate of the last 15 minutes (a 15-minute scale-down hold);
+  ``"rate_peak30"``: ``rate_peak30_at_80``, the same at the highest rate of the last 30
+  minutes (KEDA's rule with a 30-minute cooldown, the reward-best rule setting). They need
   the per-pod capacity the policy declares (:attr:`qscale.features.FeatureInputs.capacity_rps`)
   and are unavailable without it (:func:`available`): the argmax and exploration skip them.
 
-So each rule of the evaluation's frontier family with a 15-minute hold is one action, and
+So each rule of the evaluation's frontier family with a 15- or 30-minute hold is one action, and
 training starts from the reward-best of them (DQfD demonstrations, :mod:`qscale.policy.train`):
 the policy departs from the rule only where its Q-values say it pays.
 
@@ -42,8 +47,9 @@ HPA controller's default sync period is also 15 s; that one is the HPA's own, in
 class Action:
     """``kind`` ``"step"``: desired = current * multiplier + delta, rounded away from current;
     ``kind`` ``"target"``: desired = ceil(busy pods / target); ``"peak"``: ceil(busy pods at
-    the recent peak rate / target); ``"rate"``/``"rate_peak"``: ceil(pods the request rate
-    now / at the recent peak needs at the declared capacity / target)."""
+    the recent peak rate / target); ``"cpu_peak30"``: ceil(highest busy pods of 30 minutes /
+    target); ``"rate"``/``"rate_peak"``/``"rate_peak30"``: ceil(pods the request rate now / at
+    the peak of 15 / 30 minutes needs at the declared capacity / target)."""
 
     name: str
     kind: str
@@ -63,10 +69,12 @@ ACTIONS: tuple[Action, ...] = (
     Action("busy_at_80", "target", target=0.8),
     Action("peak_at_65", "peak", target=0.65),
     Action("peak_at_80", "peak", target=0.8),
+    Action("cpu_peak30_at_80", "cpu_peak30", target=0.8),
     Action("rate_at_70", "rate", target=0.7),
     Action("rate_peak_at_60", "rate_peak", target=0.6),
     Action("rate_peak_at_70", "rate_peak", target=0.7),
     Action("rate_peak_at_80", "rate_peak", target=0.8),
+    Action("rate_peak30_at_80", "rate_peak30", target=0.8),
 )
 ACTION_NAMES: tuple[str, ...] = tuple(a.name for a in ACTIONS)
 N_ACTIONS = len(ACTIONS)
@@ -79,8 +87,12 @@ _IS_STEP = torch.tensor([a.kind == "step" for a in ACTIONS])
 _IS_TARGET = torch.tensor([a.kind == "target" for a in ACTIONS])
 _IS_PEAK = torch.tensor([a.kind == "peak" for a in ACTIONS])
 _IS_RATE = torch.tensor([a.kind == "rate" for a in ACTIONS])
+_IS_CPU_PEAK30 = torch.tensor([a.kind == "cpu_peak30" for a in ACTIONS])
 _IS_RATE_PEAK = torch.tensor([a.kind == "rate_peak" for a in ACTIONS])
-_NEEDS_CAPACITY = _IS_RATE | _IS_RATE_PEAK
+_IS_RATE_PEAK30 = torch.tensor([a.kind == "rate_peak30" for a in ACTIONS])
+RATE_KINDS: tuple[str, ...] = ("rate", "rate_peak", "rate_peak30")
+"""The kinds that size from a declared per-pod capacity."""
+_NEEDS_CAPACITY = torch.tensor([a.kind in RATE_KINDS for a in ACTIONS])
 
 
 def available(capacity_declared: torch.Tensor) -> torch.Tensor:
@@ -97,12 +109,15 @@ def apply(
     peak_busy: torch.Tensor | None = None,
     rate_pods: torch.Tensor | None = None,
     peak_rate_pods: torch.Tensor | None = None,
+    peak30_busy: torch.Tensor | None = None,
+    peak30_rate_pods: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Desired replicas: ``replicas`` ``[B]`` float, ``action`` ``[B]`` int64, ``busy`` ``[B]``
-    pods' worth of CPU in use and ``peak_busy`` the same at the recent peak rate (needed by the
-    target and peak actions), ``rate_pods``/``peak_rate_pods`` the pods the request rate now /
-    at the recent peak needs at the declared capacity (the rate actions). NaN gives a NaN
-    proposal, which the shield holds.
+    pods' worth of CPU in use, ``peak_busy`` the same at the recent peak rate and
+    ``peak30_busy`` the highest of 30 minutes (the target, peak and CPU-hold actions),
+    ``rate_pods``/``peak_rate_pods``/``peak30_rate_pods`` the pods the request rate now / at
+    the peak of 15 / 30 minutes needs at the declared capacity (the rate actions). An input
+    not given, or NaN, gives a NaN proposal, which the shield holds.
 
     A multiplicative step always moves by at least one pod (x1.5 of 1 pod is 2), so no step
     action silently means "hold". Out-of-range indices raise, as indexing does.
@@ -119,8 +134,10 @@ def apply(
     for is_kind, pods in (
         (_IS_TARGET, busy),
         (_IS_PEAK, peak_busy),
+        (_IS_CPU_PEAK30, peak30_busy),
         (_IS_RATE, rate_pods),
         (_IS_RATE_PEAK, peak_rate_pods),
+        (_IS_RATE_PEAK30, peak30_rate_pods),
     ):
         work = torch.where(is_kind.to(dev)[action], nan if pods is None else pods, work)
     target = _TARGET.to(dev)[action].to(replicas.dtype)

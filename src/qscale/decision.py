@@ -155,8 +155,16 @@ def decide(
     busy = features.busy_pods(x.cpu_utilization, x.cpu_limit_ratio, cur)
     rate_pods = x.rate_now / cap
     peak_rate_pods = torch.maximum(x.rate_peak_15m, x.rate_now) / cap
+    peak30_rate_pods = torch.maximum(x.rate_peak_30m, x.rate_now) / cap
     proposal = actions.apply(
-        cur, action, busy, features.peak_busy_pods(x), rate_pods, peak_rate_pods
+        cur,
+        action,
+        busy,
+        features.peak_busy_pods(x),
+        rate_pods,
+        peak_rate_pods,
+        features.peak30_busy_pods(x),
+        peak30_rate_pods,
     )
     stale = signals.present & (signals.age_s > stale_after_s)
     usable = signals.present & ~stale & sane

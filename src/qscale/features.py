@@ -15,8 +15,13 @@ p95_s               :data:`PROMQL` ``latency_p95``: ``histogram_quantile(0.95, .
                     app's latency histogram (bucket-quantized, 1 m window, scrape lag).
 rate_*              :data:`PROMQL` ``request_rate``, a range query: the rate now and 1, 5 and 15
                     minutes ago, and the highest of its points 60 s apart over the last 15
-                    minutes (``rate_peak_15m``). The app's counter counts *served* requests (it
-                    flattens at capacity during a burst); an ingress counter counts arrivals.
+                    and 30 minutes (``rate_peak_15m``, ``rate_peak_30m``). The app's counter
+                    counts *served* requests (it flattens at capacity during a burst); an
+                    ingress counter counts arrivals.
+busy_peak_30m       :data:`PROMQL` ``cpu_peak``: the highest of the Deployment's CPU use (cores,
+                    1 m rate, points 60 s apart) over the last 30 minutes, in pods' worth of
+                    the pod template's CPU limit: what the HPA's 30-minute scale-down
+                    stabilization holds on to.
 replicas, ready     the Deployment's ``spec.replicas`` and ``status.readyReplicas``.
 min_replicas        the policy's bound.
 capacity_rps        the requests/s one pod serves, as the policy declares it
@@ -47,7 +52,7 @@ from dataclasses import dataclass
 
 import torch
 
-SPEC_VERSION = 3
+SPEC_VERSION = 4
 
 #: Seconds a scale event keeps influencing the "time since" features; beyond it they read 1.
 SINCE_SCALE_HORIZON_S = 300.0
@@ -59,6 +64,9 @@ RATE_WINDOW_S = 60.0
 #: apart (16 points: now, 60 s ago, ..., 900 s ago).
 RATE_PEAK_SPAN_S = 900.0
 RATE_PEAK_STEP_S = 60.0
+#: ``rate_peak_30m`` and ``busy_peak_30m``: the highest point over this span (31 points, 60 s
+#: apart); the range query reaches this far back.
+LONG_PEAK_SPAN_S = 1800.0
 #: ``log_replicas`` reads 1 at this many replicas.
 REPLICAS_SCALE = 1000.0
 
@@ -92,13 +100,23 @@ PROMQL: dict[str, str] = {
             ' resource="cpu"}'
         )
     ),
+    "cpu_peak": (
+        "max_over_time("
+        + _per_deployment(
+            "rate(container_cpu_usage_seconds_total"
+            f'{{namespace=~"$namespace", pod=~"{_POD}", container!="", container!="POD"}}[1m])'
+        )
+        + "[30m:1m])"
+    ),
 }
 """The default queries, templated on ``$namespace`` and ``$deployment``. Both placeholders sit
 inside regex matchers (``=~``), so the operator fills them with one name or with ``a|b|c`` to
 serve every Deployment due in a tick with one query per template; each query must return one
 series per Deployment labelled ``namespace`` and ``deployment``. ``request_rate`` is read as a
-range query over the last 15 minutes (the ``rate_*`` signals); the other two are instant
-queries. Metric names are the conventional ones: ``http_requests_total`` and
+range query over the last 30 minutes (the ``rate_*`` signals); the other three are instant
+queries: ``cpu_peak`` (a subquery: the highest CPU in use, in cores, at points 60 s apart over
+30 minutes) is divided by the pod template's CPU limit (cores per pod) into
+``busy_peak_30m``. Metric names are the conventional ones: ``http_requests_total`` and
 ``http_request_duration_seconds`` (prometheus-client's defaults) from the app, cAdvisor's
 ``container_cpu_usage_seconds_total`` and kube-state-metrics'
 ``kube_pod_container_resource_requests``.
@@ -125,6 +143,11 @@ FEATURES: tuple[Feature, ...] = (
     Feature("rate_trend_15m", "ln(request rate now / request rate 900 s ago)", -2.0, 2.0),
     Feature("rate_peak_15m",
             "ln(highest request rate of the last 15 min, points 60 s apart / rate now)", 0.0, 3.0),
+    Feature("rate_peak_30m",
+            "ln(highest request rate of the last 30 min, points 60 s apart / rate now)", 0.0, 3.0),
+    Feature("busy_peak_30m",
+            "ln(highest busy pods of the last 30 min, points 60 s apart / busy pods now)",
+            0.0, 3.0),
     Feature("pending_fraction", "(replicas - ready replicas) / replicas", 0.0, 1.0),
     Feature("log_replicas", "ln(1 + replicas) / ln(1 + 1000)", 0.0, 1.0),
     Feature("min_over_replicas", "min replicas / replicas (1: no room to scale down)", 0.0, 1.0),
@@ -147,6 +170,7 @@ def _spec_hash() -> str:
         "rate_lags_s": list(RATE_LAGS_S),
         "rate_window_s": RATE_WINDOW_S,
         "rate_peak": [RATE_PEAK_SPAN_S, RATE_PEAK_STEP_S],
+        "long_peak_span_s": LONG_PEAK_SPAN_S,
         "replicas_scale": REPLICAS_SCALE,
         "promql": PROMQL,
     }
@@ -177,6 +201,11 @@ class FeatureInputs:
     rate_15m: torch.Tensor
     rate_peak_15m: torch.Tensor
     """The highest point of the rate range query over the last 15 minutes (60 s apart)."""
+    rate_peak_30m: torch.Tensor
+    """The same over the last 30 minutes."""
+    busy_peak_30m: torch.Tensor
+    """The highest busy pods (pods' worth of CPU limit in use) of the last 30 minutes, points
+    60 s apart: :data:`PROMQL` ``cpu_peak`` over the pod template's CPU limit per pod."""
     replicas: torch.Tensor
     ready_replicas: torch.Tensor
     min_replicas: torch.Tensor
@@ -214,6 +243,13 @@ def peak_busy_pods(x: FeatureInputs) -> torch.Tensor:
     return busy * ratio
 
 
+def peak30_busy_pods(x: FeatureInputs) -> torch.Tensor:
+    """The highest busy pods of the last 30 minutes, never below the busy pods now: what the
+    HPA's 30-minute scale-down stabilization sizes from (its highest recommendation)."""
+    busy = busy_pods(x.cpu_utilization, x.cpu_limit_ratio, x.replicas)
+    return torch.maximum(x.busy_peak_30m, busy)
+
+
 def _load_per_pod(x: FeatureInputs, replicas: torch.Tensor) -> torch.Tensor:
     cap = x.declared_capacity()
     load = torch.clamp(x.rate_now, min=0.0) / (cap * replicas)
@@ -238,6 +274,7 @@ def compute(x: FeatureInputs) -> torch.Tensor:
     not missing: ``histogram_quantile`` has nothing to rank, and the latency reads as low.
     """
     replicas = torch.clamp(x.replicas, min=1.0)
+    busy = torch.clamp(busy_pods(x.cpu_utilization, x.cpu_limit_ratio, x.replicas), min=0.0)
     idle = torch.isnan(x.p95_s) & (x.rate_now <= 0)
     p95 = torch.where(idle, torch.zeros_like(x.p95_s), x.p95_s)
     cols = (
@@ -247,6 +284,8 @@ def compute(x: FeatureInputs) -> torch.Tensor:
         _log_ratio(x.rate_now, x.rate_5m),
         _log_ratio(x.rate_now, x.rate_15m),
         _log_ratio(torch.maximum(x.rate_peak_15m, x.rate_now), x.rate_now),
+        _log_ratio(torch.maximum(x.rate_peak_30m, x.rate_now), x.rate_now),
+        _log_ratio(peak30_busy_pods(x), busy),
         (x.replicas - x.ready_replicas) / replicas,
         torch.log1p(torch.clamp(x.replicas, min=0.0)) / _LOG_SCALE,
         x.min_replicas / replicas,
@@ -263,26 +302,31 @@ _NAN = float("nan")
 
 GOLDEN_INPUTS: tuple[tuple[float, ...], ...] = (
     # cpu_utilization, cpu_limit_ratio, p95_s, slo_s, rate_now, rate_1m, rate_5m, rate_15m,
-    # rate_peak_15m, replicas, ready_replicas, min_replicas, since_scale_up_s, since_scale_down_s,
-    # capacity_rps
-    (0.6, 2.0, 0.3, 0.25, 100.0, 90.0, 80.0, 120.0, 150.0, 5.0, 4.0, 2.0, 120.0, 600.0, 50.0),
-    (0.35, 1.0, _NAN, 0.25, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0, 30.0, _NAN),
-    (2.0, 1.0, 10.0, 0.1, 1000.0, 10.0, 5000.0, 20.0, 900.0, 2000.0, 0.0, 3.0, 1e9, 299.0, 0.1),
-    (_NAN, 0.0, _NAN, 0.3, 5.0, 7.0, 3.0, 5.0, 40.0, 0.0, 0.0, 1.0, 45.0, 150.0, 10.0),
-    (0.2, 4.0, 0.02, 0.5, 12.5, 25.0, 50.0, 200.0, 12.5, 37.0, 30.0, 10.0, 299.0, 1.0, 0.0),
+    # rate_peak_15m, rate_peak_30m, busy_peak_30m, replicas, ready_replicas, min_replicas,
+    # since_scale_up_s, since_scale_down_s, capacity_rps
+    (0.6, 2.0, 0.3, 0.25, 100.0, 90.0, 80.0, 120.0, 150.0, 180.0, 2.4, 5.0, 4.0, 2.0, 120.0,
+     600.0, 50.0),
+    (0.35, 1.0, _NAN, 0.25, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0, 30.0, _NAN),
+    (2.0, 1.0, 10.0, 0.1, 1000.0, 10.0, 5000.0, 20.0, 900.0, 5e4, 1e5, 2000.0, 0.0, 3.0, 1e9,
+     299.0, 0.1),
+    (_NAN, 0.0, _NAN, 0.3, 5.0, 7.0, 3.0, 5.0, 40.0, 40.0, _NAN, 0.0, 0.0, 1.0, 45.0, 150.0,
+     10.0),
+    (0.2, 4.0, 0.02, 0.5, 12.5, 25.0, 50.0, 200.0, 12.5, 300.0, 1.0, 37.0, 30.0, 10.0, 299.0,
+     1.0, 0.0),
 )  # fmt: skip
 """Fixed raw signals, one row per case, in :class:`FeatureInputs` field order (float64): a
 typical service, an idle one (no requests, NaN p95), one past every clip, missing signals and
 zero replicas, a falling rate (a non-positive capacity reads as none declared)."""
 
 GOLDEN: dict[str, tuple[tuple[float, ...], ...]] = {
-    "17ef61bdd306ef81": (
-        (0.3, 0.2630344, 0.1052495, 0.2228938, -0.1821218, 0.4049657, 0.2, 0.2593462, 0.4, 0.4,
-         1.0, 0.4),
-        (0.35, -4.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.1003288, 1.0, 0.0, 0.1, -1.0),
-        (1.5, 4.0, 2.0, -1.6054499, 2.0, 0.0, 1.0, 1.0, 0.0015, 1.0, 0.9966667, 4.0),
-        (0.0, 0.0, -0.3360727, 0.5101599, 0.0, 2.0724728, 0.0, 0.0, 1.0, 0.15, 0.5, 0.5),
-        (0.05, -4.0, -0.6921487, -1.3833019, -2.0, 0.0, 0.1891892, 0.5265183, 0.2702703,
+    "18b85bbda6ad6e50": (
+        (0.3, 0.2630344, 0.1052495, 0.2228938, -0.1821218, 0.4049657, 0.5869878, 0.4694044, 0.2,
+         0.2593462, 0.4, 0.4, 1.0, 0.4),
+        (0.35, -4.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.1003288, 1.0, 0.0, 0.1, -1.0),
+        (1.5, 4.0, 2.0, -1.6054499, 2.0, 0.0, 3.0, 3.0, 1.0, 1.0, 0.0015, 1.0, 0.9966667, 4.0),
+        (0.0, 0.0, -0.3360727, 0.5101599, 0.0, 2.0724728, 2.0724728, 0.0, 0.0, 0.0, 1.0, 0.15, 0.5,
+         0.5),
+        (0.05, -4.0, -0.6921487, -1.3833019, -2.0, 0.0, 3.0, 0.0, 0.1891892, 0.5265183, 0.2702703,
          0.9966667, 0.0033333, -1.0),
     ),
 }  # fmt: skip

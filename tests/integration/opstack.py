@@ -302,13 +302,16 @@ def constant_policy(path: Path, action: str) -> Path:
 
 
 FAST = {
-    key: features.PROMQL[name].replace("[1m]", "[10s]")
+    key: features.PROMQL[name].replace("[1m]", "[10s]").replace("[30m:1m]", "[20s:2s]")
     for key, name in (
         ("requestRate", "request_rate"),
         ("latencyP95", "latency_p95"),
         ("cpuUtilization", "cpu_utilization"),
+        ("cpuPeak", "cpu_peak"),
     )
 }
+"""The default queries with 10-s rate windows and a 20-s CPU peak, so that a fall shows (and the
+CPU hold lets go) within seconds."""
 
 
 SLO = {"latencyP95": "300ms"}

@@ -152,11 +152,14 @@ class FakeProm:
             rate_5m=rate,
             rate_15m=rate,
             rate_peak_15m=rate,
+            rate_peak_30m=rate,
             p95_s=p95,
             cpu_utilization=cpu,
+            cpu_peak_cores=0.0,  # never above the CPU now: busy_peak_30m reads the busy pods now
             has_rate=True,
             has_latency=True,
             has_cpu=True,
+            has_cpu_peak=True,
         )
 
     async def fetch(self, groups, now):
@@ -231,6 +234,7 @@ class World:
             replicas,
             replicas if ready is None else ready,
             limit_ratio,
+            limit_ratio,  # 1 core requested per pod
         )
         self.cache._synced[ns] = True
 
@@ -243,7 +247,14 @@ class World:
             t = self.cache._items[(ns, name)]
             r = obj["spec"]["replicas"]
             self.cache._items[(ns, name)] = Target(
-                ns, name, t.uid, obj["metadata"]["resourceVersion"], r, r, t.cpu_limit_ratio
+                ns,
+                name,
+                t.uid,
+                obj["metadata"]["resourceVersion"],
+                r,
+                r,
+                t.cpu_limit_ratio,
+                t.cpu_limit_cores,
             )
 
     def policy(

@@ -26,7 +26,7 @@ def signals(b=1, *, cpu=0.5, ratio=1.0, replicas=10.0, ready=10.0, p95=0.2, rate
     inputs = features.FeatureInputs(
         cpu_utilization=t(cpu), cpu_limit_ratio=t(ratio), p95_s=t(p95), slo_s=t(0.5),
         rate_now=t(rate), rate_1m=t(rate), rate_5m=t(rate), rate_15m=t(rate),
-        rate_peak_15m=t(rate),
+        rate_peak_15m=t(rate), rate_peak_30m=t(rate), busy_peak_30m=t(0.0),
         replicas=t(replicas), ready_replicas=t(ready), min_replicas=t(min_r),
         since_scale_up_s=t(0.0), since_scale_down_s=t(0.0),
     )  # fmt: skip
@@ -227,9 +227,34 @@ def test_rate_actions_are_unavailable_without_a_declared_capacity():
     offered = []
     decide(sig, ShieldState.init(4), 0.0, CFG, q_values=q,
            explore=lambda g, avail: offered.append(avail) or g)  # fmt: skip
-    rate = [A[n] for n in ("rate_at_70", "rate_peak_at_60", "rate_peak_at_70", "rate_peak_at_80")]
-    assert offered[0][:, rate].tolist() == [[True] * 4] + [[False] * 4] * 3
-    assert offered[0][:, : A["peak_at_80"] + 1].all()
+    rate = [i for i, a in enumerate(actions.ACTIONS) if a.kind in actions.RATE_KINDS]
+    assert len(rate) == 5 and A["rate_peak30_at_80"] in rate
+    assert offered[0][:, rate].tolist() == [[True] * 5] + [[False] * 5] * 3
+    assert offered[0][:, : A["cpu_peak30_at_80"] + 1].all()
+
+
+def test_30_minute_holds_size_for_the_highest_of_30_minutes():
+    """``cpu_peak30_at_80``: the highest busy pods of 30 minutes (never below the busy pods now)
+    at 80 %; ``rate_peak30_at_80``: the highest rate of 30 minutes at 80 % of the declared
+    capacity, unavailable without one."""
+    sig = signals(b=3, cpu=0.5, rate=100.0, replicas=10.0)  # busy now: 5 pods
+    x = replace(
+        sig.inputs,
+        busy_peak_30m=torch.tensor([8.0, 2.0, NAN]),
+        rate_peak_30m=torch.tensor([400.0, 50.0, 400.0]),
+        capacity_rps=torch.tensor([50.0, 50.0, NAN]),
+    )
+    sig = Signals(x, sig.max_replicas, sig.present, sig.age_s)
+    cpu = decide(sig, ShieldState.init(3), 0.0, CFG, model=Fixed(A["cpu_peak30_at_80"]))
+    # ceil(8 / 0.8) = 10; the peak below the busy pods now: ceil(5 / 0.8) = 7; no peak: hold
+    assert cpu.replicas.tolist() == [10.0, 7.0, 10.0]
+    assert Reason(int(cpu.reason[2])) != Reason.OK
+    free = replace(CFG, max_step_down_percent=100.0)  # no step limit in the way
+    rate = decide(sig, ShieldState.init(3), 0.0, free, model=Fixed(A["rate_peak30_at_80"]))
+    # ceil(400 / (50 x 0.8)) = 10; the peak below the rate now: ceil(100 / 40) = 3
+    assert rate.replicas[:2].tolist() == [10.0, 3.0]
+    assert rate.action.tolist()[:2] == [A["rate_peak30_at_80"]] * 2
+    assert rate.action.tolist()[2] != A["rate_peak30_at_80"]  # no capacity: not available
 
 
 def test_greedy_among_available():

@@ -30,17 +30,22 @@ def load(w, i: int, seed: int, p95_scale: float = 1.0) -> None:
     rng = np.random.default_rng(seed * 100_003 + i)
     level = 50 + 40 * np.sin(i / 9.0) + 10 * rng.standard_normal()
     rate = max(level, 5.0)
+    cpu = min(rate / 120.0, 1.2)
+    replicas = w.cache._items[("a", "web")].replicas  # 1 core per pod, no limit
     w.prom.obs[("a", "web")] = Observation(
         rate_now=rate,
         rate_1m=rate * (1 + 0.1 * rng.standard_normal()),
         rate_5m=rate * (1 + 0.2 * rng.standard_normal()),
         rate_15m=rate * (1 + 0.3 * rng.standard_normal()),
         rate_peak_15m=rate * 1.3,
+        rate_peak_30m=rate * 1.5,
         p95_s=p95_scale * (0.05 + 0.002 * rate),
-        cpu_utilization=min(rate / 120.0, 1.2),
+        cpu_utilization=cpu,
+        cpu_peak_cores=cpu * replicas * 1.5,
         has_rate=True,
         has_latency=True,
         has_cpu=True,
+        has_cpu_peak=True,
     )
 
 

@@ -16,8 +16,9 @@ from qscale.operator import fallback
 from qscale.operator.kube import ApiError
 from qscale.operator.lease import LeaderElector
 from qscale.operator.models import CONFIGMAP_LIMIT, ModelError, ModelRegistry, artifact_configmap
-from qscale.operator.prom import PromClient, QueryGroup, RangeGap, pick_lags
+from qscale.operator.prom import NO_CPU_PEAK, PromClient, QueryGroup, RangeGap, pick_lags
 from qscale.operator.settings import Settings, SettingsError
+from qscale.operator.spec import TEMPLATES
 from qscale.operator.writer import Outcome, ScaleRequest, scale_one
 
 
@@ -47,15 +48,27 @@ def test_bad_settings_are_one_line(env, message):
 @pytest.mark.parametrize(
     ("points", "expected"),
     [
-        ([(t, float(t)) for t in range(40, 941, 60)], (940.0, 880.0, 640.0, 40.0, 940.0, 0.0)),
+        # 30 minutes of points 60 s apart, rising
+        (
+            [(t, 1000.0 + t) for t in range(-860, 941, 60)],
+            (1940.0, 1880.0, 1640.0, 1040.0, 1940.0, 1940.0, 0.0),
+        ),
+        # falling: the 15-minute peak is 15 minutes back, the 30-minute one 30 minutes back
+        (
+            [(t, 3000.0 - t) for t in range(-860, 941, 60)],
+            (2060.0, 2120.0, 2360.0, 2960.0, 2960.0, 3860.0, 0.0),
+        ),
         # the newest point is 60 s old: everything as of it, with its age
-        ([(t, float(t)) for t in range(10, 881, 60)], (850.0, 790.0, 550.0, 10.0, 850.0, 90.0)),
+        (
+            [(t, 1000.0 + t) for t in range(-890, 881, 60)],
+            (1850.0, 1790.0, 1550.0, 950.0, 1850.0, 1850.0, 90.0),
+        ),
         # a series that began inside the range: its first point's window was not whole (a
         # third of the traffic); the history there is after it reads flat before its start
-        ([(820.0, 2.0), (880.0, 5.0), (940.0, 7.0)], (7.0, 5.0, 5.0, 5.0, 7.0, 0.0)),
-        ([(880.0, 2.0), (940.0, 7.0)], (7.0, 7.0, 7.0, 7.0, 7.0, 0.0)),
-        ([(940.0, 2.0)], (2.0, 2.0, 2.0, 2.0, 2.0, 0.0)),  # all there is
-        ([(880.0, math.nan), (940.0, 7.0)], (7.0, 7.0, 7.0, 7.0, 7.0, 0.0)),  # NaN: no point
+        ([(820.0, 2.0), (880.0, 5.0), (940.0, 7.0)], (7.0, 5.0, 5.0, 5.0, 7.0, 7.0, 0.0)),
+        ([(880.0, 2.0), (940.0, 7.0)], (7.0, 7.0, 7.0, 7.0, 7.0, 7.0, 0.0)),
+        ([(940.0, 2.0)], (2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 0.0)),  # all there is
+        ([(880.0, math.nan), (940.0, 7.0)], (7.0, 7.0, 7.0, 7.0, 7.0, 7.0, 0.0)),  # NaN: no point
         ([], None),
         ([(940.0, math.nan)], None),
     ],
@@ -73,7 +86,7 @@ def test_a_gap_is_missing_data_not_an_older_value():
 
 
 @pytest.mark.asyncio
-async def test_fetch_is_three_queries_per_group_mapped_back_by_labels():
+async def test_fetch_is_five_queries_per_group_mapped_back_by_labels():
     seen = []
 
     def handler(request: httpx.Request) -> httpx.Response:
@@ -84,38 +97,42 @@ async def test_fetch_is_three_queries_per_group_mapped_back_by_labels():
         series = lambda d, v: {"metric": {"namespace": "a", "deployment": d}, "value": [1, v]}  # noqa: E731
         if request.url.path.endswith("query_range"):
             end = float(form["end"])
-            vals = [[end - 900 + 60 * k, "10"] for k in range(16)]
+            vals = [[end - 1800 + 60 * k, "10"] for k in range(31)]
             res = [{"metric": {"namespace": "a", "deployment": "x"}, "values": vals}]
         elif form["query"].startswith("timestamp("):
             res = [series("x", form["time"])]  # a rate() is as fresh as the query
         elif "http_request_duration" in form["query"]:
             res = [series("x", "NaN"), series("y", "0.2")]
+        elif form["query"].startswith("max_over_time("):
+            res = [series("x", "2.5")]
         else:
             res = [series("x", "0.5"), series("zzz", "9")]
         return httpx.Response(200, json={"status": "success", "data": {"result": res}})
 
     client = PromClient(transport=httpx.MockTransport(handler))
-    qs = [features.PROMQL[k] for k in ("request_rate", "latency_p95", "cpu_utilization")]
+    qs = [features.PROMQL[k] for k in TEMPLATES]
     groups = [
         QueryGroup("http://prom", *qs, (("a", "x"), ("a", "y"))),
         QueryGroup("http://prom-down", *qs, (("a", "x"),)),
     ]
     out = await client.fetch(groups, 1_800_000_000.5)
     await client.close()
-    assert len(seen) == 8
+    assert len(seen) == 10
     assert (
-        all("x|y" in q for p, q in seen[:4])
+        all("x|y" in q for p, q in seen[:5])
         and sum(p.endswith("query_range") for p, _ in seen) == 2
     )
     x = out[groups[0]][("a", "x")]
     assert x.has_rate and x.rate_15m == 10.0 and x.cpu_utilization == 0.5 and x.age_s == 0.0
+    assert x.has_cpu_peak and x.cpu_peak_cores == 2.5 and x.rate_peak_30m == 10.0
     # a NaN p95 while 10 req/s flow is missing, with its reason (not "p95 at the SLO")
     assert not x.has_latency and not x.present
     assert x.gaps == ["latency_p95: no value while requests flow"] and not x.errors
     y = out[groups[0]][("a", "y")]
     assert not y.present and y.has_latency and not y.has_rate and not y.has_cpu
+    assert not y.has_cpu_peak
     down = out[groups[1]][("a", "x")]
-    assert not down.present and len(down.errors) == 4 and "ConnectError" in down.errors[0]
+    assert not down.present and len(down.errors) == 5 and "ConnectError" in down.errors[0]
 
 
 def test_models_are_verified_pinned_and_shared(tmp_path):
@@ -241,7 +258,7 @@ async def test_a_reply_body_never_reaches_the_errors(status, body, expected):
         return httpx.Response(status, content=body.encode())
 
     client = PromClient(transport=httpx.MockTransport(handler))
-    qs = [features.PROMQL[k] for k in ("request_rate", "latency_p95", "cpu_utilization")]
+    qs = [features.PROMQL[k] for k in TEMPLATES]
     group = QueryGroup("http://prom", *qs, (("a", "x"),))
     out = await client.fetch([group], 1e9)
     await client.close()
@@ -282,7 +299,7 @@ async def test_results_are_keyed_by_the_query_that_produced_them():
             series["value"] = [1, "0.5"]
         return httpx.Response(200, json={"status": "success", "data": {"result": [series]}})
 
-    qs = [features.PROMQL[k] for k in ("request_rate", "latency_p95", "cpu_utilization")]
+    qs = [features.PROMQL[k] for k in TEMPLATES]
     mine = qs[0].replace("http_requests_total", "broken_metric")
     default = QueryGroup("http://prom", *qs, (("a", "web"),))
     own = QueryGroup("http://prom", mine, *qs[1:], (("a", "web"),))
@@ -311,7 +328,7 @@ async def test_a_rate_sampled_long_ago_is_stale():
             res = [{"metric": metric, "value": [1, "0.2"]}]
         return httpx.Response(200, json={"status": "success", "data": {"result": res}})
 
-    qs = [features.PROMQL[k] for k in ("request_rate", "latency_p95", "cpu_utilization")]
+    qs = [features.PROMQL[k] for k in TEMPLATES]
     group = QueryGroup("http://prom", *qs, (("a", "x"),))
     client = PromClient(transport=httpx.MockTransport(handler))
     out = await client.fetch([group], 1_800_000_000.0)
@@ -363,3 +380,35 @@ async def test_writer_backs_off_on_429_and_5xx_and_never_double_applies(
     k = FlakyScale(script)
     res = await scale_one(k, ScaleRequest("a", "web", 2, 4, "1"))
     assert (res.outcome, k.replicas, k.landed) == (outcome, final, landed)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("peak", ["none", "failed"])
+async def test_no_cpu_history_yet_reads_flat_but_a_failed_peak_query_is_missing(peak):
+    """A Deployment that just started has no point of the 30-minute CPU subquery yet (they fall
+    on whole minutes): the peak reads the CPU now, and the status says so. A failed query is
+    missing data: the policy holds."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        form = {k: v[0] for k, v in parse_qs(request.content.decode()).items()}
+        metric = {"namespace": "a", "deployment": "x"}
+        if form["query"].startswith("max_over_time("):
+            if peak == "failed":
+                return httpx.Response(422, json={"status": "error", "errorType": "bad_data"})
+            res = []
+        elif request.url.path.endswith("query_range"):
+            res = [{"metric": metric, "values": [[float(form["end"]), "10"]]}]
+        else:
+            res = [{"metric": metric, "value": [float(form["time"]), "0.4"]}]
+        return httpx.Response(200, json={"status": "success", "data": {"result": res}})
+
+    qs = [features.PROMQL[k] for k in TEMPLATES]
+    group = QueryGroup("http://prom", *qs, (("a", "x"),))
+    client = PromClient(transport=httpx.MockTransport(handler))
+    x = (await client.fetch([group], 1_800_000_000.0))[group][("a", "x")]
+    await client.close()
+    assert math.isnan(x.cpu_peak_cores)
+    if peak == "none":
+        assert x.present and x.gaps == [NO_CPU_PEAK] and not x.errors
+    else:
+        assert not x.present and x.errors == ["cpu_peak: HTTP 422 (bad_data)"]

@@ -190,8 +190,9 @@ def test_the_declared_capacity_reaches_the_features_and_none_reads_as_none():
         row("api", replicas=4),
     ]
     for r in rows:
-        r.obs = Observation(rate_now=100.0, p95_s=0.1, cpu_utilization=0.5, has_rate=True,
-                            has_latency=True, has_cpu=True)  # fmt: skip
+        r.obs = Observation(rate_now=100.0, p95_s=0.1, cpu_utilization=0.5, cpu_peak_cores=3.0,
+                            has_rate=True, has_latency=True, has_cpu=True,
+                            has_cpu_peak=True)  # fmt: skip
     x = signals_of(rows).inputs
     assert x.capacity_rps[0].item() == 50.0 and math.isnan(x.capacity_rps[1].item())
     obs = features.compute(x)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from qscale import features
@@ -171,8 +173,39 @@ def test_the_query_length_limit_is_the_crds():
     crd = Path(__file__).resolve().parents[2] / "deploy/crds/qscale.io_autoscalepolicies.yaml"
     schema = yaml.safe_load(crd.read_text())["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     metrics = schema["properties"]["spec"]["properties"]["metrics"]["properties"]
-    for key in ("requestRate", "latencyP95", "cpuUtilization"):
+    for key in ("requestRate", "latencyP95", "cpuUtilization", "cpuPeak"):
         assert metrics[key]["maxLength"] == MAX_QUERY_CHARS
+
+
+def test_every_template_can_be_overridden_and_is_checked():
+    from qscale.operator.spec import TEMPLATES
+
+    assert set(TEMPLATES) == set(features.PROMQL)
+    own = 'max_over_time(sum by (namespace, deployment) (my_cores{namespace=~"$namespace", ' \
+        'deployment=~"$deployment"})[30m:1m])'  # fmt: skip
+    spec = parse_spec({**BASE, "metrics": {"cpuPeak": own}})
+    assert (
+        spec.metrics.cpu_peak == own
+        and spec.metrics.request_rate == features.PROMQL["request_rate"]
+    )
+    with pytest.raises(SpecError, match=r"spec\.metrics\.cpuPeak"):
+        parse_spec({**BASE, "metrics": {"cpuPeak": "max_over_time(my_cores[30m:1m])"}})
+
+
+def test_the_cpu_limit_per_pod_comes_from_the_pod_template():
+    from qscale.operator.deployments import target_from
+
+    def deployment(*containers):
+        pod = {"containers": [{"resources": r} for r in containers]}
+        return {"metadata": {"name": "web"}, "spec": {"template": {"spec": pod}}}
+
+    t = target_from(deployment({"requests": {"cpu": "250m"}, "limits": {"cpu": "1"}},
+                               {"requests": {"cpu": "250m"}}))  # fmt: skip
+    assert t.cpu_limit_cores == 1.25 and t.cpu_limit_ratio == 2.5  # no limit: its request
+    t = target_from(deployment({"limits": {"cpu": "500m"}}))  # request defaults to the limit
+    assert t.cpu_limit_cores == 0.5 and t.cpu_limit_ratio == 1.0
+    t = target_from(deployment({}))
+    assert math.isnan(t.cpu_limit_cores) and t.cpu_limit_ratio == 1.0
 
 
 def test_behavior_explicit_is_the_fields_the_user_set():

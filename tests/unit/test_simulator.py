@@ -129,6 +129,8 @@ def test_features_are_scale_free():
             rate_5m=torch.tensor([80.0 * k]),
             rate_15m=torch.tensor([60.0 * k]),
             rate_peak_15m=torch.tensor([150.0 * k]),
+            rate_peak_30m=torch.tensor([200.0 * k]),
+            busy_peak_30m=torch.tensor([1.5]),
             replicas=torch.tensor([4.0]),
             ready_replicas=torch.tensor([3.0]),
             min_replicas=torch.tensor([1.0]),
@@ -356,3 +358,49 @@ def test_a_declared_capacity_reaches_the_features_and_the_rate_actions():
     _, _, _, _, _, info = sim.step_greedy(state, q, half)
     played_rate = info["action"] == actions.ACTION_NAMES.index("rate_peak_at_70")
     assert torch.equal(played_rate, declared)
+
+
+def _busy_peak_by_hand(state, params, env: int) -> float:
+    """``busy_peak_30m`` of one env from its busy-pod history, loop by loop: points 60 s apart
+    over 30 minutes, each the mean over the env's CPU window ending its CPU lag before it."""
+    hist = state.busy_hist[env].tolist()
+    n, w, lag = len(hist), int(params.cpu_window[env]), int(params.cpu_lag[env])
+    points = []
+    for o in params.config.long_peak_offsets:
+        end = n - lag - o  # exclusive
+        points.append(sum(hist[end - w : end]) / w)
+    return max(points)
+
+
+def test_the_30_minute_peaks_hold_a_burst_for_30_minutes_then_let_it_go():
+    """A 2-minute burst in a flat load: ``rate_peak_30m`` and ``busy_peak_30m`` (the CPU hold's
+    input) read it for 30 minutes after it, ``rate_peak_15m`` for 15; each env's CPU peak equals
+    the one computed by hand from its history (its own CPU window and lag)."""
+    rates = np.concatenate([np.full(140, 20.0), np.full(8, 60.0), np.full(220, 20.0)])
+    bank = TraceBank.from_arrays(["x"], [rates.astype(np.float32)], ref_rates=[20.0])
+    cfg = dataclasses.replace(fixed_config(peak_replicas=(2.0, 2.0)), noise=False)
+    n = 8
+    params = sim.make_params(bank, n, seed=5, config=cfg)
+    assert len(set(params.cpu_window.tolist())) > 1 and len(set(params.cpu_lag.tolist())) > 1
+    zero = torch.zeros(n, dtype=torch.long)
+    state, _ = sim.reset_fixed(params, zero, zero, torch.full((n,), 360))
+    seen = []
+    for _t in range(360):
+        x = sim.signals(state, params).inputs
+        seen.append((x.rate_peak_15m.clone(), x.rate_peak_30m.clone(), x.busy_peak_30m.clone()))
+        for env in range(n):
+            assert float(x.busy_peak_30m[env]) == pytest.approx(
+                _busy_peak_by_hand(state, params, env), rel=1e-5
+            )
+        state, *_ = sim.step(state, zero, params)  # hold: the pods stay as they are
+    p15, p30, b30 = (torch.stack(s) for s in zip(*seen, strict=True))
+    base_rate, base_busy = p30[100], b30[100]
+    after = 140 + 8 + 10  # the burst is in every window by now
+    assert (p15[after] > 1.5 * base_rate).all() and (p30[after] > 1.5 * base_rate).all()
+    assert (b30[after] > 1.4 * base_busy).all()
+    at_20 = 140 + 8 + 80  # 20 minutes on: gone from the 15-minute peak, held by the 30-minute
+    assert torch.allclose(p15[at_20], base_rate, rtol=0.05)
+    assert (p30[at_20] > 1.5 * base_rate).all() and (b30[at_20] > 1.4 * base_busy).all()
+    at_35 = 140 + 8 + 140  # 35 minutes on: let go
+    assert torch.allclose(p30[at_35], base_rate, rtol=0.05)
+    assert torch.allclose(b30[at_35], base_busy, rtol=0.05)

@@ -4,7 +4,7 @@ kopf keeps a slim record of every AutoscalePolicy (:mod:`qscale.operator.handler
 wakes every ``QSCALE_TICK_S`` and, while this replica holds the Lease, hands those records to
 :meth:`Engine.run_once`. One loop for all policies rather than a kopf timer per policy: timers
 mean a task per object and a kopf worker per object at once (hundreds of MB at 1,000 policies),
-and a batch is what the tick wants anyway (4 queries, one forward pass).
+and a batch is what the tick wants anyway (5 queries, one forward pass).
 """
 
 from __future__ import annotations

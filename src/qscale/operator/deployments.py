@@ -38,6 +38,9 @@ class Target:
     """``status.readyReplicas``."""
     cpu_limit_ratio: float
     """Pod template's CPU limit / CPU request (1 without limits)."""
+    cpu_limit_cores: float = math.nan
+    """Pod template's CPU limit in cores (its request where a container has no limit; NaN:
+    neither): what ``busy_peak_30m`` counts pods' worth of."""
     generation: int = 0
 
 
@@ -59,7 +62,9 @@ def cpu_quantity(q: Any) -> float:
         return math.nan
 
 
-def _limit_ratio(pod_spec: Mapping[str, Any]) -> float:
+def _cpu_per_pod(pod_spec: Mapping[str, Any]) -> tuple[float, float]:
+    """``(limit / request, limit cores)`` of a pod template's containers: ``(1, NaN)`` when
+    none states a CPU request or limit."""
     req_sum = lim_sum = 0.0
     for c in pod_spec.get("containers") or []:
         res = c.get("resources") or {}
@@ -71,7 +76,7 @@ def _limit_ratio(pod_spec: Mapping[str, Any]) -> float:
             continue
         req_sum += req
         lim_sum += lim if math.isfinite(lim) else req
-    return lim_sum / req_sum if req_sum > 0 else 1.0
+    return (lim_sum / req_sum, lim_sum) if req_sum > 0 else (1.0, math.nan)
 
 
 def target_from(obj: Mapping[str, Any]) -> Target:
@@ -80,6 +85,7 @@ def target_from(obj: Mapping[str, Any]) -> Target:
     status = obj.get("status") or {}
     pod_spec = (spec.get("template") or {}).get("spec") or {}
     replicas = spec.get("replicas")
+    ratio, limit_cores = _cpu_per_pod(pod_spec)
     return Target(
         namespace=meta.get("namespace", ""),
         name=meta.get("name", ""),
@@ -87,7 +93,8 @@ def target_from(obj: Mapping[str, Any]) -> Target:
         resource_version=meta.get("resourceVersion", ""),
         replicas=int(replicas) if replicas is not None else 1,
         ready=int(status.get("readyReplicas") or 0),
-        cpu_limit_ratio=_limit_ratio(pod_spec),
+        cpu_limit_ratio=ratio,
+        cpu_limit_cores=limit_cores,
         generation=int(meta.get("generation") or 0),
     )
 

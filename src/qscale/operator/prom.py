@@ -1,18 +1,19 @@
 """Observations from Prometheus, batched: one query per metric template per tick.
 
-Every policy due in a tick that uses the same Prometheus and the same three query templates is
-served by the same four queries: :func:`qscale.features.fill_template` fills ``$namespace`` and
+Every policy due in a tick that uses the same Prometheus and the same four query templates is
+served by the same five queries: :func:`qscale.features.fill_template` fills ``$namespace`` and
 ``$deployment`` with an alternation of every name, and the results (series labelled
 ``namespace`` and ``deployment``) are handed back per target. With the default queries that is
-exactly 4 queries per tick however many policies are due (a policy with its own queries or its
-own Prometheus adds a group of 4): the three templates and ``timestamp()`` of the rate's.
+exactly 5 queries per tick however many policies are due (a policy with its own queries or its
+own Prometheus adds a group of 5): the four templates and ``timestamp()`` of the rate's.
 
-* ``request_rate`` is a range query over the last 15 minutes at a 1 m step: the rate now and 1,
-  5 and 15 minutes ago (:data:`qscale.features.RATE_LAGS_S`) and the highest of its 16 points
-  (``rate_peak_15m``), all as of the series' newest point, whose age is the observation's
-  ``age_s`` (a scrape that stopped, a Prometheus that lags: :func:`qscale.decision.decide`
-  holds with ``METRICS_STALE`` past the operator's ``stale_after_s``). A history shorter than a
-  look-back (a new Deployment, a Prometheus that just started) reads the oldest point there is:
+* ``request_rate`` is a range query over the last 30 minutes at a 1 m step: the rate now and 1,
+  5 and 15 minutes ago (:data:`qscale.features.RATE_LAGS_S`) and the highest of its last 16 and
+  of all 31 points (``rate_peak_15m``, ``rate_peak_30m``), all as of the series' newest point,
+  whose age is the observation's ``age_s`` (a scrape that stopped, a Prometheus that lags:
+  :func:`qscale.decision.decide` holds with ``METRICS_STALE`` past the operator's
+  ``stale_after_s``). A history shorter than a look-back (a new Deployment, a Prometheus that
+  just started) reads the oldest point there is:
   "no trend known" is a flat trend, as in the simulator, whose services have run at their first
   rate before an episode. The first point of a series that began inside the range is not
   used when there are others: its ``[1m]`` window was not whole (``rate()`` of a counter that
@@ -20,9 +21,13 @@ own Prometheus adds a group of 4): the three templates and ``timestamp()`` of th
   the series' birth, not the traffic's. A point missing *inside* the history (an outage of the
   scrape or of Prometheus) is a gap: the rate is missing until the window is whole again,
   never filled with another time's value (that would invent a trend).
-* ``latency_p95`` and ``cpu_utilization`` are instant queries. A ``NaN`` p95 with no requests
+* ``latency_p95``, ``cpu_utilization`` and ``cpu_peak`` (a subquery: the highest CPU in use,
+  in cores, over 30 minutes) are instant queries. A ``NaN`` p95 with no requests
   is a value (:func:`qscale.features.compute` reads it as idle); a ``NaN`` p95 while requests
   flow is missing (a service that answers nothing must not look healthy).
+* ``cpu_peak`` with no series while ``cpu_utilization`` has one is no history yet (its points
+  fall on whole minutes; a Deployment that just started has none): the peak reads the CPU now,
+  and the policy's ``MetricsAvailable`` says so. A failed ``cpu_peak`` query is missing data.
 * A target with no series for a template, or a failed query, has that metric missing:
   :func:`qscale.decision.decide` then holds (``METRICS_MISSING``). An error is recorded as the
   template, the HTTP status and a fixed reason, never a reply's body. Each query has one
@@ -46,7 +51,7 @@ from qscale import features
 
 __all__ = ["Observation", "PromClient", "QueryGroup", "pick_lags"]
 
-_LOOKBACK_S = max(*features.RATE_LAGS_S, features.RATE_PEAK_SPAN_S)
+_LOOKBACK_S = max(*features.RATE_LAGS_S, features.RATE_PEAK_SPAN_S, features.LONG_PEAK_SPAN_S)
 _STEP_S = features.RATE_PEAK_STEP_S
 
 
@@ -59,8 +64,11 @@ class Observation:
     rate_5m: float = math.nan
     rate_15m: float = math.nan
     rate_peak_15m: float = math.nan
+    rate_peak_30m: float = math.nan
     p95_s: float = math.nan
     cpu_utilization: float = math.nan
+    cpu_peak_cores: float = math.nan
+    """The highest CPU in use of the last 30 minutes, cores (``cpu_peak``)."""
     age_s: float = 0.0
     """Age of the request rate at the time of the query, seconds: the older of its newest
     range point and its sample time. ``timestamp()`` of the rate query is the sample time of a
@@ -72,6 +80,7 @@ class Observation:
     has_rate: bool = False
     has_latency: bool = False
     has_cpu: bool = False
+    has_cpu_peak: bool = False
     errors: list[str] = field(default_factory=list)
     """Queries that failed (template, status, a fixed reason)."""
     gaps: list[str] = field(default_factory=list)
@@ -81,19 +90,23 @@ class Observation:
 
     @property
     def present(self) -> bool:
-        return self.has_rate and self.has_latency and self.has_cpu
+        return self.has_rate and self.has_latency and self.has_cpu and self.has_cpu_peak
 
 
 @dataclass(frozen=True)
 class QueryGroup:
-    """Policies sharing a Prometheus and three templates, and their targets."""
+    """Policies sharing a Prometheus and four templates, and their targets."""
 
     address: str
     request_rate: str
     latency_p95: str
     cpu_utilization: str
+    cpu_peak: str
     targets: tuple[tuple[str, str], ...]
     """``(namespace, deployment)`` pairs."""
+
+
+NO_CPU_PEAK = "cpu_peak: no series yet, the 30-minute CPU peak reads the CPU now"
 
 
 class RangeGap(ValueError):
@@ -102,14 +115,15 @@ class RangeGap(ValueError):
 
 def pick_lags(
     points: Sequence[tuple[float, float]], end: float
-) -> tuple[float, float, float, float, float, float] | None:
-    """``(now, 1m, 5m, 15m ago, peak, age_s)`` from a range result's points, as of its newest
-    finite point (``age_s = end`` minus its time); ``None`` without one. A look-back older than
-    the first point reads the first point; one missing between points raises :class:`RangeGap`.
-    ``peak`` is the highest point of the :data:`~qscale.features.RATE_PEAK_SPAN_S` up to the
-    newest (``rate_peak_15m``). A series that begins after the range's start (``end`` minus the
-    look-back) loses the points whose rate window reaches back before its first point, as long
-    as one is left (see the module docstring)."""
+) -> tuple[float, float, float, float, float, float, float] | None:
+    """``(now, 1m, 5m, 15m ago, peak, peak30, age_s)`` from a range result's points, as of its
+    newest finite point (``age_s = end`` minus its time); ``None`` without one. A look-back
+    older than the first point reads the first point; one missing between points raises
+    :class:`RangeGap`. ``peak`` is the highest point of the
+    :data:`~qscale.features.RATE_PEAK_SPAN_S` up to the newest (``rate_peak_15m``), ``peak30``
+    of the :data:`~qscale.features.LONG_PEAK_SPAN_S` (``rate_peak_30m``). A series that begins
+    after the range's start (``end`` minus the look-back) loses the points whose rate window
+    reaches back before its first point, as long as one is left (see the module docstring)."""
     pts = sorted((t, v) for t, v in points if math.isfinite(v) and t <= end + 0.5)
     if not pts:
         return None
@@ -130,7 +144,9 @@ def pick_lags(
         out.append(v)
     lo = newest - features.RATE_PEAK_SPAN_S - 0.5
     peak = max(v for t, v in pts if t >= lo)
-    return out[0], out[1], out[2], out[3], peak, max(0.0, end - newest)
+    lo30 = newest - features.LONG_PEAK_SPAN_S - 0.5
+    peak30 = max(v for t, v in pts if t >= lo30)
+    return out[0], out[1], out[2], out[3], peak, peak30, max(0.0, end - newest)
 
 
 def _pair(raw: object) -> tuple[object, object]:
@@ -150,7 +166,15 @@ def _read_rate(obs: Observation, series: dict, end: float) -> None:
         obs.gaps.append(f"request_rate: gap in the range ({e})")
         return
     if lags is not None:
-        (obs.rate_now, obs.rate_1m, obs.rate_5m, obs.rate_15m, obs.rate_peak_15m, obs.age_s) = lags
+        (
+            obs.rate_now,
+            obs.rate_1m,
+            obs.rate_5m,
+            obs.rate_15m,
+            obs.rate_peak_15m,
+            obs.rate_peak_30m,
+            obs.age_s,
+        ) = lags
         obs.has_rate = True
 
 
@@ -237,7 +261,7 @@ class PromClient:
         self, groups: Iterable[QueryGroup], now: float
     ) -> dict[QueryGroup, dict[tuple[str, str], Observation]]:
         """Per group, Observations keyed by ``(namespace, deployment)`` for each of its targets
-        (4 queries per group, all in flight at once). A result counts only for the group whose
+        (5 queries per group, all in flight at once). A result counts only for the group whose
         query produced it: two policies on one Deployment with different queries never read
         each other's data."""
         out: dict[QueryGroup, dict[tuple[str, str], Observation]] = {}
@@ -253,6 +277,7 @@ class PromClient:
             instant = (
                 ("latency_p95", features.fill_template(g.latency_p95, namespaces, names)),
                 ("cpu_utilization", features.fill_template(g.cpu_utilization, namespaces, names)),
+                ("cpu_peak", features.fill_template(g.cpu_peak, namespaces, names)),
                 # The rate's own sample times (a recording rule or federation that lags).
                 ("sample_time", f"timestamp({rate})"),
             )
@@ -290,6 +315,9 @@ class PromClient:
                     obs.p95_s, obs.has_latency = v, True
                 elif template == "sample_time":
                     obs.sampled_at = v
+                elif template == "cpu_peak":
+                    if math.isfinite(v):
+                        obs.cpu_peak_cores, obs.has_cpu_peak = v, True
                 elif math.isfinite(v):
                     obs.cpu_utilization, obs.has_cpu = v, True
         for obs in (o for per_target in out.values() for o in per_target.values()):
@@ -298,4 +326,10 @@ class PromClient:
             if obs.has_latency and math.isnan(obs.p95_s) and obs.has_rate and obs.rate_now > 0:
                 obs.has_latency = False
                 obs.gaps.append("latency_p95: no value while requests flow")
+            failed = any(e.startswith("cpu_peak:") for e in obs.errors)
+            if obs.has_cpu and not obs.has_cpu_peak and not failed:
+                # No CPU history at the subquery's minute points yet (a Deployment that just
+                # started): as with a short rate range, no history reads flat.
+                obs.has_cpu_peak = True
+                obs.gaps.append(NO_CPU_PEAK)
         return out

@@ -253,13 +253,13 @@ def query_groups(
     rows: Sequence[Row], address_of: Callable[[str], str | None]
 ) -> dict[QueryGroup, list[Row]]:
     """The rows by what Prometheus is asked for them: one group per distinct (Prometheus,
-    three templates), with each group's targets. ``address_of`` resolves a policy's address
+    four templates), with each group's targets. ``address_of`` resolves a policy's address
     (``None``: not allowed; such rows get ``obs.refused`` and no group).
 
     The default templates serve every namespace in one query. A policy's own templates are
     grouped per namespace as well: a tenant's query is only ever filled with its own namespace,
     so whatever it does with its results can only reach its own policies."""
-    by_queries: dict[tuple[str, str, str, str, str], list[Row]] = {}
+    by_queries: dict[tuple[str, ...], list[Row]] = {}
     for r in rows:
         q = r.spec.metrics
         address = address_of(q.address)
@@ -269,12 +269,15 @@ def query_groups(
                 "addresses the operator allows (QSCALE_PROMETHEUS_ALLOWED_URLS)"
             )
             continue
-        templates = (q.request_rate, q.latency_p95, q.cpu_utilization)
+        templates = tuple(q.template(n) for n in TEMPLATES)
         own = any(t != features.PROMQL[n] for t, n in zip(templates, TEMPLATES, strict=True))
         key = (address, *templates, r.policy.namespace if own else "")
         by_queries.setdefault(key, []).append(r)
     return {
-        QueryGroup(*k[:4], tuple(sorted({(r.policy.namespace, r.spec.target) for r in rs}))): rs
+        QueryGroup(
+            *k[: 1 + len(TEMPLATES)],
+            tuple(sorted({(r.policy.namespace, r.spec.target) for r in rs})),
+        ): rs
         for k, rs in by_queries.items()
     }
 
@@ -321,6 +324,14 @@ def hold_within_bounds(rows: Sequence[Row]) -> None:
         r.verdict.action, r.verdict.reason = "hold", OpReason.MODEL_REFUSED.value
 
 
+def _busy_peak(r: Row) -> float:
+    """The highest busy pods of 30 minutes: the ``cpu_peak`` cores over the pod template's CPU
+    limit per pod; 0 (the busy pods now, which the features never go below) where Prometheus has
+    no CPU history yet."""
+    cores = r.obs.cpu_peak_cores
+    return cores / r.target.cpu_limit_cores if math.isfinite(cores) else 0.0
+
+
 def signals_of(rows: Sequence[Row]) -> decision.Signals:
     """The rows' signals, as :func:`qscale.decision.decide` takes them."""
     nan = math.nan
@@ -335,6 +346,8 @@ def signals_of(rows: Sequence[Row]) -> decision.Signals:
         rate_5m=_t([x.rate_5m for x in o]),
         rate_15m=_t([x.rate_15m for x in o]),
         rate_peak_15m=_t([x.rate_peak_15m for x in o]),
+        rate_peak_30m=_t([x.rate_peak_30m for x in o]),
+        busy_peak_30m=_t([_busy_peak(r) for r in rows]),
         replicas=_t([float(r.target.replicas) for r in rows]),
         ready_replicas=_t([float(r.target.ready) for r in rows]),
         min_replicas=_t([float(r.spec.min_replicas) for r in rows]),

@@ -39,12 +39,13 @@ __all__ = [
 ]
 
 MODES = ("Enforce", "Shadow", "Off")
-TEMPLATES = ("request_rate", "latency_p95", "cpu_utilization")
-"""The three metric templates, keyed as in :data:`qscale.features.PROMQL`."""
+TEMPLATES = ("request_rate", "latency_p95", "cpu_utilization", "cpu_peak")
+"""The four metric templates, keyed as in :data:`qscale.features.PROMQL`."""
 _SPEC_KEYS = {
     "requestRate": "request_rate",
     "latencyP95": "latency_p95",
     "cpuUtilization": "cpu_utilization",
+    "cpuPeak": "cpu_peak",
 }
 _NAME = re.compile(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?")
 """A DNS-1123 subdomain: what the API server allows in a Deployment's name (and so nothing
@@ -99,6 +100,7 @@ class MetricQueries:
     request_rate: str
     latency_p95: str
     cpu_utilization: str
+    cpu_peak: str
 
     def template(self, name: str) -> str:
         return getattr(self, name)

@@ -377,7 +377,10 @@ def metrics_condition(
         code = Reason.METRICS_STALE.name
         return set_condition(conds, "MetricsAvailable", False, code, msg, now, g)
     if obs.present:
-        return set_condition(conds, "MetricsAvailable", True, OpReason.METRICS_OK.value, "", now, g)
+        note = "; ".join(sorted(set(obs.gaps)))[:500]  # what was read as no history
+        return set_condition(
+            conds, "MetricsAvailable", True, OpReason.METRICS_OK.value, note, now, g
+        )
     if obs.errors:
         errors = "; ".join(sorted(set(obs.errors)))[:500]
         code = OpReason.QUERY_FAILED.value
@@ -386,6 +389,7 @@ def metrics_condition(
         ("request_rate", obs.has_rate),
         ("latency_p95", obs.has_latency),
         ("cpu_utilization", obs.has_cpu),
+        ("cpu_peak", obs.has_cpu_peak),
     )
     missing = [n for n, ok in series if not ok and not any(x.startswith(n) for x in obs.gaps)]
     why = [*sorted(set(obs.gaps)), *([f"no series for {', '.join(missing)}"] if missing else [])]

@@ -1,7 +1,7 @@
 """The batched tick: every policy due at once, one path from metrics to writes.
 
     prepare: due policies, their models and targets (a problem: its status, no row)
-    query:   4 Prometheus queries per distinct (Prometheus, templates) -> Observations
+    query:   5 Prometheus queries per distinct (Prometheus, templates) -> Observations
     decide:  Signals -> one forward pass per model -> one decide() per shield behaviour
              (features, argmax, shield) -> the HPA rule where the model could not decide
     scale:   every scale write the tick owes (deployments/scale), ``scale_concurrency`` at a
@@ -62,6 +62,7 @@ from qscale.operator.rows import (
 )
 from qscale.operator.settings import Settings
 from qscale.operator.shadowscore import ShadowScores
+from qscale.operator.spec import TEMPLATES
 from qscale.operator.status import (
     Notice,
     OpReason,
@@ -353,9 +354,9 @@ class Engine:
     # --- query ----------------------------------------------------------------------------
 
     async def _observe(self, rows: list[Row], now: float, rep: TickReport) -> None:
-        """Each row's Observation: 4 queries per distinct (Prometheus, templates)."""
+        """Each row's Observation: 5 queries per distinct (Prometheus, templates)."""
         groups = query_groups(rows, self.settings.prometheus_address)
-        rep.queries = 4 * len(groups)
+        rep.queries = (len(TEMPLATES) + 1) * len(groups)  # and timestamp() of the rate
         if not groups:
             return
         got = await self.prom.fetch(list(groups), now)

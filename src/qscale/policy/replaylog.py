@@ -36,6 +36,8 @@ __all__ = ["LogError", "PolicyReplay", "read_log", "replay"]
 
 _BUSY = features.FEATURE_NAMES.index("cpu_busy")
 _PEAK = features.FEATURE_NAMES.index("rate_peak_15m")
+_PEAK30 = features.FEATURE_NAMES.index("rate_peak_30m")
+_BUSY30 = features.FEATURE_NAMES.index("busy_peak_30m")
 
 
 class LogError(ValueError):
@@ -116,10 +118,21 @@ def _replay_one(
         act = greedy(q, actions.available(declared))
         cur = torch.tensor([_f(r.get("replicas"))], dtype=torch.float64)
         busy = obs[:, _BUSY].double() * cur
-        to_peak = torch.exp(obs[:, _PEAK].double())
+        to_peak, to_peak30, busy_to_peak30 = (
+            torch.exp(obs[:, i].double()) for i in (_PEAK, _PEAK30, _BUSY30)
+        )
         # the pods the rate needs at the declared capacity, from load_per_pod (clipped at 4x)
         rate_pods = torch.where(declared, obs[:, features.LOAD_PER_POD].double() * cur, math.nan)
-        proposal = actions.apply(cur, act, busy, busy * to_peak, rate_pods, rate_pods * to_peak)
+        proposal = actions.apply(
+            cur,
+            act,
+            busy,
+            busy * to_peak,
+            rate_pods,
+            rate_pods * to_peak,
+            busy * busy_to_peak30,
+            rate_pods * to_peak30,
+        )
         lo, hi = r["bounds"]
         commit = r.get("mode") == "Enforce"  # Shadow's shield records no step, as served
         res = shield(cur, proposal, state, float(r["ts"]), config, float(lo), float(hi), commit)

@@ -238,17 +238,18 @@ class TrainConfig:
     """Requests/s one pod serves, fixed for every simulated cluster (default: drawn, 20-200)."""
     startup_delay_s: float | None = None
     """Pod start-up delay, drawn within +-25 % of this (default: drawn, 15-240 s)."""
-    demo_action: str = "rate_peak_at_70"
+    demo_action: str = "rate_peak30_at_80"
     """Demonstrations (DQfD): the action a rule plays in every state (the default: the KEDA
-    rule at 70 % of the declared capacity with a 15-minute hold, the best single action on the
-    validation clusters); its transitions stay in their own replay with a large-margin loss.
-    none: no demonstrations."""
-    demo_action_cpu: str = "none"
+    rule at 80 % of the declared capacity with a 30-minute hold, the best single sizing action
+    on the evaluation profile's validation windows); its transitions stay in their own replay
+    with a large-margin loss. none: no demonstrations."""
+    demo_action_cpu: str = "cpu_peak30_at_80"
     """The rule demonstrated where no capacity is declared (the rate rules cannot be played
-    there), or none (the default): demonstrations only where a capacity is declared (every
-    demonstration cluster then declares its own), so the policy without one learns from its
-    own experience alone -- on the evaluation profile's validation windows that beat every
-    single CPU action and the tuned HPA (BENCHMARKS, "the CPU floor")."""
+    there; the default: the HPA's rule at 80 % of the CPU limit with a 30-minute hold, the
+    best CPU-only action on the same windows), or none: demonstrations only where a capacity is
+    declared (every demonstration cluster then declares its own), so the policy without one
+    learns from its own experience alone (BENCHMARKS, "the CPU floor" and "spec v4 with a CPU
+    hold")."""
     demo_env_steps: int = 1_000_000
     """Env steps of demonstrations gathered (on the training split) before training."""
     demo_pretrain_updates: int = 10_000
@@ -269,7 +270,7 @@ class TrainConfig:
                 f"demo_action must be none or one of {', '.join(actions.ACTION_NAMES)}, "
                 f"got {self.demo_action!r}"
             )
-        cpu_only = [a.name for a in actions.ACTIONS if a.kind not in ("rate", "rate_peak")]
+        cpu_only = [a.name for a in actions.ACTIONS if a.kind not in actions.RATE_KINDS]
         if self.demo_action_cpu not in ("none", *cpu_only):
             raise ValueError(
                 f"demo_action_cpu must be none or one of {', '.join(cpu_only)} (an action "

@@ -184,6 +184,14 @@ class SimConfig:
         return tuple(j * step for j in range(n + 1))
 
     @property
+    def long_peak_offsets(self) -> tuple[int, ...]:
+        """Steps back of the points ``rate_peak_30m`` and ``busy_peak_30m`` take the highest
+        of (31 points, 60 s apart)."""
+        step = max(1, self.steps(features.RATE_PEAK_STEP_S))
+        n = round(features.LONG_PEAK_SPAN_S / features.RATE_PEAK_STEP_S)
+        return tuple(j * step for j in range(n + 1))
+
+    @property
     def max_delay_steps(self) -> int:
         return math.ceil(self.domain.startup_delay_s[1] / self.dt - 1e-9)
 
@@ -198,8 +206,14 @@ class SimConfig:
         )
 
     @property
+    def busy_history(self) -> int:
+        """Steps of busy pods kept: the 30-minute peak's points through the CPU pipeline."""
+        return self.long_peak_offsets[-1] + self.cpu_history
+
+    @property
     def rate_history(self) -> int:
-        return self.rate_lags[-1] + self.rate_window + self.max_scrape_lag
+        back = max(self.rate_lags[-1], self.long_peak_offsets[-1])
+        return back + self.rate_window + self.max_scrape_lag
 
     @property
     def latency_history(self) -> int:
@@ -275,6 +289,9 @@ class EnvState:
     """``[B, cpu_history]`` per step: CPU in use / CPU limit, averaged over all pods."""
     cpu_ready_hist: torch.Tensor
     """``[B, cpu_history]`` per step: the same over ready pods only (what each serving pod uses)."""
+    busy_hist: torch.Tensor
+    """``[B, busy_history]`` per step: pods' worth of CPU limit in use, all pods together (the
+    CPU counter's cores over the CPU limit per pod)."""
     lat_hist: torch.Tensor
     """``[B, latency_history, K + 1]`` per step: requests per latency bucket (last: +Inf)."""
     utilization: torch.Tensor
@@ -447,6 +464,7 @@ def _fresh(params: EnvParams, values: tuple[torch.Tensor, ...], episode: torch.T
         rate_hist=rate[:, None].expand(b, cfg.rate_history).contiguous(),
         cpu_all_hist=util[:, None].expand(b, cfg.cpu_history).contiguous(),
         cpu_ready_hist=util[:, None].expand(b, cfg.cpu_history).contiguous(),
+        busy_hist=(util * ready)[:, None].expand(b, cfg.busy_history).contiguous(),
         lat_hist=counts[:, None, :].expand(-1, cfg.latency_history, -1).contiguous(),
         utilization=util,
         p95_s=p95,
@@ -490,6 +508,7 @@ _STATE_TENSORS: tuple[str, ...] = (
     "rate_hist",
     "cpu_all_hist",
     "cpu_ready_hist",
+    "busy_hist",
     "lat_hist",
     "utilization",
     "p95_s",
@@ -573,19 +592,22 @@ def _auto_reset_graph(
         seen = measure(st, params)
         rates = torch.stack([seen.rate_now, seen.rate_1m, seen.rate_5m, seen.rate_15m], 1)
         fields = (seen.cpu_utilization, seen.p95_s, rates, seen.rate_peak_15m)
-        fields += (seen.replicas, seen.ready_replicas)
+        fields += (seen.rate_peak_30m, seen.busy_peak_30m, seen.replicas, seen.ready_replicas)
         return (*fields, observe(replace(st, seen=seen), params))
 
     # (The four rates are views of one tensor: a branch may not close over aliases.)
     kept = (pre.cpu_utilization, pre.p95_s)
     kept += (torch.stack([pre.rate_now, pre.rate_1m, pre.rate_5m, pre.rate_15m], 1),)
-    kept += (pre.rate_peak_15m, pre.replicas, pre.ready_replicas, obs)
+    kept += (pre.rate_peak_15m, pre.rate_peak_30m, pre.busy_peak_30m)
+    kept += (pre.replicas, pre.ready_replicas, obs)
 
     def keep(*xs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return tuple(f.clone() for f in kept)
 
     xs = tuple(getattr(state, k) for k in _STATE_TENSORS)
-    cpu, p95, rates, peak, replicas, ready, new_obs = torch.cond(any_done, again, keep, xs)
+    cpu, p95, rates, peak, peak30, busy30, replicas, ready, new_obs = torch.cond(
+        any_done, again, keep, xs
+    )
     seen = replace(
         pre,
         cpu_utilization=cpu,
@@ -595,6 +617,8 @@ def _auto_reset_graph(
         rate_5m=rates[:, 2],
         rate_15m=rates[:, 3],
         rate_peak_15m=peak,
+        rate_peak_30m=peak30,
+        busy_peak_30m=busy30,
         replicas=replicas,
         ready_replicas=ready,
     )
@@ -715,10 +739,11 @@ def _window_sums(
 
 def _rate_queries(
     hist: torch.Tensor, lag: torch.Tensor, cfg: SimConfig
-) -> tuple[list[torch.Tensor], torch.Tensor]:
+) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
     """``4 x [B]`` the 1 m rate now, 1, 5 and 15 minutes back, and ``[B]`` the range query's
-    highest point over 15 minutes, all ``lag`` steps late. The peak's windows are differences of
-    the history's cumulative sum (as a range query's points are differences of a counter)."""
+    highest point over 15 and over 30 minutes, all ``lag`` steps late. The peaks' windows are
+    differences of the history's cumulative sum (as a range query's points are differences of a
+    counter)."""
     n = hist.shape[1]
     w = cfg.rate_window
     lmax = cfg.max_scrape_lag
@@ -735,14 +760,38 @@ def _rate_queries(
         )
         rates = list(wins.mean(dim=2).unbind(1))
     cs = torch.cat([torch.zeros_like(hist[:, :1]), hist.cumsum(dim=1)], dim=1)
-    offsets = cfg.peak_offsets[::-1]
+    offsets = cfg.long_peak_offsets[::-1]
 
     def ends(lo: int) -> list[int]:
         return [max(n - lo - o, w) for o in offsets]
 
     hi = _by_lag(lag, lmax, lambda lo: _cols(cs, ends(lo)))
     low = _by_lag(lag, lmax, lambda lo: _cols(cs, [e - w for e in ends(lo)]))
-    return rates, ((hi - low) / w).amax(dim=1)
+    points = (hi - low) / w  # oldest first; the last len(peak_offsets) are the 15 minutes
+    short = len(cfg.peak_offsets)
+    return rates, points[:, -short:].amax(dim=1), points.amax(dim=1)
+
+
+def _busy_peak(hist: torch.Tensor, params: EnvParams) -> torch.Tensor:
+    """``[B]`` the highest busy pods of the last 30 minutes: points 60 s apart, each the mean of
+    ``hist`` over the env's CPU window ending its CPU lag before the point (the CPU pipeline of
+    :func:`observed_cpu`, without the reading's noise: a range of a CPU counter)."""
+    cfg = params.config
+    n = hist.shape[1]
+    k = max(1, cfg.steps(cfg.domain.cpu_window_s[1]))
+    w = params.cpu_window
+    # column c: the mean of the w steps ending at step c + k - 1
+    total = hist[:, k - 1 :]
+    for i in range(1, k):
+        total = total + hist[:, k - 1 - i : n - i] * (w > i).to(hist.dtype)[:, None]
+    mean = total / torch.clamp(w, 1, k).to(hist.dtype)[:, None]
+    offsets = cfg.long_peak_offsets[::-1]
+    points = _by_lag(
+        params.cpu_lag,
+        n - k - offsets[0],
+        lambda lo: _cols(mean, [n - k - lo - o for o in offsets]),
+    )
+    return points.amax(dim=1)
 
 
 def measure(state: EnvState, params: EnvParams) -> features.FeatureInputs:
@@ -750,7 +799,7 @@ def measure(state: EnvState, params: EnvParams) -> features.FeatureInputs:
     cfg = params.config
     w = cfg.rate_window
     lag = params.scrape_lag
-    rates, peak = _rate_queries(state.rate_hist, lag, cfg)
+    rates, peak, peak30 = _rate_queries(state.rate_hist, lag, cfg)
     hist, lmax = state.lat_hist, cfg.max_scrape_lag
     if _sequential(hist, w):
         (lat,) = _window_sums(hist, lag, lmax, (0,), w)
@@ -770,6 +819,8 @@ def measure(state: EnvState, params: EnvParams) -> features.FeatureInputs:
         rate_5m=rates[2],
         rate_15m=rates[3],
         rate_peak_15m=peak,
+        rate_peak_30m=peak30,
+        busy_peak_30m=_busy_peak(state.busy_hist, params),
         replicas=state.replicas,
         ready_replicas=ready_pods(state, params),
         min_replicas=params.min_replicas,
@@ -966,6 +1017,7 @@ def _transition(
         rate_hist=_push(state.rate_hist, counter),
         cpu_all_hist=_push(state.cpu_all_hist, cpu_all),
         cpu_ready_hist=_push(state.cpu_ready_hist, f.utilization),
+        busy_hist=_push(state.busy_hist, busy),
         lat_hist=_push(state.lat_hist, counts),
         utilization=f.utilization,
         p95_s=f.p95_s,
