@@ -56,7 +56,7 @@ def test_short_demo_scales_both_sides_and_leaves_nothing(k8s_bin, prometheus_bin
             pass
 
     out = Out()
-    cfg = DemoConfig(out=tmp_path / "demo", start_h=33.75, hours=0.05, play_s=180.0)
+    cfg = DemoConfig(out=tmp_path / "demo", start_h=33.75, hours=4 / 60, play_s=240.0)
     res = run_demo(cfg, stream=out)
     s = res.summary
     q, h = s["sides"]["qscale"], s["sides"]["HPA"]
@@ -68,7 +68,7 @@ def test_short_demo_scales_both_sides_and_leaves_nothing(k8s_bin, prometheus_bin
         assert res.files[k].is_file() and res.files[k].stat().st_size > 100
     assert res.files["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "AutoscalePolicy" in out.text and "HorizontalPodAutoscaler" in out.text
-    assert "09:45-09:48 EDT" in out.text and "the trace's own pace" in out.text
+    assert "09:45-09:49 EDT" in out.text and "the trace's own pace" in out.text
     # live lines: both sides' pods, the operator's action and reason, the HPA's reason
     assert re.search(r"\d:\d\d  \d\d:\d\d +\d+ \|", out.text)
     # sim-to-live: the operator's decisions on the real control plane and the simulator's on the
