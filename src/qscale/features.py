@@ -80,6 +80,13 @@ def _per_deployment(expr: str) -> str:
     return f"sum by (namespace, deployment) (label_replace({expr}, {_TO_DEPLOYMENT}))"
 
 
+#: The Deployment's CPU in use, cores (cAdvisor's counter, 1 m rate): both CPU queries' numerator.
+_CPU_CORES = _per_deployment(
+    "rate(container_cpu_usage_seconds_total"
+    f'{{namespace=~"$namespace", pod=~"{_POD}", container!="", container!="POD"}}[1m])'
+)
+
+
 PROMQL: dict[str, str] = {
     "request_rate": _per_deployment(
         f'rate(http_requests_total{{namespace=~"$namespace", pod=~"{_POD}"}}[1m])'
@@ -90,24 +97,14 @@ PROMQL: dict[str, str] = {
         f" {_TO_DEPLOYMENT})))"
     ),
     "cpu_utilization": (
-        _per_deployment(
-            "rate(container_cpu_usage_seconds_total"
-            f'{{namespace=~"$namespace", pod=~"{_POD}", container!="", container!="POD"}}[1m])'
-        )
+        _CPU_CORES
         + " / "
         + _per_deployment(
             f'kube_pod_container_resource_requests{{namespace=~"$namespace", pod=~"{_POD}",'
             ' resource="cpu"}'
         )
     ),
-    "cpu_peak": (
-        "max_over_time("
-        + _per_deployment(
-            "rate(container_cpu_usage_seconds_total"
-            f'{{namespace=~"$namespace", pod=~"{_POD}", container!="", container!="POD"}}[1m])'
-        )
-        + "[30m:1m])"
-    ),
+    "cpu_peak": f"max_over_time({_CPU_CORES}[30m:1m])",
 }
 """The default queries, templated on ``$namespace`` and ``$deployment``. Both placeholders sit
 inside regex matchers (``=~``), so the operator fills them with one name or with ``a|b|c`` to
