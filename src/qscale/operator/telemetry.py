@@ -16,6 +16,12 @@ from qscale.operator.status import LIMIT_REASONS
 
 __all__ = ["Telemetry", "model_label"]
 
+#: The actions a policy may take, with and without a declared capacity (computed once, not per
+#: policy per tick).
+_ALLOWED = {
+    declared: actions.available(torch.tensor([declared]))[0].tolist() for declared in (False, True)
+}
+
 
 class Telemetry:
     def __init__(self, metrics: Metrics) -> None:
@@ -52,7 +58,7 @@ class Telemetry:
         if not decided or not v.q_values or r.model is None:
             return
         # the best action the policy could take here: the rate actions need a declared capacity
-        allowed = actions.available(torch.tensor([r.spec.capacity_rps is not None]))[0].tolist()
+        allowed = _ALLOWED[r.spec.capacity_rps is not None]
         q_max = max(q for q, ok in zip(v.q_values, allowed, strict=True) if ok)
         chosen = actions.ACTION_NAMES.index(v.action) if v.action in actions.ACTION_NAMES else -1
         q_sa_now = v.q_values[chosen] if chosen >= 0 else q_max
