@@ -1,6 +1,6 @@
 """The discrete action set, applied before the shield.
 
-Eighteen actions (:data:`ACTIONS`) in nine kinds, all scale-free:
+Sixteen actions (:data:`ACTIONS`) in seven kinds, all scale-free:
 
 * **relative steps** (``kind`` ``"step"``: hold, -1, +1, x1.5, x2): move from the current count;
 * **proportional targets** (``"target"``: ``busy_at_50/65/80``): size the Deployment so that
@@ -13,15 +13,11 @@ Eighteen actions (:data:`ACTIONS`) in nine kinds, all scale-free:
 * **CPU hold** (``"cpu_peak30"``: ``cpu_peak30_at_80``): size for the highest busy pods of the
   last 30 minutes (:func:`qscale.features.peak30_busy_pods`) at 80 % of the CPU limit -- the
   HPA's rule with its 30-minute scale-down stabilization, the reward-best HPA setting;
-  ``"cpu_week"``: ``cpu_week_at_80``, the same never below the busy pods scaled to the highest
-  rate of the 30 minutes after this time one week ago (:func:`qscale.features.week_busy_pods`);
 * **rate targets** (``"rate"``: ``rate_at_70``; ``"rate_peak"``: ``rate_peak_at_60/70/80``):
   the KEDA rule -- ceil(request rate / (declared requests/s per pod x target)) -- at the rate
   now or at the highest rate of the last 15 minutes (a 15-minute scale-down hold);
   ``"rate_peak30"``: ``rate_peak30_at_80``, the same at the highest rate of the last 30
-  minutes (KEDA's rule with a 30-minute cooldown, the reward-best rule setting);
-  ``"rate_week"``: ``rate_week_at_80``, the same at the higher of that and the highest rate of
-  the 30 minutes after this time one week ago (last week's next half hour). They need
+  minutes (KEDA's rule with a 30-minute cooldown, the reward-best rule setting). They need
   the per-pod capacity the policy declares (:attr:`qscale.features.FeatureInputs.capacity_rps`)
   and are unavailable without it (:func:`available`): the argmax and exploration skip them.
 
@@ -79,8 +75,6 @@ ACTIONS: tuple[Action, ...] = (
     Action("rate_peak_at_70", "rate_peak", target=0.7),
     Action("rate_peak_at_80", "rate_peak", target=0.8),
     Action("rate_peak30_at_80", "rate_peak30", target=0.8),
-    Action("cpu_week_at_80", "cpu_week", target=0.8),
-    Action("rate_week_at_80", "rate_week", target=0.8),
 )
 ACTION_NAMES: tuple[str, ...] = tuple(a.name for a in ACTIONS)
 N_ACTIONS = len(ACTIONS)
@@ -96,9 +90,7 @@ _IS_RATE = torch.tensor([a.kind == "rate" for a in ACTIONS])
 _IS_CPU_PEAK30 = torch.tensor([a.kind == "cpu_peak30" for a in ACTIONS])
 _IS_RATE_PEAK = torch.tensor([a.kind == "rate_peak" for a in ACTIONS])
 _IS_RATE_PEAK30 = torch.tensor([a.kind == "rate_peak30" for a in ACTIONS])
-_IS_CPU_WEEK = torch.tensor([a.kind == "cpu_week" for a in ACTIONS])
-_IS_RATE_WEEK = torch.tensor([a.kind == "rate_week" for a in ACTIONS])
-RATE_KINDS: tuple[str, ...] = ("rate", "rate_peak", "rate_peak30", "rate_week")
+RATE_KINDS: tuple[str, ...] = ("rate", "rate_peak", "rate_peak30")
 """The kinds that size from a declared per-pod capacity."""
 _NEEDS_CAPACITY = torch.tensor([a.kind in RATE_KINDS for a in ACTIONS])
 
@@ -119,8 +111,6 @@ def apply(
     peak_rate_pods: torch.Tensor | None = None,
     peak30_busy: torch.Tensor | None = None,
     peak30_rate_pods: torch.Tensor | None = None,
-    week_busy: torch.Tensor | None = None,
-    week_rate_pods: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Desired replicas: ``replicas`` ``[B]`` float, ``action`` ``[B]`` int64, ``busy`` ``[B]``
     pods' worth of CPU in use, ``peak_busy`` the same at the recent peak rate and
@@ -148,8 +138,6 @@ def apply(
         (_IS_RATE, rate_pods),
         (_IS_RATE_PEAK, peak_rate_pods),
         (_IS_RATE_PEAK30, peak30_rate_pods),
-        (_IS_CPU_WEEK, week_busy),
-        (_IS_RATE_WEEK, week_rate_pods),
     ):
         work = torch.where(is_kind.to(dev)[action], nan if pods is None else pods, work)
     target = _TARGET.to(dev)[action].to(replicas.dtype)

@@ -156,7 +156,6 @@ def decide(
     rate_pods = x.rate_now / cap
     peak_rate_pods = torch.maximum(x.rate_peak_15m, x.rate_now) / cap
     peak30_rate_pods = torch.maximum(x.rate_peak_30m, x.rate_now) / cap
-    _, week_ahead = x.week()
     proposal = actions.apply(
         cur,
         action,
@@ -166,8 +165,6 @@ def decide(
         peak_rate_pods,
         features.peak30_busy_pods(x),
         peak30_rate_pods,
-        features.week_busy_pods(x),
-        torch.fmax(peak30_rate_pods, week_ahead / cap),
     )
     stale = signals.present & (signals.age_s > stale_after_s)
     usable = signals.present & ~stale & sane

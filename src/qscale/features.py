@@ -52,7 +52,7 @@ from dataclasses import dataclass
 
 import torch
 
-SPEC_VERSION = 5
+SPEC_VERSION = 4
 
 #: Seconds a scale event keeps influencing the "time since" features; beyond it they read 1.
 SINCE_SCALE_HORIZON_S = 300.0
@@ -67,10 +67,6 @@ RATE_PEAK_STEP_S = 60.0
 #: ``rate_peak_30m`` and ``busy_peak_30m``: the highest point over this span (31 points, 60 s
 #: apart); the range query reaches this far back.
 LONG_PEAK_SPAN_S = 1800.0
-#: ``week_*``: the request rate this long ago (the range query ``offset 7d``), and the highest
-#: of its points 60 s apart over this span after it (what came next, one week ago).
-WEEK_S = 7 * 86400.0
-WEEK_AHEAD_S = 1800.0
 #: ``log_replicas`` reads 1 at this many replicas.
 REPLICAS_SCALE = 1000.0
 
@@ -157,12 +153,6 @@ FEATURES: tuple[Feature, ...] = (
     Feature("load_per_pod",
             "request rate now / (declared requests/s per pod x replicas); -1: none declared",
             -1.0, 4.0),
-    Feature("week_known", "1 when the rate one week ago is known, else 0", 0.0, 1.0),
-    Feature("week_level", "ln(request rate now / request rate one week ago); 0: unknown",
-            -2.0, 2.0),
-    Feature("week_ahead_30m",
-            "ln(highest request rate of the 30 min after this time one week ago / rate now); "
-            "0: unknown", -3.0, 3.0),
 )  # fmt: skip
 
 FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)
@@ -178,7 +168,6 @@ def _spec_hash() -> str:
         "rate_window_s": RATE_WINDOW_S,
         "rate_peak": [RATE_PEAK_SPAN_S, RATE_PEAK_STEP_S],
         "long_peak_span_s": LONG_PEAK_SPAN_S,
-        "week": [WEEK_S, WEEK_AHEAD_S],
         "replicas_scale": REPLICAS_SCALE,
         "promql": PROMQL,
     }
@@ -222,22 +211,6 @@ class FeatureInputs:
     capacity_rps: torch.Tensor | None = None
     """Declared requests/s per pod (NaN or ``None``: not declared); the rate actions of
     :mod:`qscale.actions` size with it and are unavailable without it."""
-    rate_week_now: torch.Tensor | None = None
-    """The request rate at this time one week ago (NaN or ``None``: unknown)."""
-    rate_week_ahead: torch.Tensor | None = None
-    """The highest request rate of the 30 minutes after this time one week ago, points 60 s
-    apart (NaN or ``None``: unknown)."""
-
-    def week(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``([B], [B])`` :attr:`rate_week_now` and :attr:`rate_week_ahead`, NaN where unknown
-        (both NaN unless both are known)."""
-        if self.rate_week_now is None or self.rate_week_ahead is None:
-            nan = torch.full_like(self.replicas, math.nan)
-            return nan, nan
-        now = self.rate_week_now.to(self.replicas.dtype)
-        ahead = self.rate_week_ahead.to(self.replicas.dtype)
-        known = torch.isfinite(now) & torch.isfinite(ahead)
-        return torch.where(known, now, math.nan), torch.where(known, ahead, math.nan)
 
     def declared_capacity(self) -> torch.Tensor:
         """``[B]`` the declared per-pod capacity, NaN where none (or a non-positive one) is."""
@@ -289,24 +262,6 @@ def capacity_declared(obs: torch.Tensor) -> torch.Tensor:
     return obs[..., LOAD_PER_POD] >= 0.0
 
 
-def week_busy_pods(x: FeatureInputs) -> torch.Tensor:
-    """The CPU hold's work (:func:`peak30_busy_pods`), never below the busy pods now scaled to
-    the highest rate of last week's next 30 minutes (busy pods x that rate / rate now); the
-    CPU hold alone where last week or the rate now is unknown or 0."""
-    busy = busy_pods(x.cpu_utilization, x.cpu_limit_ratio, x.replicas)
-    _, ahead = x.week()
-    now = torch.where(x.rate_now > 0, x.rate_now, math.nan)
-    return torch.fmax(peak30_busy_pods(x), busy * ahead / now)
-
-
-def _week(x: FeatureInputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    then, ahead = x.week()
-    known = torch.isfinite(then)
-    level = torch.where(known, _log_ratio(x.rate_now, torch.nan_to_num(then)), 0.0)
-    peak = torch.where(known, _log_ratio(torch.nan_to_num(ahead), x.rate_now), 0.0)
-    return known.to(x.replicas.dtype), level, peak
-
-
 def compute(x: FeatureInputs) -> torch.Tensor:
     """Observation tensor ``[B, N_FEATURES]`` (float32), clipped to each feature's range.
 
@@ -334,7 +289,6 @@ def compute(x: FeatureInputs) -> torch.Tensor:
         x.since_scale_up_s / SINCE_SCALE_HORIZON_S,
         x.since_scale_down_s / SINCE_SCALE_HORIZON_S,
         _load_per_pod(x, replicas),
-        *_week(x),
     )
     obs = torch.stack([c.to(torch.float32) for c in cols], dim=-1)
     obs = torch.nan_to_num(obs, nan=0.0, posinf=1e9, neginf=-1e9)
@@ -346,34 +300,31 @@ _NAN = float("nan")
 GOLDEN_INPUTS: tuple[tuple[float, ...], ...] = (
     # cpu_utilization, cpu_limit_ratio, p95_s, slo_s, rate_now, rate_1m, rate_5m, rate_15m,
     # rate_peak_15m, rate_peak_30m, busy_peak_30m, replicas, ready_replicas, min_replicas,
-    # since_scale_up_s, since_scale_down_s, capacity_rps, rate_week_now, rate_week_ahead
+    # since_scale_up_s, since_scale_down_s, capacity_rps
     (0.6, 2.0, 0.3, 0.25, 100.0, 90.0, 80.0, 120.0, 150.0, 180.0, 2.4, 5.0, 4.0, 2.0, 120.0,
-     600.0, 50.0, 80.0, 150.0),
-    (0.35, 1.0, _NAN, 0.25, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0, 30.0, _NAN,
-     _NAN, _NAN),
+     600.0, 50.0),
+    (0.35, 1.0, _NAN, 0.25, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0, 30.0, _NAN),
     (2.0, 1.0, 10.0, 0.1, 1000.0, 10.0, 5000.0, 20.0, 900.0, 5e4, 1e5, 2000.0, 0.0, 3.0, 1e9,
-     299.0, 0.1, 1.0, 1e5),
+     299.0, 0.1),
     (_NAN, 0.0, _NAN, 0.3, 5.0, 7.0, 3.0, 5.0, 40.0, 40.0, _NAN, 0.0, 0.0, 1.0, 45.0, 150.0,
-     10.0, 5.0, _NAN),
+     10.0),
     (0.2, 4.0, 0.02, 0.5, 12.5, 25.0, 50.0, 200.0, 12.5, 300.0, 1.0, 37.0, 30.0, 10.0, 299.0,
-     1.0, 0.0, 0.0, 0.0),
+     1.0, 0.0),
 )  # fmt: skip
 """Fixed raw signals, one row per case, in :class:`FeatureInputs` field order (float64): a
 typical service, an idle one (no requests, NaN p95), one past every clip, missing signals and
 zero replicas, a falling rate (a non-positive capacity reads as none declared)."""
 
 GOLDEN: dict[str, tuple[tuple[float, ...], ...]] = {
-    "6336194c02b2fe2f": (
-        (0.3, 0.2630344, 0.1052495, 0.2228938, -0.1821218, 0.4049657, 0.5869878, 0.4694044,
-         0.2, 0.2593462, 0.4, 0.4, 1.0, 0.4, 1.0, 0.2228938, 0.4049657),
-        (0.35, -4.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.1003288, 1.0, 0.0, 0.1, -1.0, 0.0,
-         0.0, 0.0),
-        (1.5, 4.0, 2.0, -1.6054499, 2.0, 0.0, 3.0, 3.0, 1.0, 1.0, 0.0015, 1.0, 0.9966667, 4.0,
-         1.0, 2.0, 3.0),
-        (0.0, 0.0, -0.3360727, 0.5101599, 0.0, 2.0724728, 2.0724728, 0.0, 0.0, 0.0, 1.0, 0.15,
-         0.5, 0.5, 0.0, 0.0, 0.0),
-        (0.05, -4.0, -0.6921487, -1.3833019, -2.0, 0.0, 3.0, 0.0, 0.1891892, 0.5265183,
-         0.2702703, 0.9966667, 0.0033333, -1.0, 1.0, 2.0, -3.0),
+    "18b85bbda6ad6e50": (
+        (0.3, 0.2630344, 0.1052495, 0.2228938, -0.1821218, 0.4049657, 0.5869878, 0.4694044, 0.2,
+         0.2593462, 0.4, 0.4, 1.0, 0.4),
+        (0.35, -4.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.1003288, 1.0, 0.0, 0.1, -1.0),
+        (1.5, 4.0, 2.0, -1.6054499, 2.0, 0.0, 3.0, 3.0, 1.0, 1.0, 0.0015, 1.0, 0.9966667, 4.0),
+        (0.0, 0.0, -0.3360727, 0.5101599, 0.0, 2.0724728, 2.0724728, 0.0, 0.0, 0.0, 1.0, 0.15, 0.5,
+         0.5),
+        (0.05, -4.0, -0.6921487, -1.3833019, -2.0, 0.0, 3.0, 0.0, 0.1891892, 0.5265183, 0.2702703,
+         0.9966667, 0.0033333, -1.0),
     ),
 }  # fmt: skip
 """What :func:`compute` gives on :data:`GOLDEN_INPUTS`, pinned per :data:`SPEC_HASH`. The hash

@@ -827,8 +827,6 @@ def measure(state: EnvState, params: EnvParams) -> features.FeatureInputs:
         since_scale_up_s=z,
         since_scale_down_s=z,
         capacity_rps=torch.where(params.capacity_declared, params.capacity, math.nan),
-        rate_week_now=params.bank.week_now[state.pos] * state.scale,
-        rate_week_ahead=params.bank.week_ahead[state.pos] * state.scale,
     )
 
 

@@ -14,10 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from qscale import features
 from qscale.service import DEFAULT_BUCKETS
-from qscale.simulator.splits import split_bounds
-from qscale.simulator.traces import DEFAULT_DT, TraceError, load_trace, resample, resample_times
+from qscale.simulator.splits import split_rates
+from qscale.simulator.traces import DEFAULT_DT, TraceError, load_rates
 
 NOISE_TABLE_SIZE = 1 << 16
 REFERENCE_QUANTILE = 0.99
@@ -34,45 +33,6 @@ def reference_rate(rates: np.ndarray) -> float:
     if q <= 0:
         q = float(a.max())
     return q if q > 0 else 1.0
-
-
-def week_history(rates: np.ndarray, times: np.ndarray, dt: float) -> tuple[np.ndarray, np.ndarray]:
-    """Per step of a resampled series (``times``: each step's wall-clock start, seconds): the
-    1 m request rate at the same time one week earlier and the highest 1 m rate of the 30
-    minutes that followed it then (points 60 s apart), NaN where the series has no data
-    there (its first week, its gaps) -- what the operator's range query ``offset 7d`` reads.
-    The past only: the latest point used lies :data:`features.WEEK_S` - 30 min back."""
-    n = len(rates)
-    nan = np.full(n, np.nan, dtype=np.float32)
-    if n == 0:
-        return nan, nan.copy()
-    j = np.rint((times - times[0]) / dt).astype(np.int64)
-    grid = np.full(int(j[-1]) + 1, np.nan)
-    grid[j] = rates
-    w = max(1, round(features.RATE_WINDOW_S / dt))
-    # the 1 m rate ending at each grid step (NaN when any of its steps is missing)
-    have = np.isfinite(grid)
-    csum = np.concatenate(([0.0], np.cumsum(np.where(have, grid, 0.0))))
-    count = np.concatenate(([0], np.cumsum(have)))
-    m1 = np.full_like(grid, np.nan)
-    whole = (count[w:] - count[:-w]) == w
-    m1[w - 1 :] = np.where(whole, (csum[w:] - csum[:-w]) / w, np.nan)
-    lag = round(features.WEEK_S / dt)
-    step = max(1, round(features.RATE_PEAK_STEP_S / dt))
-    span = round(features.WEEK_AHEAD_S / dt)
-    back = j - lag  # each step's grid index one week earlier
-    ok = back >= 0
-    now = nan.copy()
-    now[ok] = m1[back[ok]]
-    ahead = np.full(n, -np.inf)
-    for k in range(0, span + 1, step):
-        idx = back + k
-        got = ok & (idx < len(m1))
-        vals = np.full(n, np.nan)
-        vals[got] = m1[idx[got]]
-        ahead = np.fmax(ahead, vals)
-    ahead[~np.isfinite(ahead)] = np.nan
-    return now, ahead.astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -95,11 +55,6 @@ class TraceBank:
     dt: float
     buckets: torch.Tensor
     """Upper bounds of the latency histogram apps export (``+Inf`` implicit), float ``[K]``."""
-    week_now: torch.Tensor
-    """``[L]`` per step the trace's 1 m rate one week earlier (:func:`week_history`; unscaled,
-    NaN where unknown, e.g. for arrays given without their wall clock)."""
-    week_ahead: torch.Tensor
-    """``[L]`` per step the highest 1 m rate of the 30 minutes after that (the same)."""
 
     @property
     def n_traces(self) -> int:
@@ -113,41 +68,31 @@ class TraceBank:
         device: torch.device | str = "cpu",
         noise_seed: int = 0,
         ref_rates: Sequence[float] | None = None,
-        weeks: Sequence[tuple[np.ndarray, np.ndarray]] | None = None,
     ) -> TraceBank:
         """``ref_rates`` default to :func:`reference_rate` of each array (pass the whole
-        series' when the arrays are a split of it); ``weeks`` to unknown (NaN) histories (pass
-        :func:`week_history` of the whole series, split as the arrays are)."""
+        series' when the arrays are a split of it)."""
         if ref_rates is None:
             ref_rates = [reference_rate(a) for a in arrays]
-        if weeks is None:
-            weeks = [(np.full(len(a), np.nan), np.full(len(a), np.nan)) for a in arrays]
         kept = [
-            (n, np.asarray(a, dtype=np.float32), float(r), wk)
-            for n, a, r, wk in zip(names, arrays, ref_rates, weeks, strict=True)
+            (n, np.asarray(a, dtype=np.float32), float(r))
+            for n, a, r in zip(names, arrays, ref_rates, strict=True)
         ]
-        kept = [(n, a, r, wk) for n, a, r, wk in kept if len(a) > 0]
+        kept = [(n, a, r) for n, a, r in kept if len(a) > 0]
         if not kept:
             raise TraceError("no trace has any data in the requested split")
-        lengths = np.array([len(a) for _, a, _, _ in kept], dtype=np.int64)
+        lengths = np.array([len(a) for _, a, _ in kept], dtype=np.int64)
         starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
         gen = torch.Generator().manual_seed(noise_seed)
         noise = torch.randn(NOISE_TABLE_SIZE, generator=gen)
-
-        def cat(col):
-            return torch.from_numpy(np.concatenate(col).astype(np.float32)).to(device)
-
         return TraceBank(
-            names=tuple(n for n, _, _, _ in kept),
-            rates=cat([a for _, a, _, _ in kept]),
+            names=tuple(n for n, _, _ in kept),
+            rates=torch.from_numpy(np.concatenate([a for _, a, _ in kept])).to(device),
             starts=torch.from_numpy(starts).to(device),
             lengths=torch.from_numpy(lengths).to(device),
-            ref_rate=torch.tensor([r for _, _, r, _ in kept], dtype=torch.float32, device=device),
+            ref_rate=torch.tensor([r for _, _, r in kept], dtype=torch.float32, device=device),
             noise=noise.to(device),
             dt=dt,
             buckets=torch.tensor(DEFAULT_BUCKETS, dtype=torch.float32, device=device),
-            week_now=cat([wk[0] for _, _, _, wk in kept]),
-            week_ahead=cat([wk[1] for _, _, _, wk in kept]),
         )
 
     @staticmethod
@@ -159,19 +104,15 @@ class TraceBank:
         noise_seed: int = 0,
     ) -> TraceBank:
         """Load CSV traces (any user file works) and keep the ``split`` part of each."""
-        names, arrays, refs, weeks = [], [], [], []
+        names, arrays, refs = [], [], []
         for p in paths:
             name = Path(p).stem
-            trace = load_trace(p)
-            whole = resample(trace, dt)
-            now, ahead = week_history(whole, resample_times(trace, dt), dt)
-            a, b = split_bounds(name, len(whole), split)
-            arrays.append(whole[a:b])
-            weeks.append((now[a:b], ahead[a:b]))
+            whole = load_rates(p, dt)
+            arrays.append(split_rates(name, whole, split))
             refs.append(reference_rate(whole))
             names.append(name)
         return TraceBank.from_arrays(
-            names, arrays, dt=dt, device=device, noise_seed=noise_seed, ref_rates=refs, weeks=weeks
+            names, arrays, dt=dt, device=device, noise_seed=noise_seed, ref_rates=refs
         )
 
     def to(self, device: torch.device | str) -> TraceBank:
@@ -184,6 +125,4 @@ class TraceBank:
             noise=self.noise.to(device),
             dt=self.dt,
             buckets=self.buckets.to(device),
-            week_now=self.week_now.to(device),
-            week_ahead=self.week_ahead.to(device),
         )

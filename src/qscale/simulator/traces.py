@@ -296,18 +296,6 @@ def resample(trace: Trace, dt: float = DEFAULT_DT) -> np.ndarray:
     return out
 
 
-def resample_times(trace: Trace, dt: float = DEFAULT_DT) -> np.ndarray:
-    """The start (seconds, the trace's own ``t``) of each step :func:`resample` gives, float64:
-    the wall clock of the steps, which dropping gaps does not keep aligned by position."""
-    parts = []
-    for a, b in segments(trace):
-        start = float(trace.t[a])
-        end = float(trace.t[b - 1]) + trace.interval
-        n = max(math.floor((end - start) / dt + 1e-9), 0)
-        parts.append(start + np.arange(n, dtype=np.float64) * dt)
-    return np.concatenate(parts) if parts else np.zeros(0)
-
-
 def _longest_segment(trace: Trace) -> float:
     """Duration of the longest gap-free segment, for a helpful "too short" message."""
     return max(float(trace.t[b - 1] - trace.t[a] + trace.interval) for a, b in segments(trace))
