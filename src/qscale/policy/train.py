@@ -227,8 +227,9 @@ class TrainConfig:
     """Reference scored once on the validation windows and logged beside every evaluation:
     hpa-tuned (the HPA grid-searched on the training split, and the default HPA), hpa, none."""
     max_wall_s: float = 0.0
-    """Stop after this many seconds of training wall time (0: no limit); the run then ends as
-    if total_env_steps had been reached (final evaluation, checkpoint, export)."""
+    """Stop after this many seconds of training wall time (0: no limit; the demonstrations and
+    their pre-training count, evaluations do not); the run then ends as if total_env_steps had
+    been reached (final evaluation, checkpoint, export)."""
 
     # --- one service (qscale tune) ----------------------------------------------------------
     init_model: str | None = None
@@ -372,9 +373,12 @@ class TrainResult:
     final_eval: dict[str, float]
     baseline: dict[str, float] | None
     env_steps_per_s: float
-    """Env steps per second of wall time over this run's iterations (evaluation included)."""
+    """Env steps per second of wall time over this run's iterations (evaluation included; the
+    demonstrations and their pre-training not)."""
     updates_per_s: float
     wall_s: float
+    """Training wall time, the demonstrations and their pre-training included (evaluations
+    during training included, scoring by ``on_checkpoint`` not)."""
 
 
 # --- small pure helpers ------------------------------------------------------------------------
@@ -646,6 +650,8 @@ def _train(
     window = NStepWindow(cfg.n_step, cfg.n_envs, features.N_FEATURES, device)
     loss_fn = nn.SmoothL1Loss(reduction="none") if cfg.huber else nn.MSELoss(reduction="none")
     learner = _Learner(q_network, target_network, optimizer, rb, window)
+    # training wall time counts the demonstrations and the pre-training (not the baseline's score)
+    setup_start = time.perf_counter()
     demo_rb = gather_demonstrations(cfg, train_bank, device) if cfg.demo_action != "none" else None
     n_demo = 0 if demo_rb is None else max(1, round(cfg.batch_size * cfg.demo_batch_fraction))
 
@@ -666,12 +672,13 @@ def _train(
             if n_updates % cfg.target_update_period == 0:
                 soft_update(target_network, q_network, cfg.tau)
 
+    setup_s = time.perf_counter() - setup_start
     # TRY NOT TO MODIFY: logging
     baseline = _score_baseline(baseline_eval, val_params, val_windows, out_dir)
     logger = TrainLogger(cfg, csv_path, out_dir / "tb", baseline, n_iterations, start_iteration)
     stats = _Stats(device)
     last_eval: dict[str, float] = {}
-    start_time = time.perf_counter()
+    start_time = time.perf_counter() - setup_s
     updates_at_start = n_updates
     stop_requested = False
 
@@ -731,7 +738,7 @@ def _train(
                 best.offer(last_eval, global_step, q_network)
             if do_eval or done_iters % log_iters == 0:
                 wall = time.perf_counter() - start_time
-                sps = (global_step - start_iteration * cfg.n_envs) / max(wall, 1e-9)
+                sps = (global_step - start_iteration * cfg.n_envs) / max(wall - setup_s, 1e-9)
                 shown = last_eval if do_eval else {}
                 row = _log_row(global_step, sps, wall, epsilon, n_updates, stats, cfg, shown)
                 logger.write(row, sps, last_eval)
@@ -762,8 +769,8 @@ def _train(
         best_model=best_dir, final_model=final_dir, checkpoint=ckpt_path, csv_log=csv_path,
         global_step=global_step, gradient_updates=n_updates, best_global_step=best.step,
         best_eval=best.eval, final_eval=last_eval, baseline=baseline,
-        env_steps_per_s=(n_iterations - start_iteration) * cfg.n_envs / max(wall, 1e-9),
-        updates_per_s=(n_updates - updates_at_start) / max(wall, 1e-9),
+        env_steps_per_s=(n_iterations - start_iteration) * cfg.n_envs / max(wall - setup_s, 1e-9),
+        updates_per_s=(n_updates - updates_at_start) / max(wall - setup_s, 1e-9),
         wall_s=wall,
     )  # fmt: skip
 
