@@ -227,9 +227,9 @@ class TrainConfig:
     """Reference scored once on the validation windows and logged beside every evaluation:
     hpa-tuned (the HPA grid-searched on the training split, and the default HPA), hpa, none."""
     max_wall_s: float = 0.0
-    """Stop after this many seconds of training wall time (0: no limit; the demonstrations and
-    their pre-training count, evaluations do not); the run then ends as if total_env_steps had
-    been reached (final evaluation, checkpoint, export)."""
+    """Stop after this many seconds of training wall time (0: no limit; the demonstrations, their
+    pre-training and the periodic evaluations count); the run then ends as if total_env_steps
+    had been reached (final evaluation, checkpoint, export)."""
 
     # --- one service (qscale tune) ----------------------------------------------------------
     init_model: str | None = None
