@@ -255,3 +255,32 @@ def test_predictive_sizes_ahead_of_a_ramp():
     )
     assert (ahead[50:] >= now[50:]).all() and ahead[100:250].mean() > now[100:250].mean()
     assert not math.isnan(ahead.sum())
+
+
+def test_no_rule_reads_whether_the_policy_declares_its_capacity():
+    """The rule grid's cache is shared by evaluations with and without a declared capacity
+    (``rules_profile`` drops it from the key): that holds only if every rule kind gives the
+    same results either way."""
+    from dataclasses import replace
+
+    from qscale.simulator.evaluate import EvalProfile, build, rules_profile
+
+    rates = np.concatenate([np.full(80, 40.0), np.full(80, 160.0), np.full(80, 60.0)])
+    bank = TraceBank.from_arrays(["x"], [rates.astype(np.float32)], ref_rates=[160.0])
+    rules = [
+        fr.Rule("hpa", 0.7, 300.0, "legacy"),
+        fr.Rule("hpa", 0.5, 0.0, "fast"),
+        fr.Rule("rate", 0.8, 900.0),
+        fr.Rule("predictive", 0.7, 300.0),
+    ]
+    declared = EvalProfile(capacity_declared=True)
+    results = []
+    for profile in (declared, replace(declared, capacity_declared=False)):
+        params, win = build(bank, profile, [0, 1], window_steps=200)
+        assert bool(params.capacity_declared.all()) == profile.capacity_declared
+        results.append(fr.run_rules(rules, params, win.triple()))
+    for r in rules:
+        for k in fr.METRIC_KEYS:
+            np.testing.assert_array_equal(results[0][r][k], results[1][r][k])
+    assert rules_profile(declared) == rules_profile(replace(declared, capacity_declared=False))
+    assert rules_profile(declared) != rules_profile(replace(declared, startup_delay_s=(1.0, 2.0)))

@@ -698,6 +698,13 @@ def _fingerprint(path: Path) -> list[str]:
     return [path.stem, sha256_file(path)]
 
 
+def rules_profile(profile: EvalProfile) -> dict:
+    """The profile as the rule grid's cache key holds it: without ``capacity_declared``, which
+    no rule reads (the rate rules are given the true per-pod capacity, the HPA reads CPU), so an
+    evaluation without a declared capacity reuses the grid of one with it."""
+    return {k: v for k, v in asdict(profile).items() if k != "capacity_declared"}
+
+
 def _spread(win: Windows, per_trace: int) -> torch.Tensor:
     """Up to ``per_trace`` windows of each trace, evenly spaced, all seeds."""
     keep = []
@@ -729,7 +736,7 @@ def tune_hpa(
     parts = {
         "purpose": "tuning",
         "traces": [_fingerprint(p) for p in tune_paths],
-        "profile": asdict(profile),
+        "profile": rules_profile(profile),
         "window": window,
     }
     res, hit = fr.cached_rules(fr.hpa_grid(), params, win.triple(), parts, log, use_cache)
@@ -770,7 +777,7 @@ def choose_on_validation(
     parts = {
         "purpose": "validation choice",
         "traces": [_fingerprint(Path(p)) for p in paths],
-        "profile": asdict(profile),
+        "profile": rules_profile(profile),
         "seeds": len(seeds),
         "window": window,
         "horizon": horizon,
@@ -909,7 +916,7 @@ def compare(
             "purpose": "frontier",
             "traces": [_fingerprint(p) for p in plan.traces],
             "split": plan.split,
-            "profile": asdict(profile),
+            "profile": rules_profile(profile),
             "seeds": len(plan.seeds),
             "window": window,
             "horizon": horizon,
