@@ -160,10 +160,10 @@ def decide(
         cur,
         action,
         busy,
-        features.peak_busy_pods(x),
+        features.peak_busy_pods(x, busy),
         rate_pods,
         peak_rate_pods,
-        features.peak30_busy_pods(x),
+        features.peak30_busy_pods(x, busy),
         peak30_rate_pods,
     )
     stale = signals.present & (signals.age_s > stale_after_s)

@@ -231,20 +231,25 @@ def busy_pods(cpu_utilization: torch.Tensor, cpu_limit_ratio: torch.Tensor, repl
     return cpu_utilization / torch.clamp(cpu_limit_ratio, min=1e-6) * replicas
 
 
-def peak_busy_pods(x: FeatureInputs) -> torch.Tensor:
+def _busy_of(x: FeatureInputs, busy: torch.Tensor | None) -> torch.Tensor:
+    return busy_pods(x.cpu_utilization, x.cpu_limit_ratio, x.replicas) if busy is None else busy
+
+
+def peak_busy_pods(x: FeatureInputs, busy: torch.Tensor | None = None) -> torch.Tensor:
     """The work at the recent peak rate: busy pods x (15 min peak rate / rate now), never below
-    the busy pods (with no requests at all, the busy pods themselves)."""
-    busy = busy_pods(x.cpu_utilization, x.cpu_limit_ratio, x.replicas)
+    the busy pods (with no requests at all, the busy pods themselves). ``busy``:
+    :func:`busy_pods` of ``x`` where the caller has it already."""
+    busy = _busy_of(x, busy)
     now = torch.clamp(x.rate_now, min=1e-12)
     ratio = torch.where(x.rate_now > 0, torch.maximum(x.rate_peak_15m, x.rate_now) / now, 1.0)
     return busy * ratio
 
 
-def peak30_busy_pods(x: FeatureInputs) -> torch.Tensor:
+def peak30_busy_pods(x: FeatureInputs, busy: torch.Tensor | None = None) -> torch.Tensor:
     """The highest busy pods of the last 30 minutes, never below the busy pods now: what the
-    HPA's 30-minute scale-down stabilization sizes from (its highest recommendation)."""
-    busy = busy_pods(x.cpu_utilization, x.cpu_limit_ratio, x.replicas)
-    return torch.maximum(x.busy_peak_30m, busy)
+    HPA's 30-minute scale-down stabilization sizes from (its highest recommendation).
+    ``busy``: as for :func:`peak_busy_pods`."""
+    return torch.maximum(x.busy_peak_30m, _busy_of(x, busy))
 
 
 def _load_per_pod(x: FeatureInputs, replicas: torch.Tensor) -> torch.Tensor:
@@ -271,7 +276,8 @@ def compute(x: FeatureInputs) -> torch.Tensor:
     not missing: ``histogram_quantile`` has nothing to rank, and the latency reads as low.
     """
     replicas = torch.clamp(x.replicas, min=1.0)
-    busy = torch.clamp(busy_pods(x.cpu_utilization, x.cpu_limit_ratio, x.replicas), min=0.0)
+    raw_busy = busy_pods(x.cpu_utilization, x.cpu_limit_ratio, x.replicas)
+    busy = torch.clamp(raw_busy, min=0.0)
     idle = torch.isnan(x.p95_s) & (x.rate_now <= 0)
     p95 = torch.where(idle, torch.zeros_like(x.p95_s), x.p95_s)
     cols = (
@@ -282,7 +288,7 @@ def compute(x: FeatureInputs) -> torch.Tensor:
         _log_ratio(x.rate_now, x.rate_15m),
         _log_ratio(torch.maximum(x.rate_peak_15m, x.rate_now), x.rate_now),
         _log_ratio(torch.maximum(x.rate_peak_30m, x.rate_now), x.rate_now),
-        _log_ratio(peak30_busy_pods(x), busy),
+        _log_ratio(peak30_busy_pods(x, raw_busy), busy),
         (x.replicas - x.ready_replicas) / replicas,
         torch.log1p(torch.clamp(x.replicas, min=0.0)) / _LOG_SCALE,
         x.min_replicas / replicas,
