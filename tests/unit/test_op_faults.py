@@ -510,6 +510,43 @@ class WatchApi:
             await resp.write(json.dumps(ev).encode() + b"\n")
 
 
+async def test_the_deployment_cache_keeps_no_listing_while_it_watches():
+    """The records are slim: the listing's whole Deployments are freed once it is read, not
+    held for as long as the watch after it lasts (at 1,000 Deployments about 15 MB)."""
+    import gc
+    import weakref
+
+    from qscale.operator.deployments import DeploymentCache
+
+    class Listing(dict):  # a dict that can be weakly referenced
+        pass
+
+    seen: list[weakref.ref] = []
+    watching = asyncio.Event()
+
+    class Kube:
+        async def get(self, path, **params):
+            obj = {"metadata": {"namespace": "a", "name": "web", "resourceVersion": "7"}}
+            listing = Listing(items=[obj], metadata={"resourceVersion": "7"})
+            seen.append(weakref.ref(listing))
+            return listing
+
+        async def watch(self, path, rv):
+            watching.set()
+            await asyncio.Event().wait()
+            yield {}
+
+    cache = DeploymentCache(Kube(), ("a",))
+    cache.start()
+    try:
+        await asyncio.wait_for(watching.wait(), 5)
+        gc.collect()
+        assert cache.get("a", "web") is not None
+        assert len(seen) == 1 and seen[0]() is None
+    finally:
+        await cache.stop()
+
+
 async def test_the_deployment_cache_relists_after_a_410_or_a_dropped_watch(model_dir):
     """While the watch is broken the namespace reads as not synced (the tick decides and
     writes nothing for it); the relist drops what was deleted meanwhile and takes what was

@@ -145,20 +145,26 @@ class DeploymentCache:
         await cancel_all(self._tasks)
         self._tasks.clear()
 
+    async def _relist(self, ns: str, path: str) -> str:
+        """Replace the namespace's records by a fresh listing; its resourceVersion. The
+        listing (whole Deployments: about 15 kB of Python objects each) is dropped on return,
+        not held by :meth:`_run`'s frame for as long as the watch that follows lasts."""
+        listing = await self.kube.get(path, limit=0)
+        keep = {}
+        for obj in listing.get("items") or []:
+            t = target_from(obj)
+            keep[(t.namespace, t.name)] = t
+        for key in [k for k in self._items if (not ns or k[0] == ns) and k not in keep]:
+            del self._items[key]
+        self._items.update(keep)
+        return (listing.get("metadata") or {}).get("resourceVersion", "")
+
     async def _run(self, ns: str) -> None:
         delay = 0.5
         path = self._path(ns)
         while True:
             try:
-                listing = await self.kube.get(path, limit=0)
-                keep = {}
-                for obj in listing.get("items") or []:
-                    t = target_from(obj)
-                    keep[(t.namespace, t.name)] = t
-                for key in [k for k in self._items if (not ns or k[0] == ns) and k not in keep]:
-                    del self._items[key]
-                self._items.update(keep)
-                rv = (listing.get("metadata") or {}).get("resourceVersion", "")
+                rv = await self._relist(ns, path)
                 self._synced[ns] = True
                 if all(self._synced.values()):
                     self.ready.set()
