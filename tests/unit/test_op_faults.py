@@ -470,6 +470,8 @@ class WatchApi:
         self.listing_open = asyncio.Event()
         self.listing_open.set()
         self.gone_on_next_watch = False
+        self.pages: list[int] = []
+        """The offset of each listing page asked for."""
 
     def put(self, name: str, replicas: int, uid: str | None = None) -> dict:
         self.rv += 1
@@ -489,7 +491,15 @@ class WatchApi:
             await self.listing_open.wait()
             self.lists += 1
             meta = {"resourceVersion": str(self.rv)}
-            return web.json_response({"items": list(self.items.values()), "metadata": meta})
+            items = [self.items[k] for k in sorted(self.items)]
+            limit = int(request.query.get("limit") or 0)
+            if limit:  # pages: the continue token is the offset of the next one
+                start = int(request.query.get("continue") or 0)
+                self.pages.append(start)
+                if start + limit < len(items):
+                    meta["continue"] = str(start + limit)
+                items = items[start : start + limit]
+            return web.json_response({"items": items, "metadata": meta})
         self.watches.append(request.query["resourceVersion"])
         if self.gone_on_next_watch:
             self.gone_on_next_watch = False
@@ -545,6 +555,51 @@ async def test_the_deployment_cache_keeps_no_listing_while_it_watches():
         assert len(seen) == 1 and seen[0]() is None
     finally:
         await cache.stop()
+
+
+async def test_the_deployment_cache_lists_a_page_at_a_time():
+    """A listing is read in pages (``limit`` and the server's ``continue`` token), every page
+    taken, and a relist reads them all again (what was deleted meanwhile is dropped)."""
+    from aiohttp import web
+
+    from qscale.operator.deployments import DeploymentCache
+    from qscale.operator.kube import Connection, Credentials, Kube
+
+    api = WatchApi()
+    for i in range(5):
+        api.put(f"d{i}", i + 1)
+    app = web.Application()
+    app.router.add_get("/apis/apps/v1/namespaces/a/deployments", api.handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    kube = Kube(Connection(f"http://127.0.0.1:{port}", Credentials.static("t")), timeout_s=2.0)
+    cache = DeploymentCache(kube, ("a",), page=2)
+    cache.start()
+    try:
+        await asyncio.wait_for(cache.ready.wait(), 5)
+        assert api.pages == [0, 2, 4]
+        assert [cache.get("a", f"d{i}").replicas for i in range(5)] == [1, 2, 3, 4, 5]
+        for _ in range(200):
+            if api.watches:
+                break
+            await asyncio.sleep(0.025)
+        assert api.watches == [str(api.rv)]  # the watch resumes from the listing's version
+        del api.items["d1"]
+        await api.queue.put("410")
+        for _ in range(200):
+            if len(api.watches) == 2:
+                break
+            await asyncio.sleep(0.025)
+        assert api.pages == [0, 2, 4, 0, 2] and cache.synced("a")  # 4 left: two pages
+        assert cache.get("a", "d1") is None and cache.get("a", "d4").replicas == 5
+    finally:
+        await cache.stop()
+        await kube.close()
+        api.queue.put_nowait("end")  # the handler of the last watch, still waiting
+        await runner.cleanup()
 
 
 async def test_the_deployment_cache_relists_after_a_410_or_a_dropped_watch(model_dir):

@@ -109,8 +109,11 @@ def _rv(s: str) -> int | None:
 class DeploymentCache:
     """List + watch of Deployments in ``namespaces`` (empty: the whole cluster)."""
 
-    def __init__(self, kube: Kube, namespaces: tuple[str, ...]) -> None:
+    def __init__(self, kube: Kube, namespaces: tuple[str, ...], page: int = 200) -> None:
         self.kube = kube
+        self.page = page
+        """Deployments per listing request (``limit``/``continue``): a listing of whole objects
+        is read a page at a time, so its peak is a page's, not the namespace's."""
         self.namespaces = namespaces or ("",)
         self._items: dict[tuple[str, str], Target] = {}
         self._synced: dict[str, bool] = dict.fromkeys(self.namespaces, False)
@@ -147,17 +150,25 @@ class DeploymentCache:
 
     async def _relist(self, ns: str, path: str) -> str:
         """Replace the namespace's records by a fresh listing; its resourceVersion. The
-        listing (whole Deployments: about 15 kB of Python objects each) is dropped on return,
-        not held by :meth:`_run`'s frame for as long as the watch that follows lasts."""
-        listing = await self.kube.get(path, limit=0)
+        listing (whole Deployments: about 15 kB of Python objects each) is read a page at a time
+        and dropped as it is read, never held by :meth:`_run`'s frame for as long as the watch
+        that follows lasts. The pages are one snapshot (the API server's ``continue`` token
+        carries its resourceVersion); a token that expired is a 410, and :meth:`_run` relists."""
         keep = {}
-        for obj in listing.get("items") or []:
-            t = target_from(obj)
-            keep[(t.namespace, t.name)] = t
+        params: dict[str, Any] = {"limit": self.page}
+        while True:
+            page = await self.kube.get(path, **params)
+            for obj in page.get("items") or []:
+                t = target_from(obj)
+                keep[(t.namespace, t.name)] = t
+            meta = page.get("metadata") or {}
+            if not meta.get("continue"):
+                break
+            params = {"limit": self.page, "continue": meta["continue"]}
         for key in [k for k in self._items if (not ns or k[0] == ns) and k not in keep]:
             del self._items[key]
         self._items.update(keep)
-        return (listing.get("metadata") or {}).get("resourceVersion", "")
+        return meta.get("resourceVersion", "")
 
     async def _run(self, ns: str) -> None:
         delay = 0.5
