@@ -473,6 +473,22 @@ class WatchApi:
         self.pages: list[int] = []
         """The offset of each listing page asked for."""
 
+    async def serve(self):
+        """Serve namespace ``a``'s Deployments on loopback: the runner and a client of it."""
+        from aiohttp import web
+
+        from qscale.operator.kube import Connection, Credentials, Kube
+
+        app = web.Application()
+        app.router.add_get("/apis/apps/v1/namespaces/a/deployments", self.handle)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]
+        url = f"http://127.0.0.1:{port}"
+        return runner, Kube(Connection(url, Credentials.static("t")), timeout_s=2.0)
+
     def put(self, name: str, replicas: int, uid: str | None = None) -> dict:
         self.rv += 1
         obj = {
@@ -560,22 +576,12 @@ async def test_the_deployment_cache_keeps_no_listing_while_it_watches():
 async def test_the_deployment_cache_lists_a_page_at_a_time():
     """A listing is read in pages (``limit`` and the server's ``continue`` token), every page
     taken, and a relist reads them all again (what was deleted meanwhile is dropped)."""
-    from aiohttp import web
-
     from qscale.operator.deployments import DeploymentCache
-    from qscale.operator.kube import Connection, Credentials, Kube
 
     api = WatchApi()
     for i in range(5):
         api.put(f"d{i}", i + 1)
-    app = web.Application()
-    app.router.add_get("/apis/apps/v1/namespaces/a/deployments", api.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    kube = Kube(Connection(f"http://127.0.0.1:{port}", Credentials.static("t")), timeout_s=2.0)
+    runner, kube = await api.serve()
     cache = DeploymentCache(kube, ("a",), page=2)
     cache.start()
     try:
@@ -606,22 +612,12 @@ async def test_the_deployment_cache_relists_after_a_410_or_a_dropped_watch(model
     """While the watch is broken the namespace reads as not synced (the tick decides and
     writes nothing for it); the relist drops what was deleted meanwhile and takes what was
     created or changed; a watch the server closes cleanly resumes without a relist."""
-    from aiohttp import web
-
     from qscale.operator.deployments import DeploymentCache
-    from qscale.operator.kube import Connection, Credentials, Kube
 
     api = WatchApi()
     api.put("web", 2)
     api.put("api", 3)
-    app = web.Application()
-    app.router.add_get("/apis/apps/v1/namespaces/a/deployments", api.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    kube = Kube(Connection(f"http://127.0.0.1:{port}", Credentials.static("t")), timeout_s=2.0)
+    runner, kube = await api.serve()
     cache = DeploymentCache(kube, ("a",))
     cache.start()
 
