@@ -27,6 +27,7 @@ import httpx
 from bench_soak import load_schedule
 from benchstack import NS, policy_body, start_stack
 from qscale import features
+from qscale.operator.prom import LOOKBACK_S
 
 
 def queries(names: list[str]) -> dict[str, str]:
@@ -39,10 +40,8 @@ def queries(names: list[str]) -> dict[str, str]:
 def run(client: httpx.Client, url: str, name: str, query: str) -> dict:
     now = math.floor(time.time())
     if name == "request_rate":  # the range query, as prom.py sends it
-        span = max(*features.RATE_LAGS_S, features.RATE_PEAK_SPAN_S, features.LONG_PEAK_SPAN_S)
-        step = features.RATE_PEAK_STEP_S
-        path, form = "/api/v1/query_range", {"start": f"{now - span}", "end": f"{now}"}
-        form["step"] = f"{step:g}"
+        path, form = "/api/v1/query_range", {"start": f"{now - LOOKBACK_S}", "end": f"{now}"}
+        form["step"] = f"{features.RATE_PEAK_STEP_S:g}"
     else:
         path, form = "/api/v1/query", {"time": f"{now}"}
     t0 = time.perf_counter()

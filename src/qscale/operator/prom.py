@@ -49,9 +49,10 @@ import httpx
 
 from qscale import features
 
-__all__ = ["Observation", "PromClient", "QueryGroup", "pick_lags"]
+__all__ = ["LOOKBACK_S", "Observation", "PromClient", "QueryGroup", "pick_lags"]
 
-_LOOKBACK_S = max(*features.RATE_LAGS_S, features.RATE_PEAK_SPAN_S, features.LONG_PEAK_SPAN_S)
+#: How far back the range query reaches (its start is the tick's time minus this).
+LOOKBACK_S = max(*features.RATE_LAGS_S, features.RATE_PEAK_SPAN_S, features.LONG_PEAK_SPAN_S)
 _STEP_S = features.RATE_PEAK_STEP_S
 
 
@@ -127,7 +128,7 @@ def pick_lags(
     pts = sorted((t, v) for t, v in points if math.isfinite(v) and t <= end + 0.5)
     if not pts:
         return None
-    if pts[0][0] > end - _LOOKBACK_S + 0.5:
+    if pts[0][0] > end - LOOKBACK_S + 0.5:
         whole = [p for p in pts if p[0] >= pts[0][0] + features.RATE_WINDOW_S - 0.5]
         pts = whole or pts[-1:]
     by_t = {round(t): v for t, v in pts}
@@ -273,7 +274,7 @@ class PromClient:
             rate = features.fill_template(g.request_rate, namespaces, names)
             # Align the range to the step so that the lags fall on points of the result.
             end = math.floor(now)
-            start = end - _LOOKBACK_S
+            start = end - LOOKBACK_S
             instant = (
                 ("latency_p95", features.fill_template(g.latency_p95, namespaces, names)),
                 ("cpu_utilization", features.fill_template(g.cpu_utilization, namespaces, names)),
