@@ -17,6 +17,7 @@ from opfakes import SPEC, T0, cond, world
 
 from qscale import drift
 from qscale.operator.prom import Observation
+from qscale.operator.status import iso
 from qscale.policy import driftref
 
 pytestmark = pytest.mark.asyncio
@@ -108,7 +109,7 @@ async def test_training_like_load_reads_normal_and_a_shifted_one_drifts(drift_mo
     w.deployment("a", "web", 4)
     shadow = {**DRIFT, "mode": "Shadow"}
     st = await play(w, 10, spec=shadow, seed=7)
-    assert st["drift"]["state"] == "Filling" and "10 of its 30 ticks" in st["drift"]["message"]
+    assert st["drift"]["state"] == "Filling" and "1 of its 30 ticks" in st["drift"]["message"]
     assert cond(st, "ModelDrift")["reason"] == "INSUFFICIENT_DATA"
     st = await play(w, 60, start=10, spec=shadow, seed=7)
     assert st["drift"]["state"] == "Normal", st["drift"]
@@ -195,6 +196,44 @@ async def test_the_status_is_not_rewritten_every_slot_while_nothing_changes(drif
     assert st["drift"]["updatedAt"] > first
 
 
+async def test_a_filling_window_is_shown_again_only_when_its_judgement_slips(drift_model):
+    w = world(drift_model)
+    w.deployment("a", "web", 4)
+    shadow = {**DRIFT, "mode": "Shadow"}
+    st = await play(w, 1, spec=shadow, seed=7)
+    first = copy.deepcopy(st["drift"])
+    eta = iso(T0 + 26 * 2)  # 27 of 30 ticks (90 %) needed, one a tick from the first
+    assert first["state"] == "Filling" and first["ticks"] == 1
+    assert first["message"] == (
+        f"the window holds 1 of its 30 ticks; judged from 27, about {eta} if every tick's "
+        "metrics are usable"
+    )
+    st = await play(w, 9, start=1, spec=shadow, seed=7)  # on schedule: not rewritten
+    assert st["drift"] == first
+    w.prom.down = True  # no usable metrics: the judgement slips 2 s a tick
+    st = await play(w, 2, start=10, spec=shadow, seed=7)
+    assert st["drift"] == first  # 4 s: under a tenth of the window
+    st = await play(w, 1, start=12, spec=shadow, seed=7)
+    assert (
+        st["drift"]["ticks"] == 10
+        and f"judged from 27, about {iso(T0 + 58)}" in (st["drift"]["message"])
+    )
+    w.prom.down = False
+    st = await play(w, 20, start=13, spec=shadow, seed=7)
+    assert st["drift"]["state"] == "Normal"
+
+
+async def test_a_window_shorter_than_every_calibrated_one_says_so_once(drift_model):
+    w = world(drift_model)
+    w.deployment("a", "web", 4)
+    spec = {**DRIFT, "mode": "Shadow", "interval": "4s"}  # 15 ticks; the shortest: 20
+    st = await play(w, 1, spec=spec, seed=7)
+    first = copy.deepcopy(st["drift"])
+    assert first["state"] == "Filling" and "lengthen spec.drift.window" in first["message"]
+    st = await play(w, 40, start=1, spec=spec, seed=7)
+    assert st["drift"] == first
+
+
 async def test_ticks_without_usable_metrics_do_not_fill_the_window(drift_model):
     w = world(drift_model)
     w.deployment("a", "web", 4)
@@ -221,3 +260,8 @@ async def test_a_window_counts_its_last_30_slots_in_a_fixed_ring():
     assert w.counts is not None and w.counts.shape == (30, 5) and w.counts.dtype == np.uint16
     _, later = w.totals(60, ref)  # nothing new for 21 slots: only slots 31..39 remain
     assert later == sum(k + 1 for k in range(31, 40))
+    # A slot of a whole interval: a 1 m window at 4 s spans 15 slots (a minute), not 30.
+    short = _Window("m", 60.0, 4.0, slot_s=4.0)
+    for slot in range(40):
+        short.add(slot, ref, [-1.0, 0.5])
+    assert short.totals(39, ref)[1] == 15

@@ -69,6 +69,19 @@ class _Window:
     judged_slot: int | None = None
     status: dict[str, Any] | None = None
     psi: list[float] | None = None
+    eta: float | None = None
+    """While filling: when the window will hold enough ticks to be judged, if every tick from
+    now on counts (epoch seconds; ``None``: never, or not filling)."""
+    filling_shown: bool = False
+    """This process shows a filling status (one of its own, not a former leader's)."""
+    shown_eta: float | None = None
+    """The :attr:`eta` of the filling status shown."""
+
+    @property
+    def slots(self) -> int:
+        """The slots the window spans: 30, or fewer when a slot is a whole interval (a 1 m
+        window at 4 s is 15 slots, not 30 intervals)."""
+        return min(_SLOTS, max(1, round(self.window_s / self.slot_s)))
 
     def add(self, slot: int, ref: drift.Reference, obs: Sequence[float]) -> None:
         if self.counts is None or self.edges is None:
@@ -85,7 +98,7 @@ class _Window:
         number of ticks they hold."""
         if self.counts is None or self.edges is None:
             return [np.zeros(k, dtype=np.int64) for k in ref.n_bins], 0
-        live = self.ids > slot - _SLOTS
+        live = self.ids > slot - self.slots
         total = self.counts[live].sum(axis=0, dtype=np.int64)
         out = [total[a:b] for a, b in itertools.pairwise(self.edges.tolist())]
         return out, int(out[0].sum())
@@ -126,7 +139,7 @@ class DriftWatch:
         if w.judged_slot != slot:
             w.judged_slot = slot
             kept = r.runtime.status.get("drift")
-            w.status = _settled(kept, self._judge(w, ref, kept, slot, now), w.window_s, now)
+            w.status = _settled(kept, self._judge(w, ref, kept, slot, now), w, now)
             self._dirty = True
         return w.status
 
@@ -183,15 +196,22 @@ class DriftWatch:
         want = max(1, math.floor(w.window_s / w.interval_s))
         limit = ref.threshold(ticks)
         base = {"windowSeconds": w.window_s, "ticks": ticks, "updatedAt": iso(now)}
+        w.eta = None
         if ticks < _FULL * want or limit is None:
             w.psi = None
             shortest = min(t.ticks for t in ref.thresholds)
-            why = (
-                f"the window holds {ticks} of its {want} ticks"
-                if ticks < _FULL * want
-                else f"{ticks} ticks are fewer than the shortest calibrated window "
-                f"({shortest} ticks at {ref.interval_s:g}s)"
-            )
+            need = max(math.ceil(_FULL * want), shortest)
+            if want < shortest:
+                why = (
+                    f"the window ({want} ticks) is shorter than the shortest calibrated one "
+                    f"({shortest} ticks at {ref.interval_s:g}s): lengthen spec.drift.window"
+                )
+            else:
+                w.eta = now + (need - ticks) * w.interval_s
+                why = (
+                    f"the window holds {ticks} of its {want} ticks; judged from {need}, about "
+                    f"{iso(w.eta)} if every tick's metrics are usable"
+                )
             held = kept if kept and kept.get("state") in ("Normal", "Drifting") else None
             if held is not None:
                 return {**held, "filling": why}
@@ -247,24 +267,45 @@ class DriftWatch:
             m.drift_psi.labels(name, model).set(x)
 
 
-def _settled(
-    kept: dict[str, Any] | None, new: dict[str, Any], window_s: float, now: float
-) -> dict[str, Any]:
+def _settled(kept: dict[str, Any] | None, new: dict[str, Any], w: _Window, now: float) -> dict:
     """What the status shows: the new judgement when it differs in substance (state, the
     features past their thresholds) or the shown one is a window old, else the shown one (a
     status write per policy every slot would be most of the operator's writes; the metrics
-    carry the PSI as it moves)."""
-    if not kept or kept.get("state") != new.get("state") or new.get("state") == "Filling":
-        return new
-    if "filling" in kept or "filling" in new:
-        return new
+    carry the PSI as it moves).
+
+    While the window fills, the status says when it will be judged and is shown again only
+    when that time slips by a tenth of the window (ticks without usable metrics): a count
+    that moved every slot would rewrite every policy's status every slot for the window's
+    first length, after each start of the operator."""
+    if not kept or kept.get("state") != new.get("state") or _filling(kept) != _filling(new):
+        return _shown(new, w)
+    if _filling(new):
+        if not w.filling_shown:  # not shown by this process yet
+            return _shown(new, w)
+        if w.eta is None or w.shown_eta is None:
+            same = all(kept.get(k) == new.get(k) for k in ("message", "filling"))
+            return kept if same else _shown(new, w)
+        return _shown(new, w) if w.eta - w.shown_eta >= w.window_s / 10 else kept
+    w.filling_shown = False
     if kept.get("drifting") != new.get("drifting"):
         return new
     try:
         shown = datetime.fromisoformat(str(kept.get("updatedAt"))).timestamp()
     except ValueError:
         return new
-    return new if now - shown >= window_s else kept
+    return new if now - shown >= w.window_s else kept
+
+
+def _shown(new: dict[str, Any], w: _Window) -> dict[str, Any]:
+    """``new`` becomes the status shown (and, while filling, its :attr:`_Window.eta`)."""
+    w.filling_shown = _filling(new)
+    w.shown_eta = w.eta
+    return new
+
+
+def _filling(status: dict[str, Any]) -> bool:
+    """The window is filling: no judgement yet, or a former one held meanwhile."""
+    return status.get("state") == "Filling" or "filling" in status
 
 
 def act_on_drift(r: Row) -> None:
