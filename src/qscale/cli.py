@@ -109,6 +109,7 @@ def _profile(args: argparse.Namespace) -> EvalProfile:
         max_replicas_factor=args.max_replicas_factor,
         cpu_limit_ratio=ratio,
         capacity_declared=not args.no_capacity,
+        capacity_estimated=args.estimate_capacity,
     )
 
 
@@ -350,6 +351,12 @@ def _add_profile_args(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="the model is not told the pods' capacity (a policy without "
         "spec.capacity): its rate actions are unavailable; the rate rules still get it",
+    )
+    p.add_argument(
+        "--estimate-capacity",
+        action="store_true",
+        help="with --no-capacity: the pods' capacity is estimated from the metrics (rate over "
+        "busy pods, last 30 minutes) and the model sizes with that",
     )
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads, pinned (default 1)")

@@ -220,6 +220,35 @@ class FeatureInputs:
         return torch.where(cap > 0, cap, math.nan)
 
 
+#: A point of the last 30 minutes counts toward :func:`estimate_capacity` when the Deployment
+#: did at least this many pods' worth of work then (below it, CPU noise and idle overhead
+#: dominate the ratio) ...
+CAPACITY_EST_MIN_BUSY = 0.5
+#: ... and at most this share of the pods ready now (near saturation an ingress counter's
+#: arrivals run ahead of the work done) ...
+CAPACITY_EST_MAX_LOAD = 0.9
+#: ... and an estimate needs this many such points of the 31.
+CAPACITY_EST_MIN_POINTS = 10
+
+
+def estimate_capacity(
+    rate_points: torch.Tensor, busy_points: torch.Tensor, ready: torch.Tensor
+) -> torch.Tensor:
+    """``[B]`` requests/s one pod serves at its CPU limit, estimated from the last 30 minutes:
+    the median over the points 60 s apart (``[B, P]`` each, oldest first: the request-rate
+    range query and the CPU counter's busy pods at the same instants) of rate / busy pods,
+    over the points where the work was measurable and below saturation; NaN where fewer than
+    :data:`CAPACITY_EST_MIN_POINTS` qualify. The median rides over the minute or so the CPU
+    counter lags the request rate around a step."""
+    rate = rate_points.to(torch.float32)
+    busy = busy_points.to(torch.float32)
+    ok = (busy >= CAPACITY_EST_MIN_BUSY) & (busy <= CAPACITY_EST_MAX_LOAD * ready[:, None])
+    ok &= (rate > 0) & torch.isfinite(rate) & torch.isfinite(busy)
+    ratio = torch.where(ok, rate / torch.clamp(busy, min=1e-9), math.nan)
+    est = torch.nanmedian(ratio, dim=1).values
+    return torch.where(ok.sum(dim=1) >= CAPACITY_EST_MIN_POINTS, est, math.nan)
+
+
 def _log_ratio(now: torch.Tensor, before: torch.Tensor) -> torch.Tensor:
     """ln(now/before), with a floor relative to the larger rate so that idle periods read 0."""
     floor = 1e-3 * torch.maximum(now, before) + 1e-12

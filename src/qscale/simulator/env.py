@@ -129,6 +129,9 @@ class DomainConfig:
     capacity_declared_probability: float = 0.5
     """Chance that the env's policy declares its per-pod capacity (``capacity_rps``, the true
     one, as a user who load-tested one pod would): the rate actions' input."""
+    capacity_estimated: bool = False
+    """Where none is declared, the capacity is estimated from the metrics
+    (:func:`qscale.features.estimate_capacity`) and takes its place."""
 
     def __post_init__(self) -> None:
         if self.startup_distribution not in ("uniform", "loguniform"):
@@ -593,19 +596,20 @@ def _auto_reset_graph(
         rates = torch.stack([seen.rate_now, seen.rate_1m, seen.rate_5m, seen.rate_15m], 1)
         fields = (seen.cpu_utilization, seen.p95_s, rates, seen.rate_peak_15m)
         fields += (seen.rate_peak_30m, seen.busy_peak_30m, seen.replicas, seen.ready_replicas)
+        fields += (seen.declared_capacity(),)
         return (*fields, observe(replace(st, seen=seen), params))
 
     # (The four rates are views of one tensor: a branch may not close over aliases.)
     kept = (pre.cpu_utilization, pre.p95_s)
     kept += (torch.stack([pre.rate_now, pre.rate_1m, pre.rate_5m, pre.rate_15m], 1),)
     kept += (pre.rate_peak_15m, pre.rate_peak_30m, pre.busy_peak_30m)
-    kept += (pre.replicas, pre.ready_replicas, obs)
+    kept += (pre.replicas, pre.ready_replicas, pre.declared_capacity(), obs)
 
     def keep(*xs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return tuple(f.clone() for f in kept)
 
     xs = tuple(getattr(state, k) for k in _STATE_TENSORS)
-    cpu, p95, rates, peak, peak30, busy30, replicas, ready, new_obs = torch.cond(
+    cpu, p95, rates, peak, peak30, busy30, replicas, ready, capacity, new_obs = torch.cond(
         any_done, again, keep, xs
     )
     seen = replace(
@@ -621,6 +625,7 @@ def _auto_reset_graph(
         busy_peak_30m=busy30,
         replicas=replicas,
         ready_replicas=ready,
+        capacity_rps=capacity,
     )
     return replace(state, seen=seen), new_obs
 
@@ -739,9 +744,10 @@ def _window_sums(
 
 def _rate_queries(
     hist: torch.Tensor, lag: torch.Tensor, cfg: SimConfig
-) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
-    """``4 x [B]`` the 1 m rate now, 1, 5 and 15 minutes back, and ``[B]`` the range query's
-    highest point over 15 and over 30 minutes, all ``lag`` steps late. The peaks' windows are
+) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``4 x [B]`` the 1 m rate now, 1, 5 and 15 minutes back, ``[B]`` the range query's
+    highest point over 15 and over 30 minutes, and ``[B, 31]`` its points over 30 minutes
+    (oldest first), all ``lag`` steps late. The peaks' windows are
     differences of the history's cumulative sum (as a range query's points are differences of a
     counter)."""
     n = hist.shape[1]
@@ -769,11 +775,11 @@ def _rate_queries(
     low = _by_lag(lag, lmax, lambda lo: _cols(cs, [e - w for e in ends(lo)]))
     points = (hi - low) / w  # oldest first; the last len(peak_offsets) are the 15 minutes
     short = len(cfg.peak_offsets)
-    return rates, points[:, -short:].amax(dim=1), points.amax(dim=1)
+    return rates, points[:, -short:].amax(dim=1), points.amax(dim=1), points
 
 
-def _busy_peak(hist: torch.Tensor, params: EnvParams) -> torch.Tensor:
-    """``[B]`` the highest busy pods of the last 30 minutes: points 60 s apart, each the mean of
+def _busy_points(hist: torch.Tensor, params: EnvParams) -> torch.Tensor:
+    """``[B, 31]`` the busy pods of the last 30 minutes: points 60 s apart, each the mean of
     ``hist`` over the env's CPU window ending its CPU lag before the point (the CPU pipeline of
     :func:`observed_cpu`, without the reading's noise: a range of a CPU counter)."""
     cfg = params.config
@@ -791,7 +797,7 @@ def _busy_peak(hist: torch.Tensor, params: EnvParams) -> torch.Tensor:
         n - k - offsets[0],
         lambda lo: _cols(mean, [n - k - lo - o for o in offsets]),
     )
-    return points.amax(dim=1)
+    return points
 
 
 def measure(state: EnvState, params: EnvParams) -> features.FeatureInputs:
@@ -799,7 +805,13 @@ def measure(state: EnvState, params: EnvParams) -> features.FeatureInputs:
     cfg = params.config
     w = cfg.rate_window
     lag = params.scrape_lag
-    rates, peak, peak30 = _rate_queries(state.rate_hist, lag, cfg)
+    rates, peak, peak30, rate_points = _rate_queries(state.rate_hist, lag, cfg)
+    busy_points = _busy_points(state.busy_hist, params)
+    ready = ready_pods(state, params)
+    capacity = torch.where(params.capacity_declared, params.capacity, math.nan)
+    if cfg.domain.capacity_estimated:
+        est = features.estimate_capacity(rate_points, busy_points, ready)
+        capacity = torch.where(params.capacity_declared, capacity, est)
     hist, lmax = state.lat_hist, cfg.max_scrape_lag
     if _sequential(hist, w):
         (lat,) = _window_sums(hist, lag, lmax, (0,), w)
@@ -820,13 +832,13 @@ def measure(state: EnvState, params: EnvParams) -> features.FeatureInputs:
         rate_15m=rates[3],
         rate_peak_15m=peak,
         rate_peak_30m=peak30,
-        busy_peak_30m=_busy_peak(state.busy_hist, params),
+        busy_peak_30m=busy_points.amax(dim=1),
         replicas=state.replicas,
-        ready_replicas=ready_pods(state, params),
+        ready_replicas=ready,
         min_replicas=params.min_replicas,
         since_scale_up_s=z,
         since_scale_down_s=z,
-        capacity_rps=torch.where(params.capacity_declared, params.capacity, math.nan),
+        capacity_rps=capacity,
     )
 
 

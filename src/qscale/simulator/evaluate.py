@@ -82,6 +82,9 @@ class EvalProfile:
     capacity_declared: bool = True
     """The policy declares the pods' true capacity (the rate rules are handed it too); False:
     it declares none, and the model's rate actions are unavailable."""
+    capacity_estimated: bool = False
+    """With none declared, the capacity is estimated from the metrics instead
+    (:func:`qscale.features.estimate_capacity`)."""
 
     def sim_config(self, base: sim.SimConfig | None = None) -> sim.SimConfig:
         base = base or sim.SimConfig()
@@ -101,6 +104,7 @@ class EvalProfile:
             scrape_lag_s=self.metrics.scrape_lag_s,
             ingress_probability=self.metrics.ingress_probability,
             capacity_declared_probability=1.0 if self.capacity_declared else 0.0,
+            capacity_estimated=self.capacity_estimated,
         )
         return replace(base, dt=self.dt, noise=self.noise, domain=dom)
 
@@ -699,10 +703,11 @@ def _fingerprint(path: Path) -> list[str]:
 
 
 def rules_profile(profile: EvalProfile) -> dict:
-    """The profile as the rule grid's cache key holds it: without ``capacity_declared``, which
-    no rule reads (the rate rules are given the true per-pod capacity, the HPA reads CPU), so an
+    """The profile as the rule grid's cache key holds it: without ``capacity_declared`` and
+    ``capacity_estimated``, which no rule reads (the rate rules are given the true per-pod capacity, the HPA reads CPU), so an
     evaluation without a declared capacity reuses the grid of one with it."""
-    return {k: v for k, v in asdict(profile).items() if k != "capacity_declared"}
+    mine = ("capacity_declared", "capacity_estimated")
+    return {k: v for k, v in asdict(profile).items() if k not in mine}
 
 
 def _spread(win: Windows, per_trace: int) -> torch.Tensor:
