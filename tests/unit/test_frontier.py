@@ -283,4 +283,7 @@ def test_no_rule_reads_whether_the_policy_declares_its_capacity():
         for k in fr.METRIC_KEYS:
             np.testing.assert_array_equal(results[0][r][k], results[1][r][k])
     assert rules_profile(declared) == rules_profile(replace(declared, capacity_declared=False))
+    estimated = replace(declared, capacity_declared=False, capacity_estimated=True)
+    assert rules_profile(declared) == rules_profile(estimated)
+    assert "capacity_estimated" not in rules_profile(declared)["metrics"]  # the old caches' key
     assert rules_profile(declared) != rules_profile(replace(declared, startup_delay_s=(1.0, 2.0)))

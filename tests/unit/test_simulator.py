@@ -1,4 +1,5 @@
 import dataclasses
+import math
 
 import numpy as np
 import pytest
@@ -358,6 +359,54 @@ def test_a_declared_capacity_reaches_the_features_and_the_rate_actions():
     _, _, _, _, _, info = sim.step_greedy(state, q, half)
     played_rate = info["action"] == actions.ACTION_NAMES.index("rate_peak_at_70")
     assert torch.equal(played_rate, declared)
+
+
+def test_an_estimated_capacity_stands_in_where_none_is_declared():
+    """With the estimate on, an env that declares no capacity sizes with rate over busy pods
+    (median over 30 minutes): close to the true capacity once the points are there, none
+    before; declared envs keep theirs; with it off nothing changes."""
+    rates = (80 + 40 * np.sin(np.arange(400) / 30.0)).astype(np.float32)
+    bank = TraceBank.from_arrays(["x"], [rates], ref_rates=[120.0])
+    base = fixed_config(peak_replicas=(3.0, 3.0))
+    on = dataclasses.replace(
+        base,
+        domain=dataclasses.replace(
+            base.domain, capacity_declared_probability=0.5, capacity_estimated=True
+        ),
+    )
+    n = 16
+    params = sim.make_params(bank, n, seed=3, config=on)
+    declared = params.capacity_declared
+    assert 0 < int(declared.sum()) < n
+    zero = torch.zeros(n, dtype=torch.long)
+    state, _ = sim.reset_fixed(params, zero, zero, torch.full((n,), 300))
+    x = sim.signals(state, params).inputs  # a flat history at the first rate: every point
+    assert torch.equal(x.capacity_rps[declared], params.capacity[declared])
+    est = x.capacity_rps[~declared] / params.capacity[~declared]
+    assert ((est - 1).abs() < 0.05).all(), est
+    for _ in range(150):
+        state, *_ = sim.step(state, zero, params)
+    x = sim.signals(state, params).inputs
+    est = x.capacity_rps[~declared] / params.capacity[~declared]
+    assert ((est - 1).abs() < 0.1).all(), est
+    off = sim.make_params(bank, n, seed=3, config=base)
+    state, _ = sim.reset_fixed(off, zero, zero, torch.full((n,), 300))
+    x = sim.signals(state, off).inputs
+    assert torch.isnan(x.capacity_rps[~off.capacity_declared]).all()
+
+
+def test_the_capacity_estimate_takes_the_median_of_the_points_it_can_trust():
+    cap = 50.0
+    busy = torch.tensor([[2.0] * 31, [0.2] * 31, [2.0] * 9 + [0.1] * 22, [3.0] * 31])
+    rate = busy * cap
+    rate[0, :10] *= 3.0  # a step the CPU has not caught up with yet: outvoted
+    rate[3] = rate[3] * 2.0  # saturated: above 90 % of the 3 pods ready, not used
+    ready = torch.tensor([4.0, 4.0, 4.0, 3.0])
+    est = features.estimate_capacity(rate, busy, ready)
+    assert est[0] == pytest.approx(cap)
+    assert torch.isnan(est[1:]).all()  # too little work; too few points; saturated
+    rate[0, 20] = math.nan
+    assert features.estimate_capacity(rate, busy, ready)[0] == pytest.approx(cap)
 
 
 def _busy_peak_by_hand(state, params, env: int) -> float:

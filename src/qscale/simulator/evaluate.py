@@ -707,7 +707,9 @@ def rules_profile(profile: EvalProfile) -> dict:
     ``capacity_estimated``, which no rule reads (the rate rules are given the true per-pod capacity, the HPA reads CPU), so an
     evaluation without a declared capacity reuses the grid of one with it."""
     mine = ("capacity_declared", "capacity_estimated")
-    return {k: v for k, v in asdict(profile).items() if k not in mine}
+    out = {k: v for k, v in asdict(profile).items() if k not in mine}
+    out["metrics"] = {k: v for k, v in out["metrics"].items() if k not in mine}
+    return out
 
 
 def _spread(win: Windows, per_trace: int) -> torch.Tensor:
