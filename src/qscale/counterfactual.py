@@ -39,7 +39,7 @@ from dataclasses import dataclass
 
 import torch
 
-from qscale import service
+from qscale import features, service
 
 __all__ = ["VERDICTS", "Sample", "Score", "score"]
 
@@ -211,9 +211,16 @@ def score(
     busy = [
         s
         for s in xs
-        if math.isfinite(s.rate) and s.rate > 0 and math.isfinite(s.busy) and s.busy >= 0.5
+        if math.isfinite(s.rate)
+        and s.rate > 0
+        and math.isfinite(s.busy)
+        and s.busy >= features.CAPACITY_EST_MIN_BUSY
     ]
-    free = [s for s in busy if math.isfinite(s.ready) and s.busy <= 0.9 * s.ready]
+    free = [
+        s
+        for s in busy
+        if math.isfinite(s.ready) and s.busy <= features.CAPACITY_EST_MAX_LOAD * s.ready
+    ]
     mu = _median([s.rate / s.busy for s in (free or busy)])
     if not (math.isfinite(mu) and mu > 0):
         return short("no tick with half a pod busy: a pod's capacity cannot be estimated")

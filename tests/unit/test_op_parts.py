@@ -74,7 +74,16 @@ def test_bad_settings_are_one_line(env, message):
     ],
 )
 def test_pick_lags(points, expected):
-    assert pick_lags(points, 940.0) == expected
+    got = pick_lags(points, 940.0)
+    assert (got and got[:7]) == expected
+    if got is not None:  # the points used: finite ones of the last 30 minutes, newest last
+        finite = {p for p in points if math.isfinite(p[1])}
+        assert set(got[7]) <= finite and got[7][-1] == max(finite)
+
+
+def test_the_points_used_leave_out_a_first_window_that_was_not_whole():
+    got = pick_lags([(820.0, 2.0), (880.0, 5.0), (940.0, 7.0)], 940.0)
+    assert got is not None and got[7] == [(880.0, 5.0), (940.0, 7.0)]
 
 
 def test_a_gap_is_missing_data_not_an_older_value():
@@ -103,8 +112,10 @@ async def test_fetch_is_five_queries_per_group_mapped_back_by_labels():
             res = [series("x", form["time"])]  # a rate() is as fresh as the query
         elif "http_request_duration" in form["query"]:
             res = [series("x", "NaN"), series("y", "0.2")]
-        elif form["query"].startswith("max_over_time("):
-            res = [series("x", "2.5")]
+        elif form["query"].endswith("[30m:1m]"):  # the points behind the default cpu_peak
+            t = float(form["time"]) // 60 * 60
+            pts = [[t - 60 * k, "2.5" if k == 7 else "1.5"] for k in range(31)]
+            res = [{"metric": {"namespace": "a", "deployment": "x"}, "values": pts}]
         else:
             res = [series("x", "0.5"), series("zzz", "9")]
         return httpx.Response(200, json={"status": "success", "data": {"result": res}})
@@ -125,6 +136,9 @@ async def test_fetch_is_five_queries_per_group_mapped_back_by_labels():
     x = out[groups[0]][("a", "x")]
     assert x.has_rate and x.rate_15m == 10.0 and x.cpu_utilization == 0.5 and x.age_s == 0.0
     assert x.has_cpu_peak and x.cpu_peak_cores == 2.5 and x.rate_peak_30m == 10.0
+    assert len(x.cpu_points) == 31 and x.cpu_points[-1][0] <= 1_800_000_000.5
+    assert len(x.rate_points) == 31 and all(v == 10.0 for _, v in x.rate_points)
+    assert not any("max_over_time" in q for _, q in seen[:5])  # its points were asked instead
     # a NaN p95 while 10 req/s flow is missing, with its reason (not "p95 at the SLO")
     assert not x.has_latency and not x.present
     assert x.gaps == ["latency_p95: no value while requests flow"] and not x.errors
@@ -392,7 +406,7 @@ async def test_no_cpu_history_yet_reads_flat_but_a_failed_peak_query_is_missing(
     def handler(request: httpx.Request) -> httpx.Response:
         form = {k: v[0] for k, v in parse_qs(request.content.decode()).items()}
         metric = {"namespace": "a", "deployment": "x"}
-        if form["query"].startswith("max_over_time("):
+        if form["query"].endswith("[30m:1m]"):  # the points behind the default cpu_peak
             if peak == "failed":
                 return httpx.Response(422, json={"status": "error", "errorType": "bad_data"})
             res = []

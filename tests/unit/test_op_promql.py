@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from qscale import features
-from qscale.operator.promql import TemplateError, check_template
+from qscale.operator.promql import TemplateError, check_template, peak_points
 
 NS = 'namespace=~"$namespace"'
 POD = 'pod=~"($deployment)-[a-z0-9]+-[a-z0-9]{5}"'
@@ -73,3 +73,25 @@ def test_a_refused_template_is_refused_every_time_and_a_passing_one_is_remembere
     hits = check_template.cache_info().hits
     check_template(good)
     assert check_template.cache_info().hits == hits + 1
+
+
+@pytest.mark.parametrize(
+    ("query", "inner"),
+    [
+        (features.PROMQL["cpu_peak"], features.PROMQL["cpu_peak"][len("max_over_time(") : -1]),
+        (f"max_over_time(x{{{NS}, {POD}}}[30m])", f"x{{{NS}, {POD}}}[30m]"),
+        (f'max_over_time(x{{{NS}, {POD}, a=")"}}[5m])', f'x{{{NS}, {POD}, a=")"}}[5m]'),
+        # any other form is read as the peak alone
+        (f"max_over_time(x{{{NS}, {POD}}}[5m]) + max_over_time(y{{{NS}, {POD}}}[5m])", None),
+        (f"max_over_time(x{{{NS}, {POD}}}[5m]) or vector(1)", None),
+        (f"max_over_time(x{{{NS}, {POD}}})", None),
+        (f"max(x{{{NS}, {POD}}}[5m])", None),
+        (f"x{{{NS}, {POD}}}", None),
+        ("max_over_time(x[5m]) # comment", None),
+    ],
+)
+def test_the_points_behind_a_peak_are_a_part_of_its_template(query, inner):
+    got = peak_points(query)
+    assert got == inner
+    if got is not None:
+        check_template(got)  # a part of a scoped template is scoped

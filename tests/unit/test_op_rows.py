@@ -16,6 +16,7 @@ from qscale.operator.rows import (
     IndexedPolicy,
     Row,
     Runtime,
+    estimate_capacities,
     hold_within_bounds,
     query_groups,
     restore_shield,
@@ -198,3 +199,43 @@ def test_the_declared_capacity_reaches_the_features_and_none_reads_as_none():
     obs = features.compute(x)
     assert obs[:, features.LOAD_PER_POD].tolist() == [0.5, -1.0]  # 100 / (50 x 4); none
     assert features.capacity_declared(obs).tolist() == [True, False]
+
+
+def _history(cap: float, cores_per_pod: float = 1.0, end: float = 1_800_000_000.0):
+    """30 minutes of a service at ``cap`` req/s per busy pod: rate points where the tick's
+    second falls, CPU points on whole minutes (7 s earlier), 2-3.5 pods busy."""
+    busy = [2.0 + 1.5 * (k % 4) / 3 for k in range(31)]
+    rate = tuple((end - 60 * (30 - k), cap * b) for k, b in enumerate(busy))
+    cpu = tuple((t - 7.0, b * cores_per_pod) for (t, _), b in zip(rate, busy, strict=True))
+    return rate, cpu
+
+
+def test_an_undeclared_capacity_is_estimated_from_the_rate_and_cpu_points():
+    """Rate over busy pods at the same instants (CPU points paired within 30 s), as the
+    simulator reads them; a declared capacity wins; ``estimate: false`` leaves none; a template
+    that gave the peak alone (no points) leaves none."""
+    declared = row("web", replicas=4, capacity={"requestsPerSecondPerPod": 50})
+    guessed = row("api", replicas=4)
+    off = row("off", replicas=4, capacity={"estimate": False})
+    peak_only = row("bare", replicas=4)
+    rows = [declared, guessed, off, peak_only]
+    for r in rows:
+        rate, cpu = _history(40.0, cores_per_pod=2.0)
+        r.target = dataclasses.replace(r.target, cpu_limit_ratio=2.0, cpu_limit_cores=2.0)
+        r.obs = Observation(rate_now=160.0, p95_s=0.1, cpu_utilization=0.8, cpu_peak_cores=7.0,
+                            has_rate=True, has_latency=True, has_cpu=True, has_cpu_peak=True,
+                            rate_points=rate, cpu_points=() if r is peak_only else cpu)  # fmt: skip
+    estimate_capacities(rows)
+    assert guessed.capacity_estimate == pytest.approx(40.0)
+    assert all(math.isnan(r.capacity_estimate) for r in (declared, off, peak_only))
+    x = signals_of(rows).inputs
+    assert x.capacity_rps.tolist()[:2] == [50.0, pytest.approx(40.0)]
+    assert all(math.isnan(c) for c in x.capacity_rps.tolist()[2:])
+    assert features.capacity_declared(features.compute(x)).tolist() == [True, True, False, False]
+    # CPU points more than 30 s from every rate point pair with none: too few points, no estimate
+    far = row("far", replicas=4)
+    rate, cpu = _history(40.0)
+    far.obs = dataclasses.replace(peak_only.obs, rate_points=rate,
+                                  cpu_points=tuple((t - 31.0, v) for t, v in cpu))  # fmt: skip
+    estimate_capacities([far])
+    assert math.isnan(far.capacity_estimate)

@@ -114,6 +114,7 @@ _PIN = {"configMapRef": {"name": "cand"}, "sha256": "a" * 64}
             "spec.capacity.requestsPerSecondPerPod: 'fast' must be a number",
         ),
         ({"capacity": 40}, "spec.capacity must be an object"),
+        ({"capacity": {"estimate": "yes"}}, "spec.capacity.estimate must be true or false"),
         (
             {
                 "metrics": {

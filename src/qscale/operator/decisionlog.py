@@ -80,6 +80,8 @@ def record(
             "cpu_utilization": _num(o.cpu_utilization) if o.has_cpu else None,
             "ready": row.target.ready,
             "age_s": _num(o.age_s, 3),
+            "capacity_rps": _num(row.spec.capacity_rps or row.capacity_estimate),
+            "capacity_estimated": row.spec.capacity_rps is None,
         },
         "prev_ts": prev_ts,
     }

@@ -22,9 +22,13 @@ own Prometheus adds a group of 5): the four templates and ``timestamp()`` of the
   scrape or of Prometheus) is a gap: the rate is missing until the window is whole again,
   never filled with another time's value (that would invent a trend).
 * ``latency_p95``, ``cpu_utilization`` and ``cpu_peak`` (a subquery: the highest CPU in use,
-  in cores, over 30 minutes) are instant queries. A ``NaN`` p95 with no requests
-  is a value (:func:`qscale.features.compute` reads it as idle); a ``NaN`` p95 while requests
-  flow is missing (a service that answers nothing must not look healthy).
+  in cores, over 30 minutes) are instant queries. Of a ``cpu_peak`` that is one
+  ``max_over_time(X)`` call (the default), ``X`` is asked instead and its points read
+  (:func:`qscale.operator.promql.peak_points`): their highest is the peak (the same value), and
+  with the rate's points at the same instants they give the per-pod capacity estimate
+  (:func:`qscale.features.estimate_capacity`) for a policy that declares none. A ``NaN`` p95
+  with no requests is a value (:func:`qscale.features.compute` reads it as idle); a ``NaN`` p95
+  while requests flow is missing (a service that answers nothing must not look healthy).
 * ``cpu_peak`` with no series while ``cpu_utilization`` has one is no history yet (its points
   fall on whole minutes; a Deployment that just started has none): the peak reads the CPU now,
   and the policy's ``MetricsAvailable`` says so. A failed ``cpu_peak`` query is missing data.
@@ -48,6 +52,7 @@ from dataclasses import dataclass, field
 import httpx
 
 from qscale import features
+from qscale.operator import promql
 
 __all__ = ["LOOKBACK_S", "Observation", "PromClient", "QueryGroup", "pick_lags"]
 
@@ -70,6 +75,11 @@ class Observation:
     cpu_utilization: float = math.nan
     cpu_peak_cores: float = math.nan
     """The highest CPU in use of the last 30 minutes, cores (``cpu_peak``)."""
+    rate_points: tuple[tuple[float, float], ...] = ()
+    """The request-rate range's points used (epoch seconds, req/s), oldest first."""
+    cpu_points: tuple[tuple[float, float], ...] = ()
+    """The CPU in use behind ``cpu_peak`` (epoch seconds, cores), oldest first; empty when the
+    template gives the peak alone."""
     age_s: float = 0.0
     """Age of the request rate at the time of the query, seconds: the older of its newest
     range point and its sample time. ``timestamp()`` of the rate query is the sample time of a
@@ -116,9 +126,10 @@ class RangeGap(ValueError):
 
 def pick_lags(
     points: Sequence[tuple[float, float]], end: float
-) -> tuple[float, float, float, float, float, float, float] | None:
-    """``(now, 1m, 5m, 15m ago, peak, peak30, age_s)`` from a range result's points, as of its
-    newest finite point (``age_s = end`` minus its time); ``None`` without one. A look-back
+) -> tuple[float, float, float, float, float, float, float, list[tuple[float, float]]] | None:
+    """``(now, 1m, 5m, 15m ago, peak, peak30, age_s, points)`` from a range result's points, as
+    of its newest finite point (``age_s = end`` minus its time; ``points``: those used, oldest
+    first); ``None`` without one. A look-back
     older than the first point reads the first point; one missing between points raises
     :class:`RangeGap`. ``peak`` is the highest point of the
     :data:`~qscale.features.RATE_PEAK_SPAN_S` up to the newest (``rate_peak_15m``), ``peak30``
@@ -147,7 +158,8 @@ def pick_lags(
     peak = max(v for t, v in pts if t >= lo)
     lo30 = newest - features.LONG_PEAK_SPAN_S - 0.5
     peak30 = max(v for t, v in pts if t >= lo30)
-    return out[0], out[1], out[2], out[3], peak, peak30, max(0.0, end - newest)
+    used = [(t, v) for t, v in pts if t >= lo30]
+    return out[0], out[1], out[2], out[3], peak, peak30, max(0.0, end - newest), used
 
 
 def _pair(raw: object) -> tuple[object, object]:
@@ -175,8 +187,20 @@ def _read_rate(obs: Observation, series: dict, end: float) -> None:
             obs.rate_peak_15m,
             obs.rate_peak_30m,
             obs.age_s,
+            used,
         ) = lags
+        obs.rate_points = tuple(used)
         obs.has_rate = True
+
+
+def _read_points(series: dict) -> tuple[tuple[float, float], ...]:
+    """A matrix series' finite points, oldest first."""
+    out = []
+    for raw in series.get("values") or []:
+        t, v = (_value(x) for x in _pair(raw))
+        if math.isfinite(t) and math.isfinite(v):
+            out.append((t, v))
+    return tuple(sorted(out))
 
 
 def _value(raw: object) -> float:
@@ -275,10 +299,11 @@ class PromClient:
             # Align the range to the step so that the lags fall on points of the result.
             end = math.floor(now)
             start = end - LOOKBACK_S
+            peak = promql.peak_points(g.cpu_peak) or g.cpu_peak
             instant = (
                 ("latency_p95", features.fill_template(g.latency_p95, namespaces, names)),
                 ("cpu_utilization", features.fill_template(g.cpu_utilization, namespaces, names)),
-                ("cpu_peak", features.fill_template(g.cpu_peak, namespaces, names)),
+                ("cpu_peak", features.fill_template(peak, namespaces, names)),
                 # The rate's own sample times (a recording rule or federation that lags).
                 ("sample_time", f"timestamp({rate})"),
             )
@@ -310,6 +335,12 @@ class PromClient:
                     continue
                 if template == "request_rate":
                     _read_rate(obs, series, end)
+                    continue
+                if template == "cpu_peak" and "values" in series:  # the points behind the peak
+                    obs.cpu_points = _read_points(series)
+                    if obs.cpu_points:
+                        obs.cpu_peak_cores = max(v for _, v in obs.cpu_points)
+                        obs.has_cpu_peak = True
                     continue
                 v = _value(_pair(series.get("value"))[1])
                 if template == "latency_p95":

@@ -24,7 +24,7 @@ import functools
 import re
 from dataclasses import dataclass
 
-__all__ = ["TemplateError", "check_template"]
+__all__ = ["TemplateError", "check_template", "peak_points"]
 
 NAMESPACE = "$namespace"
 DEPLOYMENT = "$deployment"
@@ -73,6 +73,33 @@ def _tokens(query: str) -> list[_Tok]:
             out.append(_Tok(kind, m.group()))
         pos = m.end()
     return out
+
+
+def peak_points(query: str) -> str | None:
+    """The series behind a peak: for a template that is one ``max_over_time(X)`` call whose
+    argument ends in a range or subquery bracket (as the default ``cpu_peak`` is), ``X``, whose
+    points the operator reads and takes the highest of itself (the same value Prometheus'
+    ``max_over_time`` gives); ``None`` for any other form (read as the peak alone). ``X`` is a
+    part of the template, so it reads nothing the template does not."""
+    spans: list[tuple[str, str, int, int]] = []
+    pos = 0
+    while pos < len(query):
+        m = _TOKEN.match(query, pos)
+        if m is None or m.lastgroup == "comment":
+            return None
+        if m.lastgroup != "ws":
+            spans.append((m.lastgroup or "", m.group(), m.start(), m.end()))
+        pos = m.end()
+    if len(spans) < 4 or spans[0][1] != "max_over_time" or spans[1][1] != "(":
+        return None
+    if spans[-1][1] != ")" or spans[-2][1] != "]":
+        return None
+    depth = 0
+    for k, (kind, _, _, _) in enumerate(spans[1:], 1):
+        depth += (kind == "open") - (kind == "close")
+        if depth <= 0 and k != len(spans) - 1:
+            return None  # the call closes before the end: max_over_time(a) + b
+    return query[spans[1][3] : spans[-1][2]].strip() if depth == 0 else None
 
 
 def _unquote(s: str) -> str:

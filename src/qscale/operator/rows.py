@@ -8,6 +8,7 @@ between ticks is its :class:`Runtime`, rebuilt from the status when it is first 
 
 from __future__ import annotations
 
+import bisect
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -34,6 +35,7 @@ __all__ = [
     "busy_pods",
     "decide_rows",
     "enforcers",
+    "estimate_capacities",
     "fallback_inputs",
     "forward",
     "hold_within_bounds",
@@ -216,6 +218,8 @@ class Row:
     drift_fallback: bool = False
     """Drift (``spec.drift.action: Fallback``): the model is asked (its input feeds the drift
     window) but the HPA rule decides, as a fallback."""
+    capacity_estimate: float = math.nan
+    """The per-pod capacity estimated this tick (NaN: none, or one is declared)."""
 
     @property
     def moves(self) -> bool:
@@ -332,6 +336,51 @@ def _busy_peak(r: Row) -> float:
     return cores / r.target.cpu_limit_cores if math.isfinite(cores) else 0.0
 
 
+_ALIGN_S = 30.0
+"""A CPU point pairs with the rate point within this many seconds of it (the rate range's
+points fall where the tick's second does, the CPU subquery's on whole minutes)."""
+_POINTS = round(features.LONG_PEAK_SPAN_S / features.RATE_PEAK_STEP_S) + 1
+
+
+def _aligned(r: Row) -> tuple[list[float], list[float]]:
+    """The rate points of the last 30 minutes and the busy pods at the same instants (NaN where
+    no CPU point is near), :data:`_POINTS` each, oldest first, NaN-padded in front."""
+    cpu = r.obs.cpu_points
+    times = [t for t, _ in cpu]
+    limit = r.target.cpu_limit_cores
+    rate, busy = [], []
+    for t, v in r.obs.rate_points[-_POINTS:]:
+        k = bisect.bisect_left(times, t)
+        near = [j for j in (k - 1, k) if 0 <= j < len(cpu) and abs(times[j] - t) <= _ALIGN_S]
+        j = min(near, key=lambda j: abs(times[j] - t)) if near else None
+        rate.append(v)
+        busy.append(cpu[j][1] / limit if j is not None and limit > 0 else math.nan)
+    pad = [math.nan] * (_POINTS - len(rate))
+    return pad + rate, pad + busy
+
+
+def estimate_capacities(rows: Sequence[Row]) -> None:
+    """``Row.capacity_estimate`` of each row with no declared capacity whose policy allows an
+    estimate, from its rate and CPU points (:func:`qscale.features.estimate_capacity`, as the
+    simulator computes it)."""
+    todo = [r for r in rows if r.spec.capacity_rps is None and r.spec.capacity_estimate]
+    if not todo:
+        return
+    pairs = [_aligned(r) for r in todo]
+    est = features.estimate_capacity(
+        torch.tensor([p[0] for p in pairs], dtype=torch.float64),
+        torch.tensor([p[1] for p in pairs], dtype=torch.float64),
+        _t([float(r.target.ready) for r in todo]),
+    )
+    for r, c in zip(todo, est.tolist(), strict=True):
+        r.capacity_estimate = c
+
+
+def _capacity(r: Row) -> float:
+    """The capacity the row sizes with: declared, else estimated, else NaN."""
+    return r.spec.capacity_rps if r.spec.capacity_rps is not None else r.capacity_estimate
+
+
 def signals_of(rows: Sequence[Row]) -> decision.Signals:
     """The rows' signals, as :func:`qscale.decision.decide` takes them."""
     nan = math.nan
@@ -353,7 +402,7 @@ def signals_of(rows: Sequence[Row]) -> decision.Signals:
         min_replicas=_t([float(r.spec.min_replicas) for r in rows]),
         since_scale_up_s=_t([0.0] * len(rows)),
         since_scale_down_s=_t([0.0] * len(rows)),
-        capacity_rps=_t([r.spec.capacity_rps or nan for r in rows]),
+        capacity_rps=_t([_capacity(r) for r in rows]),
     )
     return decision.Signals(
         inputs=inputs,
@@ -439,6 +488,7 @@ def decide_rows(
             v.proposal = int(proposals[j]) if math.isfinite(proposals[j]) else None
             if v.model_decided:
                 v.q_values = [round(x, 4) for x in q_shown[j]]
+                v.capacity_estimate = r.capacity_estimate
 
 
 def fallback_inputs(rows: Sequence[Row]) -> list[fb.FallbackInput]:

@@ -171,7 +171,11 @@ class PolicySpec:
     """The sliding window the model's inputs are compared with its training over."""
     capacity_rps: float | None = None
     """``spec.capacity.requestsPerSecondPerPod``: what one pod serves (None: not declared; the
-    model's rate actions are then unavailable)."""
+    capacity is then estimated, or with ``capacity_estimate`` off the model's rate actions are
+    unavailable)."""
+    capacity_estimate: bool = True
+    """``spec.capacity.estimate``: with no capacity declared, estimate it from the metrics
+    (:func:`qscale.features.estimate_capacity`) and size with it."""
     drift_action: str = "Report"
     """What drift does to the policy: ``Report`` (status, condition, Event, metrics only),
     ``Shadow`` (an Enforce policy stops writing) or ``Fallback`` (the HPA rule decides)."""
@@ -306,6 +310,9 @@ def parse_spec(spec: Mapping[str, Any] | None) -> PolicySpec:
         raise SpecError(
             f"spec.capacity.requestsPerSecondPerPod must be > 0 and <= 1e9, got {capacity:g}"
         )
+    estimate = cap.get("estimate", True)
+    if not isinstance(estimate, bool):
+        raise SpecError(f"spec.capacity.estimate must be true or false, got {estimate!r}")
     return PolicySpec(
         target=str(target_ref["name"]),
         min_replicas=lo,
@@ -323,6 +330,7 @@ def parse_spec(spec: Mapping[str, Any] | None) -> PolicySpec:
         drift_window_s=drift_window,
         drift_action=drift_action,
         capacity_rps=capacity,
+        capacity_estimate=estimate,
     )
 
 

@@ -277,6 +277,9 @@ class Verdict:
     """The HPA rule's reason (the fallback's decisions)."""
     model_output_invalid: bool = False
     """The model answered NaN/inf Q-values this tick (its action was not followed)."""
+    capacity_estimate: float = math.nan
+    """The per-pod capacity (req/s) the model decided with, estimated from the metrics (NaN:
+    declared in the spec, or none)."""
 
 
 def base_status(status: Mapping[str, Any], generation: int) -> dict[str, Any]:
@@ -599,6 +602,8 @@ def last_action(replicas: int, verdict: Verdict, now: float, applied: bool) -> d
     }
     if v.q_values is not None and not v.by_fallback:
         a["qValues"] = dict(zip(actions.ACTION_NAMES, v.q_values, strict=True))
+        if math.isfinite(v.capacity_estimate):
+            a["estimatedCapacityPerPod"] = round(v.capacity_estimate, 2)
     return a
 
 

@@ -58,7 +58,7 @@ class Telemetry:
         if not decided or not v.q_values or r.model is None:
             return
         # the best action the policy could take here: the rate actions need a declared capacity
-        allowed = _ALLOWED[r.spec.capacity_rps is not None]
+        allowed = _ALLOWED[r.spec.capacity_rps is not None or math.isfinite(r.capacity_estimate)]
         q_max = max(q for q, ok in zip(v.q_values, allowed, strict=True) if ok)
         chosen = actions.ACTION_NAMES.index(v.action) if v.action in actions.ACTION_NAMES else -1
         q_sa_now = v.q_values[chosen] if chosen >= 0 else q_max

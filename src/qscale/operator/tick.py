@@ -53,6 +53,7 @@ from qscale.operator.rows import (
     Runtime,
     decide_rows,
     enforcers,
+    estimate_capacities,
     forward,
     hold_within_bounds,
     query_groups,
@@ -378,6 +379,7 @@ class Engine:
         if not deciding:
             return
         t0 = time.perf_counter()
+        estimate_capacities(deciding)
         signals = signals_of(deciding)
         state = batching.cat([r.runtime.shield for r in deciding])
         q_values, passes = forward(deciding, signals, state, now)

@@ -704,8 +704,9 @@ def _fingerprint(path: Path) -> list[str]:
 
 def rules_profile(profile: EvalProfile) -> dict:
     """The profile as the rule grid's cache key holds it: without ``capacity_declared`` and
-    ``capacity_estimated``, which no rule reads (the rate rules are given the true per-pod capacity, the HPA reads CPU), so an
-    evaluation without a declared capacity reuses the grid of one with it."""
+    ``capacity_estimated``, which no rule reads (the rate rules are given the true per-pod
+    capacity, the HPA reads CPU), so an evaluation without a declared capacity reuses the grid
+    of one with it."""
     mine = ("capacity_declared", "capacity_estimated")
     out = {k: v for k, v in asdict(profile).items() if k not in mine}
     out["metrics"] = {k: v for k, v in out["metrics"].items() if k not in mine}
