@@ -209,6 +209,50 @@ def test_a_shadow_policy_is_scored_against_what_runs_with_the_service_found_live
     assert st.operator.metric("qscale_shadow_policies", {"verdict": s["verdict"]}) >= 1
 
 
+def test_the_cpu_peak_is_read_from_its_points_as_prometheus_takes_their_max(st: Stack):
+    """The operator asks the points behind ``max_over_time(...)`` (the default ``cpu_peak``'s
+    form) instead of their max: real Prometheus answers that subquery with its points, their
+    highest is the value Prometheus' own ``max_over_time`` gives at the same instant, and the
+    request rate's points come with them (the capacity estimate's inputs)."""
+    import asyncio
+
+    from qscale.operator.prom import PromClient, QueryGroup
+
+    st.deployment("peaky", replicas=2, load=60)
+    url = st.prometheus.url
+    fast = QueryGroup(
+        url, FAST["requestRate"], FAST["latencyP95"], FAST["cpuUtilization"], FAST["cpuPeak"],
+        ((st.ns, "peaky"),),
+    )  # fmt: skip
+    default = QueryGroup(url, *(features.PROMQL[k] for k in (
+        "request_rate", "latency_p95", "cpu_utilization", "cpu_peak")), ((st.ns, "peaky"),),
+    )  # fmt: skip
+
+    async def fetch(now: float):
+        client = PromClient(timeout_s=10.0)
+        try:
+            return await client.fetch([fast, default], now)
+        finally:
+            await client.close()
+
+    deadline = time.time() + 60
+    while True:
+        now = float(int(time.time()))
+        out = asyncio.run(fetch(now))
+        x = out[fast][(st.ns, "peaky")]
+        if (len(x.cpu_points) >= 3 and x.rate_points) or time.time() > deadline:
+            break
+        time.sleep(2)
+    assert len(x.cpu_points) >= 3 and x.rate_points and not x.errors, x
+    filled = features.fill_template(FAST["cpuPeak"], [st.ns], ["peaky"])
+    r = httpx.post(f"{url}/api/v1/query", data={"query": filled, "time": f"{now:.3f}"})
+    ((series,),) = [r.json()["data"]["result"]]
+    assert x.has_cpu_peak and x.cpu_peak_cores == pytest.approx(float(series["value"][1]))
+    # The default template's points: a subquery Prometheus accepts as a query of its own.
+    d = out[default][(st.ns, "peaky")]
+    assert not [e for e in d.errors if e.startswith("cpu_peak")], d.errors
+
+
 CANARY_DOWN = {"scaleDown": {"cooldown": "0s", "stabilizationWindow": "0s", "maxPercent": 100}}
 
 
