@@ -79,11 +79,16 @@ def test_a_refused_template_is_refused_every_time_and_a_passing_one_is_remembere
     ("query", "inner"),
     [
         (features.PROMQL["cpu_peak"], features.PROMQL["cpu_peak"][len("max_over_time(") : -1]),
-        (f"max_over_time(x{{{NS}, {POD}}}[30m])", f"x{{{NS}, {POD}}}[30m]"),
-        (f'max_over_time(x{{{NS}, {POD}, a=")"}}[5m])', f'x{{{NS}, {POD}, a=")"}}[5m]'),
+        (f"max_over_time(x{{{NS}, {POD}}}[20s:2s])", f"x{{{NS}, {POD}}}[20s:2s]"),
+        (f'max_over_time(x{{{NS}, {POD}, a=")"}}[1h:1m])', f'x{{{NS}, {POD}, a=")"}}[1h:1m]'),
+        # raw samples, a default step or more than 64 points: the peak alone
+        (f"max_over_time(x{{{NS}, {POD}}}[30m])", None),
+        (f"max_over_time(x{{{NS}, {POD}}}[30m:])", None),
+        (f"max_over_time(x{{{NS}, {POD}}}[30m:1s])", None),
+        (f"max_over_time(x{{{NS}, {POD}}}[30m:0s])", None),
         # any other form is read as the peak alone
-        (f"max_over_time(x{{{NS}, {POD}}}[5m]) + max_over_time(y{{{NS}, {POD}}}[5m])", None),
-        (f"max_over_time(x{{{NS}, {POD}}}[5m]) or vector(1)", None),
+        (f"max_over_time(x{{{NS}, {POD}}}[5m:1m]) + max_over_time(y{{{NS}, {POD}}}[5m:1m])", None),
+        (f"max_over_time(x{{{NS}, {POD}}}[5m:1m]) or vector(1)", None),
         (f"max_over_time(x{{{NS}, {POD}}})", None),
         (f"max(x{{{NS}, {POD}}}[5m])", None),
         (f"x{{{NS}, {POD}}}", None),

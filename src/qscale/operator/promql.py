@@ -75,12 +75,29 @@ def _tokens(query: str) -> list[_Tok]:
     return out
 
 
+MAX_PEAK_POINTS = 64
+"""The most points per series :func:`peak_points` lets a reply carry (a tenant's template must
+not turn one value per Deployment into thousands)."""
+
+_DURATION = re.compile(r"(?:(\d+)(ms|s|m|h|d|w|y))")
+_UNIT_S = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
+
+
+def _seconds(text: str) -> float | None:
+    """A PromQL duration (``30m``, ``1h30m``, ``500ms``) in seconds; ``None`` if it is not one."""
+    parts = _DURATION.findall(text)
+    if not parts or "".join(a + b for a, b in parts) != text:
+        return None
+    return sum(int(a) * _UNIT_S[b] for a, b in parts)
+
+
 def peak_points(query: str) -> str | None:
     """The series behind a peak: for a template that is one ``max_over_time(X)`` call whose
-    argument ends in a range or subquery bracket (as the default ``cpu_peak`` is), ``X``, whose
-    points the operator reads and takes the highest of itself (the same value Prometheus'
-    ``max_over_time`` gives); ``None`` for any other form (read as the peak alone). ``X`` is a
-    part of the template, so it reads nothing the template does not."""
+    argument ends in a subquery ``[range:step]`` of at most :data:`MAX_PEAK_POINTS` points (as
+    the default ``cpu_peak``, ``[30m:1m]``, is), ``X``, whose points the operator reads and
+    takes the highest of itself (the same value Prometheus' ``max_over_time`` gives); ``None``
+    for any other form (read as the peak alone). ``X`` is a part of the template, so it reads
+    nothing the template does not."""
     spans: list[tuple[str, str, int, int]] = []
     pos = 0
     while pos < len(query):
@@ -94,6 +111,14 @@ def peak_points(query: str) -> str | None:
         return None
     if spans[-1][1] != ")" or spans[-2][1] != "]":
         return None
+    opening = max((k for k, s in enumerate(spans) if s[1] == "["), default=None)
+    if opening is None:
+        return None
+    inside = query[spans[opening][3] : spans[-2][2]].replace(" ", "")
+    span, _, step = inside.partition(":")
+    span_s, step_s = _seconds(span), _seconds(step)
+    if span_s is None or not step_s or span_s / step_s > MAX_PEAK_POINTS:
+        return None  # raw samples (no step), the default step, or too many points
     depth = 0
     for k, (kind, _, _, _) in enumerate(spans[1:], 1):
         depth += (kind == "open") - (kind == "close")
