@@ -58,6 +58,8 @@ class TemplateError(ValueError):
 class _Tok:
     kind: str
     text: str
+    start: int = 0
+    end: int = 0
 
 
 def _tokens(query: str) -> list[_Tok]:
@@ -70,7 +72,7 @@ def _tokens(query: str) -> list[_Tok]:
         if kind == "comment":
             raise TemplateError("comments are not allowed")
         if kind != "ws":
-            out.append(_Tok(kind, m.group()))
+            out.append(_Tok(kind, m.group(), m.start(), m.end()))
         pos = m.end()
     return out
 
@@ -91,40 +93,36 @@ def _seconds(text: str) -> float | None:
     return sum(int(a) * _UNIT_S[b] for a, b in parts)
 
 
+@functools.lru_cache(maxsize=256)
 def peak_points(query: str) -> str | None:
     """The series behind a peak: for a template that is one ``max_over_time(X)`` call whose
     argument ends in a subquery ``[range:step]`` of at most :data:`MAX_PEAK_POINTS` points (as
     the default ``cpu_peak``, ``[30m:1m]``, is), ``X``, whose points the operator reads and
     takes the highest of itself (the same value Prometheus' ``max_over_time`` gives); ``None``
     for any other form (read as the peak alone). ``X`` is a part of the template, so it reads
-    nothing the template does not."""
-    spans: list[tuple[str, str, int, int]] = []
-    pos = 0
-    while pos < len(query):
-        m = _TOKEN.match(query, pos)
-        if m is None or m.lastgroup == "comment":
-            return None
-        if m.lastgroup != "ws":
-            spans.append((m.lastgroup or "", m.group(), m.start(), m.end()))
-        pos = m.end()
-    if len(spans) < 4 or spans[0][1] != "max_over_time" or spans[1][1] != "(":
+    nothing the template does not; remembered as :func:`check_template` is (asked every tick)."""
+    try:
+        spans = _tokens(query)
+    except TemplateError:
         return None
-    if spans[-1][1] != ")" or spans[-2][1] != "]":
+    if len(spans) < 4 or spans[0].text != "max_over_time" or spans[1].text != "(":
         return None
-    opening = max((k for k, s in enumerate(spans) if s[1] == "["), default=None)
+    if spans[-1].text != ")" or spans[-2].text != "]":
+        return None
+    opening = max((k for k, s in enumerate(spans) if s.text == "["), default=None)
     if opening is None:
         return None
-    inside = query[spans[opening][3] : spans[-2][2]].replace(" ", "")
+    inside = query[spans[opening].end : spans[-2].start].replace(" ", "")
     span, _, step = inside.partition(":")
     span_s, step_s = _seconds(span), _seconds(step)
     if span_s is None or not step_s or span_s / step_s > MAX_PEAK_POINTS:
         return None  # raw samples (no step), the default step, or too many points
     depth = 0
-    for k, (kind, _, _, _) in enumerate(spans[1:], 1):
-        depth += (kind == "open") - (kind == "close")
+    for k, s in enumerate(spans[1:], 1):
+        depth += (s.kind == "open") - (s.kind == "close")
         if depth <= 0 and k != len(spans) - 1:
             return None  # the call closes before the end: max_over_time(a) + b
-    return query[spans[1][3] : spans[-1][2]].strip() if depth == 0 else None
+    return query[spans[1].end : spans[-1].start].strip() if depth == 0 else None
 
 
 def _unquote(s: str) -> str:
