@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from qscale import features
 from qscale.policy.artifact import ArtifactError
 from qscale.policy.controller import policy_row
 from qscale.simulator import frontier as fr
@@ -97,6 +98,9 @@ def _profile(args: argparse.Namespace) -> EvalProfile:
         ("--slo-factor", args.slo_factor, args.slo_factor > 1.0,
          "> 1 (the SLO is a multiple of the unloaded p95; at <= 1 every minute violates it)"),
         ("--max-replicas-factor", args.max_replicas_factor, args.max_replicas_factor >= 1, ">= 1"),
+        ("--slo-priority", args.slo_priority,
+         features.SLO_PRIORITY_RANGE[0] <= args.slo_priority <= features.SLO_PRIORITY_RANGE[1],
+         f"in [{features.SLO_PRIORITY_RANGE[0]:g}, {features.SLO_PRIORITY_RANGE[1]:g}]"),
     )  # fmt: skip
     for flag, value, ok, rule in checks:
         if not (math.isfinite(value) and ok):
@@ -110,6 +114,7 @@ def _profile(args: argparse.Namespace) -> EvalProfile:
         cpu_limit_ratio=ratio,
         capacity_declared=not args.no_capacity,
         capacity_estimated=args.estimate_capacity,
+        slo_priority=args.slo_priority,
     )
 
 
@@ -357,6 +362,13 @@ def _add_profile_args(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="with --no-capacity: the pods' capacity is estimated from the metrics (rate over "
         "busy pods, last 30 minutes) and the model sizes with that",
+    )
+    p.add_argument(
+        "--slo-priority",
+        type=float,
+        default=1.0,
+        help="the SLO priority the model's policy sets (spec.slo.priority: 2 weighs a minute "
+        "over the SLO twice as much against cost; default 1); returns stay scored at 1",
     )
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads, pinned (default 1)")

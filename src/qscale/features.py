@@ -28,6 +28,8 @@ capacity_rps        the requests/s one pod serves, as the policy declares it
                     (``spec.capacity.requestsPerSecondPerPod``, KEDA's per-pod threshold
                     found by load-testing one pod); NaN when it declares none.
 since_scale_*       the shield's own memory of scale events (kept in the policy's status).
+slo_priority        the trade-off the policy sets (``spec.slo.priority``, 1 by default): how
+                    much a minute over the SLO weighs against the pods that would prevent it.
 ==================  =========================================================================
 
 ``maxReplicas`` is deliberately *not* a feature: users set it as a safety cap, and a feature
@@ -52,7 +54,7 @@ from dataclasses import dataclass
 
 import torch
 
-SPEC_VERSION = 4
+SPEC_VERSION = 5
 
 #: Seconds a scale event keeps influencing the "time since" features; beyond it they read 1.
 SINCE_SCALE_HORIZON_S = 300.0
@@ -69,6 +71,10 @@ RATE_PEAK_STEP_S = 60.0
 LONG_PEAK_SPAN_S = 1800.0
 #: ``log_replicas`` reads 1 at this many replicas.
 REPLICAS_SCALE = 1000.0
+#: The SLO priorities a policy may set: 2**-2 .. 2**2 (``spec.slo.priority``; the feature is
+#: their log2, and training draws them log-uniformly over this range).
+SLO_PRIORITY_LOG2_MAX = 2.0
+SLO_PRIORITY_RANGE: tuple[float, float] = (2.0**-SLO_PRIORITY_LOG2_MAX, 2.0**SLO_PRIORITY_LOG2_MAX)
 
 # A Deployment's pods are named <deployment>-<pod-template-hash>-<5 chars>; label_replace turns
 # the pod label into a deployment label, so one query serves many Deployments at once.
@@ -153,6 +159,9 @@ FEATURES: tuple[Feature, ...] = (
     Feature("load_per_pod",
             "request rate now / (declared requests/s per pod x replicas); -1: none declared",
             -1.0, 4.0),
+    Feature("slo_priority",
+            "log2(the policy's SLO priority: the weight of a step over the SLO against the "
+            "default trade-off's)", -SLO_PRIORITY_LOG2_MAX, SLO_PRIORITY_LOG2_MAX),
 )  # fmt: skip
 
 FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)
@@ -211,6 +220,8 @@ class FeatureInputs:
     capacity_rps: torch.Tensor | None = None
     """Declared requests/s per pod (NaN or ``None``: not declared); the rate actions of
     :mod:`qscale.actions` size with it and are unavailable without it."""
+    slo_priority: torch.Tensor | None = None
+    """The policy's SLO priority (``None``: 1, the default trade-off)."""
 
     def declared_capacity(self) -> torch.Tensor:
         """``[B]`` the declared per-pod capacity, NaN where none (or a non-positive one) is."""
@@ -281,6 +292,12 @@ def peak30_busy_pods(x: FeatureInputs, busy: torch.Tensor | None = None) -> torc
     return torch.maximum(x.busy_peak_30m, _busy_of(x, busy))
 
 
+def _log2_priority(x: FeatureInputs) -> torch.Tensor:
+    if x.slo_priority is None:
+        return torch.zeros_like(x.replicas)
+    return torch.log2(torch.clamp(x.slo_priority.to(x.replicas.dtype), min=1e-9))
+
+
 def _load_per_pod(x: FeatureInputs, replicas: torch.Tensor) -> torch.Tensor:
     cap = x.declared_capacity()
     load = torch.clamp(x.rate_now, min=0.0) / (cap * replicas)
@@ -324,6 +341,7 @@ def compute(x: FeatureInputs) -> torch.Tensor:
         x.since_scale_up_s / SINCE_SCALE_HORIZON_S,
         x.since_scale_down_s / SINCE_SCALE_HORIZON_S,
         _load_per_pod(x, replicas),
+        _log2_priority(x),
     )
     obs = torch.stack([c.to(torch.float32) for c in cols], dim=-1)
     obs = torch.nan_to_num(obs, nan=0.0, posinf=1e9, neginf=-1e9)
@@ -335,31 +353,34 @@ _NAN = float("nan")
 GOLDEN_INPUTS: tuple[tuple[float, ...], ...] = (
     # cpu_utilization, cpu_limit_ratio, p95_s, slo_s, rate_now, rate_1m, rate_5m, rate_15m,
     # rate_peak_15m, rate_peak_30m, busy_peak_30m, replicas, ready_replicas, min_replicas,
-    # since_scale_up_s, since_scale_down_s, capacity_rps
+    # since_scale_up_s, since_scale_down_s, capacity_rps, slo_priority
     (0.6, 2.0, 0.3, 0.25, 100.0, 90.0, 80.0, 120.0, 150.0, 180.0, 2.4, 5.0, 4.0, 2.0, 120.0,
-     600.0, 50.0),
-    (0.35, 1.0, _NAN, 0.25, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0, 30.0, _NAN),
+     600.0, 50.0, 1.0),
+    (0.35, 1.0, _NAN, 0.25, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0, 30.0, _NAN,
+     2.0),
     (2.0, 1.0, 10.0, 0.1, 1000.0, 10.0, 5000.0, 20.0, 900.0, 5e4, 1e5, 2000.0, 0.0, 3.0, 1e9,
-     299.0, 0.1),
+     299.0, 0.1, 100.0),
     (_NAN, 0.0, _NAN, 0.3, 5.0, 7.0, 3.0, 5.0, 40.0, 40.0, _NAN, 0.0, 0.0, 1.0, 45.0, 150.0,
-     10.0),
+     10.0, _NAN),
     (0.2, 4.0, 0.02, 0.5, 12.5, 25.0, 50.0, 200.0, 12.5, 300.0, 1.0, 37.0, 30.0, 10.0, 299.0,
-     1.0, 0.0),
+     1.0, 0.0, 0.3),
 )  # fmt: skip
 """Fixed raw signals, one row per case, in :class:`FeatureInputs` field order (float64): a
 typical service, an idle one (no requests, NaN p95), one past every clip, missing signals and
-zero replicas, a falling rate (a non-positive capacity reads as none declared)."""
+zero replicas, a falling rate (a non-positive capacity reads as none declared); SLO priorities
+1, 2, one past the clip, NaN and 0.3."""
 
 GOLDEN: dict[str, tuple[tuple[float, ...], ...]] = {
-    "18b85bbda6ad6e50": (
+    "0f23a81986215749": (
         (0.3, 0.2630344, 0.1052495, 0.2228938, -0.1821218, 0.4049657, 0.5869878, 0.4694044, 0.2,
-         0.2593462, 0.4, 0.4, 1.0, 0.4),
-        (0.35, -4.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.1003288, 1.0, 0.0, 0.1, -1.0),
-        (1.5, 4.0, 2.0, -1.6054499, 2.0, 0.0, 3.0, 3.0, 1.0, 1.0, 0.0015, 1.0, 0.9966667, 4.0),
+         0.2593462, 0.4, 0.4, 1.0, 0.4, 0.0),
+        (0.35, -4.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.1003288, 1.0, 0.0, 0.1, -1.0, 1.0),
+        (1.5, 4.0, 2.0, -1.6054499, 2.0, 0.0, 3.0, 3.0, 1.0, 1.0, 0.0015, 1.0, 0.9966667, 4.0,
+         2.0),
         (0.0, 0.0, -0.3360727, 0.5101599, 0.0, 2.0724728, 2.0724728, 0.0, 0.0, 0.0, 1.0, 0.15, 0.5,
-         0.5),
+         0.5, 0.0),
         (0.05, -4.0, -0.6921487, -1.3833019, -2.0, 0.0, 3.0, 0.0, 0.1891892, 0.5265183, 0.2702703,
-         0.9966667, 0.0033333, -1.0),
+         0.9966667, 0.0033333, -1.0, -1.7369655),
     ),
 }  # fmt: skip
 """What :func:`compute` gives on :data:`GOLDEN_INPUTS`, pinned per :data:`SPEC_HASH`. The hash

@@ -228,9 +228,9 @@ def test_rate_actions_are_unavailable_without_a_declared_capacity():
     decide(sig, ShieldState.init(4), 0.0, CFG, q_values=q,
            explore=lambda g, avail: offered.append(avail) or g)  # fmt: skip
     rate = [i for i, a in enumerate(actions.ACTIONS) if a.kind in actions.RATE_KINDS]
-    assert len(rate) == 5 and A["rate_peak30_at_80"] in rate
-    assert offered[0][:, rate].tolist() == [[True] * 5] + [[False] * 5] * 3
-    assert offered[0][:, : A["cpu_peak30_at_80"] + 1].all()
+    assert len(rate) == 8 and A["rate_peak30_at_80"] in rate
+    assert offered[0][:, rate].tolist() == [[True] * 8] + [[False] * 8] * 3
+    assert offered[0][:, : A["cpu_peak30_at_90"] + 1].all()
 
 
 def test_30_minute_holds_size_for_the_highest_of_30_minutes():

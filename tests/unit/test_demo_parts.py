@@ -3,6 +3,7 @@ table, the live line, the HPA's steady state, the manifests of both sides."""
 
 from __future__ import annotations
 
+import io
 import json
 import math
 
@@ -13,13 +14,16 @@ from qscale.demo.run import (
     HPA,
     QSCALE,
     DemoConfig,
+    DemoError,
     _decisions,
     hpa_holds,
     hpa_manifest,
     live_line,
     policy_manifest,
+    run_demo,
 )
 from qscale.demo.stretch import Stretch
+from qscale.operator.spec import parse_spec
 from qscale.simulator.splits import packaged_trace
 
 
@@ -67,6 +71,15 @@ def test_the_two_sides_are_set_up_alike():
     }
     assert hpa["behavior"]["scaleDown"]["stabilizationWindowSeconds"] == 120
     assert pol["targetRef"]["name"] == QSCALE and hpa["scaleTargetRef"]["name"] == HPA
+    assert pol["slo"]["priority"] == 0.5
+    assert parse_spec(pol).slo_priority == 0.5
+
+
+def test_a_demo_priority_the_operator_would_refuse_stops_it_before_anything_starts(tmp_path):
+    cfg = DemoConfig(out=tmp_path, slo_priority=10.0)
+    with pytest.raises(DemoError, match=r"spec\.slo\.priority must be between 0\.25 and 4"):
+        run_demo(cfg, stream=io.StringIO())
+    assert not any(tmp_path.iterdir())
 
 
 def _row(t, q_pods, h_pods, q_p95, h_p95, q_gen=1, h_gen=1):

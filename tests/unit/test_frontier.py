@@ -287,3 +287,29 @@ def test_no_rule_reads_whether_the_policy_declares_its_capacity():
     assert rules_profile(declared) == rules_profile(estimated)
     assert "capacity_estimated" not in rules_profile(declared)["metrics"]  # the old caches' key
     assert rules_profile(declared) != rules_profile(replace(declared, startup_delay_s=(1.0, 2.0)))
+
+
+def test_the_rule_grid_is_the_same_at_every_slo_priority():
+    """The priority is the model's input and returns are scored at priority 1, so a rule's
+    every figure, its return included, is the same whatever priority the profile sets, and
+    the grid's cache key does not hold it."""
+    from dataclasses import replace
+
+    from qscale.simulator.evaluate import EvalProfile, build, rules_profile
+
+    rates = np.concatenate([np.full(80, 40.0), np.full(80, 200.0), np.full(80, 60.0)])
+    bank = TraceBank.from_arrays(["x"], [rates.astype(np.float32)], ref_rates=[160.0])
+    rules = [fr.Rule("hpa", 0.9, 0.0, "fast"), fr.Rule("rate", 0.9, 0.0)]
+    results = []
+    for p in (1.0, 4.0):
+        params, win = build(bank, EvalProfile(slo_priority=p), [0, 1], window_steps=200)
+        assert torch.equal(params.slo_priority, torch.full((params.n_envs,), p))
+        results.append(fr.run_rules(rules, params, win.triple()))
+    assert any(results[0][r]["slo_violation_minutes"].sum() > 0 for r in rules)
+    for r in rules:
+        for k in fr.METRIC_KEYS:
+            # the return up to float32 rounding of each step's reward (taken back per step)
+            tol = 1e-6 if k == "episode_return" else 0.0
+            np.testing.assert_allclose(results[0][r][k], results[1][r][k], rtol=tol)
+    assert rules_profile(EvalProfile()) == rules_profile(replace(EvalProfile(), slo_priority=2.0))
+    assert "slo_priority" not in rules_profile(EvalProfile())

@@ -201,6 +201,15 @@ def test_the_declared_capacity_reaches_the_features_and_none_reads_as_none():
     assert features.capacity_declared(obs).tolist() == [True, False]
 
 
+def test_the_slo_priority_reaches_the_features_as_its_log2():
+    rows = [row("web", slo={"latencyP95": "250ms", "priority": 2}), row("api")]
+    for r in rows:
+        r.obs = Observation(rate_now=100.0, p95_s=0.1, cpu_utilization=0.5, has_rate=True,
+                            has_latency=True, has_cpu=True)  # fmt: skip
+    obs = features.compute(signals_of(rows).inputs)
+    assert obs[:, features.FEATURE_NAMES.index("slo_priority")].tolist() == [1.0, 0.0]
+
+
 def _history(cap: float, cores_per_pod: float = 1.0, end: float = 1_800_000_000.0):
     """30 minutes of a service at ``cap`` req/s per busy pod: rate points where the tick's
     second falls, CPU points on whole minutes (7 s earlier), 2-3.5 pods busy."""

@@ -116,6 +116,18 @@ _PIN = {"configMapRef": {"name": "cand"}, "sha256": "a" * 64}
         ({"capacity": 40}, "spec.capacity must be an object"),
         ({"capacity": {"estimate": "yes"}}, "spec.capacity.estimate must be true or false"),
         (
+            {"slo": {"latencyP95": "300ms", "priority": 8}},
+            "spec.slo.priority must be between 0.25 and 4, got 8",
+        ),
+        (
+            {"slo": {"latencyP95": "300ms", "priority": 0}},
+            "spec.slo.priority must be between 0.25 and 4, got 0",
+        ),
+        (
+            {"slo": {"latencyP95": "300ms", "priority": True}},
+            "spec.slo.priority: True must be a number",
+        ),
+        (
             {
                 "metrics": {
                     "latencyP95": f'x{{namespace=~"$namespace", pod=~"$deployment-{"a" * 8200}"}}'
@@ -221,6 +233,12 @@ def test_behavior_explicit_is_the_fields_the_user_set():
         == {"max_step_up_pods": 3, "up_cooldown_s": 0.0, "down_stabilization_s": 120.0}
     )
     assert Behavior().explicit() == {}
+
+
+def test_the_slo_priority_is_read_and_defaults_to_1():
+    assert parse_spec(BASE).slo_priority == 1.0
+    spec = parse_spec({**BASE, "slo": {**BASE["slo"], "priority": 2}})
+    assert spec.slo_priority == 2.0
 
 
 def test_a_declared_capacity_is_read_and_absent_is_none():

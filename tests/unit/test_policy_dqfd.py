@@ -10,6 +10,7 @@ from qscale import actions, features
 from qscale.policy.replay import Transitions
 from qscale.policy.train import (
     TrainConfig,
+    demonstrated,
     double_dqn_target,
     epsilon_greedy,
     gather_demonstrations,
@@ -83,6 +84,7 @@ def test_double_dqn_target_bootstraps_from_an_available_action():
         ({"demo_margin": -0.1}, "demo_margin"),
         ({"demo_weight": -1.0}, "demo_weight"),
         ({"demo_pretrain_updates": -1}, "demo_pretrain_updates"),
+        ({"demo_target_per_doubling": -0.1}, "demo_target_per_doubling"),
     ],
 )
 def test_bad_demonstration_settings_are_refused(kw, match):
@@ -94,9 +96,11 @@ def test_bad_demonstration_settings_are_refused(kw, match):
 @pytest.mark.parametrize("cpu_rule", ["peak_at_80", "busy_at_65", "none"])
 def test_demonstrations_play_the_rule_each_cluster_can_play(cpu_rule):
     """The rate rule where a capacity is declared, the CPU rule where none is; with no CPU rule
-    every demonstration cluster declares its capacity, so all of them show the rate rule."""
+    every demonstration cluster declares its capacity, so all of them show the rate rule. With
+    the priority slope off each is the named action everywhere."""
     cfg = TrainConfig(traces=[str(packaged_trace())], n_envs=32, demo_env_steps=640,
-                      demo_action_cpu=cpu_rule, device="cpu")  # fmt: skip
+                      demo_action_cpu=cpu_rule, device="cpu",
+                      demo_target_per_doubling=0.0)  # fmt: skip
     bank = TraceBank.from_files(cfg.traces, cfg.train_split, cfg.dt)
     rb = gather_demonstrations(cfg, bank, torch.device("cpu"))
     assert rb.size >= cfg.demo_env_steps
@@ -109,3 +113,47 @@ def test_demonstrations_play_the_rule_each_cluster_can_play(cpu_rule):
     else:
         assert 0 < int(declared.sum()) < rb.size
         assert bool((act[~declared] == actions.ACTION_NAMES.index(cpu_rule)).all())
+
+
+def test_the_demonstrated_rule_follows_each_clusters_slo_priority():
+    """By default the demonstrated target falls 10 points per doubling of the priority (the
+    rules' reward-best 30-minute setting at each priority on validation), nearest action of
+    the same kind; every demonstrated transition shows its cluster's own."""
+    p = torch.tensor([0.25, 0.5, 0.75, 1.0, 1.4, 2.0, 3.0, 4.0])
+    names = [
+        actions.ACTION_NAMES[i] for i in demonstrated("rate_peak30_at_80", -0.1 * torch.log2(p))
+    ]
+    assert names == [f"rate_peak30_at_{t}" for t in (90, 90, 80, 80, 80, 70, 60, 60)]
+    cpu = [actions.ACTION_NAMES[i] for i in demonstrated("cpu_peak30_at_80", -0.1 * torch.log2(p))]
+    assert cpu == [f"cpu_peak30_at_{t}" for t in (90, 90, 80, 80, 80, 70, 60, 60)]
+    assert demonstrated("hold", torch.ones(3)).tolist() == [actions.HOLD] * 3
+    cfg = TrainConfig(traces=[str(packaged_trace())], n_envs=32, demo_env_steps=640, device="cpu")
+    bank = TraceBank.from_files(cfg.traces, cfg.train_split, cfg.dt)
+    rb = gather_demonstrations(cfg, bank, torch.device("cpu"))
+    obs, act = rb.obs[: rb.size], rb.action[: rb.size]
+    log2p = obs[:, features.FEATURE_NAMES.index("slo_priority")]
+    declared = features.capacity_declared(obs)
+    want = torch.where(
+        declared,
+        demonstrated(cfg.demo_action, -0.1 * log2p),
+        demonstrated(cfg.demo_action_cpu, -0.1 * log2p),
+    )
+    assert torch.equal(act, want)
+    assert len(set(act.tolist())) >= 4  # several priorities, both kinds
+
+
+def test_training_draws_slo_priorities_and_validates_at_the_default():
+    """Each training cluster's policy sets a priority from the configured range; validation
+    (the best-model choice) scores the default trade-off only; a range the feature cannot
+    show is refused."""
+    from qscale.policy.train import sim_config, validation_set
+
+    cfg = TrainConfig(traces=[str(packaged_trace())], eval_envs=8, eval_steps=40)
+    assert sim_config(cfg).domain.slo_priority == features.SLO_PRIORITY_RANGE
+    params, _ = validation_set(cfg)
+    assert torch.equal(params.slo_priority, torch.ones(8))
+    fixed = TrainConfig(slo_priority_min=1.0, slo_priority_max=1.0)
+    assert sim_config(fixed).domain.slo_priority == (1.0, 1.0)
+    for lo, hi in ((0.1, 1.0), (1.0, 8.0), (2.0, 1.0)):
+        with pytest.raises(ValueError, match="slo_priority"):
+            TrainConfig(slo_priority_min=lo, slo_priority_max=hi)

@@ -150,7 +150,8 @@ def test_spec_hash_is_stable_and_sensitive():
     assert len(features.SPEC_HASH) == 16
     original = features.FEATURES
     try:
-        features.FEATURES = (*original[:-1], dataclasses.replace(original[-1], hi=2.0))
+        wider = dataclasses.replace(original[-1], hi=original[-1].hi + 1.0)
+        features.FEATURES = (*original[:-1], wider)
         assert features._spec_hash() != features.SPEC_HASH
     finally:
         features.FEATURES = original
@@ -453,3 +454,60 @@ def test_the_30_minute_peaks_hold_a_burst_for_30_minutes_then_let_it_go():
     at_35 = 140 + 8 + 140  # 35 minutes on: let go
     assert torch.allclose(p30[at_35], base_rate, rtol=0.05)
     assert torch.allclose(b30[at_35], base_busy, rtol=0.05)
+
+
+def test_the_slo_priority_weighs_the_slo_term_and_reaches_the_features():
+    """Per env the policy's SLO priority (drawn log-uniformly, last, so every other parameter
+    is what it was without it) multiplies the reward's SLO weight and reaches the features as
+    its log2; rollouts score the return at priority 1 whatever the env's priority."""
+    from qscale.simulator.rollout import rollout
+
+    base = sim.make_params(ramp_bank(), 64, seed=5)
+    cfg = sim.SimConfig(domain=sim.DomainConfig(slo_priority=(0.25, 4.0)))
+    drawn = sim.make_params(ramp_bank(), 64, seed=5, config=cfg)
+    for f in dataclasses.fields(sim.EnvParams):
+        if f.name not in ("slo_priority", "bank", "config"):
+            assert torch.equal(getattr(base, f.name), getattr(drawn, f.name)), f.name
+    assert torch.equal(base.slo_priority, torch.ones(64))
+    p = drawn.slo_priority
+    assert bool((p >= 0.25).all() and (p <= 4.0).all()) and p.min() < 0.5 and p.max() > 2.0
+    col = features.FEATURE_NAMES.index("slo_priority")
+    (s0, obs0), (s1, obs1) = sim.reset(base), sim.reset(drawn)
+    assert torch.equal(obs0[:, col], torch.zeros(64))
+    assert torch.allclose(obs1[:, col], torch.log2(p), atol=1e-6)
+    others = [i for i in range(features.N_FEATURES) if i != col]
+    assert torch.equal(obs0[:, others], obs1[:, others])
+    # one pod each under the ramp's load: the same world, some envs over their SLO
+    one = torch.ones(64)
+    _, _, r0, _, _, i0 = sim.step_replicas(s0, one, base)
+    _, _, r1, _, _, i1 = sim.step_replicas(s1, one, drawn)
+    viol = i0["violation"]
+    assert torch.equal(viol, i1["violation"]) and 0 < int(viol.sum()) < 64
+    w = cfg.reward.slo
+    assert torch.allclose(r1 - r0, -w * (p - 1.0) * viol.to(r0.dtype), atol=1e-5)
+
+    class Hold:
+        name, uses_shield = "hold", True
+
+        def reset(self, state, params):
+            pass
+
+        def act(self, state, obs, params):
+            return torch.zeros(params.n_envs, actions.N_ACTIONS)
+
+    runs = []
+    for params in (base, drawn):
+        state, obs = sim.reset_fixed(
+            params, torch.zeros(64, dtype=torch.long), torch.arange(64) * 20, torch.full((64,), 40)
+        )
+        runs.append(rollout(Hold(), params, state, obs))
+    assert runs[0].slo_violation_minutes.sum() > 0
+    assert torch.equal(runs[0].slo_violation_minutes, runs[1].slo_violation_minutes)
+    assert torch.allclose(runs[0].episode_return, runs[1].episode_return, rtol=1e-6)
+
+
+def test_a_priority_outside_its_range_is_refused():
+    with pytest.raises(ValueError, match="slo_priority"):
+        sim.DomainConfig(slo_priority=(0.0, 1.0))
+    with pytest.raises(ValueError, match="slo_priority"):
+        sim.DomainConfig(slo_priority=(2.0, 1.0))

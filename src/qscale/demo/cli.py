@@ -81,6 +81,13 @@ def _parser() -> argparse.ArgumentParser:
         "--slo-ms", type=float, default=d.slo_ms, help=f"p95 latency SLO, ms (default {d.slo_ms:g})"
     )
     ap.add_argument(
+        "--slo-priority",
+        type=float,
+        default=d.slo_priority,
+        help="qscale's spec.slo.priority, the trade-off its model plays (0.25-4; default "
+        f"{d.slo_priority:g})",
+    )
+    ap.add_argument(
         "--max-replicas",
         type=int,
         default=d.max_replicas,
@@ -168,6 +175,7 @@ def demo_main(argv: Sequence[str]) -> int:
         scale=args.scale,
         startup_delay_s=args.startup_delay,
         slo_ms=args.slo_ms,
+        slo_priority=args.slo_priority,
         max_replicas=args.max_replicas,
         hpa_target=args.hpa_target,
         hpa_stabilization_s=args.hpa_stabilization,

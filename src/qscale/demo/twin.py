@@ -83,6 +83,7 @@ def simulate(
     min_replicas: int,
     max_replicas: int,
     initial_replicas: int,
+    slo_priority: float = 1.0,
     shield: Any = None,
     follow: Sequence[float] | None = None,
 ) -> Twin:
@@ -123,6 +124,7 @@ def simulate(
         scrape_lag_s=(0.0, 0.0),
         ingress_probability=0.0,
         capacity_declared_probability=1.0,  # the demo's policy declares its pods' capacity
+        slo_priority=(slo_priority, slo_priority),
     )
     base = sim.SimConfig()
     init_u = warm / (capacity_rps * initial_replicas) if warm > 0 else base.init_utilization

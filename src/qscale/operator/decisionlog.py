@@ -71,6 +71,7 @@ def record(
         "kill_switch": None if row.kill is None else row.kill.mode,
         "arm": row.arm,
         "slo_s": row.spec.slo_s,
+        "slo_priority": row.spec.slo_priority,
         "interval_s": row.spec.interval_s,
         "bounds": [row.spec.min_replicas, row.spec.max_replicas],
         "shield": None if row.shield_config is None else dataclasses.asdict(row.shield_config),

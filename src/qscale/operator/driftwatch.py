@@ -43,7 +43,9 @@ from qscale.operator.status import iso
 __all__ = ["JUDGED", "STATES", "DriftWatch", "act_on_drift"]
 
 STATES = ("Normal", "Drifting", "Filling", "NoReference")
-NOT_JUDGED = frozenset({"since_scale_up", "since_scale_down"})
+NOT_JUDGED = frozenset({"since_scale_up", "since_scale_down", "slo_priority"})
+"""Not the service's world: the shield's own memory, and the trade-off the policy's author set
+(training draws it over its whole range, a policy holds one value)."""
 JUDGED = tuple(i for i, n in enumerate(features.FEATURE_NAMES) if n not in NOT_JUDGED)
 _SLOTS = 30
 _FULL = 0.9

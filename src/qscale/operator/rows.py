@@ -403,6 +403,7 @@ def signals_of(rows: Sequence[Row]) -> decision.Signals:
         since_scale_up_s=_t([0.0] * len(rows)),
         since_scale_down_s=_t([0.0] * len(rows)),
         capacity_rps=_t([_capacity(r) for r in rows]),
+        slo_priority=_t([r.spec.slo_priority for r in rows]),
     )
     return decision.Signals(
         inputs=inputs,

@@ -176,6 +176,10 @@ class PolicySpec:
     capacity_estimate: bool = True
     """``spec.capacity.estimate``: with no capacity declared, estimate it from the metrics
     (:func:`qscale.features.estimate_capacity`) and size with it."""
+    slo_priority: float = 1.0
+    """``spec.slo.priority``: the trade-off the model plays (2: a minute over the SLO weighs
+    twice the default against the pods that would prevent it; 0.5: half), one of the model's
+    inputs (:data:`qscale.features.SLO_PRIORITY_RANGE`)."""
     drift_action: str = "Report"
     """What drift does to the policy: ``Report`` (status, condition, Event, metrics only),
     ``Shadow`` (an Enforce policy stops writing) or ``Fallback`` (the HPA rule decides)."""
@@ -244,6 +248,13 @@ def parse_spec(spec: Mapping[str, Any] | None) -> PolicySpec:
     slo_s = parse_duration(slo, "spec.slo.latencyP95")
     if slo_s <= 0:
         raise SpecError("spec.slo.latencyP95 must be > 0")
+    priority = _num(spec["slo"], "priority", "spec.slo.priority")
+    priority = 1.0 if priority is None else priority
+    lo_p, hi_p = features.SLO_PRIORITY_RANGE
+    if not lo_p <= priority <= hi_p:
+        raise SpecError(
+            f"spec.slo.priority must be between {lo_p:g} and {hi_p:g}, got {priority:g}"
+        )
 
     m = spec.get("metrics") or {}
     queries = {}
@@ -331,6 +342,7 @@ def parse_spec(spec: Mapping[str, Any] | None) -> PolicySpec:
         drift_action=drift_action,
         capacity_rps=capacity,
         capacity_estimate=estimate,
+        slo_priority=priority,
     )
 
 

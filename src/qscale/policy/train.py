@@ -162,6 +162,13 @@ class TrainConfig:
     reward_cost_norm: str = sim.RewardWeights.cost_norm
     """What pods are divided by in the cost term: peak (the env's size) or need (pods the
     current arrivals need, at least 1)."""
+    slo_priority_min: float = features.SLO_PRIORITY_RANGE[0]
+    """Each training cluster's policy sets an SLO priority drawn log-uniformly from
+    [slo_priority_min, slo_priority_max]: the reward's SLO weight is multiplied by it and the
+    network sees it, so one model learns every trade-off in the range (both 1: only the
+    default). Validation scores priority 1."""
+    slo_priority_max: float = features.SLO_PRIORITY_RANGE[1]
+    """See slo_priority_min."""
 
     # --- algorithm --------------------------------------------------------------------------
     total_env_steps: int = 20_000_000
@@ -251,6 +258,13 @@ class TrainConfig:
     declared (every demonstration cluster then declares its own), so the policy without one
     learns from its own experience alone (BENCHMARKS, "the CPU floor" and "spec v4 with a CPU
     hold")."""
+    demo_target_per_doubling: float = 0.1
+    """The demonstrated rule follows each cluster's SLO priority: its target utilization falls
+    by this much per doubling of the priority (rises per halving), played by the action of the
+    same kind with the nearest target (the rules' reward-best 30-minute setting on the
+    evaluation profile's validation windows is 90/90/80/70/60 % at priority 0.25/0.5/1/2/4,
+    for the KEDA rule and the HPA's alike: BENCHMARKS, "a trade-off each service sets");
+    0: the same rule at every priority."""
     demo_env_steps: int = 1_000_000
     """Env steps of demonstrations gathered (on the training split) before training."""
     demo_pretrain_updates: int = 10_000
@@ -277,6 +291,9 @@ class TrainConfig:
                 f"demo_action_cpu must be none or one of {', '.join(cpu_only)} (an action "
                 f"that needs no declared capacity), got {self.demo_action_cpu!r}"
             )
+        slope = self.demo_target_per_doubling
+        if not (math.isfinite(slope) and slope >= 0):
+            raise ValueError(f"demo_target_per_doubling must be >= 0, got {slope}")
         if self.demo_env_steps < self.n_envs:
             raise ValueError(
                 f"demo_env_steps ({self.demo_env_steps}) must be >= n_envs ({self.n_envs})"
@@ -291,6 +308,13 @@ class TrainConfig:
             if value is not None and not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be > 0, got {value}")
         self.hidden_sizes = tuple(int(h) for h in self.hidden_sizes)
+        lo, hi = self.slo_priority_min, self.slo_priority_max
+        plo, phi = features.SLO_PRIORITY_RANGE
+        if not (plo <= lo <= hi <= phi):
+            raise ValueError(
+                f"slo_priority_min/max must satisfy {plo:g} <= min <= max <= {phi:g} (the "
+                f"feature's range), got {lo:g}/{hi:g}"
+            )
         positive = (
             "total_env_steps",
             "n_envs",
@@ -437,7 +461,7 @@ def sim_config(cfg: TrainConfig) -> sim.SimConfig:
         churn=cfg.reward_churn,
         cost_norm=cfg.reward_cost_norm,
     )
-    dom = sim.DomainConfig()
+    dom = sim.DomainConfig(slo_priority=(cfg.slo_priority_min, cfg.slo_priority_max))
     fixed = {}
     if cfg.capacity_rps is not None:
         fixed["capacity_rps"] = (cfg.capacity_rps, cfg.capacity_rps)
@@ -486,7 +510,10 @@ def validation_set(
     """The validation clusters and windows of a run: fixed (``eval_seed``), so that every
     evaluation -- the policy's and the baseline's -- is scored on the same traffic."""
     bank = TraceBank.from_files(cfg.val_traces or cfg.traces, cfg.val_split, cfg.dt, device)
-    params = sim.make_params(bank, cfg.eval_envs, cfg.eval_seed, sim_config(cfg), device)
+    base = sim_config(cfg)
+    at_default = dataclasses.replace(base.domain, slo_priority=(1.0, 1.0))
+    config = dataclasses.replace(base, domain=at_default)
+    params = sim.make_params(bank, cfg.eval_envs, cfg.eval_seed, config, device)
     windows = validation_windows(bank, cfg.eval_envs, cfg.eval_steps)
     return params, Windows.fixed(*windows, seed=cfg.eval_seed)
 
@@ -593,10 +620,11 @@ def gather_demonstrations(cfg: TrainConfig, bank: TraceBank, device: torch.devic
         declared = torch.ones_like(params.capacity_declared)
         params = dataclasses.replace(params, capacity_declared=declared)
         cpu_rule = cfg.demo_action
+    shift = -cfg.demo_target_per_doubling * torch.log2(params.slo_priority)
     rule = torch.where(
         params.capacity_declared,
-        actions.ACTION_NAMES.index(cfg.demo_action),
-        actions.ACTION_NAMES.index(cpu_rule),
+        demonstrated(cfg.demo_action, shift),
+        demonstrated(cpu_rule, shift),
     )
     state, obs = sim.reset(params)
     rb = ReplayBuffer(cfg.demo_env_steps, features.N_FEATURES, device)
@@ -615,6 +643,19 @@ def gather_demonstrations(cfg: TrainConfig, bank: TraceBank, device: torch.devic
             rb.add(window.oldest(cfg.gamma))
         obs = next_obs
     return rb
+
+
+def demonstrated(name: str, shift: torch.Tensor) -> torch.Tensor:
+    """``[B]`` action indices: per env the action of ``name``'s kind whose target is nearest to
+    ``name``'s target + ``shift`` (a step action, which has no target, is itself)."""
+    base = actions.ACTIONS[actions.ACTION_NAMES.index(name)]
+    same = [i for i, a in enumerate(actions.ACTIONS) if a.kind == base.kind]
+    if base.kind == "step":
+        return torch.full_like(shift, actions.ACTION_NAMES.index(name), dtype=torch.long)
+    targets = torch.tensor([actions.ACTIONS[i].target for i in same], device=shift.device)
+    want = base.target + shift
+    nearest = (targets[None, :] - want[:, None]).abs().argmin(dim=1)
+    return torch.tensor(same, device=shift.device)[nearest]
 
 
 def margin_loss(q: torch.Tensor, demo_action: torch.Tensor, margin: float) -> torch.Tensor:

@@ -35,8 +35,12 @@ controller sees, nor ``maxReplicas``, depends on the future of the window being 
 
 Reward (weights in :class:`RewardWeights`), per step::
 
-    r = -(w_cost * pods / norm + w_slo * [p95 > SLO] + w_drop * dropped / arrivals
+    r = -(w_cost * pods / norm + w_slo * priority * [p95 > SLO] + w_drop * dropped / arrivals
           + w_churn * [replicas changed])
+
+``priority`` is the env's SLO priority (:attr:`DomainConfig.slo_priority`, 1: the default
+trade-off), which the policy also sees as a feature: one model learns the trade-off each
+service sets.
 
 ``norm`` is the env's size ``peak_replicas`` (``cost_norm="peak"``) or the pods the current
 arrivals need, at least 1 (``"need"``).
@@ -132,6 +136,10 @@ class DomainConfig:
     capacity_estimated: bool = False
     """Where none is declared, the capacity is estimated from the metrics
     (:func:`qscale.features.estimate_capacity`) and takes its place."""
+    slo_priority: tuple[float, float] = (1.0, 1.0)
+    """The SLO priority of the env's policy (log-uniform): the reward's SLO weight is
+    multiplied by it, and the policy sees it (:attr:`qscale.features.FeatureInputs.slo_priority`).
+    1 is the default trade-off."""
 
     def __post_init__(self) -> None:
         if self.startup_distribution not in ("uniform", "loguniform"):
@@ -139,6 +147,9 @@ class DomainConfig:
                 f"startup_distribution must be 'uniform' or 'loguniform', "
                 f"got {self.startup_distribution!r}"
             )
+        lo, hi = self.slo_priority
+        if not 0.0 < lo <= hi:
+            raise ValueError(f"slo_priority must satisfy 0 < lo <= hi, got {self.slo_priority}")
         for name in ("ingress_probability", "capacity_declared_probability"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
@@ -252,6 +263,8 @@ class EnvParams:
     """bool: the rate signal counts arrivals (else served requests)."""
     capacity_declared: torch.Tensor
     """bool: the policy declares its per-pod capacity (the features and rate actions see it)."""
+    slo_priority: torch.Tensor
+    """The policy's SLO priority: it multiplies the reward's SLO weight; the policy sees it."""
     key: torch.Tensor
     noise_offset: torch.Tensor
     bank: TraceBank
@@ -379,6 +392,7 @@ def make_params(
         "ingress": torch.rand(n_envs, generator=gen) < dom.ingress_probability,
         # drawn last, so every draw before it is what it was before this parameter existed
         "capacity_declared": torch.rand(n_envs, generator=gen) < dom.capacity_declared_probability,
+        "slo_priority": _draw(gen, n_envs, dom.slo_priority, log=True),
         "key": key,
         "noise_offset": noise_offset,
     }
@@ -839,6 +853,7 @@ def measure(state: EnvState, params: EnvParams) -> features.FeatureInputs:
         since_scale_up_s=z,
         since_scale_down_s=z,
         capacity_rps=capacity,
+        slo_priority=params.slo_priority,
     )
 
 
@@ -1008,7 +1023,7 @@ def _transition(
         norm = params.peak_replicas
     reward = -(
         w.cost * target / norm
-        + w.slo * violation.to(target.dtype)
+        + w.slo * params.slo_priority * violation.to(target.dtype)
         + w.drop * drop_frac
         + w.churn * changed.to(target.dtype)
     )

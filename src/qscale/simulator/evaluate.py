@@ -85,6 +85,9 @@ class EvalProfile:
     capacity_estimated: bool = False
     """With none declared, the capacity is estimated from the metrics instead
     (:func:`qscale.features.estimate_capacity`)."""
+    slo_priority: float = 1.0
+    """The SLO priority the model's policy sets (its input; no rule reads it). Returns are
+    scored at the default trade-off whatever it is (:attr:`rollout.Metrics.episode_return`)."""
 
     def sim_config(self, base: sim.SimConfig | None = None) -> sim.SimConfig:
         base = base or sim.SimConfig()
@@ -105,6 +108,7 @@ class EvalProfile:
             ingress_probability=self.metrics.ingress_probability,
             capacity_declared_probability=1.0 if self.capacity_declared else 0.0,
             capacity_estimated=self.capacity_estimated,
+            slo_priority=(self.slo_priority, self.slo_priority),
         )
         return replace(base, dt=self.dt, noise=self.noise, domain=dom)
 
@@ -703,11 +707,12 @@ def _fingerprint(path: Path) -> list[str]:
 
 
 def rules_profile(profile: EvalProfile) -> dict:
-    """The profile as the rule grid's cache key holds it: without ``capacity_declared`` and
-    ``capacity_estimated``, which no rule reads (the rate rules are given the true per-pod
-    capacity, the HPA reads CPU), so an evaluation without a declared capacity reuses the grid
-    of one with it."""
-    mine = ("capacity_declared", "capacity_estimated")
+    """The profile as the rule grid's cache key holds it: without ``capacity_declared``,
+    ``capacity_estimated`` and ``slo_priority``, which no rule reads (the rate rules are given
+    the true per-pod capacity, the HPA reads CPU, and returns are scored at the default
+    trade-off), so an evaluation without a declared capacity or at another priority reuses the
+    grid of one with it."""
+    mine = ("capacity_declared", "capacity_estimated", "slo_priority")
     out = {k: v for k, v in asdict(profile).items() if k not in mine}
     out["metrics"] = {k: v for k, v in out["metrics"].items() if k not in mine}
     return out

@@ -52,7 +52,9 @@ class Metrics:
     +Inf, dropped requests included): gives the run's p99 as Grafana would show it."""
     steps: torch.Tensor
     episode_return: torch.Tensor
-    """Undiscounted sum of the simulator's reward (what training maximizes)."""
+    """Undiscounted sum of the simulator's reward (what training maximizes) at the default
+    trade-off: an env whose policy sets another SLO priority is scored as if it were 1, so
+    that every controller's return weighs cost and SLO alike."""
     timeline: dict[str, torch.Tensor] | None = None
 
 
@@ -87,6 +89,8 @@ def rollout(
     ret = torch.zeros(b, dtype=f64, device=dev)
     lat = torch.zeros(b, params.bank.buckets.shape[0] + 1, dtype=f64, device=dev)
     timeline = {k: torch.zeros(n_steps, b, device=dev) for k in TIMELINE_KEYS} if record else None
+    # the reward at priority 1: what the env's own priority added to its SLO term, taken back
+    reprice = params.config.reward.slo * (params.slo_priority - 1.0)
     controller.reset(state, params)
     needs_obs = getattr(controller, "needs_obs", True)
     for t in tqdm(
@@ -98,7 +102,7 @@ def rollout(
             state, obs, reward, _, _, info = sim.step_greedy(state, out, params)
         else:
             state, obs, reward, _, _, info = sim.step_replicas(state, out, params, needs_obs)
-        ret += torch.where(live, reward, 0.0).double()
+        ret += torch.where(live, reward + reprice * info["violation"], 0.0).double()
         cost += torch.where(live, info["cost_pod_s"], 0.0).double()
         viol += torch.where(live & info["violation"], dt, 0.0).double()
         churn += (live & info["changed"]).double()
