@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -313,3 +314,53 @@ def test_the_rule_grid_is_the_same_at_every_slo_priority():
             np.testing.assert_allclose(results[0][r][k], results[1][r][k], rtol=tol)
     assert rules_profile(EvalProfile()) == rules_profile(replace(EvalProfile(), slo_priority=2.0))
     assert "slo_priority" not in rules_profile(EvalProfile())
+
+
+def _qscale_imports(path):
+    """The qscale modules ``path`` imports (``qscale.x.y``), at any depth of the file."""
+    import ast
+
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("qscale"):
+            out.add(node.module)
+            out.update(f"{node.module}.{a.name}" for a in node.names)
+        elif isinstance(node, ast.Import):
+            out.update(a.name for a in node.names if a.name.startswith("qscale"))
+    return out
+
+
+def test_the_cache_key_covers_every_module_the_simulator_runs_on():
+    """A grid result depends on the simulator and on every qscale module it imports, to the
+    last one (the service model moved out of ``simulator/`` once and the key kept cached grids
+    of the old model): walk the imports and find each file in the fingerprint."""
+    import qscale
+
+    root = Path(qscale.__file__).parent
+    covered = set(fr.fingerprint_files())
+    todo = [p for p in covered if p.parent.name in ("simulator", "baselines")]
+    seen = set()
+    while todo:
+        for mod in _qscale_imports(todo.pop()):
+            parts = mod.split(".")[1:]
+            if not parts:
+                continue
+            rel = Path(*parts)
+            for f in (root / rel.with_suffix(".py"), root / rel / "__init__.py"):
+                if f.is_file() and f not in seen and f.name not in ("plots.py", "__init__.py"):
+                    seen.add(f)
+                    todo.append(f)
+    missing = sorted(str(f.relative_to(root)) for f in seen - covered)
+    assert not missing, f"grid results depend on these, the cache key does not: {missing}"
+    assert root / "service.py" in covered
+
+
+def test_the_code_fingerprint_is_read_once_per_process(tmp_path, monkeypatch):
+    fr.code_fingerprint.cache_clear()
+    first = fr.code_fingerprint()
+    calls = []
+    monkeypatch.setattr(fr, "fingerprint_files", lambda: calls.append(1) or [])
+    assert fr.code_fingerprint() == first and not calls
+    fr.code_fingerprint.cache_clear()
+    assert fr.code_fingerprint() != first and calls  # read again only after a clear
+    fr.code_fingerprint.cache_clear()

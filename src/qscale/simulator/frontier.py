@@ -34,6 +34,7 @@ own small grid and reported beside the frontier (and in a frontier "with predict
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import json
@@ -444,18 +445,32 @@ def cache_dir() -> Path:
     return Path(root).expanduser() if root else Path.home() / ".cache" / "qscale"
 
 
-def code_fingerprint() -> str:
-    """sha256 over the source of everything a grid result depends on (the simulator, the rules,
-    the HPA, the shield; not the policy's features, the CLI or the plots), so a cached result
-    never outlives a change to the code that made it."""
+CORE_MODULES = ("actions", "batching", "decision", "features", "guardrails", "hpa", "service")
+"""The core modules the simulator and its rules run on (the service model, the decision and its
+shield, the rules' pod counts in ``features``): part of every grid result."""
+
+
+def fingerprint_files() -> list[Path]:
+    """The source files a grid result depends on: the simulator (not its plots or gymnasium
+    wrapper), its rules, and the core modules they import (:data:`CORE_MODULES`; a test holds
+    that list to the simulator's imports)."""
     import qscale
 
     root = Path(qscale.__file__).parent
     sim_dir = root / "simulator"
-    files = [root / "hpa.py", root / "guardrails.py", *(sim_dir / "baselines").glob("*.py")]
+    files = [root / f"{m}.py" for m in CORE_MODULES]
+    files += [*(sim_dir / "baselines").glob("*.py")]
     files += [p for p in sim_dir.glob("*.py") if p.name not in ("plots.py", "gym_env.py")]
+    return sorted(files)
+
+
+@functools.cache
+def code_fingerprint() -> str:
+    """sha256 over :func:`fingerprint_files`, read once per process (the code this process
+    runs, not what an editor saved since), so a cached result never outlives a change to the
+    code that made it."""
     h = hashlib.sha256()
-    for f in sorted(files):
+    for f in fingerprint_files():
         h.update(f.name.encode())
         h.update(f.read_bytes())
     return h.hexdigest()[:16]
