@@ -14,6 +14,12 @@ an M/M/c queue with ``c = n * k`` servers of rate ``1/s``. Per decision step of 
 
       p95 = s ln 20 + s max(0, ln(P_wait / 0.05)) / (c (1 - rho)) + backlog' / (n mu)
 
+* **A queue carried in and drained inside the step** (the step after an overload): for its
+  first ``tau = backlog / (capacity - arrival rate)`` seconds the pods run flat out, and only
+  then at ``arrival rate / capacity``. The step's latency is the mixture of the two phases,
+  weighted by the requests each serves (:class:`StepLatency`), as the same model stepped at a
+  finer ``dt`` gives it; one utilization for the whole step would drain the queue for free.
+
   The service-time term is the p95 of an exponential service time. The waiting term is exact
   for M/M/c given the probability of waiting ``P_wait`` (the waiting time is 0 with probability
   1 - P_wait, else exponential with rate c(1 - rho)/s); we approximate Erlang C by Sakasegawa's
@@ -34,6 +40,8 @@ import math
 from dataclasses import dataclass
 
 import torch
+
+from qscale import batching
 
 _LN20 = math.log(20.0)
 _RHO_MAX = 0.999
@@ -69,31 +77,6 @@ def _flow_core(
     return cap_rate, work, served, new_backlog, dropped, has_cap, util
 
 
-def flow(
-    arrivals: torch.Tensor,
-    backlog: torch.Tensor,
-    ready: torch.Tensor,
-    capacity: torch.Tensor,
-    service_time_s: torch.Tensor,
-    dt: float,
-    timeout_s: float,
-) -> StepFlow:
-    """One step of the service for a batch; ``arrivals`` and ``backlog`` are request counts."""
-    cap_rate, work, served, new_backlog, dropped, has_cap, util = _flow_core(
-        arrivals, backlog, ready, capacity, dt, timeout_s
-    )
-    rho = torch.clamp(util, max=_RHO_MAX)
-    servers = torch.clamp(cap_rate * service_time_s, min=1e-6)
-    p_wait = torch.pow(rho, torch.sqrt(2.0 * (servers + 1.0)) - 1.0)
-    tail = torch.clamp(torch.log(torch.clamp(p_wait, min=1e-30) * 20.0), min=0.0)
-    wait = service_time_s * tail / (servers * (1.0 - rho))
-    drain = new_backlog / torch.where(has_cap, cap_rate, 1.0)
-    p95 = service_time_s * _LN20 + wait + drain
-    starved = (~has_cap) & (work > 0)
-    p95 = torch.where(starved, torch.full_like(p95, timeout_s), torch.clamp(p95, max=timeout_s))
-    return StepFlow(served, new_backlog, dropped, util, p95)
-
-
 def serve(
     arrivals: torch.Tensor,
     backlog: torch.Tensor,
@@ -102,16 +85,31 @@ def serve(
     service_time_s: torch.Tensor,
     dt: float,
     timeout_s: float,
-) -> tuple[StepFlow, LatencyModel]:
-    """One step as the simulator plays it: :func:`flow`'s counts, the step's latency
-    distribution (:func:`latency_model` with the step's demand) and its exact p95
-    (:func:`latency_p95`, in ``p95_s``), sharing what they have in common."""
+) -> tuple[StepFlow, StepLatency]:
+    """One step of the service for a batch (``arrivals`` and ``backlog`` are request counts):
+    the counts, the step's latency distribution (:class:`StepLatency`) and its exact p95
+    (:func:`step_p95`, in ``p95_s``). The simulator and the emulator both step it."""
     cap_rate, work, served, new_backlog, dropped, has_cap, util = _flow_core(
         arrivals, backlog, ready, capacity, dt, timeout_s
     )
     rho = torch.clamp(util, max=_RHO_MAX)
-    m = _model(rho, cap_rate, has_cap, service_time_s, new_backlog, work)
-    return StepFlow(served, new_backlog, dropped, util, latency_p95(m, timeout_s)), m
+    # A queue carried in that the step drains (it ends below capacity): flat out for
+    # tau = backlog / (C - lambda) s, serving C tau of its requests, then at lambda / C.
+    lam = arrivals / dt
+    drains = has_cap & (backlog > 0) & (work < cap_rate * dt)
+    spare = torch.where(drains, cap_rate - lam, 1.0)
+    share = cap_rate * backlog / (spare * torch.where(drains, work, 1.0))
+    share = torch.where(drains, torch.clamp(share, 0.0, 1.0), 0.0)
+    after = torch.clamp(lam / torch.where(drains, cap_rate, 1.0), max=_RHO_MAX)
+    steady = _model(
+        torch.where(drains, after, rho), cap_rate, has_cap, service_time_s, new_backlog, work
+    )
+    # behind the queue as it drains: on average half of what came in
+    flat_out = _model(
+        torch.full_like(rho, _RHO_MAX), cap_rate, has_cap, service_time_s, 0.5 * backlog, work
+    )
+    lat = StepLatency(steady, flat_out, share)
+    return StepFlow(served, new_backlog, dropped, util, step_p95(lat, timeout_s)), lat
 
 
 def p95_no_backlog(
@@ -155,6 +153,7 @@ DEFAULT_BUCKETS: tuple[float, ...] = (
 (the ``+Inf`` bucket is implicit)."""
 
 _NEWTON_STEPS = 3
+_MIX_NEWTON_STEPS = 4
 _EXP_FLOOR = -87.0
 
 
@@ -169,6 +168,19 @@ class LatencyModel:
     drain_s: torch.Tensor
     starved: torch.Tensor
     """Demand with no ready pod: every request times out."""
+
+
+@dataclass(frozen=True)
+class StepLatency:
+    """The latency distribution of one step: a share ``drain_share`` (``[B]``) of its requests
+    is served while a queue carried in from the step before drains, with the pods flat out
+    (``flat_out``); the rest (``steady``) at the step's own utilization after it. Without a
+    queue carried in (or in a step that ends with one) the share is 0 and the step is
+    ``steady`` alone."""
+
+    steady: LatencyModel
+    flat_out: LatencyModel
+    drain_share: torch.Tensor
 
 
 def latency_model(
@@ -263,8 +275,8 @@ def _survival(
     return g, k.not_pw_a * ea + k.pw * hypo_f
 
 
-def latency_p95(m: LatencyModel, timeout_s: float) -> torch.Tensor:
-    """Exact p95 of the step's latency distribution (capped at the timeout)."""
+def _wait_p95(m: LatencyModel) -> tuple[torch.Tensor, _Terms]:
+    """p95 of S + W (the drain time left out) by Newton's method on ln G, and its terms."""
     s = m.service_time_s
     y = (
         s * _LN20
@@ -279,8 +291,95 @@ def latency_p95(m: LatencyModel, timeout_s: float) -> torch.Tensor:
         g = torch.clamp(g, min=1e-30)
         hazard = torch.clamp(f / g, min=1e-9)
         y = torch.clamp(y + (torch.log(g) - target) / hazard, min=0.0)
-    p95 = m.drain_s + y
+    return y, k
+
+
+def _capped(m: LatencyModel, p95: torch.Tensor, timeout_s: float) -> torch.Tensor:
     return torch.where(m.starved, torch.full_like(p95, timeout_s), torch.clamp(p95, max=timeout_s))
+
+
+def latency_p95(m: LatencyModel, timeout_s: float) -> torch.Tensor:
+    """Exact p95 of the step's latency distribution (capped at the timeout)."""
+    y, _ = _wait_p95(m)
+    return _capped(m, m.drain_s + y, timeout_s)
+
+
+def _drained_rows(lat: StepLatency) -> torch.Tensor | None:
+    """The rows whose step drains a queue (``None``: every row). Eager, only those are solved
+    as a mixture (a queue drains in few steps: after an overload); compiled, every row is, so
+    that no shape depends on the values and the step stays one graph."""
+    if torch.compiler.is_compiling():
+        return None
+    return (lat.drain_share > 0).nonzero().squeeze(1)
+
+
+def _mixture_wait_p95(lat: StepLatency, y_steady: torch.Tensor, ks: _Terms) -> torch.Tensor:
+    kf = _terms(lat.flat_out)
+    behind = lat.flat_out.drain_s
+    share = lat.drain_share
+    alone = behind + torch.log(torch.clamp(share * kf.pw, min=1e-30) * 20.0) / kf.b
+    lo = torch.maximum(y_steady, alone)
+    y = lo
+    target = math.log(0.05)
+    rest = 1.0 - share
+    for _ in range(_MIX_NEWTON_STEPS):
+        yf = y - behind
+        gf, ff = _survival(torch.clamp(yf, min=0.0), kf)
+        assert ff is not None
+        ff = torch.where(yf > 0, ff, 0.0)
+        gs, fs = _survival(y, ks)
+        assert fs is not None
+        g = torch.clamp(share * gf + rest * gs, min=1e-30)
+        hazard = torch.clamp((share * ff + rest * fs) / g, min=1e-9)
+        y = torch.maximum(y + (torch.log(g) - target) / hazard, lo)
+    return torch.where(share > 0, y, y_steady)
+
+
+def step_p95(lat: StepLatency, timeout_s: float) -> torch.Tensor:
+    """Exact p95 of a step's mixture (:class:`StepLatency`), capped at the timeout.
+
+    The mixture's p95 is at or above each lower bound Newton starts from: the steady phase's
+    p95 (the flat-out phase's latency, behind the draining queue, is the larger in
+    distribution) and the point where the flat-out requests' waits alone, ``share P_wait
+    e^(-b (y - drain))``, leave 5 %. From there Newton's method on ln G of the mixture, never
+    below the start. (Where the step drains a queue it ends with none: ``steady`` has no drain
+    time of its own.)"""
+    y, ks = _wait_p95(lat.steady)
+    ix = _drained_rows(lat)
+    if ix is None:
+        y = _mixture_wait_p95(lat, y, ks)
+    elif ix.numel():
+        sub = batching.select(lat, ix)
+        y = y.index_put((ix,), _mixture_wait_p95(sub, y[ix], batching.select(ks, ix)))
+    return _capped(lat.steady, lat.steady.drain_s + y, timeout_s)
+
+
+def step_cdf(lat: StepLatency, bounds: torch.Tensor, timeout_s: float) -> torch.Tensor:
+    """``[B, K]`` fraction of a step's served requests at or under each bound: the histogram of
+    the mixture (:func:`latency_cdf` of each phase, weighted by the requests it serves)."""
+
+    def mix(part: StepLatency, steady: torch.Tensor) -> torch.Tensor:
+        share = part.drain_share[:, None]
+        flat_out = latency_cdf(part.flat_out, bounds, timeout_s)
+        return torch.where(share > 0, share * flat_out + (1.0 - share) * steady, steady)
+
+    steady = latency_cdf(lat.steady, bounds, timeout_s)
+    ix = _drained_rows(lat)
+    if ix is None:
+        return mix(lat, steady)
+    if not ix.numel():
+        return steady
+    return steady.index_put((ix,), mix(batching.select(lat, ix), steady[ix]))
+
+
+def step_mean(lat: StepLatency) -> torch.Tensor:
+    """Mean latency of a step's mixture (what an app's ``_sum`` counter adds up)."""
+
+    def mean(m: LatencyModel) -> torch.Tensor:
+        return m.drain_s + m.service_time_s + m.p_wait / torch.clamp(m.wait_rate, min=1e-9)
+
+    share = lat.drain_share
+    return share * mean(lat.flat_out) + (1.0 - share) * mean(lat.steady)
 
 
 def latency_cdf(m: LatencyModel, bounds: torch.Tensor, timeout_s: float) -> torch.Tensor:

@@ -70,13 +70,14 @@ def test_a_steady_load_holds_the_initial_pods(tmp_path):
 def test_new_pods_serve_after_the_start_up_delay(tmp_path):
     # 60 req/s on 1 pod of 50 req/s, a pod added at every decision: a pod started at a
     # decision is Ready two decisions later (20 s, decisions 15 s apart), and the SLO is
-    # missed until the second pod serves
+    # missed until the queue of the first 30 s has drained: the step the second pod serves in
+    # drains its 300 requests flat out for 7.5 of its 15 s (100 - 60 req/s to spare)
     st = _stretch(tmp_path, [6.0] * 8, play_s=120.0)
     tw = simulate(st, _module("plus_1"), initial_replicas=1, **KW)
     assert tw.replicas_before[0] == 1
     assert list(tw.desired[:4]) == [2, 3, 4, 5]
     assert list(tw.ready[:4]) == [1, 1, 2, 3]
-    assert tw.p95_s[0] > KW["slo_s"] and tw.p95_s[2] < KW["slo_s"]
+    assert tw.p95_s[0] > KW["slo_s"] and tw.p95_s[2] > KW["slo_s"] > tw.p95_s[3]
     assert tw.slo_violation_minutes >= 0.5
 
 

@@ -2,10 +2,10 @@
 
 Each :class:`Workload` is one Deployment's service: a load (:class:`Load`: a trace file played
 with time compressed, or a schedule), a per-pod capacity and service time. Every step of ``dt``
-real seconds, :func:`qscale.service.flow` serves the arrivals with the pods that are
+real seconds, :func:`qscale.service.serve` serves the arrivals with the pods that are
 Ready *in the cluster* (from the pod watch), and the step's latency distribution
-(:func:`~qscale.service.latency_model` / :func:`~qscale.service.latency_cdf`)
-becomes histogram counts: exactly what the simulator shows a policy, now exported for real.
+(:func:`~qscale.service.step_cdf`) becomes histogram counts: exactly what the simulator
+shows a policy, now exported for real.
 
 Per pod, what a real app, cAdvisor and kube-state-metrics would export (the names and labels
 the default queries of :data:`qscale.features.PROMQL` read):
@@ -194,12 +194,9 @@ class WorkloadSet:
             stime = torch.tensor([w.service_time_s for w in ws], dtype=f64)
             backlog = torch.tensor([w.backlog for w in ws], dtype=f64)
             timeout = max(w.timeout_s for w in ws)
-            fl = service.flow(arrivals, backlog, ready, capacity, stime, dt, timeout)
-            lm = service.latency_model(
-                fl.served, fl.backlog, ready, capacity, stime, dt, demand=arrivals + backlog
-            )
-            cdf = service.latency_cdf(lm, _BOUNDS, timeout)
-            mean = lm.drain_s + lm.service_time_s + lm.p_wait / torch.clamp(lm.wait_rate, min=1e-9)
+            fl, lat = service.serve(arrivals, backlog, ready, capacity, stime, dt, timeout)
+            cdf = service.step_cdf(lat, _BOUNDS, timeout)
+            mean = service.step_mean(lat)
             served = fl.served.tolist()
             util = fl.utilization.tolist()
             cdf_l = cdf.tolist()

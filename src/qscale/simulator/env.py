@@ -16,8 +16,9 @@ One step of ``dt`` seconds (default 15 s, the HPA's sync period):
    Deployment's replicas; a scale-down deletes the youngest pods first, as a ReplicaSet does;
 2. pods are tracked by age: a pod serves once its age reaches the env's start-up delay;
 3. arrivals come from the env's trace window, scaled, with optional Poisson noise;
-4. :func:`qscale.service.flow` serves them; the latency distribution gives the exact
-   p95 (scored) and the latency histogram (what the app exports);
+4. :func:`qscale.service.serve` serves them; the step's latency distribution (a queue carried
+   in drains flat out first) gives the exact p95 (scored) and the latency histogram (what the
+   app exports);
 5. cost (pod-seconds of every pod, starting ones included), SLO violation and the reward.
 
 **What a controller sees** is what a cluster would show it at that moment, never the truth of
@@ -61,7 +62,7 @@ from qscale.actions import DECISION_INTERVAL_S
 from qscale.decision import Signals
 from qscale.guardrails import ShieldConfig, ShieldState, bound, record_scale
 from qscale.hpa import CPU_INITIALIZATION_PERIOD_S
-from qscale.service import latency_cdf, latency_model, latency_p95, serve
+from qscale.service import latency_cdf, latency_model, latency_p95, serve, step_cdf
 from qscale.simulator.tracebank import TraceBank
 
 _MASK32 = 0xFFFFFFFF
@@ -1003,7 +1004,7 @@ def _transition(
     f, m = serve(
         arrivals, state.backlog, ready, params.capacity, params.service_time_s, dt, cfg.timeout_s
     )
-    cdf = latency_cdf(m, params.bank.buckets, cfg.timeout_s)
+    cdf = step_cdf(m, params.bank.buckets, cfg.timeout_s)
     served_in = torch.diff(cdf * f.served[:, None], dim=1, prepend=torch.zeros_like(cdf[:, :1]))
     slow = torch.clamp(f.served - cdf[:, -1] * f.served, min=0.0) + f.dropped
     counts = torch.cat([served_in, slow[:, None]], dim=1)
