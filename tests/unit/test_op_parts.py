@@ -16,7 +16,7 @@ from qscale.operator import fallback
 from qscale.operator.kube import ApiError
 from qscale.operator.lease import LeaderElector
 from qscale.operator.models import CONFIGMAP_LIMIT, ModelError, ModelRegistry, artifact_configmap
-from qscale.operator.prom import NO_CPU_PEAK, PromClient, QueryGroup, RangeGap, pick_lags
+from qscale.operator.prom import NO_CPU_PEAK, Points, PromClient, QueryGroup, RangeGap, pick_lags
 from qscale.operator.settings import Settings, SettingsError
 from qscale.operator.spec import TEMPLATES
 from qscale.operator.writer import Outcome, ScaleRequest, scale_one
@@ -426,3 +426,22 @@ async def test_no_cpu_history_yet_reads_flat_but_a_failed_peak_query_is_missing(
         assert x.present and x.gaps == [NO_CPU_PEAK] and not x.errors
     else:
         assert not x.present and x.errors == ["cpu_peak: HTTP 422 (bad_data)"]
+
+
+def test_points_read_as_the_pairs_they_hold_in_a_fraction_of_the_memory():
+    import sys
+
+    pairs = [(1_800_000_000.0 + 60.0 * i, 10.0 + i) for i in range(31)]
+    p = Points(pairs)
+    assert len(p) == 31 and list(p) == pairs and p == tuple(pairs)
+    assert p[0] == pairs[0] and p[-1] == pairs[-1] and p[5] == pairs[5]
+    assert list(p[-4:]) == pairs[-4:] and isinstance(p[-4:], Points)
+    assert list(p[::10]) == pairs[::10]
+    assert list(p[40:]) == [] and not Points() and p
+    with pytest.raises(IndexError):
+        p[31]
+    as_tuples = sys.getsizeof(tuple(pairs)) + sum(
+        sys.getsizeof(x) + 2 * sys.getsizeof(1.0) for x in pairs
+    )
+    held = sys.getsizeof(p) + sys.getsizeof(p._a)
+    assert held * 4 < as_tuples, (held, as_tuples)
