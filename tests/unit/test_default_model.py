@@ -17,7 +17,8 @@ def test_shipped_default_model_is_valid_and_small():
     assert m["action_names"] == list(actions.ACTION_NAMES)
     assert m["serving"]["interval_s"] == 15.0 and "down_stabilization_s" in m["serving"]["shield"]
     ev = m["evaluation"]
-    assert ev["command"].startswith("qscale evaluate --model")
+    # `make model` records the package's model as `--model default`, wherever the checkout is
+    assert ev["command"].startswith("qscale evaluate --model default ")
     controllers = {s["controller"] for s in ev["summary"]}
     assert controllers == {"dqn", *BASELINES}  # what `make model` evaluates it beside
     assert "frontier" in ev["table"] and "cost (replica-h)" in ev["table"]

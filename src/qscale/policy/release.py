@@ -99,8 +99,11 @@ def _evaluate(dest: Path, args: argparse.Namespace, training: dict | None, t0: f
     if plots:
         print(f"plots: {len(plots)} PNGs in {args.eval_out} (frontier_*.png, timeline_*.png)")
     doc = report.doc
+    # The shipped model is `--model default` wherever the checkout lies.
+    shipped = dest.resolve() == default_model_path().resolve()
     doc["command"] = (
-        f"qscale evaluate --model {dest} --traces shared --seeds {args.eval_seeds} "
+        f"qscale evaluate --model {'default' if shipped else dest} --traces shared "
+        f"--seeds {args.eval_seeds} "
         f"--out {args.eval_out}"
     )
     doc["training"] = training
