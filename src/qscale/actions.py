@@ -1,6 +1,6 @@
 """The discrete action set, applied before the shield.
 
-Twenty-two actions (:data:`ACTIONS`) in seven kinds, all scale-free:
+Twenty-eight actions (:data:`ACTIONS`) in seven kinds, all scale-free:
 
 * **relative steps** (``kind`` ``"step"``: hold, -1, +1, x1.5, x2): move from the current count;
 * **proportional targets** (``"target"``: ``busy_at_50/65/80``): size the Deployment so that
@@ -10,18 +10,19 @@ Twenty-two actions (:data:`ACTIONS`) in seven kinds, all scale-free:
 * **peak targets** (``"peak"``: ``peak_at_65/80``): the same for the work the Deployment would
   do at the highest request rate of the last 15 minutes (busy pods x peak rate / rate now) --
   what an HPA with a long scale-down window holds, as one action;
-* **CPU hold** (``"cpu_peak30"``: ``cpu_peak30_at_60/70/80/90``): size for the highest busy
-  pods of the last 30 minutes (:func:`qscale.features.peak30_busy_pods`) at 60-90 % of the CPU
+* **CPU hold** (``"cpu_peak30"``: ``cpu_peak30_at_30/40/.../90``): size for the highest busy
+  pods of the last 30 minutes (:func:`qscale.features.peak30_busy_pods`) at 30-90 % of the CPU
   limit -- the HPA's rule with its 30-minute scale-down stabilization, the reward-best HPA
   setting at every SLO priority (80 % at the default, lower targets as the priority rises);
 * **rate targets** (``"rate"``: ``rate_at_70``; ``"rate_peak"``: ``rate_peak_at_60/70/80``):
   the KEDA rule -- ceil(request rate / (declared requests/s per pod x target)) -- at the rate
   now or at the highest rate of the last 15 minutes (a 15-minute scale-down hold);
-  ``"rate_peak30"``: ``rate_peak30_at_60/70/80/90``, the same at the highest rate of the last
+  ``"rate_peak30"``: ``rate_peak30_at_30/40/.../90``, the same at the highest rate of the last
   30 minutes (KEDA's rule with a 30-minute cooldown, the reward-best rule setting at every SLO
-  priority: 80 % at the default, 90 % at half, 70 and 60 % at twice and four times). They need
-  the per-pod capacity the policy declares (:attr:`qscale.features.FeatureInputs.capacity_rps`)
-  and are unavailable without it (:func:`available`): the argmax and exploration skip them.
+  priority: 80 % at the default, 90 % at half, 10 points lower per doubling above it, 30 % at
+  32). They need the per-pod capacity the policy declares
+  (:attr:`qscale.features.FeatureInputs.capacity_rps`) and are unavailable without it
+  (:func:`available`): the argmax and exploration skip them.
 
 So each rule of the evaluation's frontier family with a 15- or 30-minute hold is one action, and
 training starts from the reward-best of them at each env's SLO priority (DQfD demonstrations,
@@ -72,6 +73,9 @@ ACTIONS: tuple[Action, ...] = (
     Action("busy_at_80", "target", target=0.8),
     Action("peak_at_65", "peak", target=0.65),
     Action("peak_at_80", "peak", target=0.8),
+    Action("cpu_peak30_at_30", "cpu_peak30", target=0.3),
+    Action("cpu_peak30_at_40", "cpu_peak30", target=0.4),
+    Action("cpu_peak30_at_50", "cpu_peak30", target=0.5),
     Action("cpu_peak30_at_60", "cpu_peak30", target=0.6),
     Action("cpu_peak30_at_70", "cpu_peak30", target=0.7),
     Action("cpu_peak30_at_80", "cpu_peak30", target=0.8),
@@ -80,6 +84,9 @@ ACTIONS: tuple[Action, ...] = (
     Action("rate_peak_at_60", "rate_peak", target=0.6),
     Action("rate_peak_at_70", "rate_peak", target=0.7),
     Action("rate_peak_at_80", "rate_peak", target=0.8),
+    Action("rate_peak30_at_30", "rate_peak30", target=0.3),
+    Action("rate_peak30_at_40", "rate_peak30", target=0.4),
+    Action("rate_peak30_at_50", "rate_peak30", target=0.5),
     Action("rate_peak30_at_60", "rate_peak30", target=0.6),
     Action("rate_peak30_at_70", "rate_peak30", target=0.7),
     Action("rate_peak30_at_80", "rate_peak30", target=0.8),

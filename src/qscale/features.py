@@ -54,7 +54,7 @@ from dataclasses import dataclass
 
 import torch
 
-SPEC_VERSION = 5
+SPEC_VERSION = 6
 
 #: Seconds a scale event keeps influencing the "time since" features; beyond it they read 1.
 SINCE_SCALE_HORIZON_S = 300.0
@@ -71,10 +71,11 @@ RATE_PEAK_STEP_S = 60.0
 LONG_PEAK_SPAN_S = 1800.0
 #: ``log_replicas`` reads 1 at this many replicas.
 REPLICAS_SCALE = 1000.0
-#: The SLO priorities a policy may set: 2**-2 .. 2**2 (``spec.slo.priority``; the feature is
-#: their log2, and training draws them log-uniformly over this range).
-SLO_PRIORITY_LOG2_MAX = 2.0
-SLO_PRIORITY_RANGE: tuple[float, float] = (2.0**-SLO_PRIORITY_LOG2_MAX, 2.0**SLO_PRIORITY_LOG2_MAX)
+#: The SLO priorities a policy may set: 2**-2 .. 2**5, 0.25-32 (``spec.slo.priority``; the
+#: feature is their log2, and training draws them log-uniformly over this range).
+SLO_PRIORITY_LOG2_MIN = -2.0
+SLO_PRIORITY_LOG2_MAX = 5.0
+SLO_PRIORITY_RANGE: tuple[float, float] = (2.0**SLO_PRIORITY_LOG2_MIN, 2.0**SLO_PRIORITY_LOG2_MAX)
 
 # A Deployment's pods are named <deployment>-<pod-template-hash>-<5 chars>; label_replace turns
 # the pod label into a deployment label, so one query serves many Deployments at once.
@@ -161,7 +162,7 @@ FEATURES: tuple[Feature, ...] = (
             -1.0, 4.0),
     Feature("slo_priority",
             "log2(the policy's SLO priority: the weight of a step over the SLO against the "
-            "default trade-off's)", -SLO_PRIORITY_LOG2_MAX, SLO_PRIORITY_LOG2_MAX),
+            "default trade-off's)", SLO_PRIORITY_LOG2_MIN, SLO_PRIORITY_LOG2_MAX),
 )  # fmt: skip
 
 FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)
@@ -371,12 +372,12 @@ zero replicas, a falling rate (a non-positive capacity reads as none declared); 
 1, 2, one past the clip, NaN and 0.3."""
 
 GOLDEN: dict[str, tuple[tuple[float, ...], ...]] = {
-    "0f23a81986215749": (
+    "747147e859f7a1ad": (
         (0.3, 0.2630344, 0.1052495, 0.2228938, -0.1821218, 0.4049657, 0.5869878, 0.4694044, 0.2,
          0.2593462, 0.4, 0.4, 1.0, 0.4, 0.0),
         (0.35, -4.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.1003288, 1.0, 0.0, 0.1, -1.0, 1.0),
         (1.5, 4.0, 2.0, -1.6054499, 2.0, 0.0, 3.0, 3.0, 1.0, 1.0, 0.0015, 1.0, 0.9966667, 4.0,
-         2.0),
+         5.0),
         (0.0, 0.0, -0.3360727, 0.5101599, 0.0, 2.0724728, 2.0724728, 0.0, 0.0, 0.0, 1.0, 0.15, 0.5,
          0.5, 0.0),
         (0.05, -4.0, -0.6921487, -1.3833019, -2.0, 0.0, 3.0, 0.0, 0.1891892, 0.5265183, 0.2702703,

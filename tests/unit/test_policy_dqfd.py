@@ -154,6 +154,6 @@ def test_training_draws_slo_priorities_and_validates_at_the_default():
     assert torch.equal(params.slo_priority, torch.ones(8))
     fixed = TrainConfig(slo_priority_min=1.0, slo_priority_max=1.0)
     assert sim_config(fixed).domain.slo_priority == (1.0, 1.0)
-    for lo, hi in ((0.1, 1.0), (1.0, 8.0), (2.0, 1.0)):
+    for lo, hi in ((0.1, 1.0), (1.0, 64.0), (2.0, 1.0)):
         with pytest.raises(ValueError, match="slo_priority"):
             TrainConfig(slo_priority_min=lo, slo_priority_max=hi)
