@@ -228,8 +228,8 @@ def test_rate_actions_are_unavailable_without_a_declared_capacity():
     decide(sig, ShieldState.init(4), 0.0, CFG, q_values=q,
            explore=lambda g, avail: offered.append(avail) or g)  # fmt: skip
     rate = [i for i, a in enumerate(actions.ACTIONS) if a.kind in actions.RATE_KINDS]
-    assert len(rate) == 8 and A["rate_peak30_at_80"] in rate
-    assert offered[0][:, rate].tolist() == [[True] * 8] + [[False] * 8] * 3
+    assert len(rate) == 11 and A["rate_peak30_at_80"] in rate and A["rate_peak30_at_30"] in rate
+    assert offered[0][:, rate].tolist() == [[True] * 11] + [[False] * 11] * 3
     assert offered[0][:, : A["cpu_peak30_at_90"] + 1].all()
 
 

@@ -116,12 +116,12 @@ _PIN = {"configMapRef": {"name": "cand"}, "sha256": "a" * 64}
         ({"capacity": 40}, "spec.capacity must be an object"),
         ({"capacity": {"estimate": "yes"}}, "spec.capacity.estimate must be true or false"),
         (
-            {"slo": {"latencyP95": "300ms", "priority": 8}},
-            "spec.slo.priority must be between 0.25 and 4, got 8",
+            {"slo": {"latencyP95": "300ms", "priority": 64}},
+            "spec.slo.priority must be between 0.25 and 32, got 64",
         ),
         (
             {"slo": {"latencyP95": "300ms", "priority": 0}},
-            "spec.slo.priority must be between 0.25 and 4, got 0",
+            "spec.slo.priority must be between 0.25 and 32, got 0",
         ),
         (
             {"slo": {"latencyP95": "300ms", "priority": True}},

@@ -119,13 +119,14 @@ def test_the_demonstrated_rule_follows_each_clusters_slo_priority():
     """By default the demonstrated target falls 10 points per doubling of the priority (the
     rules' reward-best 30-minute setting at each priority on validation), nearest action of
     the same kind; every demonstrated transition shows its cluster's own."""
-    p = torch.tensor([0.25, 0.5, 0.75, 1.0, 1.4, 2.0, 3.0, 4.0])
+    p = torch.tensor([0.25, 0.5, 0.75, 1.0, 1.4, 2.0, 3.0, 4.0, 8.0, 16.0, 32.0])
+    want = (90, 90, 80, 80, 80, 70, 60, 60, 50, 40, 30)
     names = [
         actions.ACTION_NAMES[i] for i in demonstrated("rate_peak30_at_80", -0.1 * torch.log2(p))
     ]
-    assert names == [f"rate_peak30_at_{t}" for t in (90, 90, 80, 80, 80, 70, 60, 60)]
+    assert names == [f"rate_peak30_at_{t}" for t in want]
     cpu = [actions.ACTION_NAMES[i] for i in demonstrated("cpu_peak30_at_80", -0.1 * torch.log2(p))]
-    assert cpu == [f"cpu_peak30_at_{t}" for t in (90, 90, 80, 80, 80, 70, 60, 60)]
+    assert cpu == [f"cpu_peak30_at_{t}" for t in want]
     assert demonstrated("hold", torch.ones(3)).tolist() == [actions.HOLD] * 3
     cfg = TrainConfig(traces=[str(packaged_trace())], n_envs=32, demo_env_steps=640, device="cpu")
     bank = TraceBank.from_files(cfg.traces, cfg.train_split, cfg.dt)

@@ -16,7 +16,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from qscale.features import SLO_PRIORITY_RANGE
+
 __all__ = ["demo_main"]
+
+PRIORITY_LO, PRIORITY_HI = SLO_PRIORITY_RANGE
 
 # Quick: no rule frontier, and no hpa-tuned (tuning it on a fresh machine takes many minutes).
 OFFLINE_ARGS = [
@@ -84,8 +88,8 @@ def _parser() -> argparse.ArgumentParser:
         "--slo-priority",
         type=float,
         default=d.slo_priority,
-        help="qscale's spec.slo.priority, the trade-off its model plays (0.25-4; default "
-        f"{d.slo_priority:g})",
+        help="qscale's spec.slo.priority, the trade-off its model plays "
+        f"({PRIORITY_LO:g}-{PRIORITY_HI:g}; default {d.slo_priority:g})",
     )
     ap.add_argument(
         "--max-replicas",
