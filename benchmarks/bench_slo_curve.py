@@ -17,7 +17,7 @@ rules' frontier a hull). Printed, and written as JSON:
   hull there (< 1: the model's curve lies below the hull on average).
 
 Usage: ``OMP_NUM_THREADS=1 python benchmarks/bench_slo_curve.py [--model DIR] [--split val]
-[--seeds 1] [--priorities 0.25,0.5,1,2,4] [--levels 0.5,1.5,5] [--json out/slo_curve.json]``.
+[--seeds 1] [--priorities 0.25,0.5,1,2,4,8,16,32] [--levels 0.5,1.5,5] [--json out/slo_curve.json]``.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", type=Path, default=default_model_path())
     ap.add_argument("--split", default="val")
     ap.add_argument("--seeds", type=int, default=1)
-    ap.add_argument("--priorities", default="0.25,0.5,1,2,4")
+    ap.add_argument("--priorities", default="0.25,0.5,1,2,4,8,16,32")
     ap.add_argument("--levels", default="0.5,1.5,5", help="SLO levels, %% of minutes violating")
     ap.add_argument("--estimate-capacity", action="store_true",
                     help="the policy declares no capacity and estimates it")  # fmt: skip
