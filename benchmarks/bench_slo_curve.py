@@ -17,7 +17,8 @@ rules' frontier a hull). Printed, and written as JSON:
   hull there (< 1: the model's curve lies below the hull on average).
 
 Usage: ``OMP_NUM_THREADS=1 python benchmarks/bench_slo_curve.py [--model DIR] [--split val]
-[--seeds 1] [--priorities 0.25,0.5,1,2,4,8,16,32] [--levels 0.5,1.5,5] [--json out/slo_curve.json]``.
+[--seeds 1] [--priorities 0.25,0.5,1,2,4,8,16,32] [--levels 0.5,1.5,5]
+[--json out/slo_curve.json]``.
 """
 
 from __future__ import annotations
