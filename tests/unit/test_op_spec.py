@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
+import yaml
 
 from qscale import features
 from qscale.guardrails import ShieldConfig
@@ -246,3 +248,23 @@ def test_a_declared_capacity_is_read_and_absent_is_none():
     assert parse_spec({**BASE, "capacity": {}}).capacity_rps is None
     spec = parse_spec({**BASE, "capacity": {"requestsPerSecondPerPod": 42.5}})
     assert spec.capacity_rps == 42.5
+
+
+@pytest.mark.parametrize(
+    "crd",
+    [
+        Path(__file__).resolve().parents[2] / "deploy/crds/qscale.io_autoscalepolicies.yaml",
+        Path(__file__).resolve().parents[2]
+        / "charts/qscale/templates/crds/qscale.io_autoscalepolicies.yaml",
+    ],
+)
+def test_the_crds_slo_priority_bounds_are_the_features_range(crd):
+    """The API server refuses what the model cannot be shown: the CRD's bounds on
+    spec.slo.priority (it cannot import them) are the feature's range, in both copies."""
+    text = "\n".join(line for line in crd.read_text().splitlines() if "{{" not in line)
+    doc = yaml.safe_load(text)
+    lo, hi = features.SLO_PRIORITY_RANGE
+    for version in doc["spec"]["versions"]:
+        spec = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
+        priority = spec["properties"]["slo"]["properties"]["priority"]
+        assert (priority["minimum"], priority["maximum"], priority["default"]) == (lo, hi, 1)
