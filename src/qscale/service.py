@@ -190,7 +190,6 @@ def latency_model(
     capacity: torch.Tensor,
     service_time_s: torch.Tensor,
     dt: float,
-    demand: torch.Tensor | None = None,
 ) -> LatencyModel:
     """The distribution behind a step whose ready pods served ``served`` requests in ``dt``."""
     cap_rate = ready * capacity
@@ -198,8 +197,7 @@ def latency_model(
     rho = torch.clamp(
         torch.where(has_cap, served / torch.where(has_cap, cap_rate * dt, 1.0), 0.0), max=_RHO_MAX
     )
-    work = served + backlog if demand is None else demand
-    return _model(rho, cap_rate, has_cap, service_time_s, backlog, work)
+    return _model(rho, cap_rate, has_cap, service_time_s, backlog, served + backlog)
 
 
 def _model(
