@@ -3,9 +3,7 @@ the CRD cannot import it, so its default is checked against it here."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import yaml
+from crds import CHART_CRD, CRD, spec_schemas
 
 from qscale.actions import DECISION_INTERVAL_S
 from qscale.operator.spec import parse_duration, parse_spec
@@ -14,31 +12,20 @@ from qscale.simulator import env as sim
 from qscale.simulator import traces
 from qscale.simulator.evaluate import EvalProfile
 
-ROOT = Path(__file__).resolve().parents[2]
-CRD = ROOT / "deploy" / "crds" / "qscale.io_autoscalepolicies.yaml"
-CHART_CRD = ROOT / "charts" / "qscale" / "templates" / "crds" / CRD.name
 
-
-def _interval_defaults(doc: dict) -> list[str]:
-    assert doc["kind"] == "CustomResourceDefinition"
-    out = []
-    for version in doc["spec"]["versions"]:
-        spec = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
-        out.append(spec["properties"]["interval"]["default"])
-    return out
+def _interval_defaults(path) -> list[str]:
+    return [spec["properties"]["interval"]["default"] for spec in spec_schemas(path)]
 
 
 def test_crd_default_interval_is_the_constant():
-    defaults = _interval_defaults(yaml.safe_load(CRD.read_text()))
+    defaults = _interval_defaults(CRD)
     assert defaults
     for d in defaults:
         assert parse_duration(d, "default") == DECISION_INTERVAL_S, (CRD, d)
 
 
 def test_chart_crd_default_interval_is_the_constant():
-    # The chart's copy is a Helm template: drop the template lines, the rest is the CRD.
-    text = "\n".join(line for line in CHART_CRD.read_text().splitlines() if "{{" not in line)
-    defaults = _interval_defaults(yaml.safe_load(text))
+    defaults = _interval_defaults(CHART_CRD)  # the chart's copy, a Helm template
     assert defaults
     for d in defaults:
         assert parse_duration(d, "default") == DECISION_INTERVAL_S, (CHART_CRD, d)

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
-import yaml
+from crds import CHART_CRD, CRD, spec_schemas
 
 from qscale import features
 from qscale.guardrails import ShieldConfig
@@ -179,15 +178,9 @@ def test_training_mismatch_lists_what_differs(spec_change, serving, expected):
 
 
 def test_the_query_length_limit_is_the_crds():
-    from pathlib import Path
-
-    import yaml
-
     from qscale.operator.spec import MAX_QUERY_CHARS
 
-    crd = Path(__file__).resolve().parents[2] / "deploy/crds/qscale.io_autoscalepolicies.yaml"
-    schema = yaml.safe_load(crd.read_text())["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
-    metrics = schema["properties"]["spec"]["properties"]["metrics"]["properties"]
+    metrics = spec_schemas(CRD)[0]["properties"]["metrics"]["properties"]
     for key in ("requestRate", "latencyP95", "cpuUtilization", "cpuPeak"):
         assert metrics[key]["maxLength"] == MAX_QUERY_CHARS
 
@@ -250,21 +243,11 @@ def test_a_declared_capacity_is_read_and_absent_is_none():
     assert spec.capacity_rps == 42.5
 
 
-@pytest.mark.parametrize(
-    "crd",
-    [
-        Path(__file__).resolve().parents[2] / "deploy/crds/qscale.io_autoscalepolicies.yaml",
-        Path(__file__).resolve().parents[2]
-        / "charts/qscale/templates/crds/qscale.io_autoscalepolicies.yaml",
-    ],
-)
+@pytest.mark.parametrize("crd", [CRD, CHART_CRD])
 def test_the_crds_slo_priority_bounds_are_the_features_range(crd):
     """The API server refuses what the model cannot be shown: the CRD's bounds on
     spec.slo.priority (it cannot import them) are the feature's range, in both copies."""
-    text = "\n".join(line for line in crd.read_text().splitlines() if "{{" not in line)
-    doc = yaml.safe_load(text)
     lo, hi = features.SLO_PRIORITY_RANGE
-    for version in doc["spec"]["versions"]:
-        spec = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    for spec in spec_schemas(crd):
         priority = spec["properties"]["slo"]["properties"]["priority"]
         assert (priority["minimum"], priority["maximum"], priority["default"]) == (lo, hi, 1)
