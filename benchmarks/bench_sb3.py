@@ -39,22 +39,19 @@ from pathlib import Path
 import torch
 
 from qscale.policy.controller import DQNController
-from qscale.policy.train import TrainConfig, make_baseline, sim_config, train, validation_windows
-from qscale.simulator import env as sim
+from qscale.policy.train import TrainConfig, make_baseline, train, validation_set
 from qscale.simulator import frontier
-from qscale.simulator.evaluate import Windows, evaluate
+from qscale.simulator.evaluate import evaluate
 from qscale.simulator.gym_env import QScaleEnv
 from qscale.simulator.splits import packaged_trace, shared_trace_files
-from qscale.simulator.tracebank import TraceBank
 
 THREADS = 2
 
 
 def make_scorer(paths: list[str], n_windows: int):
-    cfg = TrainConfig(traces=paths)
-    bank = TraceBank.from_files(paths, split="val")
-    params = sim.make_params(bank, n_windows, seed=cfg.eval_seed, config=sim_config(cfg))
-    windows = Windows.fixed(*validation_windows(bank, n_windows, cfg.eval_steps), cfg.eval_seed)
+    """The trainer's own validation clusters and windows (:func:`validation_set`: SLO priority
+    1, however training draws it), ``n_windows`` of them."""
+    params, windows = validation_set(TrainConfig(traces=paths, eval_envs=n_windows))
 
     def score(module) -> float:
         ctrl = module if hasattr(module, "act") else DQNController(module)
