@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import os
 import sys
 import textwrap
 from pathlib import Path
@@ -259,3 +260,105 @@ def test_the_login_path_imports_no_generated_api_or_model_classes(plugin):
     # kubernetes.client loads its generated classes lazily: none of its 60-odd API classes,
     # only the 3 model modules its own package imports eagerly (ObjectMeta and friends).
     assert int(apis) == 0 and int(models) <= 5 and kopf == "False"
+
+
+@pytest.fixture
+def service_account(tmp_path, monkeypatch):
+    """A pod's mounted ServiceAccount: token, CA and namespace files in ``tmp_path``."""
+    files = {"token": "sa-1", "ca.crt": "-----BEGIN CERTIFICATE-----\n", "namespace": "team-a"}
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    monkeypatch.setattr(kube_mod, "_TOKEN_FILE", str(tmp_path / "token"))
+    monkeypatch.setattr(kube_mod, "_CA_FILE", str(tmp_path / "ca.crt"))
+    monkeypatch.setattr(kube_mod, "_NAMESPACE_FILE", str(tmp_path / "namespace"))
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    ("env", "change", "message"),
+    [
+        ({}, None, "service host/port is not set"),
+        ({"KUBERNETES_SERVICE_HOST": "10.0.0.1"}, None, "service host/port is not set"),
+        ({"KUBERNETES_SERVICE_HOST": "", "KUBERNETES_SERVICE_PORT": "443"}, None, "set but empty"),
+        (None, ("token", ""), "service token file .*token exists but empty"),
+        (None, ("token", None), "service token file .*token: .*No such file"),
+        (None, ("ca.crt", ""), "service certificate file .*ca.crt exists but empty"),
+        (None, ("ca.crt", None), "service certificate file .*ca.crt: .*No such file"),
+    ],
+)
+def test_in_cluster_login_refuses_what_client_go_refuses(service_account, env, change, message):
+    env = (
+        {"KUBERNETES_SERVICE_HOST": "10.0.0.1", "KUBERNETES_SERVICE_PORT": "443"}
+        if env is None
+        else env
+    )
+    if change is not None:
+        name, text = change
+        if text is None:
+            (service_account / name).unlink()
+        else:
+            (service_account / name).write_text(text)
+    with pytest.raises(ApiError, match=message) as err:
+        kube_mod._in_cluster(env)
+    assert err.value.status == 0 and str(err.value).startswith("in-cluster: ")
+
+
+def test_in_cluster_server_and_namespace_as_client_go_joins_them(service_account):
+    for host, server in [
+        ("10.96.0.1", "https://10.96.0.1:443"),
+        ("kubernetes.default.svc", "https://kubernetes.default.svc:443"),
+        ("fd00::1", "https://[fd00::1]:443"),
+        ("fe80::1%eth0", "https://[fe80::1%eth0]:443"),
+    ]:
+        conn = kube_mod._in_cluster(
+            {"KUBERNETES_SERVICE_HOST": host, "KUBERNETES_SERVICE_PORT": "443"}
+        )
+        assert conn.server == server
+    assert conn.default_namespace == "team-a" and conn.ca_path.endswith("ca.crt")
+    assert not conn.insecure and conn.cert_path is None
+    (service_account / "namespace").unlink()  # optional: no default namespace then
+    conn = kube_mod._in_cluster({"KUBERNETES_SERVICE_HOST": "h", "KUBERNETES_SERVICE_PORT": "1"})
+    assert conn.default_namespace is None
+
+
+def test_in_a_cluster_the_operator_keeps_the_kubernetes_package_out(service_account):
+    """In a pod, the operator's whole import chain (kopf, its handlers, the tick) runs without
+    the ``kubernetes`` package, the login works without it, and kopf sees it as absent; out of
+    a cluster it is left importable (the kubeconfig loaders need it)."""
+    import subprocess
+
+    code = textwrap.dedent(
+        f"""
+        import os, sys
+        from qscale.operator import kube
+        kube._TOKEN_FILE = {str(service_account / "token")!r}
+        kube._CA_FILE = {str(service_account / "ca.crt")!r}
+        kube._NAMESPACE_FILE = {str(service_account / "namespace")!r}
+        outside = kube.keep_client_package_out()
+        os.environ.update(KUBERNETES_SERVICE_HOST="10.0.0.1", KUBERNETES_SERVICE_PORT="443")
+        inside = kube.keep_client_package_out()
+        import kopf
+        import qscale.operator.handlers
+        from kopf._cogs.helpers import thirdparty
+        conn = kube.connection()
+        auth = conn.credentials.current()
+        info = kube.kopf_connection_info(conn)
+        try:
+            import kubernetes.config
+            importable = True
+        except ImportError:
+            importable = False
+        loaded = [m for m in sys.modules if m.startswith("kubernetes") and sys.modules[m]]
+        print(outside, inside, importable, len(loaded), thirdparty.V1ObjectMetaSync,
+              conn.source, auth.header, info.token, info.server)
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_SERVICE_")}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == [
+        "False", "True", "False", "0", "None", "in-cluster", "Bearer", "sa-1", "sa-1",
+        "https://10.0.0.1:443",
+    ]  # fmt: skip

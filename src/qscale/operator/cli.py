@@ -43,6 +43,12 @@ def operator_main(argv: Sequence[str]) -> int:
     for noisy in ("httpx", "httpcore", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
+    from qscale.operator.kube import keep_client_package_out
+
+    if keep_client_package_out():
+        logging.getLogger("qscale.operator").info(
+            "in a cluster: the kubernetes client package is not loaded (not needed, 18 MB)"
+        )
     import kopf
 
     import qscale.operator.handlers  # noqa: F401  (registers the handlers)

@@ -5,17 +5,19 @@ scale subresource, status patches, Events, the Lease, model ConfigMaps -- goes t
 client, with the same credentials kopf logs in with (:func:`connection`, and
 :func:`kopf_connection_info` for ``@kopf.on.login``).
 
-Credentials are resolved by the ``kubernetes`` package's own configuration loaders
-(``kubernetes.config.kube_config`` and ``kubernetes.config.incluster_config``): the in-cluster
-ServiceAccount, else the kubeconfig of ``--kubeconfig`` / ``$KUBECONFIG`` / ``~/.kube/config``
-with everything that loader supports -- tokens and token files, client certificates, basic auth,
-exec credential plugins (EKS, GKE, AKS and the like: the plugin is run and its ExecCredential
-read) and the OIDC and GCP auth providers. Only the loaders are used: the requests themselves are
+In a cluster, the credential is the pod's ServiceAccount: the service host and port, the
+mounted CA and token, read here as client-go reads them, and nothing of the ``kubernetes``
+package is needed -- the operator then keeps that package out of its memory altogether
+(:func:`keep_client_package_out`: kopf would import it for its optional type checks, 18 MB).
+Out of a cluster (``--kubeconfig`` / ``$KUBECONFIG`` / ``~/.kube/config``) credentials are
+resolved by the ``kubernetes`` package's own loader (``kubernetes.config.kube_config``) with
+everything it supports -- tokens and token files, client certificates, basic auth, exec
+credential plugins (EKS, GKE, AKS and the like: the plugin is run and its ExecCredential read)
+and the OIDC and GCP auth providers. Only the loader is used: the requests themselves are
 httpx, and none of the generated API or model classes of ``kubernetes.client`` is imported
-(it loads them lazily), which keeps 25 MB out of the operator's memory; kopf imports the
-``kubernetes`` package anyway when it is installed, so the loaders cost the operator nothing
-extra (BENCHMARKS.md, "Login"). Refreshed OIDC tokens are kept in memory, never written back to
-the kubeconfig; a cluster's ``proxy-url`` and ``tls-server-name`` are not supported.
+(it loads them lazily), which keeps 25 MB out of the operator's memory (BENCHMARKS.md,
+"Login"). Refreshed OIDC tokens are kept in memory, never written back to the kubeconfig; a
+cluster's ``proxy-url`` and ``tls-server-name`` are not supported.
 
 A credential that expires (an exec plugin's ``expirationTimestamp``, an OIDC id-token's ``exp``)
 is fetched anew shortly before it does; one the API server refuses with 401 is fetched anew and
@@ -33,6 +35,7 @@ import json
 import logging
 import os
 import ssl
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -48,6 +51,7 @@ __all__ = [
     "Credentials",
     "Kube",
     "connection",
+    "keep_client_package_out",
     "kopf_connection_info",
     "load_connection",
 ]
@@ -284,28 +288,62 @@ def load_connection(
 
 
 def _in_cluster(env: Mapping[str, str]) -> Connection:
-    from kubernetes.client.configuration import Configuration
-    from kubernetes.config.incluster_config import InClusterConfigLoader
+    """The in-cluster ServiceAccount, read as client-go's ``rest.InClusterConfig`` does (and
+    the ``kubernetes`` package's ``InClusterConfigLoader``, whose checks and messages these
+    are): ``https://`` + the service host and port, the mounted CA file, the mounted token,
+    re-read every :data:`TOKEN_FILE_MAX_AGE_S`. Read here without that package, so an
+    operator in a cluster can keep it out of its memory (:func:`keep_client_package_out`)."""
+    host = env.get("KUBERNETES_SERVICE_HOST")
+    port = env.get("KUBERNETES_SERVICE_PORT")
+    if host is None or port is None:
+        raise ApiError(0, "in-cluster: service host/port is not set")
+    if not host or not port:
+        raise ApiError(0, "in-cluster: service host/port is set but empty")
 
-    loader = InClusterConfigLoader(token_filename=_TOKEN_FILE, cert_filename=_CA_FILE, environ=env)
-    first = Configuration()
+    def fetch() -> Auth:
+        try:
+            with open(_TOKEN_FILE) as f:
+                token = f.read()
+        except OSError as e:
+            raise ApiError(0, f"in-cluster: service token file {_TOKEN_FILE}: {e}") from None
+        if not token.strip():
+            raise ApiError(0, f"in-cluster: service token file {_TOKEN_FILE} exists but empty")
+        return Auth(header=_header(f"bearer {token}"))
 
-    def fetch(cfg: Any = None) -> Auth:
-        cfg = cfg if cfg is not None else Configuration()
-        loader.load_and_set(cfg)  # reads the token file again
-        return Auth(header=_header(cfg.api_key.get("BearerToken")))
-
-    creds = Credentials(fetch, initial=_guard(fetch, first), max_age_s=TOKEN_FILE_MAX_AGE_S)
+    creds = Credentials(fetch, max_age_s=TOKEN_FILE_MAX_AGE_S)
+    try:
+        with open(_CA_FILE) as f:
+            ca = f.read()
+    except OSError as e:
+        raise ApiError(0, f"in-cluster: service certificate file {_CA_FILE}: {e}") from None
+    if not ca:
+        raise ApiError(0, f"in-cluster: service certificate file {_CA_FILE} exists but empty")
     namespace = None
     with contextlib.suppress(OSError), open(_NAMESPACE_FILE) as f:
         namespace = f.read().strip() or None
+    bracket = ":" in host or "%" in host  # net.JoinHostPort
     return Connection(
-        server=first.host.rstrip("/"),
+        server=f"https://[{host}]:{port}" if bracket else f"https://{host}:{port}",
         credentials=creds,
-        ca_path=first.ssl_ca_cert,
+        ca_path=_CA_FILE,
         default_namespace=namespace,
         source="in-cluster",
     )
+
+
+def keep_client_package_out() -> bool:
+    """In a cluster, make the ``kubernetes`` package unimportable in this process; call it
+    before kopf is imported. Returns whether it did.
+
+    The in-cluster login needs nothing of it (:func:`_in_cluster`); kopf imports it only when
+    it is installed, for ``isinstance`` checks of the client's model objects, which the
+    operator never hands it -- and that import alone is about 18 MB of the operator's memory
+    (BENCHMARKS.md, "Login"). Out of a cluster the kubeconfig loaders need the package, so it
+    is left alone; so it is when something has already imported it."""
+    if not in_cluster() or "kubernetes" in sys.modules:
+        return False
+    sys.modules["kubernetes"] = None  # type: ignore[assignment]  # import: ImportError
+    return True
 
 
 def _guard(fetch: Callable[[Any], Auth], cfg: Any) -> Auth:
