@@ -35,6 +35,14 @@ VARIANTS = {
         "import httpx, kopf\nfrom qscale.operator.kube import load_connection\n"
         "load_connection(EXEC)"
     ),
+    "now, in a cluster (the ServiceAccount; `keep_client_package_out`): kopf + "
+    "kube.load_connection": (
+        "import os\nfrom qscale.operator import kube\n"
+        "kube._TOKEN_FILE, kube._CA_FILE = SADIR + '/sa-token', SADIR + '/sa-ca.crt'\n"
+        "os.environ.update(KUBERNETES_SERVICE_HOST='127.0.0.1', KUBERNETES_SERVICE_PORT='6443')\n"
+        "assert kube.keep_client_package_out()\n"
+        "import httpx, kopf\nkube.load_connection()"
+    ),
     "now, no kopf (`qscale model publish`): kube.load_connection (token)": (
         "import httpx\nfrom qscale.operator.kube import load_connection\nload_connection()"
     ),
@@ -85,6 +93,8 @@ def _config(tmp: Path) -> tuple[Path, Path]:
 def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         token, exec_cfg = _config(Path(d))
+        (Path(d) / "sa-token").write_text("sa-token")
+        (Path(d) / "sa-ca.crt").write_text("-----BEGIN CERTIFICATE-----\n")
         env = {"KUBECONFIG": str(token), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
         import os
 
@@ -93,7 +103,7 @@ def main() -> None:
         print("| login path | RSS (MB, median of 3) | modules | of them kubernetes.* |")
         print("|---|---|---|---|")
         for name, code in VARIANTS.items():
-            code = code.replace("EXEC", repr(str(exec_cfg))) + MEASURE
+            code = code.replace("EXEC", repr(str(exec_cfg))).replace("SADIR", repr(d)) + MEASURE
             runs = []
             for _ in range(3):
                 out = subprocess.run(

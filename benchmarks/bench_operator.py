@@ -334,7 +334,8 @@ def shipped_part(st: Stack, res: dict, args: argparse.Namespace) -> None:
         print(f"  10 %, shipped model: {_brief(res['changing_10pct_shipped'])}", flush=True)
     res["reaction_s"] = reactions(st, pool, args.reaction_samples)
     res["rss_mb"] = st.op.rss_mb()
-    res["torch_baseline"] = torch_baseline_rss(Path(res["model"]["path"]), n)
+    res["login"] = "in-cluster (a pod's ServiceAccount)" if st.in_pod else "kubeconfig"
+    res["torch_baseline"] = torch_baseline_rss(Path(res["model"]["path"]), n, st.in_pod)
 
 
 def scripted_part(

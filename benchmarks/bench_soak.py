@@ -76,6 +76,7 @@ from benchstack import (
     tick_lines,
     torch_baseline_rss,
 )
+from qscale.dev.operator import can_mount_service_account
 
 MIN_R, MAX_R = 1, 10
 SAMPLE_S = 10.0
@@ -377,7 +378,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
 
     res: dict = {"args": vars(args), "model": model, "machine_start": machine()}
     # measured first, so that a failure here never costs the hour
-    res["torch_baseline"] = torch_baseline_rss(Path(model["path"]), n)
+    res["torch_baseline"] = torch_baseline_rss(Path(model["path"]), n, can_mount_service_account())
     margin = seconds + 900
     st = start_stack(
         n,
@@ -391,6 +392,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
         st.api.create_all(f"/api/v1/namespaces/{NS}/configmaps", [cm])
         res["policies_with_configmap_model"] = len(with_cm)
         res.update(st.timings)
+        res["login"] = "in-cluster (a pod's ServiceAccount)" if st.in_pod else "kubeconfig"
         time.sleep(20)
         st.start_operator()
         st.wait_metric("qscale_startup_written_seconds", lambda v: v > 0, 300)

@@ -4,7 +4,11 @@ A fresh local control plane (kwokctl binary runtime) with ``n`` Deployments of f
 namespace, each with its AutoscalePolicy; ``qscale emulate`` (a subprocess) playing every
 service, its loads switched through a control file; a real Prometheus scraping the emulator and
 the operator; and ``qscale operator`` as users run it: a subprocess, kopf included, the shipped
-model unless told otherwise, the least-privilege ServiceAccount token of ``deploy/rbac.yaml``.
+model unless told otherwise, logged in as the chart's pod logs in: the least-privilege
+ServiceAccount of ``deploy/rbac.yaml`` mounted where a pod has it (its token and CA; the
+in-cluster login, which keeps the ``kubernetes`` package out of the operator), or that
+ServiceAccount's token in a kubeconfig where no private mount namespace can be had
+(:attr:`Stack.in_pod` says which).
 
 The benchmark's own view of the cluster goes through an admin client on a background event
 loop (:class:`Api`) and a list+watch of the Deployments that records every ``spec.replicas``
@@ -23,6 +27,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -30,7 +35,13 @@ from pathlib import Path
 from typing import Any
 
 from qscale.dev.cluster import ClusterOptions, LocalCluster, deployment_manifest, start_cluster
-from qscale.dev.operator import OperatorProcess, install, token_kubeconfig
+from qscale.dev.operator import (
+    OperatorProcess,
+    can_mount_service_account,
+    install,
+    service_account_files,
+    token_kubeconfig,
+)
 from qscale.dev.prom import LocalPrometheus, free_port
 
 NS, OP_NS = "bench", "qscale-system"
@@ -260,6 +271,8 @@ class Stack:
     prom: LocalPrometheus
     op_port: int
     env: dict[str, str]
+    service_account: Path | None = None
+    """Mounted for the operator as in a pod (None: it logs in with :attr:`kubeconfig`)."""
     watch: ReplicaWatch | None = None
     op: OperatorProcess | None = None
     loads: dict[str, Any] = field(default_factory=dict)
@@ -272,11 +285,17 @@ class Stack:
         tmp.write_text(json.dumps({f"{NS}/{k}": v for k, v in self.loads.items()}))
         tmp.replace(self.control)
 
+    @property
+    def in_pod(self) -> bool:
+        """Whether the operator logs in as in a pod (the in-cluster ServiceAccount)."""
+        return self.service_account is not None
+
     def start_operator(self, extra: Mapping[str, str] | None = None, name: str = "op") -> float:
         """Start ``qscale operator``; returns the wall time it was started at."""
         self.stop_operator()
         p = OperatorProcess(
-            self.kubeconfig,
+            None if self.service_account else self.kubeconfig,
+            service_account=self.service_account,
             env={**self.env, **(extra or {})},
             workdir=self.workdir / name,
             metrics_port=self.op_port,
@@ -382,6 +401,14 @@ def start_stack(
         ).start()
         api.create_all(POLICIES, [policy(nm) for nm in names])
         kubeconfig = token_kubeconfig(cluster, OP_NS, workdir / "operator.kubeconfig", 6 * 3600)
+        sa, pod_env = None, {}
+        if can_mount_service_account():
+            sa = service_account_files(cluster, OP_NS, workdir / "serviceaccount", 6 * 3600)
+            server = urllib.parse.urlsplit(cluster.server())
+            pod_env = {
+                "KUBERNETES_SERVICE_HOST": server.hostname or "",
+                "KUBERNETES_SERVICE_PORT": str(server.port),
+            }
         stack = Stack(
             n,
             workdir,
@@ -398,8 +425,10 @@ def start_stack(
                 "QSCALE_PROMETHEUS_URL": prom.url,
                 "QSCALE_LEASE_NAMESPACE": OP_NS,
                 "QSCALE_TICK_S": "1",
+                **pod_env,
                 **(env or {}),
             },
+            service_account=sa,
             timings=timings,
         )
         stack.watch = ReplicaWatch(api)
@@ -500,6 +529,8 @@ def scaled_lines(text: str, outside: bool = False) -> list[dict]:
 
 _BASELINE = """
 import sys, time, torch
+if sys.argv[4] == "pod":  # as the operator in a pod does (qscale.operator.kube)
+    sys.modules["kubernetes"] = None
 torch.set_num_threads(1)
 m = torch.jit.load(sys.argv[1])
 rows, width = int(sys.argv[2]), int(sys.argv[3])
@@ -510,20 +541,24 @@ loaded = rss()
 with torch.no_grad():
     m(torch.zeros(rows, width))
 forward = rss()
-import qscale.operator.handlers  # kopf, kubernetes, aiohttp, httpx, prometheus-client, ...
+import qscale.operator.handlers  # kopf (kubernetes out of a pod), aiohttp, httpx, prometheus-client
 print(loaded, forward, rss())
 """
 
 
-def torch_baseline_rss(model_dir: Path, rows: int) -> dict[str, float]:
+def torch_baseline_rss(model_dir: Path, rows: int, in_pod: bool = False) -> dict[str, float]:
     """RSS (MB, VmRSS as for the operator) of a process that only imports torch and loads the
     model with ``torch.jit.load``; then after one forward pass over ``rows`` rows, and after
-    importing the operator's modules too (no policy, no connection: its import floor)."""
+    importing the operator's modules too (no policy, no connection: its import floor; ``in_pod``:
+    without the ``kubernetes`` package, as the operator in a pod)."""
     from qscale.features import N_FEATURES
 
     width = N_FEATURES  # the observation of this build's feature spec
     out = subprocess.run(
-        [sys.executable, "-c", _BASELINE, str(model_dir / "model.pt"), str(rows), str(width)],
+        [
+            *(sys.executable, "-c", _BASELINE, str(model_dir / "model.pt")),
+            *(str(rows), str(width), "pod" if in_pod else "kubeconfig"),
+        ],
         capture_output=True,
         text=True,
         check=True,

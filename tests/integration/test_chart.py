@@ -2,8 +2,8 @@
 rejections, drift against ``deploy/`` (CRD, RBAC, operator.yaml), the dashboard's and the alerts'
 PromQL through promtool, ServiceMonitor/PrometheusRule against the prometheus-operator models, a
 server-side dry run of every other rendered manifest, and ``helm install`` into a local control
-plane, after which the operator (run from the package with the chart's ServiceAccount token)
-scales a Deployment; then ``kubectl apply -k deploy/``.
+plane, after which the operator (run from the package as the chart's pod: its ServiceAccount's
+token and CA mounted, the in-cluster login) scales a Deployment; then ``kubectl apply -k deploy/``.
 
 Run with ``make chart``. Everything needs the control plane's binaries (helm is among them).
 """
@@ -14,6 +14,7 @@ import json
 import re
 import subprocess
 import sys
+import urllib.parse
 import uuid
 from pathlib import Path
 
@@ -412,7 +413,12 @@ def _policy(name: str, ns: str, **spec) -> str:
 def test_helm_install_then_the_operator_with_the_charts_token_scales(
     k8s_bin, fresh, tmp_path, prometheus_bin
 ):
-    from qscale.dev.operator import OperatorProcess, token_kubeconfig
+    from qscale.dev.operator import (
+        OperatorProcess,
+        can_mount_service_account,
+        service_account_files,
+        token_kubeconfig,
+    )
     from qscale.dev.prom import LocalPrometheus
     from qscale.emulator import Emulator, Load, Workload
 
@@ -493,10 +499,24 @@ def test_helm_install_then_the_operator_with_the_charts_token_scales(
     assert not may("auth", "can-i", "update", "leases", "-n", env_ns)
     assert not may("auth", "can-i", "list", "namespaces")
 
-    # The operator from the package with that token scales a Deployment under load.
+    # The operator from the package, as the chart's pod runs it (the ServiceAccount's token and
+    # CA mounted, the service host and port in its environment, no kubeconfig: the in-cluster
+    # login, with the kubernetes package kept out), scales a Deployment under load. Where no
+    # mount namespace can be had, with the same token in a kubeconfig.
     em = Emulator(c.kubeconfig, [Workload(env_ns, "web", Load.constant(180.0), 50.0)], step_s=0.5)
     em.start()
-    op = OperatorProcess(sa_kubeconfig, workdir=tmp_path / "op")
+    in_pod = can_mount_service_account()
+    pod_env = {}
+    if in_pod:
+        server = urllib.parse.urlsplit(c.server())
+        pod_env = {
+            "KUBERNETES_SERVICE_HOST": server.hostname or "",
+            "KUBERNETES_SERVICE_PORT": str(server.port),
+        }
+        sa = service_account_files(c, "qscale-system", tmp_path / "serviceaccount")
+        op = OperatorProcess(None, service_account=sa, workdir=tmp_path / "op")
+    else:
+        op = OperatorProcess(sa_kubeconfig, workdir=tmp_path / "op")
     op.workdir.mkdir()
     prom = LocalPrometheus(
         {"emulator": [f"127.0.0.1:{em.port}"], "operator": [f"127.0.0.1:{op.metrics_port}"]},
@@ -513,6 +533,7 @@ def test_helm_install_then_the_operator_with_the_charts_token_scales(
             "QSCALE_LEASE_NAMESPACE": "qscale-system",
             "QSCALE_LEASE_NAME": "qscale-operator",
             "QSCALE_TICK_S": "1",
+            **pod_env,
         }
         c.apply(deployment_manifest("web", env_ns, replicas=2, ready_delay_s=1))
         op.start(wait_ready_s=120)
@@ -538,6 +559,7 @@ def test_helm_install_then_the_operator_with_the_charts_token_scales(
             c.kubectl("get", "lease", "qscale-operator", "-n", "qscale-system", "-o", "json").stdout
         )
         assert lease["spec"]["holderIdentity"]
+        assert ("kubernetes client package is not loaded" in op.log_tail(10**6)) == in_pod
     except BaseException:
         print(op.log_tail(6000))
         raise

@@ -27,7 +27,15 @@ import httpx
 from qscale.dev.cluster import LocalCluster, namespace_manifest
 from qscale.dev.prom import free_port
 
-__all__ = ["DEPLOY", "OperatorProcess", "install", "scripted_policy", "token_kubeconfig"]
+__all__ = [
+    "DEPLOY",
+    "OperatorProcess",
+    "can_mount_service_account",
+    "install",
+    "scripted_policy",
+    "service_account_files",
+    "token_kubeconfig",
+]
 
 DEPLOY = Path(__file__).resolve().parents[3] / "deploy"
 """``deploy/`` of this source tree (CRD, RBAC, examples)."""
@@ -132,12 +140,54 @@ def token_kubeconfig(
     return path
 
 
+SERVICE_ACCOUNT_MOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"
+"""Where a pod has its ServiceAccount's token, CA and namespace (``qscale.operator.kube``)."""
+
+
+def service_account_files(
+    cluster: LocalCluster, namespace: str, path: Path, duration_s: int = 7200
+) -> Path:
+    """What a pod of ``namespace``'s ``qscale-operator`` ServiceAccount has mounted: ``token``
+    (a real one, from the TokenRequest API), ``ca.crt`` (the API server's CA) and
+    ``namespace``, in the directory ``path``; for :attr:`OperatorProcess.service_account`."""
+    import base64
+
+    raw = json.loads(cluster.kubectl("config", "view", "--minify", "--raw", "-o", "json").stdout)
+    c = raw["clusters"][0]["cluster"]
+    ca = c.get("certificate-authority-data")
+    ca_pem = base64.b64decode(ca) if ca else Path(c["certificate-authority"]).read_bytes()
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "token").write_text(cluster.create_token(namespace, SERVICE_ACCOUNT, duration_s))
+    (path / "ca.crt").write_bytes(ca_pem)
+    (path / "namespace").write_text(namespace)
+    return path
+
+
+def can_mount_service_account() -> bool:
+    """Whether this machine lets :class:`OperatorProcess` play a pod's mounted ServiceAccount
+    (a private mount namespace: root, or a user namespace allowed)."""
+    probe = ["unshare", "--mount", "--propagation", "private", "mount", "-t", "tmpfs", "tmpfs"]
+    try:
+        out = subprocess.run([*probe, "/var/run"], capture_output=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return out.returncode == 0
+
+
 @dataclass
 class OperatorProcess:
-    """``qscale operator`` in a subprocess; ``env`` adds ``QSCALE_*`` settings."""
+    """``qscale operator`` in a subprocess; ``env`` adds ``QSCALE_*`` settings.
 
-    kubeconfig: Path
+    With ``service_account`` (a directory of :func:`service_account_files`) the operator runs
+    as in a pod instead of with a kubeconfig: in a private mount namespace where that
+    directory is at :data:`SERVICE_ACCOUNT_MOUNT` (a tmpfs over ``/var/run``, nothing of the
+    machine's changed), no ``KUBECONFIG``; ``env`` then carries ``KUBERNETES_SERVICE_HOST`` and
+    ``KUBERNETES_SERVICE_PORT``.
+    """
+
+    kubeconfig: Path | None
     env: Mapping[str, str] = field(default_factory=dict)
+    service_account: Path | None = None
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="qscale-op-")))
     metrics_port: int = field(default_factory=free_port)
     health_port: int = field(default_factory=free_port)
@@ -163,7 +213,7 @@ class OperatorProcess:
                 for k, v in os.environ.items()
                 if not k.startswith("QSCALE_") and k != "KUBECONFIG"
             },
-            "KUBECONFIG": str(self.kubeconfig),
+            **({"KUBECONFIG": str(self.kubeconfig)} if self.kubeconfig else {}),
             "QSCALE_METRICS_ADDRESS": "127.0.0.1",
             "QSCALE_METRICS_PORT": str(self.metrics_port),
             "QSCALE_HEALTH_ADDRESS": "127.0.0.1",
@@ -175,8 +225,16 @@ class OperatorProcess:
         log = self.log_path.open("ab")
         log.write(f"\n=== start {self.starts} at {time.time():.3f}\n".encode())
         log.flush()
+        argv = [sys.executable, "-m", "qscale.entry", "operator"]
+        if self.service_account is not None:
+            mount = 'mount -t tmpfs tmpfs /var/run && mkdir -p "$2" && cp "$1"/* "$2"/'
+            argv = [
+                *("unshare", "--mount", "--propagation", "private", "sh", "-c"),
+                f'{mount} && shift 2 && exec "$@"',
+                *("sh", str(self.service_account), SERVICE_ACCOUNT_MOUNT, *argv),
+            ]
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "qscale.entry", "operator"],
+            argv,
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
