@@ -4,6 +4,11 @@ inside:
 * ``QSCALE_TM_EVERY`` set: trace its allocations; a thread dumps a tracemalloc snapshot every
   that many seconds to ``$QSCALE_TM_DIR/snap-<pid>-<i>.tm`` and appends RSS and the traced
   total to ``log-<pid>.jsonl``;
+* ``QSCALE_TM_PEAKS`` set (with ``QSCALE_TM_EVERY``): after ``QSCALE_TM_WARMUP`` seconds
+  (120), a thread reads the traced total every 50 ms and dumps a snapshot each time it passes
+  its highest so far by 1 MB (``peak-<pid>-<i>.tm``) or falls below its lowest
+  (``low-<pid>-<i>.tm``), that many of each at most, and logs the total every second to
+  ``traced-<pid>.jsonl``: what a tick holds at its high-water mark beyond what stays;
 * ``QSCALE_TRIM_EVERY`` set: a thread calls glibc's ``malloc_trim(0)`` every that many seconds
   and appends RSS (and its anonymous part) before and after to ``trim-<pid>.jsonl``;
 * ``QSCALE_MEM_EVERY`` set: a thread appends, every that many seconds, RSS, glibc's
@@ -51,6 +56,32 @@ def _loop(every: float) -> None:
         tracemalloc.take_snapshot().dump(f"{_DIR}/snap-{os.getpid()}-{i:03d}.tm")
         row = {"i": i, "t": time.time() - t0, "rss_mb": _rss_mb(), "traced_mb": traced / 2**20}
         _append("log", row)
+
+
+def _peak_loop(limit: int, warmup: float) -> None:
+    t0 = time.time()
+    time.sleep(warmup)
+    hi = lo = tracemalloc.get_traced_memory()[0]
+    n_hi = n_lo = 0
+    last_log = 0.0
+    while n_hi < limit or n_lo < limit:
+        time.sleep(0.05)
+        cur = tracemalloc.get_traced_memory()[0]
+        now = time.time() - t0
+        if now - last_log >= 1.0:
+            _append("traced", {"t": round(now, 2), "traced_mb": round(cur / 2**20, 2)})
+            last_log = now
+        kind = None
+        if cur > hi + 2**20 and n_hi < limit:
+            kind, n_hi, hi = "peak", n_hi + 1, cur
+        elif cur < lo and n_lo < limit:
+            kind, n_lo, lo = "low", n_lo + 1, cur
+        if kind is not None:
+            i = n_hi if kind == "peak" else n_lo
+            tracemalloc.take_snapshot().dump(f"{_DIR}/{kind}-{os.getpid()}-{i:03d}.tm")
+            row = {"kind": kind, "i": i, "t": round(now, 2), "traced_mb": cur / 2**20}
+            _append("log", row)
+        hi, lo = max(hi, cur), min(lo, cur)
 
 
 def _trim_loop(every: float) -> None:
@@ -135,6 +166,9 @@ if _DIR and os.environ.get("QSCALE_TM_EVERY"):
     tracemalloc.start(int(os.environ.get("QSCALE_TM_FRAMES", "8")))
     every = float(os.environ["QSCALE_TM_EVERY"])
     threading.Thread(target=_loop, args=(every,), daemon=True, name="tracemalloc-dump").start()
+    if os.environ.get("QSCALE_TM_PEAKS"):
+        args = (int(os.environ["QSCALE_TM_PEAKS"]), float(os.environ.get("QSCALE_TM_WARMUP", 120)))
+        threading.Thread(target=_peak_loop, args=args, daemon=True, name="tm-peaks").start()
 if _DIR and os.environ.get("QSCALE_TRIM_EVERY"):
     every = float(os.environ["QSCALE_TRIM_EVERY"])
     threading.Thread(target=_trim_loop, args=(every,), daemon=True, name="malloc-trim").start()
