@@ -295,7 +295,14 @@ def reactions(st: Stack, pool: Pool, samples: int) -> list[float | None]:
 def run_size(n: int, workdir: Path, args: argparse.Namespace, sweep: list[int]) -> dict:
     model = shipped_model()
     res: dict = {"policies": n, "machine_start": machine(), "model": model}
-    st = start_stack(n, workdir, policy, lambda _: BASE_RPS, pods_per_deployment=MAX_REPLICAS + 1)
+    st = start_stack(
+        n,
+        workdir,
+        policy,
+        lambda _: BASE_RPS,
+        pods_per_deployment=MAX_REPLICAS + 1,
+        in_pod={"auto": None, "pod": True, "kubeconfig": False}[args.login],
+    )
     try:
         res.update(st.timings)
         time.sleep(20)  # a few scrapes, so that the rates exist
@@ -434,6 +441,12 @@ def main() -> int:
         help="QSCALE_SCALE_CONCURRENCY values tried at the largest size ('' for none)",
     )
     ap.add_argument("--sweep-groups", type=int, default=5, help="10 %%-changing ticks per value")
+    ap.add_argument(
+        "--login",
+        choices=["auto", "pod", "kubeconfig"],
+        default="auto",
+        help="how the operator logs in (auto: as a pod where the machine allows it)",
+    )
     args = ap.parse_args()
     sizes = [int(x) for x in args.sizes.split(",")]
     sweep = [int(x) for x in args.sweep.split(",") if x]

@@ -360,9 +360,12 @@ def start_stack(
     pods_per_deployment: int = 4,
     replicas: int = 2,
     env: Mapping[str, str] | None = None,
+    in_pod: bool | None = None,
 ) -> Stack:
     """Cluster, Deployments (``replicas`` pods each, all Ready), emulator, Prometheus, policies;
-    the operator is not started. ``pods_per_deployment``: room on the fake nodes for each."""
+    the operator is not started. ``pods_per_deployment``: room on the fake nodes for each.
+    ``in_pod``: the operator logs in as a pod (None: where the machine allows it; False: with
+    the ServiceAccount's token in a kubeconfig)."""
     per_node = 250
     nodes = max(2, math.ceil(pods_per_deployment * n / per_node) + 1)
     t0 = time.time()
@@ -402,7 +405,9 @@ def start_stack(
         api.create_all(POLICIES, [policy(nm) for nm in names])
         kubeconfig = token_kubeconfig(cluster, OP_NS, workdir / "operator.kubeconfig", 6 * 3600)
         sa, pod_env = None, {}
-        if can_mount_service_account():
+        if in_pod is None:
+            in_pod = can_mount_service_account()
+        if in_pod:
             sa = service_account_files(cluster, OP_NS, workdir / "serviceaccount", 6 * 3600)
             server = urllib.parse.urlsplit(cluster.server())
             pod_env = {
