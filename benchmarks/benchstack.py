@@ -27,7 +27,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.parse
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -40,6 +39,7 @@ from qscale.dev.operator import (
     can_mount_service_account,
     install,
     service_account_files,
+    service_env,
     token_kubeconfig,
 )
 from qscale.dev.prom import LocalPrometheus, free_port
@@ -409,11 +409,7 @@ def start_stack(
             in_pod = can_mount_service_account()
         if in_pod:
             sa = service_account_files(cluster, OP_NS, workdir / "serviceaccount", 6 * 3600)
-            server = urllib.parse.urlsplit(cluster.server())
-            pod_env = {
-                "KUBERNETES_SERVICE_HOST": server.hostname or "",
-                "KUBERNETES_SERVICE_PORT": str(server.port),
-            }
+            pod_env = service_env(cluster)
         stack = Stack(
             n,
             workdir,

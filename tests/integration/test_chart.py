@@ -14,7 +14,6 @@ import json
 import re
 import subprocess
 import sys
-import urllib.parse
 import uuid
 from pathlib import Path
 
@@ -417,6 +416,7 @@ def test_helm_install_then_the_operator_with_the_charts_token_scales(
         OperatorProcess,
         can_mount_service_account,
         service_account_files,
+        service_env,
         token_kubeconfig,
     )
     from qscale.dev.prom import LocalPrometheus
@@ -508,11 +508,7 @@ def test_helm_install_then_the_operator_with_the_charts_token_scales(
     in_pod = can_mount_service_account()
     pod_env = {}
     if in_pod:
-        server = urllib.parse.urlsplit(c.server())
-        pod_env = {
-            "KUBERNETES_SERVICE_HOST": server.hostname or "",
-            "KUBERNETES_SERVICE_PORT": str(server.port),
-        }
+        pod_env = service_env(c)
         sa = service_account_files(c, "qscale-system", tmp_path / "serviceaccount")
         op = OperatorProcess(None, service_account=sa, workdir=tmp_path / "op")
     else:

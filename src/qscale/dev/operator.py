@@ -34,6 +34,7 @@ __all__ = [
     "install",
     "scripted_policy",
     "service_account_files",
+    "service_env",
     "token_kubeconfig",
 ]
 
@@ -108,21 +109,30 @@ def install(cluster: LocalCluster, operator_ns: str, watched: Sequence[str]) -> 
     cluster.apply(rbac_yaml(operator_ns, watched))
 
 
+def _server_and_ca(cluster: LocalCluster) -> tuple[str, bytes | None]:
+    """The API server's URL and its CA certificate (PEM; None: the kubeconfig has none)."""
+    import base64
+
+    raw = json.loads(cluster.kubectl("config", "view", "--minify", "--raw", "-o", "json").stdout)
+    c = raw["clusters"][0]["cluster"]
+    if c.get("certificate-authority-data"):
+        return c["server"], base64.b64decode(c["certificate-authority-data"])
+    if c.get("certificate-authority"):
+        return c["server"], Path(c["certificate-authority"]).read_bytes()
+    return c["server"], None
+
+
 def token_kubeconfig(
     cluster: LocalCluster, namespace: str, path: Path, duration_s: int = 7200
 ) -> Path:
     """A kubeconfig for ``namespace``'s ``qscale-operator`` ServiceAccount (a real token)."""
-    token = cluster.create_token(namespace, SERVICE_ACCOUNT, duration_s)
-    raw = json.loads(cluster.kubectl("config", "view", "--minify", "--raw", "-o", "json").stdout)
-    c = raw["clusters"][0]["cluster"]
-    ca = c.get("certificate-authority-data")
-    if ca is None and c.get("certificate-authority"):
-        import base64
+    import base64
 
-        ca = base64.b64encode(Path(c["certificate-authority"]).read_bytes()).decode()
-    cluster_entry: dict = {"server": c["server"]}
+    token = cluster.create_token(namespace, SERVICE_ACCOUNT, duration_s)
+    server, ca = _server_and_ca(cluster)
+    cluster_entry: dict = {"server": server}
     if ca:
-        cluster_entry["certificate-authority-data"] = ca
+        cluster_entry["certificate-authority-data"] = base64.b64encode(ca).decode()
     else:
         cluster_entry["insecure-skip-tls-verify"] = True
     cfg = {
@@ -150,17 +160,26 @@ def service_account_files(
     """What a pod of ``namespace``'s ``qscale-operator`` ServiceAccount has mounted: ``token``
     (a real one, from the TokenRequest API), ``ca.crt`` (the API server's CA) and
     ``namespace``, in the directory ``path``; for :attr:`OperatorProcess.service_account`."""
-    import base64
-
-    raw = json.loads(cluster.kubectl("config", "view", "--minify", "--raw", "-o", "json").stdout)
-    c = raw["clusters"][0]["cluster"]
-    ca = c.get("certificate-authority-data")
-    ca_pem = base64.b64decode(ca) if ca else Path(c["certificate-authority"]).read_bytes()
+    _, ca = _server_and_ca(cluster)
+    if ca is None:
+        raise RuntimeError("the local cluster's kubeconfig has no CA: a pod would have one")
     path.mkdir(parents=True, exist_ok=True)
     (path / "token").write_text(cluster.create_token(namespace, SERVICE_ACCOUNT, duration_s))
-    (path / "ca.crt").write_bytes(ca_pem)
+    (path / "ca.crt").write_bytes(ca)
     (path / "namespace").write_text(namespace)
     return path
+
+
+def service_env(cluster: LocalCluster) -> dict[str, str]:
+    """``KUBERNETES_SERVICE_HOST`` and ``_PORT`` as a pod would have them, for the local API
+    server (with :func:`service_account_files`)."""
+    import urllib.parse
+
+    server = urllib.parse.urlsplit(_server_and_ca(cluster)[0])
+    return {
+        "KUBERNETES_SERVICE_HOST": server.hostname or "",
+        "KUBERNETES_SERVICE_PORT": str(server.port or 443),
+    }
 
 
 def can_mount_service_account() -> bool:
