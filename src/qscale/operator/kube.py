@@ -121,10 +121,11 @@ def _utcnow() -> dt.datetime:
 class Credentials:
     """The current :class:`Auth`, fetched anew when it is about to expire or was refused.
 
-    ``fetch`` runs a kubernetes configuration loader (which may run an exec plugin: a
-    subprocess), so it is called with a lock held, in a thread when called from async code,
-    and only when needed: :meth:`get` refreshes an expiring credential, :meth:`refresh` one the
-    server refused (unless another caller already replaced it).
+    ``fetch`` reads the mounted ServiceAccount token, or runs the kubeconfig loader (which may
+    run an exec plugin: a subprocess), so it is called with a lock held, in a thread when
+    called from async code, and only when needed: :meth:`get` refreshes an expiring
+    credential, :meth:`refresh` one the server refused (unless another caller already
+    replaced it).
     """
 
     def __init__(
