@@ -9,6 +9,12 @@ family and overall): what the model's hull ratio is for the model. Rows:
   scrape lag + half the rate window and sizes for the higher of it and the rate it observes
   (:class:`ClairvoyantRate`; targets x scale-down windows below): perfect foresight of the next
   minute or two inside the rules' shape;
+* ``forecast rules``: the hull of the grid and the same rule with the true arrivals replaced by
+  a causal forecast of the same reach (:class:`ForecastRate`, Holt's level and trend of the
+  observed rate): how much of the clairvoyant rows' gain a forecast from what the cluster shows
+  recovers, in the same shape;
+* ``predictive peer``: the hull of the grid and its predictive peer's settings (Holt, 5-minute
+  scale-down window), as ``qscale evaluate``'s ``with_predictive`` frontier;
 * ``hindsight selector``: per window the grid setting with the lowest cost + lambda x SLO
   minutes, lambda swept; the lower hull of those points (the best day-by-day choice among the
   rules, knowing the day);
@@ -63,16 +69,24 @@ class ClairvoyantRate(KedaController):
         reach = params.delay_steps + params.scrape_lag + params.config.rate_window // 2
         self._ahead = torch.arange(int(reach.max()) + 1, device=params.device)
         self._within = self._ahead[None, :] <= reach[:, None]
+        self._reach = reach.float()
+
+    def ahead(
+        self, state: sim.EnvState, params: sim.EnvParams, observed: torch.Tensor
+    ) -> torch.Tensor:
+        """``[B]`` the rate to size for besides the observed one: the true arrivals' peak."""
+        pos = torch.clamp(
+            state.pos[:, None] + self._ahead[None, :], max=params.bank.rates.shape[0] - 1
+        )
+        future = torch.where(self._within, sim.arrival_rate(params, pos, state.scale[:, None]), 0.0)
+        return future.amax(dim=1)
 
     def act(
         self, state: sim.EnvState, obs: torch.Tensor | None, params: sim.EnvParams
     ) -> torch.Tensor:
         cur = state.replicas
-        pos = torch.clamp(
-            state.pos[:, None] + self._ahead[None, :], max=params.bank.rates.shape[0] - 1
-        )
-        future = torch.where(self._within, sim.arrival_rate(params, pos, state.scale[:, None]), 0.0)
-        rate = torch.maximum(sim.signals(state, params).inputs.rate_now, future.amax(dim=1))
+        observed = sim.signals(state, params).inputs.rate_now
+        rate = torch.maximum(observed, self.ahead(state, params, observed))
         threshold = params.capacity * self._frac
         ratio = rate / torch.clamp(threshold * cur, min=1e-9)
         ask = torch.where(
@@ -87,20 +101,47 @@ class ClairvoyantRate(KedaController):
         return torch.minimum(desired, torch.maximum(2.0 * cur, torch.full_like(cur, 4.0)))
 
 
-def run_clairvoyant(params: sim.EnvParams, win) -> dict[str, dict[str, np.ndarray]]:
-    """Per-env metrics of every clairvoyant setting (one batched rollout)."""
+class ForecastRate(ClairvoyantRate):
+    """The same rule with the true arrivals replaced by a causal forecast over the same reach:
+    Holt's level and trend of the observed rate (the predictive peer's smoothing), extrapolated
+    to the end of the reach -- what the clairvoyant rule's foresight is worth when it has to
+    be forecast from what the cluster shows."""
+
+    alpha: float = 0.5
+    beta: float = 0.2
+
+    def reset(self, state: sim.EnvState, params: sim.EnvParams) -> None:
+        super().reset(state, params)
+        self._level = sim.signals(state, params).inputs.rate_now.clone()
+        self._trend = torch.zeros_like(self._level)
+
+    def ahead(
+        self, state: sim.EnvState, params: sim.EnvParams, observed: torch.Tensor
+    ) -> torch.Tensor:
+        fresh = state.t == 0
+        prev = self._level
+        level = self.alpha * observed + (1.0 - self.alpha) * (prev + self._trend)
+        trend = self.beta * (level - prev) + (1.0 - self.beta) * self._trend
+        self._level = torch.where(fresh, observed, level)
+        self._trend = torch.where(fresh, 0.0, trend)
+        return torch.clamp(self._level + self._reach * self._trend, min=0.0)
+
+
+def run_clairvoyant(
+    params: sim.EnvParams, win, kind: type[ClairvoyantRate] = ClairvoyantRate
+) -> dict[str, dict[str, np.ndarray]]:
+    """Per-env metrics of every setting of ``kind`` (one batched rollout)."""
     settings = [(t, w) for w in WINDOWS_S for t in TARGETS]
     k, n = len(settings), params.n_envs
     big = batching.cat([params] * k)
     targets = torch.tensor([t for t, _ in settings]).repeat_interleave(n)
     cool = torch.tensor([w for _, w in settings]).repeat_interleave(n)
-    ctrl = ClairvoyantRate(target_fraction=targets, cooldown_s=cool, name="clairvoyant")
+    name = "clairvoyant" if kind is ClairvoyantRate else "forecast"
+    ctrl = kind(target_fraction=targets, cooldown_s=cool, name=name)
     state, obs = sim.reset_fixed(big, *(w.repeat(k) for w in win.triple()))
     m = fr._metrics_of(rollout(ctrl, big, state, obs))
     return {
-        f"clairvoyant {round(t * 100)}% w{int(w)}": {
-            key: v[i * n : (i + 1) * n] for key, v in m.items()
-        }
+        f"{name} {round(t * 100)}% w{int(w)}": {key: v[i * n : (i + 1) * n] for key, v in m.items()}
         for i, (t, w) in enumerate(settings)
     }
 
@@ -139,6 +180,11 @@ def selector_points(
     return out
 
 
+def hull_at(f: fr.FamilyFrontier, slo: float) -> float:
+    """A frontier's hull cost at ``slo`` SLO minutes."""
+    return fr.frontier_cost([(p.slo, p.cost, i) for i, p in enumerate(f.front)], slo)
+
+
 def at(curve_points: list[tuple[float, float]], slo: float) -> float | None:
     """The lower hull of ``curve_points`` at ``slo`` SLO minutes, ``None`` outside it."""
     hull = fr.lower_hull(curve_points)
@@ -174,24 +220,29 @@ def main(argv: list[str] | None = None) -> int:
     params, win = build(bank, profile, plan.seeds, plan.steps(plan.window_hours) or 1)
     clair = {k: ev.units(v) for k, v in run_clairvoyant(params, win).items()}
     print(f"clairvoyant rules run ({time.perf_counter() - t0:.0f} s)", flush=True)
+    holt = {k: ev.units(v) for k, v in run_clairvoyant(params, win, ForecastRate).items()}
+    print(f"their forecast twins run ({time.perf_counter() - t0:.0f} s)", flush=True)
     grid = ev.frontier_rules()
     fronts = ev.fronts(ev.main_frontier)
     with_clair = fr.family_frontiers({**grid, **clair}, ev.unit_family, ev.families)
+    with_holt = fr.family_frontiers({**grid, **holt}, ev.unit_family, ev.families)
+    with_peer = ev.fronts("with_predictive")
     hind = selector_points(grid, ev.unit_family, ev.families, causal=False)
     causal = selector_points(grid, ev.unit_family, ev.families, causal=True)
     rows = []
-    print("| family | model SLO min | model | clairvoyant rules | hindsight selector | "
-          "causal selector | oracle |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|")
+    print("| family | model SLO min | model | clairvoyant rules | forecast rules | predictive "
+          "peer | hindsight selector | causal selector | oracle |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|")
     for fam in [*ev.families, "ALL"]:
         r = {x["controller"]: x for x in rep.rows if x["family"] == fam}
         slo, cost = r["dqn"]["slo"], r["dqn"]["cost"]
         hull = [(p.slo, p.cost, i) for i, p in enumerate(fronts[fam].front)]
         base = fr.frontier_cost(hull, slo)
-        chull = [(p.slo, p.cost, i) for i, p in enumerate(with_clair[fam].front)]
         fig = {
             "model": r["dqn"]["ratio"],
-            "clairvoyant_rules": fr.frontier_cost(chull, slo) / base,
+            "clairvoyant_rules": hull_at(with_clair[fam], slo) / base,
+            "forecast_rules": hull_at(with_holt[fam], slo) / base,
+            "predictive_peer": hull_at(with_peer[fam], slo) / base,
             "hindsight_selector": (lambda c: None if c is None else c / base)(at(hind[fam], slo)),
             "causal_selector": (lambda c: None if c is None else c / base)(at(causal[fam], slo)),
             "oracle": r["oracle"]["cost"] / base,
@@ -205,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         "model": model,
         "split": args.split,
         "windows": ev.n_units,
-        "clairvoyant_settings": {"targets": TARGETS, "windows_s": WINDOWS_S},
+        "rule_settings": {"targets": TARGETS, "windows_s": WINDOWS_S},
         "lambdas": LAMBDAS,
         "rows": rows,
         "wall_seconds": round(time.perf_counter() - t0, 1),

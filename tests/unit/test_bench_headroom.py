@@ -4,6 +4,7 @@ foresight (its figures are only as good as these)."""
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -76,3 +77,27 @@ def test_the_clairvoyant_rule_sees_rises_the_keda_rule_does_not():
     # of the moment, without the metric's lag, leaves 40 % of the rule's minutes)
     assert c["slo_violation_minutes"].sum() < 0.1 * k["slo_violation_minutes"].sum()
     assert c["cost_replica_hours"].sum() >= k["cost_replica_hours"].sum()
+
+
+def test_the_forecast_twin_extrapolates_a_rise_from_the_observed_rate_only():
+    rates = np.full(200, 40.0, dtype=np.float32)
+    bank = TraceBank.from_arrays(["flat"], [rates], ref_rates=[160.0])
+    params = sim.make_params(bank, 2, seed=1, config=EvalProfile().sim_config())
+    state, _ = sim.reset_fixed(
+        params,
+        torch.zeros(2, dtype=torch.long),
+        torch.zeros(2, dtype=torch.long),
+        torch.full((2,), 200),
+    )
+    ctrl = bh.ForecastRate(target_fraction=0.8, cooldown_s=300.0)
+    ctrl.reset(state, params)
+    for i in range(30):  # a steady rise of 2 req/s a step, as the cluster shows it
+        observed = torch.full((2,), 40.0 + 2.0 * i)
+        ahead = ctrl.ahead(replace(state, t=state.t + i + 1), params, observed)
+    # the trace itself is flat: what the twin sizes for comes from the observed rise alone
+    assert torch.all(ahead > observed + 2.0)
+    clair = bh.ClairvoyantRate(target_fraction=0.8, cooldown_s=300.0)
+    clair.reset(state, params)
+    # the clairvoyant rule reads the trace (scaled to the service, noise included) and not the
+    # observed rate
+    assert torch.allclose(clair.ahead(state, params, observed), 40.0 * state.scale, rtol=0.15)
