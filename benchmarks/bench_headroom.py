@@ -62,7 +62,12 @@ LAMBDAS = tuple(float(x) for x in np.geomspace(0.01, 100.0, 41))
 
 class ClairvoyantRate(KedaController):
     """The KEDA rule sizing for max(observed rate, the true arrival rate's peak over the time a
-    pod asked for now needs to start and show up in the metric): not deployable, a bound."""
+    pod asked for now needs to start and show up in the metric): not deployable, a bound.
+
+    ``act`` is :meth:`KedaController.act` with the rate it sizes for replaced; it is written out
+    here rather than given a hook in ``keda.py`` because every byte of the rules' code keys the
+    rule-grid cache (:func:`qscale.simulator.frontier.code_fingerprint`), and a benchmark's
+    convenience is not worth recomputing every cached grid."""
 
     def reset(self, state: sim.EnvState, params: sim.EnvParams) -> None:
         super().reset(state, params)
