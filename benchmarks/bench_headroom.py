@@ -241,15 +241,15 @@ def main(argv: list[str] | None = None) -> int:
     for fam in [*ev.families, "ALL"]:
         r = {x["controller"]: x for x in rep.rows if x["family"] == fam}
         slo, cost = r["dqn"]["slo"], r["dqn"]["cost"]
-        hull = [(p.slo, p.cost, i) for i, p in enumerate(fronts[fam].front)]
-        base = fr.frontier_cost(hull, slo)
+        base = hull_at(fronts[fam], slo)
+        hind_cost, causal_cost = at(hind[fam], slo), at(causal[fam], slo)
         fig = {
             "model": r["dqn"]["ratio"],
             "clairvoyant_rules": hull_at(with_clair[fam], slo) / base,
             "forecast_rules": hull_at(with_holt[fam], slo) / base,
             "predictive_peer": hull_at(with_peer[fam], slo) / base,
-            "hindsight_selector": (lambda c: None if c is None else c / base)(at(hind[fam], slo)),
-            "causal_selector": (lambda c: None if c is None else c / base)(at(causal[fam], slo)),
+            "hindsight_selector": None if hind_cost is None else hind_cost / base,
+            "causal_selector": None if causal_cost is None else causal_cost / base,
             "oracle": r["oracle"]["cost"] / base,
         }
         rows.append({"family": fam, "model_slo": slo, "model_cost": cost, "hull_cost": base,
