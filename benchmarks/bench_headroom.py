@@ -23,11 +23,13 @@ family and overall): what the model's hull ratio is for the model. Rows:
 * ``oracle``: the perfect-foresight oracle's cost (fewer SLO minutes than the model, so a lower
   bound at the model's).
 
-A ratio is left out (``-``) where a curve does not reach the model's SLO minutes. The rule grid
-is ``qscale evaluate``'s (cached); the clairvoyant rules run in one batched rollout.
+The same columns, overall, at the curve goal's SLO levels (share of the windows' minutes over
+the SLO). A ratio is left out (``-``) where a curve does not reach the SLO minutes asked for.
+The rule grid is ``qscale evaluate``'s (cached); the clairvoyant rules run in one batched
+rollout.
 
 Usage: ``OMP_NUM_THREADS=1 python benchmarks/bench_headroom.py [--model DIR] [--split val]
-[--json out/headroom.json]`` (about 10 min on one core with the grid cached).
+[--levels 0.5,1.5,5] [--json out/headroom.json]`` (about 10 min on one core with the grid cached).
 """
 
 from __future__ import annotations
@@ -202,8 +204,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", type=Path, default=default_model_path())
     ap.add_argument("--split", default="val")
+    ap.add_argument("--levels", default="0.5,1.5,5", help="SLO levels, %% of minutes violating")
     ap.add_argument("--json", type=Path, default=Path("out/headroom.json"))
     args = ap.parse_args(argv)
+    args.levels = [float(x) for x in args.levels.split(",")]
     torch.set_num_threads(1)
     traces = tuple(shared_trace_files())
     if not traces:
@@ -256,6 +260,25 @@ def main(argv: list[str] | None = None) -> int:
                      "oracle_slo": r["oracle"]["slo"], **fig})  # fmt: skip
         cells = " | ".join("-" if v is None else f"{v:.3f}" for v in fig.values())
         print(f"| {fam} | {slo:,.0f} | {cells} |", flush=True)
+    minutes = float(win.length.sum()) * profile.dt / 60.0 / len(plan.seeds)
+    levels = []
+    print("\n| SLO level (overall) | SLO min | clairvoyant rules | forecast rules | "
+          "predictive peer | hindsight selector | causal selector |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|")
+    for pct in args.levels:
+        slo = pct / 100.0 * minutes
+        base = hull_at(fronts["ALL"], slo)
+        costs = {
+            "clairvoyant_rules": hull_at(with_clair["ALL"], slo),
+            "forecast_rules": hull_at(with_holt["ALL"], slo),
+            "predictive_peer": hull_at(with_peer["ALL"], slo),
+            "hindsight_selector": at(hind["ALL"], slo),
+            "causal_selector": at(causal["ALL"], slo),
+        }
+        fig = {k: None if c is None or math.isnan(c) else c / base for k, c in costs.items()}
+        levels.append({"level_pct": pct, "slo_minutes": slo, "hull_cost": base, **fig})
+        cells = " | ".join("-" if v is None else f"{v:.3f}" for v in fig.values())
+        print(f"| {pct:g} % | {slo:,.0f} | {cells} |", flush=True)
     doc = {
         "command": " ".join(sys.argv),
         "model": model,
@@ -264,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         "rule_settings": {"targets": TARGETS, "windows_s": WINDOWS_S},
         "lambdas": LAMBDAS,
         "rows": rows,
+        "levels": levels,
         "wall_seconds": round(time.perf_counter() - t0, 1),
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
