@@ -1,6 +1,6 @@
 """The discrete action set, applied before the shield.
 
-Twenty-eight actions (:data:`ACTIONS`) in seven kinds, all scale-free:
+Thirty-five actions (:data:`ACTIONS`) in eight kinds, all scale-free:
 
 * **relative steps** (``kind`` ``"step"``: hold, -1, +1, x1.5, x2): move from the current count;
 * **proportional targets** (``"target"``: ``busy_at_50/65/80``): size the Deployment so that
@@ -22,7 +22,12 @@ Twenty-eight actions (:data:`ACTIONS`) in seven kinds, all scale-free:
   priority: 80 % at the default, 90 % at half, 10 points lower per doubling above it, 30 % at
   32). They need the per-pod capacity the policy declares
   (:attr:`qscale.features.FeatureInputs.capacity_rps`) and are unavailable without it
-  (:func:`available`): the argmax and exploration skip them.
+  (:func:`available`): the argmax and exploration skip them;
+* **forecast floor** (``"rate_holt30"``: ``rate_holt30_at_30/40/.../90``): the same rule at the
+  highest of the request rate's forecast :data:`qscale.features.FORECAST_REACH_S` ahead
+  (:func:`qscale.features.rate_forecast`), the 30-minute peak and the rate now
+  (:func:`qscale.features.forecast_rate`): the 30-minute rule that also scales up for the rise
+  the last half hour's trend says is coming. It needs the declared capacity too.
 
 So each rule of the evaluation's frontier family with a 15- or 30-minute hold is one action, and
 training starts from the reward-best of them at each env's SLO priority (DQfD demonstrations,
@@ -53,7 +58,8 @@ class Action:
     ``kind`` ``"target"``: desired = ceil(busy pods / target); ``"peak"``: ceil(busy pods at
     the recent peak rate / target); ``"cpu_peak30"``: ceil(highest busy pods of 30 minutes /
     target); ``"rate"``/``"rate_peak"``/``"rate_peak30"``: ceil(pods the request rate now / at
-    the peak of 15 / 30 minutes needs at the declared capacity / target)."""
+    the peak of 15 / 30 minutes needs at the declared capacity / target); ``"rate_holt30"``:
+    the same at the highest of the forecast, the 30-minute peak and the rate now."""
 
     name: str
     kind: str
@@ -91,6 +97,7 @@ ACTIONS: tuple[Action, ...] = (
     Action("rate_peak30_at_70", "rate_peak30", target=0.7),
     Action("rate_peak30_at_80", "rate_peak30", target=0.8),
     Action("rate_peak30_at_90", "rate_peak30", target=0.9),
+    *(Action(f"rate_holt30_at_{t}", "rate_holt30", target=t / 100) for t in range(30, 100, 10)),
 )
 ACTION_NAMES: tuple[str, ...] = tuple(a.name for a in ACTIONS)
 N_ACTIONS = len(ACTIONS)
@@ -106,7 +113,8 @@ _IS_RATE = torch.tensor([a.kind == "rate" for a in ACTIONS])
 _IS_CPU_PEAK30 = torch.tensor([a.kind == "cpu_peak30" for a in ACTIONS])
 _IS_RATE_PEAK = torch.tensor([a.kind == "rate_peak" for a in ACTIONS])
 _IS_RATE_PEAK30 = torch.tensor([a.kind == "rate_peak30" for a in ACTIONS])
-RATE_KINDS: tuple[str, ...] = ("rate", "rate_peak", "rate_peak30")
+_IS_RATE_HOLT30 = torch.tensor([a.kind == "rate_holt30" for a in ACTIONS])
+RATE_KINDS: tuple[str, ...] = ("rate", "rate_peak", "rate_peak30", "rate_holt30")
 """The kinds that size from a declared per-pod capacity."""
 _NEEDS_CAPACITY = torch.tensor([a.kind in RATE_KINDS for a in ACTIONS])
 
@@ -127,12 +135,15 @@ def apply(
     peak_rate_pods: torch.Tensor | None = None,
     peak30_busy: torch.Tensor | None = None,
     peak30_rate_pods: torch.Tensor | None = None,
+    forecast_rate_pods: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Desired replicas: ``replicas`` ``[B]`` float, ``action`` ``[B]`` int64, ``busy`` ``[B]``
     pods' worth of CPU in use, ``peak_busy`` the same at the recent peak rate and
     ``peak30_busy`` the highest of 30 minutes (the target, peak and CPU-hold actions),
     ``rate_pods``/``peak_rate_pods``/``peak30_rate_pods`` the pods the request rate now / at
-    the peak of 15 / 30 minutes needs at the declared capacity (the rate actions). An input
+    the peak of 15 / 30 minutes needs at the declared capacity (the rate actions),
+    ``forecast_rate_pods`` the pods :func:`qscale.features.forecast_rate` needs there (the
+    forecast floor). An input
     not given, or NaN, gives a NaN proposal, which the shield holds.
 
     A multiplicative step always moves by at least one pod (x1.5 of 1 pod is 2), so no step
@@ -154,6 +165,7 @@ def apply(
         (_IS_RATE, rate_pods),
         (_IS_RATE_PEAK, peak_rate_pods),
         (_IS_RATE_PEAK30, peak30_rate_pods),
+        (_IS_RATE_HOLT30, forecast_rate_pods),
     ):
         work = torch.where(is_kind.to(dev)[action], nan if pods is None else pods, work)
     target = _TARGET.to(dev)[action].to(replicas.dtype)

@@ -165,6 +165,7 @@ def decide(
         peak_rate_pods,
         features.peak30_busy_pods(x, busy),
         peak30_rate_pods,
+        features.forecast_rate(x) / cap,
     )
     stale = signals.present & (signals.age_s > stale_after_s)
     usable = signals.present & ~stale & sane

@@ -17,7 +17,9 @@ rate_*              :data:`PROMQL` ``request_rate``, a range query: the rate now
                     minutes ago, and the highest of its points 60 s apart over the last 15
                     and 30 minutes (``rate_peak_15m``, ``rate_peak_30m``). The app's counter
                     counts *served* requests (it flattens at capacity during a burst); an
-                    ingress counter counts arrivals.
+                    ingress counter counts arrivals. ``rate_forecast``: Holt's level and trend
+                    over the same points, extrapolated :data:`FORECAST_REACH_S` past the newest
+                    (:func:`rate_forecast`, the same function in the simulator and operator).
 busy_peak_30m       :data:`PROMQL` ``cpu_peak``: the highest of the Deployment's CPU use (cores,
                     1 m rate, points 60 s apart) over the last 30 minutes, in pods' worth of
                     the pod template's CPU limit: what the HPA's 30-minute scale-down
@@ -54,7 +56,7 @@ from dataclasses import dataclass
 
 import torch
 
-SPEC_VERSION = 6
+SPEC_VERSION = 7
 
 #: Seconds a scale event keeps influencing the "time since" features; beyond it they read 1.
 SINCE_SCALE_HORIZON_S = 300.0
@@ -69,6 +71,12 @@ RATE_PEAK_STEP_S = 60.0
 #: ``rate_peak_30m`` and ``busy_peak_30m``: the highest point over this span (31 points, 60 s
 #: apart); the range query reaches this far back.
 LONG_PEAK_SPAN_S = 1800.0
+#: ``rate_forecast``: Holt's smoothing of the level and of the trend, per point of the range query
+#: (60 s apart), and how far past the newest point the forecast reaches (one reach for every
+#: service: about what a pod asked for now needs to start and show in the rate).
+FORECAST_ALPHA = 0.9
+FORECAST_BETA = 0.4
+FORECAST_REACH_S = 120.0
 #: ``log_replicas`` reads 1 at this many replicas.
 REPLICAS_SCALE = 1000.0
 #: The SLO priorities a policy may set: 2**-2 .. 2**5, 0.25-32 (``spec.slo.priority``; the
@@ -149,6 +157,9 @@ FEATURES: tuple[Feature, ...] = (
             "ln(highest request rate of the last 15 min, points 60 s apart / rate now)", 0.0, 3.0),
     Feature("rate_peak_30m",
             "ln(highest request rate of the last 30 min, points 60 s apart / rate now)", 0.0, 3.0),
+    Feature("rate_forecast",
+            "ln(request rate forecast 120 s past the newest point (Holt 0.9/0.4 over the range "
+            "query's points 60 s apart) / rate now)", -2.0, 2.0),
     Feature("busy_peak_30m",
             "ln(highest busy pods of the last 30 min, points 60 s apart / busy pods now)",
             0.0, 3.0),
@@ -178,6 +189,7 @@ def _spec_hash() -> str:
         "rate_window_s": RATE_WINDOW_S,
         "rate_peak": [RATE_PEAK_SPAN_S, RATE_PEAK_STEP_S],
         "long_peak_span_s": LONG_PEAK_SPAN_S,
+        "forecast": [FORECAST_ALPHA, FORECAST_BETA, FORECAST_REACH_S],
         "replicas_scale": REPLICAS_SCALE,
         "promql": PROMQL,
     }
@@ -223,6 +235,10 @@ class FeatureInputs:
     :mod:`qscale.actions` size with it and are unavailable without it."""
     slo_priority: torch.Tensor | None = None
     """The policy's SLO priority (``None``: 1, the default trade-off)."""
+    rate_forecast: torch.Tensor | None = None
+    """The request rate :data:`FORECAST_REACH_S` past the newest point of the range query
+    (:func:`rate_forecast` of its points; ``None`` or NaN: no forecast, and the forecast
+    actions of :mod:`qscale.actions` hold)."""
 
     def declared_capacity(self) -> torch.Tensor:
         """``[B]`` the declared per-pod capacity, NaN where none (or a non-positive one) is."""
@@ -259,6 +275,44 @@ def estimate_capacity(
     ratio = torch.where(ok, rate / torch.clamp(busy, min=1e-9), math.nan)
     est = torch.nanmedian(ratio, dim=1).values
     return torch.where(ok.sum(dim=1) >= CAPACITY_EST_MIN_POINTS, est, math.nan)
+
+
+def rate_forecast(points: torch.Tensor) -> torch.Tensor:
+    """``[B]`` the request rate :data:`FORECAST_REACH_S` after the newest of ``points``
+    (``[B, P]``, the request-rate range query's points :data:`RATE_PEAK_STEP_S` apart, oldest
+    first), by Holt's linear method: level and trend smoothed by :data:`FORECAST_ALPHA` and
+    :data:`FORECAST_BETA` per point, the level + reach x trend, never below 0. A NaN point is a
+    missing one (the level moves by the trend, the trend is kept); the first finite point
+    starts the level with a flat trend (a short history is read as far as it goes); NaN where
+    no point is finite. Causal: the past points only."""
+    pts = points.to(torch.float64)
+    level = torch.full_like(pts[:, 0], math.nan)
+    trend = torch.zeros_like(level)
+    a, b = FORECAST_ALPHA, FORECAST_BETA
+    for k in range(pts.shape[1]):
+        x = pts[:, k]
+        seen = ~torch.isnan(x)
+        started = ~torch.isnan(level)
+        guess = level + trend
+        new = torch.where(started, a * x + (1.0 - a) * guess, x)
+        new_trend = torch.where(started, b * (new - level) + (1.0 - b) * trend, 0.0)
+        level = torch.where(seen, new, guess)
+        trend = torch.where(seen, new_trend, trend)
+    steps = FORECAST_REACH_S / RATE_PEAK_STEP_S
+    return torch.clamp(level + steps * trend, min=0.0).to(points.dtype)
+
+
+def _forecast(x: FeatureInputs) -> torch.Tensor:
+    """``[B]`` the forecast, NaN where none is given."""
+    if x.rate_forecast is None:
+        return torch.full_like(x.rate_now, math.nan)
+    return x.rate_forecast.to(x.rate_now.dtype)
+
+
+def forecast_rate(x: FeatureInputs) -> torch.Tensor:
+    """``[B]`` the rate the forecast actions size for: the highest of the forecast, the
+    30-minute peak and the rate now (NaN without a forecast)."""
+    return torch.maximum(_forecast(x), torch.maximum(x.rate_peak_30m, x.rate_now))
 
 
 def _log_ratio(now: torch.Tensor, before: torch.Tensor) -> torch.Tensor:
@@ -335,6 +389,7 @@ def compute(x: FeatureInputs) -> torch.Tensor:
         _log_ratio(x.rate_now, x.rate_15m),
         _log_ratio(torch.maximum(x.rate_peak_15m, x.rate_now), x.rate_now),
         _log_ratio(torch.maximum(x.rate_peak_30m, x.rate_now), x.rate_now),
+        _log_ratio(torch.clamp(_forecast(x), min=0.0), x.rate_now),
         _log_ratio(peak30_busy_pods(x, raw_busy), busy),
         (x.replicas - x.ready_replicas) / replicas,
         torch.log1p(torch.clamp(x.replicas, min=0.0)) / _LOG_SCALE,
@@ -354,34 +409,35 @@ _NAN = float("nan")
 GOLDEN_INPUTS: tuple[tuple[float, ...], ...] = (
     # cpu_utilization, cpu_limit_ratio, p95_s, slo_s, rate_now, rate_1m, rate_5m, rate_15m,
     # rate_peak_15m, rate_peak_30m, busy_peak_30m, replicas, ready_replicas, min_replicas,
-    # since_scale_up_s, since_scale_down_s, capacity_rps, slo_priority
+    # since_scale_up_s, since_scale_down_s, capacity_rps, slo_priority, rate_forecast
     (0.6, 2.0, 0.3, 0.25, 100.0, 90.0, 80.0, 120.0, 150.0, 180.0, 2.4, 5.0, 4.0, 2.0, 120.0,
-     600.0, 50.0, 1.0),
+     600.0, 50.0, 1.0, 130.0),
     (0.35, 1.0, _NAN, 0.25, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0, 30.0, _NAN,
-     2.0),
+     2.0, 0.0),
     (2.0, 1.0, 10.0, 0.1, 1000.0, 10.0, 5000.0, 20.0, 900.0, 5e4, 1e5, 2000.0, 0.0, 3.0, 1e9,
-     299.0, 0.1, 100.0),
+     299.0, 0.1, 100.0, 1e5),
     (_NAN, 0.0, _NAN, 0.3, 5.0, 7.0, 3.0, 5.0, 40.0, 40.0, _NAN, 0.0, 0.0, 1.0, 45.0, 150.0,
-     10.0, _NAN),
+     10.0, _NAN, _NAN),
     (0.2, 4.0, 0.02, 0.5, 12.5, 25.0, 50.0, 200.0, 12.5, 300.0, 1.0, 37.0, 30.0, 10.0, 299.0,
-     1.0, 0.0, 0.3),
+     1.0, 0.0, 0.3, 5.0),
 )  # fmt: skip
 """Fixed raw signals, one row per case, in :class:`FeatureInputs` field order (float64): a
 typical service, an idle one (no requests, NaN p95), one past every clip, missing signals and
 zero replicas, a falling rate (a non-positive capacity reads as none declared); SLO priorities
-1, 2, one past the clip, NaN and 0.3."""
+1, 2, one past the clip, NaN and 0.3; forecasts above the rate, idle, past the clip, missing and
+falling."""
 
 GOLDEN: dict[str, tuple[tuple[float, ...], ...]] = {
-    "747147e859f7a1ad": (
-        (0.3, 0.2630344, 0.1052495, 0.2228938, -0.1821218, 0.4049657, 0.5869878, 0.4694044, 0.2,
-         0.2593462, 0.4, 0.4, 1.0, 0.4, 0.0),
-        (0.35, -4.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.1003288, 1.0, 0.0, 0.1, -1.0, 1.0),
-        (1.5, 4.0, 2.0, -1.6054499, 2.0, 0.0, 3.0, 3.0, 1.0, 1.0, 0.0015, 1.0, 0.9966667, 4.0,
+    "f8b1c53c7e26d3d8": (
+        (0.3, 0.2630344, 0.1052495, 0.2228938, -0.1821218, 0.4049657, 0.5869878, 0.2620646,
+         0.4694044, 0.2, 0.2593462, 0.4, 0.4, 1.0, 0.4, 0.0),
+        (0.35, -4.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.1003288, 1.0, 0.0, 0.1, -1.0, 1.0),
+        (1.5, 4.0, 2.0, -1.6054499, 2.0, 0.0, 3.0, 2.0, 3.0, 1.0, 1.0, 0.0015, 1.0, 0.9966667, 4.0,
          5.0),
-        (0.0, 0.0, -0.3360727, 0.5101599, 0.0, 2.0724728, 2.0724728, 0.0, 0.0, 0.0, 1.0, 0.15, 0.5,
-         0.5, 0.0),
-        (0.05, -4.0, -0.6921487, -1.3833019, -2.0, 0.0, 3.0, 0.0, 0.1891892, 0.5265183, 0.2702703,
-         0.9966667, 0.0033333, -1.0, -1.7369655),
+        (0.0, 0.0, -0.3360727, 0.5101599, 0.0, 2.0724728, 2.0724728, 0.0, 0.0, 0.0, 0.0, 1.0, 0.15,
+         0.5, 0.5, 0.0),
+        (0.05, -4.0, -0.6921487, -1.3833019, -2.0, 0.0, 3.0, -0.9147934, 0.0, 0.1891892, 0.5265183,
+         0.2702703, 0.9966667, 0.0033333, -1.0, -1.7369655),
     ),
 }  # fmt: skip
 """What :func:`compute` gives on :data:`GOLDEN_INPUTS`, pinned per :data:`SPEC_HASH`. The hash

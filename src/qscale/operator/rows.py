@@ -359,6 +359,29 @@ def _aligned(r: Row) -> tuple[list[float], list[float]]:
     return pad + rate, pad + busy
 
 
+def _rate_grid(r: Row) -> list[float]:
+    """The rate points of the last 30 minutes on the range query's grid, :data:`_POINTS` of
+    them 60 s apart ending at the newest, oldest first, NaN where none is (a history that
+    starts late, a point missing inside it): :func:`qscale.features.rate_forecast`'s input."""
+    grid = [math.nan] * _POINTS
+    pts = r.obs.rate_points
+    if not pts:
+        return grid
+    newest = pts[-1][0]
+    for t, v in pts:
+        k = _POINTS - 1 - round((newest - t) / features.RATE_PEAK_STEP_S)
+        if 0 <= k < _POINTS:
+            grid[k] = v
+    return grid
+
+
+def _forecasts(rows: Sequence[Row]) -> torch.Tensor:
+    """``[B]`` each row's request-rate forecast (NaN without rate points)."""
+    if not rows:
+        return _t([])
+    return features.rate_forecast(torch.tensor([_rate_grid(r) for r in rows], dtype=torch.float32))
+
+
 def estimate_capacities(rows: Sequence[Row]) -> None:
     """``Row.capacity_estimate`` of each row with no declared capacity whose policy allows an
     estimate, from its rate and CPU points (:func:`qscale.features.estimate_capacity`, as the
@@ -404,6 +427,7 @@ def signals_of(rows: Sequence[Row]) -> decision.Signals:
         since_scale_down_s=_t([0.0] * len(rows)),
         capacity_rps=_t([_capacity(r) for r in rows]),
         slo_priority=_t([r.spec.slo_priority for r in rows]),
+        rate_forecast=_forecasts(rows),
     )
     return decision.Signals(
         inputs=inputs,

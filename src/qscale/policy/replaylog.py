@@ -38,6 +38,7 @@ _BUSY = features.FEATURE_NAMES.index("cpu_busy")
 _PEAK = features.FEATURE_NAMES.index("rate_peak_15m")
 _PEAK30 = features.FEATURE_NAMES.index("rate_peak_30m")
 _BUSY30 = features.FEATURE_NAMES.index("busy_peak_30m")
+_FORECAST = features.FEATURE_NAMES.index("rate_forecast")
 
 
 class LogError(ValueError):
@@ -118,8 +119,8 @@ def _replay_one(
         act = greedy(q, actions.available(declared))
         cur = torch.tensor([_f(r.get("replicas"))], dtype=torch.float64)
         busy = obs[:, _BUSY].double() * cur
-        to_peak, to_peak30, busy_to_peak30 = (
-            torch.exp(obs[:, i].double()) for i in (_PEAK, _PEAK30, _BUSY30)
+        to_peak, to_peak30, busy_to_peak30, to_forecast = (
+            torch.exp(obs[:, i].double()) for i in (_PEAK, _PEAK30, _BUSY30, _FORECAST)
         )
         # the pods the rate needs at the declared capacity, from load_per_pod (clipped at 4x)
         rate_pods = torch.where(declared, obs[:, features.LOAD_PER_POD].double() * cur, math.nan)
@@ -132,6 +133,7 @@ def _replay_one(
             rate_pods * to_peak,
             busy * busy_to_peak30,
             rate_pods * to_peak30,
+            rate_pods * torch.maximum(to_peak30, to_forecast),
         )
         lo, hi = r["bounds"]
         commit = r.get("mode") == "Enforce"  # Shadow's shield records no step, as served

@@ -611,21 +611,21 @@ def _auto_reset_graph(
         rates = torch.stack([seen.rate_now, seen.rate_1m, seen.rate_5m, seen.rate_15m], 1)
         fields = (seen.cpu_utilization, seen.p95_s, rates, seen.rate_peak_15m)
         fields += (seen.rate_peak_30m, seen.busy_peak_30m, seen.replicas, seen.ready_replicas)
-        fields += (seen.declared_capacity(),)
+        fields += (seen.declared_capacity(), seen.rate_forecast)
         return (*fields, observe(replace(st, seen=seen), params))
 
     # (The four rates are views of one tensor: a branch may not close over aliases.)
     kept = (pre.cpu_utilization, pre.p95_s)
     kept += (torch.stack([pre.rate_now, pre.rate_1m, pre.rate_5m, pre.rate_15m], 1),)
     kept += (pre.rate_peak_15m, pre.rate_peak_30m, pre.busy_peak_30m)
-    kept += (pre.replicas, pre.ready_replicas, pre.declared_capacity(), obs)
+    kept += (pre.replicas, pre.ready_replicas, pre.declared_capacity(), pre.rate_forecast, obs)
 
     def keep(*xs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return tuple(f.clone() for f in kept)
 
     xs = tuple(getattr(state, k) for k in _STATE_TENSORS)
-    cpu, p95, rates, peak, peak30, busy30, replicas, ready, capacity, new_obs = torch.cond(
-        any_done, again, keep, xs
+    cpu, p95, rates, peak, peak30, busy30, replicas, ready, capacity, forecast, new_obs = (
+        torch.cond(any_done, again, keep, xs)
     )
     seen = replace(
         pre,
@@ -641,6 +641,7 @@ def _auto_reset_graph(
         replicas=replicas,
         ready_replicas=ready,
         capacity_rps=capacity,
+        rate_forecast=forecast,
     )
     return replace(state, seen=seen), new_obs
 
@@ -855,6 +856,7 @@ def measure(state: EnvState, params: EnvParams) -> features.FeatureInputs:
         since_scale_down_s=z,
         capacity_rps=capacity,
         slo_priority=params.slo_priority,
+        rate_forecast=features.rate_forecast(rate_points),
     )
 
 
