@@ -228,8 +228,8 @@ def test_rate_actions_are_unavailable_without_a_declared_capacity():
     decide(sig, ShieldState.init(4), 0.0, CFG, q_values=q,
            explore=lambda g, avail: offered.append(avail) or g)  # fmt: skip
     rate = [i for i, a in enumerate(actions.ACTIONS) if a.kind in actions.RATE_KINDS]
-    assert len(rate) == 11 and A["rate_peak30_at_80"] in rate and A["rate_peak30_at_30"] in rate
-    assert offered[0][:, rate].tolist() == [[True] * 11] + [[False] * 11] * 3
+    assert len(rate) == 18 and A["rate_peak30_at_80"] in rate and A["rate_holt30_at_30"] in rate
+    assert offered[0][:, rate].tolist() == [[True] * 18] + [[False] * 18] * 3
     assert offered[0][:, : A["cpu_peak30_at_90"] + 1].all()
 
 
@@ -255,6 +255,29 @@ def test_30_minute_holds_size_for_the_highest_of_30_minutes():
     assert rate.replicas[:2].tolist() == [10.0, 3.0]
     assert rate.action.tolist()[:2] == [A["rate_peak30_at_80"]] * 2
     assert rate.action.tolist()[2] != A["rate_peak30_at_80"]  # no capacity: not available
+
+
+def test_the_forecast_floor_sizes_for_the_highest_of_forecast_peak_and_now():
+    """``rate_holt30_at_80``: ceil(max(forecast, 30-minute peak, rate now) / (capacity x 0.8));
+    without a forecast it holds (the shield's reason says why), without a capacity it is not
+    available."""
+    sig = signals(b=4, cpu=0.5, rate=100.0, replicas=10.0)
+    x = replace(
+        sig.inputs,
+        rate_peak_30m=torch.tensor([200.0, 200.0, 200.0, 200.0]),
+        rate_forecast=torch.tensor([600.0, 150.0, NAN, 600.0]),
+        capacity_rps=torch.tensor([50.0, 50.0, 50.0, NAN]),
+    )
+    sig = Signals(x, sig.max_replicas, sig.present, sig.age_s)
+    free = replace(CFG, max_step_up_pods=100, max_step_up_percent=1000.0,
+                   max_step_down_pods=100, max_step_down_percent=100.0)  # fmt: skip
+    d = decide(sig, ShieldState.init(4), 0.0, free, model=Fixed(A["rate_holt30_at_80"]))
+    # ceil(600 / 40) = 15; the forecast below the 30-minute peak: ceil(200 / 40) = 5; no
+    # forecast: hold
+    assert d.replicas[:3].tolist() == [15.0, 5.0, 10.0]
+    assert Reason(int(d.reason[2])) != Reason.OK
+    assert d.action.tolist()[:3] == [A["rate_holt30_at_80"]] * 3
+    assert d.action.tolist()[3] != A["rate_holt30_at_80"]  # no capacity: not available
 
 
 def test_greedy_among_available():

@@ -7,6 +7,7 @@ import dataclasses
 import math
 
 import pytest
+import torch
 
 from qscale import features
 from qscale.guardrails import ShieldState
@@ -248,3 +249,27 @@ def test_an_undeclared_capacity_is_estimated_from_the_rate_and_cpu_points():
                                   cpu_points=tuple((t - 31.0, v) for t, v in cpu))  # fmt: skip
     estimate_capacities([far])
     assert math.isnan(far.capacity_estimate)
+
+
+def test_the_forecast_reads_the_range_points_on_their_grid():
+    """The rows' forecast is :func:`qscale.features.rate_forecast` of the range query's points
+    placed on the grid 60 s apart that ends at the newest (as the simulator's 31 points): a
+    missing point inside stays missing (predicted, not shifted), a short history is NaN in
+    front, no points is no forecast."""
+    whole, gap, short, none = (row(n) for n in ("whole", "gap", "short", "none"))
+    ramp = [(NOW - 60 * (30 - k), 100.0 + 5.0 * k) for k in range(31)]
+    whole.obs = Observation(rate_now=250.0, has_rate=True, rate_points=tuple(ramp))
+    gap.obs = Observation(rate_now=250.0, has_rate=True, rate_points=tuple(ramp[:20] + ramp[21:]))
+    short.obs = Observation(rate_now=250.0, has_rate=True, rate_points=tuple(ramp[-6:]))
+    none.obs = Observation()
+    got = signals_of([whole, gap, short, none]).inputs.rate_forecast.tolist()
+    values = [v for _, v in ramp]
+    with_gap = [*values[:20], math.nan, *values[21:]]
+    front = [math.nan] * 25 + values[-6:]
+    want = features.rate_forecast(torch.tensor([values, with_gap, front], dtype=torch.float32))
+    assert got[:3] == pytest.approx(want.tolist())
+    assert got[0] == pytest.approx(250.0 + 10.0, rel=1e-3)  # the ramp, 2 points on
+    assert got[1] != pytest.approx(
+        features.rate_forecast(torch.tensor([values[:20] + values[21:]])).item()
+    )
+    assert math.isnan(got[3])

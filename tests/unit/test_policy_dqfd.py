@@ -122,9 +122,9 @@ def test_the_demonstrated_rule_follows_each_clusters_slo_priority():
     p = torch.tensor([0.25, 0.5, 0.75, 1.0, 1.4, 2.0, 3.0, 4.0, 8.0, 16.0, 32.0])
     want = (90, 90, 80, 80, 80, 70, 60, 60, 50, 40, 30)
     names = [
-        actions.ACTION_NAMES[i] for i in demonstrated("rate_peak30_at_80", -0.1 * torch.log2(p))
+        actions.ACTION_NAMES[i] for i in demonstrated("rate_holt30_at_80", -0.1 * torch.log2(p))
     ]
-    assert names == [f"rate_peak30_at_{t}" for t in want]
+    assert names == [f"rate_holt30_at_{t}" for t in want]
     cpu = [actions.ACTION_NAMES[i] for i in demonstrated("cpu_peak30_at_80", -0.1 * torch.log2(p))]
     assert cpu == [f"cpu_peak30_at_{t}" for t in want]
     assert demonstrated("hold", torch.ones(3)).tolist() == [actions.HOLD] * 3

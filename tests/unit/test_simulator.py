@@ -115,6 +115,24 @@ def test_observation_matches_spec():
         assert (obs >= lo).all() and (obs <= hi).all()
 
 
+def test_the_forecast_is_the_features_function_of_the_range_querys_points():
+    """``measure()`` forecasts with :func:`qscale.features.rate_forecast` from the same 31
+    points (lagged like every rate) the peaks are read from, as the operator's rows do; on a
+    rising trace it is above the rate now."""
+    params = sim.make_params(ramp_bank(), 8, seed=3)
+    state, _ = sim.reset(params)
+    for _ in range(120):
+        state, *_ = sim.step(state, torch.full((8,), actions.HOLD), params)
+    seen = sim.measure(state, params)
+    *_, points = sim._rate_queries(state.rate_hist, params.scrape_lag, params.config)
+    assert points.shape[1] == 31
+    assert torch.equal(seen.rate_forecast, features.rate_forecast(points))
+    assert torch.equal(seen.rate_peak_30m, points.amax(dim=1))
+    rising = points[:, -1] > points[:, -5] * 1.01
+    assert rising.any()
+    assert (seen.rate_forecast[rising] > points[rising, -1]).all()
+
+
 def test_features_are_scale_free():
     """The same service at 1000x the traffic reads the same observation (rates enter only as
     ratios; replicas only through log_replicas and min/replicas)."""
@@ -132,6 +150,7 @@ def test_features_are_scale_free():
             rate_peak_15m=torch.tensor([150.0 * k]),
             rate_peak_30m=torch.tensor([200.0 * k]),
             busy_peak_30m=torch.tensor([1.5]),
+            rate_forecast=torch.tensor([140.0 * k]),
             replicas=torch.tensor([4.0]),
             ready_replicas=torch.tensor([3.0]),
             min_replicas=torch.tensor([1.0]),
