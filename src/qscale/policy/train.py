@@ -246,12 +246,12 @@ class TrainConfig:
     """Requests/s one pod serves, fixed for every simulated cluster (default: drawn, 20-200)."""
     startup_delay_s: float | None = None
     """Pod start-up delay, drawn within +-25 % of this (default: drawn, 15-240 s)."""
-    demo_action: str = "rate_holt30_at_80"
+    demo_action: str = "rate_holt30_at_90"
     """Demonstrations (DQfD): the action a rule plays in every state (the default: the KEDA
-    rule at 80 % of the declared capacity with a 30-minute hold, sizing for the rate's forecast
-    when it is higher -- the forecast floor, the best single sizing action on the evaluation
-    profile's validation windows: BENCHMARKS, "the forecast as an action"); its transitions
-    stay in their own replay with a large-margin loss. none: no demonstrations."""
+    rule at 90 % of the declared capacity with a 30-minute hold, sizing for the rate's forecast
+    when it is higher -- the forecast floor, the reward-best single action on the evaluation
+    profile's validation windows: BENCHMARKS, "the forecast floor in the spec"); its
+    transitions stay in their own replay with a large-margin loss. none: no demonstrations."""
     demo_action_cpu: str = "cpu_peak30_at_80"
     """The rule demonstrated where no capacity is declared (the rate rules cannot be played
     there; the default: the HPA's rule at 80 % of the CPU limit with a 30-minute hold, the
