@@ -48,7 +48,11 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     dest = Path(args.dest)
     if args.evaluate_only:
-        training = read_manifest(dest)["evaluation"].get("training")
+        manifest = read_manifest(dest)
+        # a model exported by `qscale train` has no release record yet: its training summary
+        training = (manifest.get("evaluation") or {}).get("training")
+        if training is None and manifest.get("training_summary"):
+            training = {"summary": manifest["training_summary"]}
         return _evaluate(dest, args, training, t0)
     cfg = TrainConfig(
         seed=args.seed,
