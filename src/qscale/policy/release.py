@@ -49,10 +49,13 @@ def main(argv: list[str] | None = None) -> int:
     dest = Path(args.dest)
     if args.evaluate_only:
         manifest = read_manifest(dest)
-        # a model exported by `qscale train` has no release record yet: its training summary
+        # a model exported by `qscale train` has no release record yet: its training summary's
         training = (manifest.get("evaluation") or {}).get("training")
-        if training is None and manifest.get("training_summary"):
-            training = {"summary": manifest["training_summary"]}
+        summary = manifest.get("training_summary")
+        if training is None and summary:
+            keys = ("global_step", "gradient_updates", "best_global_step", "best_val")
+            training = {k: summary.get(k) for k in keys}
+            training["from"] = "the model's training_summary (trained by qscale train)"
         return _evaluate(dest, args, training, t0)
     cfg = TrainConfig(
         seed=args.seed,
